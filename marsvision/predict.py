@@ -1,0 +1,142 @@
+"""Inference API: ``load_model(path)`` → ``Classifier.predict(images)``.
+
+The CLI, benchmarks and (later) the web service are thin adapters over this module. Preprocessing
+comes from the model file (input size, mean, std), through ``transforms.decode`` — the same
+function that prepared the training and evaluation images.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .transforms import ImageError, ImageInput, decode, normalize
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm"}
+BUNDLED_MODEL = "marsvision-lite0.pt"
+
+
+def bundled_model_path() -> Path:
+    """The model file shipped inside the package."""
+    return Path(str(resources.files("marsvision") / "assets" / BUNDLED_MODEL))
+
+
+@dataclass
+class Prediction:
+    """One input's result: ``label``/``confidence`` and ``top_k`` [(label, prob)], or an ``error``."""
+
+    source: str
+    label: str | None = None
+    confidence: float | None = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Classifier:
+    """A loaded model plus the preprocessing it was trained with."""
+
+    def __init__(self, model, meta: dict, device: str = "cpu", threads: int | None = None):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        self.class_names: list[str] = list(meta["class_names"])
+        self.input_size: int = int(meta["input_size"])
+        self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
+        self.threads = threads
+
+    def decode(self, source: ImageInput) -> np.ndarray:
+        """One input → (S, S, 3) uint8, or ``ImageError``."""
+        return decode(source, self.input_size)
+
+    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 → (N, C) float32 logits."""
+        from .train import autocast
+
+        x = self.torch.from_numpy(normalize(batch_u8, self.mean, self.std)).to(self.device)
+        with self.torch.inference_mode(), autocast(self.device):
+            return self.model(x.contiguous(memory_format=self.torch.channels_last)).float().cpu().numpy()
+
+    def _results(self, sources: list, arrays: list, errors: list, top_k: int) -> list[Prediction]:
+        good = [i for i, a in enumerate(arrays) if a is not None]
+        out = [Prediction(str(s), error=e) for s, e in zip(sources, errors)]
+        if good:
+            logits = self.logits(np.stack([arrays[i] for i in good]))
+            probs = np.exp(logits - logits.max(1, keepdims=True))
+            probs /= probs.sum(1, keepdims=True)
+            k = max(1, min(top_k, probs.shape[1]))
+            for row, i in zip(probs, good):
+                best = np.argsort(-row)[:k]
+                out[i].top_k = [(self.class_names[j], float(row[j])) for j in best]
+                out[i].label, out[i].confidence = out[i].top_k[0]
+        return out
+
+    def _decode_safe(self, source) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return self.decode(source), None
+        except ImageError as e:
+            return None, str(e)
+
+    def predict_iter(self, sources: Iterable[ImageInput], batch_size: int = 32, top_k: int = 1,
+                     workers: int | None = None) -> Iterator[Prediction]:
+        """Yield one ``Prediction`` per input, in order; bad inputs carry ``error`` and never stop the batch.
+
+        Decoding runs in a thread pool while the model works on the previous batch.
+        """
+        workers = workers or self.threads or min(4, os.cpu_count() or 1)
+        sources = list(sources)
+        with ThreadPoolExecutor(workers) as pool:
+            decoded = pool.map(self._decode_safe, sources)
+            for start in range(0, len(sources), batch_size):
+                chunk = sources[start:start + batch_size]
+                got = [next(decoded) for _ in chunk]
+                yield from self._results(chunk, [a for a, _ in got], [e for _, e in got], top_k)
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
+                top_k: int = 1) -> list[Prediction]:
+        """Classify paths, bytes, PIL images or uint8 arrays; a single input also returns a list."""
+        if isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or hasattr(images, "getpixel"):
+            images = [images]
+        return list(self.predict_iter(images, batch_size=batch_size, top_k=top_k))
+
+
+def load_model(path: str | os.PathLike | None = None, device: str = "cpu",
+               threads: int | None = None) -> Classifier:
+    """Load a marsvision model file (default: the bundled model)."""
+    import torch
+
+    from .checkpoint import build_model, read_model_file
+
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = read_model_file(path or bundled_model_path())
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return Classifier(build_model(ckpt), meta, device=device, threads=threads)
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, folders searched recursively for image files (sorted).
+
+    Returns (files, problems) where problems are (path, reason) for arguments that do not exist.
+    """
+    files, problems = [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            problems.append((str(p), "file not found"))
+    return files, problems

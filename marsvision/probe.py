@@ -1,0 +1,91 @@
+"""Baseline (b): frozen ImageNet EfficientNet-Lite features + balanced logistic regression.
+
+The fitted linear model is folded into the network's classifier layer, so the result is an
+ordinary marsvision model file that ``load_model``/``predict``/``evaluate`` use unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write
+from .checkpoint import model_meta, save_model
+from .data import MSLDataset, decode_many
+from .models import create_model, model_defaults
+from .train import predict_logits
+from .transforms import EvalPreset
+
+
+@dataclass
+class ProbeConfig:
+    """Fit a balanced logistic regression on frozen ImageNet EfficientNet-Lite features."""
+
+    model: str = field(default="efficientnet_lite0", metadata={"help": "backbone: efficientnet_lite0 or efficientnet_lite2"})
+    data: str = field(default="", metadata={"help": "data set folder (default: $MARSVISION_DATA, then ./data/msl-images)"})
+    train_splits: str = field(default="train", metadata={"help": "splits to fit on, '+'-joined"})
+    val_split: str = field(default="val", metadata={"help": "split used to choose C (when not fitted on)"})
+    c: float = field(default=0.0, metadata={"help": "inverse regularisation strength (0: choose on val from a grid)"})
+    out: str = field(default="runs/probe-lite0/best.pt", metadata={"help": "model file to write"})
+    limit: int = field(default=0, metadata={"help": "use at most this many images per split (0: all)"})
+
+
+def extract_features(backbone, images_u8: torch.Tensor, preset) -> np.ndarray:
+    """(N, S, S, 3) uint8 → (N, F) pooled features (classifier removed)."""
+    return predict_logits(backbone, images_u8, preset, torch.device("cpu")).numpy()
+
+
+def train_probe(cfg: ProbeConfig, progress: bool = True) -> Path:
+    """Fit, pick C on val macro-F1, fold into a model file; returns its path."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import StandardScaler
+
+    ds = MSLDataset(cfg.data or None)
+    d = model_defaults(cfg.model)
+    train = ds.splits(cfg.train_splits.split("+"))
+    class_ids = sorted(set(train.labels.tolist()))
+    train = train.subset(cfg.limit or None)
+    backbone = create_model(cfg.model, len(class_ids), pretrained=True).eval()
+    backbone.reset_classifier(0)
+    preset = EvalPreset(d["mean"], d["std"])
+
+    def feats(split):
+        return extract_features(backbone, torch.from_numpy(decode_many(split.paths, d["input_size"], progress=progress)), preset)
+
+    to_index = {c: i for i, c in enumerate(class_ids)}
+    x_tr, y_tr = feats(train), np.array([to_index[c] for c in train.labels])
+    scaler = StandardScaler().fit(x_tr)
+    grid = [cfg.c] if cfg.c > 0 else [0.01, 0.03, 0.1, 0.3, 1.0]
+    scores = {}
+    if len(grid) > 1:
+        val = ds.split(cfg.val_split).subset(cfg.limit or None)
+        keep = [i for i, c in enumerate(val.labels) if c in to_index]
+        x_va = scaler.transform(feats(type(val)(val.name, [val.paths[i] for i in keep], val.labels[keep])))
+        y_va = np.array([to_index[c] for c in val.labels[keep]])
+    for c in grid:
+        clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(scaler.transform(x_tr), y_tr)
+        if len(grid) > 1:
+            scores[c] = f1_score(y_va, clf.predict(x_va), average="macro")
+    best_c = max(scores, key=scores.get) if scores else grid[0]
+    clf = LogisticRegression(C=best_c, class_weight="balanced", max_iter=3000).fit(scaler.transform(x_tr), y_tr)
+
+    # logits = W (x - mu) / sigma + b  =  (W / sigma) x + (b - W mu / sigma); classes not seen → -inf-ish.
+    w = np.zeros((len(class_ids), x_tr.shape[1]), np.float32)
+    b = np.full(len(class_ids), -1e4, np.float32)
+    w[clf.classes_] = clf.coef_ / scaler.scale_
+    b[clf.classes_] = clf.intercept_ - (clf.coef_ * (scaler.mean_ / scaler.scale_)).sum(1)
+    model = create_model(cfg.model, len(class_ids), pretrained=True).eval()
+    head = model.get_classifier()
+    head.weight.data, head.bias.data = torch.from_numpy(w), torch.from_numpy(b)
+    names = [ds.class_names[c] for c in class_ids]
+    out = Path(cfg.out)
+    save_model(out, model, model_meta(cfg.model, names, d["input_size"], d["mean"], d["std"], 0.0,
+                                      config=asdict(cfg), metrics={"C": best_c, "val_macro_f1_by_C": scores}))
+    with atomic_write(out.parent / "config.json") as f:
+        json.dump({**asdict(cfg), "chosen_C": best_c, "val_macro_f1_by_C": scores}, f, indent=2)
+    return out

@@ -1,0 +1,73 @@
+"""Shared fixtures: the real data set beside the repo, tiny model files, bad-input folders."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msl-images"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not (REAL_DATA / "msl_synset_words-indexed.txt").is_file():
+        pytest.skip(f"MSL data set not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A randomly initialised small CNN saved as a real marsvision model file (64 px input)."""
+    import torch
+
+    from marsvision.checkpoint import model_meta, save_model
+    from marsvision.models import create_model
+
+    torch.manual_seed(0)
+    names = ["apxs", "drt side", "ground", "horizon", "wheel"]
+    model = create_model("small_cnn", len(names), pretrained=False)
+    path = tmp_path_factory.mktemp("models") / "tiny.pt"
+    save_model(path, model, model_meta("small_cnn", names, 64, (0.5,) * 3, (0.5,) * 3))
+    return path
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (a decompression bomb) with no real data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def bad_input_folder(tmp_path: Path, real_data: Path) -> tuple[Path, set[str], set[str]]:
+    """A folder of good images in odd modes/names and broken files. Returns (folder, good, bad) names."""
+    folder = tmp_path / "mixed inputs"
+    (folder / "sub dir").mkdir(parents=True)
+    src = sorted((real_data / "calibrated").glob("*.JPG"))[0]
+    rgb = Image.open(src).convert("RGB")
+    good = {
+        "plain.JPG": lambda p: p.write_bytes(src.read_bytes()),
+        "gray.png": lambda p: rgb.convert("L").save(p),
+        "rgba.png": lambda p: rgb.convert("RGBA").save(p),
+        "sixteen.png": lambda p: Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257).save(p),
+        "cmyk.jpg": lambda p: rgb.convert("CMYK").save(p, "JPEG"),
+        "palette.gif": lambda p: rgb.convert("P").save(p),
+        "sub dir/cratère ñ été.jpg": lambda p: rgb.save(p, "JPEG"),
+    }
+    data = src.read_bytes()
+    bad = {
+        "truncated.jpg": lambda p: p.write_bytes(data[: len(data) // 3]),
+        "empty.jpg": lambda p: p.write_bytes(b""),
+        "notes.jpg": lambda p: p.write_text("this is not an image\n"),
+        "bomb.png": lambda p: p.write_bytes(png_header_only(40000, 40000)),
+    }
+    for name, make in {**good, **bad}.items():
+        make(folder / name)
+    (folder / "README.txt").write_text("ignored: not an image suffix")
+    return folder, set(good), set(bad)

@@ -1,0 +1,63 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from marsvision.cli import main
+from marsvision.predict import load_model
+
+
+def test_api_predict_accepts_paths_arrays_and_pil(tiny_model, real_data):
+    clf = load_model(tiny_model)
+    path = sorted((real_data / "calibrated").glob("*.JPG"))[0]
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    preds = clf.predict([path, arr, Image.open(path)], top_k=3)
+    assert [p.ok for p in preds] == [True, True, True]
+    assert preds[0].label == preds[1].label == preds[2].label
+    assert preds[0].label in clf.class_names and len(preds[0].top_k) == 3
+    assert sum(c for _, c in preds[0].top_k) <= 1.0 + 1e-6
+    assert clf.predict(path)[0].label == preds[0].label  # a single input also works
+
+
+def test_cli_bad_input_folder(tiny_model, bad_input_folder, tmp_path, capsys):
+    folder, good, bad = bad_input_folder
+    out = tmp_path / "out.csv"
+    code = main(["predict", str(folder), "--model", str(tiny_model), "--output", str(out), "--top-k", "2"])
+    assert code == 1  # some inputs failed
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    by_name = {r["path"].split("mixed inputs/")[1]: r for r in rows}
+    assert set(by_name) == good | bad  # README.txt skipped, nothing lost
+    for name in good:
+        assert by_name[name]["label"] and not by_name[name]["error"], name
+        assert by_name[name]["top2_label"]
+    reasons = {name: by_name[name]["error"] for name in bad}
+    assert "truncated" in reasons["truncated.jpg"]
+    assert reasons["empty.jpg"] == "empty file"
+    assert "not an image" in reasons["notes.jpg"]
+    assert "decompression bomb" in reasons["bomb.png"]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for name in bad:
+        assert f"{name}: " in err
+    assert f"{len(good)} classified, {len(bad)} failed" in err
+
+
+def test_cli_predict_json_and_exit_zero(tiny_model, real_data, tmp_path):
+    files = sorted((real_data / "calibrated").glob("*.JPG"))[:3]
+    out = tmp_path / "p.json"
+    assert main(["predict", *map(str, files), "--model", str(tiny_model), "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["path"] for r in rows] == list(map(str, files))
+    assert all(r["label"] and 0 < r["confidence"] <= 1 for r in rows)
+
+
+def test_cli_predict_missing_path_and_bad_model(tiny_model, tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nope.jpg"), "--model", str(tiny_model)]) == 1
+    assert "nope.jpg: file not found" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(b"definitely not a model")
+    assert main(["predict", str(tmp_path), "--model", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert "foreign.pt: not a readable marsvision model file" in err and "Traceback" not in err
