@@ -1,0 +1,102 @@
+"""Compare the model family on the official val and test splits, in one reproducible command.
+
+    python benchmarks/compare_models.py --data ../shared/data/msl-images
+
+Trains whatever run folder is missing (tens of minutes each on 2 CPU cores; an existing
+``runs/<name>/best.pt`` is reused), then evaluates every model file on val and test with the same
+``load_model`` → ``predict`` path as the CLI, and writes ``benchmarks/results/models.json`` and
+``models.md``. Selection among models uses the val columns only; test is reported, never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from marsvision.atomic import atomic_write
+from marsvision.data import MSLDataset
+from marsvision.evaluate import evaluate_split
+from marsvision.predict import bundled_model_path, load_model
+from marsvision.probe import ProbeConfig, train_probe
+from marsvision.train import TrainConfig, train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# name → (description, how to build it). Hyper-parameters were chosen on val (see MODEL_CARD.md).
+FINETUNE = dict(model="efficientnet_lite0", epochs=10, lr=6e-4)
+MODELS = {
+    "small_cnn-train": ("(a) small CNN from scratch, train split", "train",
+                        TrainConfig(model="small_cnn", epochs=30, lr=2e-3, batch_size=64, name="small_cnn-train")),
+    "probe-lite0-train": ("(b) frozen Lite0 features + balanced logistic regression, train split", "probe",
+                          ProbeConfig(out="runs/probe-lite0-train/best.pt")),
+    "lite0-train": ("(c) fine-tuned EfficientNet-Lite0, train split", "train",
+                    TrainConfig(**FINETUNE, name="lite0-train")),
+    "lite0-trainval": ("(c') fine-tuned EfficientNet-Lite0, refit on train+val (bundled)", "train",
+                       TrainConfig(**FINETUNE, train_splits="train+val", name="lite0-trainval")),
+}
+
+
+def ensure_model(name: str, kind: str, cfg, data: str) -> Path:
+    cfg.data = data
+    if kind == "probe":
+        path = Path(cfg.out)
+        if not path.is_file():
+            train_probe(cfg)
+        return path
+    run = Path(cfg.out) / cfg.name
+    if not (run / "best.pt").is_file():
+        train(cfg, resume=str(run) if (run / "last.pt").is_file() else None)
+    return run / "best.pt"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="", help="data set folder")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    ap.add_argument("--bundled", action="store_true", help="also evaluate the bundled model file")
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    ds = MSLDataset(args.data or None)
+    rows = []
+    todo = [(n, *MODELS[n]) for n in args.models.split(",") if n]
+    if args.bundled:
+        todo.append(("bundled", "bundled model file (marsvision/assets)", "file", bundled_model_path()))
+    for name, desc, kind, cfg in todo:
+        path = cfg if kind == "file" else ensure_model(name, kind, cfg, args.data)
+        clf = load_model(path)
+        row = {"model": name, "description": desc, "file": str(path), "arch": clf.meta["arch"],
+               "train_splits": clf.meta["config"].get("train_splits", "train"),
+               "size_mb": round(Path(path).stat().st_size / 2**20, 2)}
+        for split in ("val", "test"):
+            t0 = time.perf_counter()
+            m = evaluate_split(clf, ds, split, Path("reports") / f"{name}-{split}", progress=False)
+            row.update({f"{split}_acc": round(m["accuracy"], 4), f"{split}_macro_f1": round(m["macro_f1"], 4),
+                        f"{split}_weighted_f1": round(m["weighted_f1"], 4),
+                        f"{split}_img_per_s": round(len(ds.split(split)) / (time.perf_counter() - t0), 1)})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+            "note": "val trained on by *-trainval models, so their val columns are not held-out"}
+    with atomic_write(RESULTS / "models.json") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    lines = ["| model | trained on | val acc | val macro-F1 | val weighted-F1 | test acc | test macro-F1 | test weighted-F1 | size MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['description']} | {r['train_splits']} | {r['val_acc']:.3f} | {r['val_macro_f1']:.3f} | "
+                     f"{r['val_weighted_f1']:.3f} | {r['test_acc']:.3f} | {r['test_macro_f1']:.3f} | "
+                     f"{r['test_weighted_f1']:.3f} | {r['size_mb']} |")
+    with atomic_write(RESULTS / "models.md") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
