@@ -11,6 +11,7 @@ import io
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,7 +51,8 @@ class TrainConfig:
     balance: str = _f("sampler", "class-imbalance handling: sampler, loss or none")
     balance_power: float = _f(0.5, "class weight = count^-power (0.5 = square-root balancing, 1 = full)")
     ema_decay: float = _f(0.998, "model EMA decay per step (0 disables EMA)")
-    img_size: int = _f(0, "input size in pixels (0: the architecture's default)")
+    img_size: int = _f(0, "input size in pixels at evaluation/inference (0: the architecture's default)")
+    train_size: int = _f(0, "training crop size in pixels (0: same as img_size); lower is faster")
     drop_rate: float = _f(0.2, "dropout before the classifier")
     pretrained: bool = _f(True, "start from ImageNet weights (EfficientNet-Lite)")
     seed: int = _f(0, "random seed")
@@ -179,8 +181,12 @@ def _load_split(ds: MSLDataset, names: str, cfg: TrainConfig) -> Split:
     return split.subset(cfg.limit or None, cfg.seed) if cfg.limit else split
 
 
-def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
-    """Train per ``cfg`` (or continue the run in folder ``resume``); returns the run folder."""
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = None) -> Path:
+    """Train per ``cfg`` (or continue the run in folder ``resume``); returns the run folder.
+
+    ``progress`` (default: when stderr is a terminal) shows tqdm bars with loss, lr and img/s.
+    """
+    progress = sys.stderr.isatty() if progress is None else progress
     state = None
     if resume:
         run_dir = Path(resume)
@@ -244,7 +250,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     run.write_config(cfg, {"run_dir": str(run_dir), "input_size": size, "class_names": class_names,
                            "device": str(device), "n_train": len(train_split), "n_val": len(keep),
                            "selection": "best val macro-F1" if select_on_val else "last epoch"})
-    train_preset, eval_preset = TrainPreset(defaults["mean"], defaults["std"]), EvalPreset(defaults["mean"], defaults["std"])
+    train_preset = TrainPreset(defaults["mean"], defaults["std"], out_size=cfg.train_size or size)
+    eval_preset = EvalPreset(defaults["mean"], defaults["std"])
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     meta = dict(arch=cfg.model, class_names=class_names, input_size=size, mean=defaults["mean"],
                 std=defaults["std"], drop_rate=cfg.drop_rate, config=asdict(cfg))
@@ -274,8 +281,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
                     "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                             "python": random.getstate()}}, buf)
         atomic_save(lambda tmp: Path(tmp).write_bytes(buf.getvalue()), run_dir / "last.pt")
-        if progress:
-            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val acc {row['val_acc']:.4f}  "
-                  f"val macro-F1 {row['val_macro_f1']:.4f}  {row['img_per_s']:.1f} img/s  {row['epoch_s']:.0f}s",
-                  flush=True)
+        print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val acc {row['val_acc']:.4f}  "
+              f"val macro-F1 {row['val_macro_f1']:.4f}  {row['img_per_s']:.1f} img/s  {row['epoch_s']:.0f}s",
+              flush=True)
     return run_dir

@@ -147,8 +147,11 @@ class TrainPreset(EvalPreset):
     """
 
     def __init__(self, mean, std, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), degrees=15.0,
-                 hflip=0.5, jitter=0.3, grayscale=0.1):
+                 hflip=0.5, jitter=0.3, grayscale=0.1, out_size: int | None = None):
         super().__init__(mean, std)
+        # Training below the eval size is cheaper, and random crops enlarge objects, so a lower
+        # train size matches the apparent object size at eval time ("FixRes" effect).
+        self.out_size = out_size
         self.scale, self.ratio, self.degrees = scale, ratio, degrees
         self.hflip, self.jitter, self.grayscale = hflip, jitter, grayscale
 
@@ -178,7 +181,8 @@ class TrainPreset(EvalPreset):
             torch.stack([sx * cos * flip, -sy * sin, tx], 1),
             torch.stack([sx * sin * flip, sy * cos, ty], 1),
         ], 1)  # (N, 2, 3)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        size = self.out_size or x.shape[-1]
+        grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
         # Colour jitter, one factor per image: (N, 1, 1, 1).
