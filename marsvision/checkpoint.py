@@ -13,14 +13,11 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_save
+from .model_file import ModelFileError  # noqa: F401  (defined torch-free; re-exported here)
 from .models import create_model
 
 FORMAT = "marsvision-model/1"
 META_KEYS = ("arch", "class_names", "input_size", "mean", "std", "drop_rate")
-
-
-class ModelFileError(ValueError):
-    """A model file that is missing, corrupt or not a marsvision model."""
 
 
 def model_meta(arch: str, class_names: list[str], input_size: int, mean, std,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 import typing
@@ -20,11 +21,11 @@ EXIT_OK, EXIT_FAILED_INPUTS, EXIT_ERROR = 0, 1, 2
 class PredictConfig:
     """Classify image files and folders (recursively); one output row per input."""
 
-    model: str = field(default="", metadata={"help": "model file (default: the bundled model)"})
+    model: str = field(default="", metadata={"help": "model file: .onnx (fp32 or int8) or a torch .pt checkpoint (default: the bundled int8 model)"})
     output: str = field(default="", metadata={"help": "write results to this .csv or .json file (default: CSV on stdout)"})
     top_k: int = field(default=1, metadata={"help": "also report the K most likely classes"})
     batch_size: int = field(default=32, metadata={"help": "images per forward pass"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for decoding and the model (0: all)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for the model, and for image decoding beside it (0: all available)"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
 
 
@@ -84,6 +85,13 @@ def cmd_evaluate(cfg) -> int:
     return EXIT_OK
 
 
+def cmd_export(cfg) -> int:
+    from .onnx_export import run_export
+
+    run_export(cfg)
+    return EXIT_OK
+
+
 def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
     """Exit 0 when every input got a label, 1 when some failed (each named on stderr and in its row)."""
     import csv
@@ -129,8 +137,18 @@ def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
+def _download_module():
+    try:
+        return importlib.import_module("marsvision.download")
+    except ImportError as e:
+        if (e.name or "").startswith("marsvision"):
+            raise
+        raise MissingExtraError(f"`marsvision data` needs {e.name}: pip install 'marsvision[data]'") from None
+
+
 def cmd_download(cfg: DownloadConfig) -> int:
-    from .download import ZENODO_URL, download
+    dl = _download_module()
+    ZENODO_URL, download = dl.ZENODO_URL, dl.download
 
     root = download(cfg.dest, url=cfg.url or ZENODO_URL)
     print(f"data set ready at {root}; use --data {root} or export MARSVISION_DATA={root}")
@@ -139,33 +157,68 @@ def cmd_download(cfg: DownloadConfig) -> int:
 
 def cmd_verify(cfg: VerifyConfig) -> int:
     from .data import resolve_data_dir
-    from .download import verify
+
+    verify = _download_module().verify
 
     report = verify(resolve_data_dir(cfg.data or None), check_hashes=not cfg.quick)
     print(report.summary())
     return EXIT_OK if report.ok else EXIT_FAILED_INPUTS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .evaluate import EvaluateConfig
-    from .probe import ProbeConfig
-    from .train import TrainConfig
+# Commands whose options come from a config dataclass in another module: (module, class, needs).
+# Only the invoked command's module is imported, so `marsvision predict` with an ONNX model never
+# imports torch (the train/probe/export modules do).
+LAZY_COMMANDS = {
+    "train": ("marsvision.train", "TrainConfig", "train"),
+    "probe": ("marsvision.probe", "ProbeConfig", "train"),
+    "evaluate": ("marsvision.evaluate", "EvaluateConfig", ""),
+    "export": ("marsvision.onnx_export", "ExportConfig", "train"),
+}
+SHORT_HELP = {
+    "train": "Fine-tune a model on the MSL data set.",
+    "probe": "Fit a balanced logistic regression on frozen ImageNet EfficientNet-Lite features.",
+    "evaluate": "Evaluate a model on an official split: metrics table, metrics.json, predictions.csv, plots.",
+    "export": "Export a model file to ONNX (fp32) and, with --int8, a statically quantised int8 ONNX model.",
+}
 
+
+class MissingExtraError(RuntimeError):
+    """A command needs packages of an extra that is not installed."""
+
+
+def _config_class(command: str):
+    module, name, extra = LAZY_COMMANDS[command]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        if not extra or (e.name or "").startswith("marsvision"):
+            raise
+        raise MissingExtraError(f"`marsvision {command}` needs {e.name or 'more packages'}: "
+                                f"pip install 'marsvision[{extra}]'") from None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser for the command named in ``argv`` (all commands listed, only that one built)."""
+    argv = sys.argv[1:] if argv is None else argv
+    wanted = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="marsvision", description="Classify Curiosity rover (MSL) images.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help=TrainConfig.__doc__, description=TrainConfig.__doc__)
-    add_config_args(p, TrainConfig)
-    p.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
-    p.set_defaults(run=lambda a: cmd_train(config_from(a, TrainConfig), a.resume))
-
-    p = sub.add_parser("probe", help=ProbeConfig.__doc__, description=ProbeConfig.__doc__)
-    add_config_args(p, ProbeConfig)
-    p.set_defaults(run=lambda a: cmd_probe(config_from(a, ProbeConfig)))
-
-    p = sub.add_parser("evaluate", help=EvaluateConfig.__doc__, description=EvaluateConfig.__doc__)
-    add_config_args(p, EvaluateConfig)
-    p.set_defaults(run=lambda a: cmd_evaluate(config_from(a, EvaluateConfig)))
+    runners = {
+        "train": lambda a, cls: cmd_train(config_from(a, cls), a.resume),
+        "probe": lambda a, cls: cmd_probe(config_from(a, cls)),
+        "evaluate": lambda a, cls: cmd_evaluate(config_from(a, cls)),
+        "export": lambda a, cls: cmd_export(config_from(a, cls)),
+    }
+    for name in ("train", "probe", "evaluate", "export"):
+        if name != wanted:
+            sub.add_parser(name, help=SHORT_HELP[name], description=SHORT_HELP[name])
+            continue
+        cls = _config_class(name)
+        p = sub.add_parser(name, help=cls.__doc__, description=cls.__doc__)
+        add_config_args(p, cls)
+        if name == "train":
+            p.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+        p.set_defaults(run=lambda a, cls=cls, name=name: runners[name](a, cls))
 
     p = sub.add_parser("predict", help=PredictConfig.__doc__, description=PredictConfig.__doc__)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
@@ -182,20 +235,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .checkpoint import ModelFileError
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that end a command with a one-line message (exit 2) instead of a traceback."""
     from .data import DataError
-    from .download import DownloadError
+    from .model_file import ModelFileError
+    from .transforms import ImageError
 
+    errors: list[type[BaseException]] = [DataError, ModelFileError, ImageError, MissingExtraError,
+                                         FileExistsError, FileNotFoundError, ValueError]
+    if "marsvision.download" in sys.modules:  # imported only by the data commands (needs pooch)
+        errors.append(sys.modules["marsvision.download"].DownloadError)
+    if "marsvision.onnx_export" in sys.modules:
+        errors.append(sys.modules["marsvision.onnx_export"].ExportCheckError)
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         return args.run(args)
-    except (DataError, ModelFileError, DownloadError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"marsvision: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print("marsvision: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not isinstance(e, _expected_errors()):
+            raise
+        print(f"marsvision: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

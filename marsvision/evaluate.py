@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .data import MSLDataset
-from .metrics import classification_metrics, format_table, full_confusion_matrix
+from .metrics import classification_metrics, format_table, full_confusion_matrix, most_confused_pairs
 from .predict import Classifier
 
 
@@ -32,10 +33,12 @@ class EvaluateConfig:
 
 def evaluate_split(clf: Classifier, dataset: MSLDataset, split: str, out_dir: Path,
                    batch_size: int = 32, limit: int = 0, progress: bool = True) -> dict:
-    """Predict every image of ``split``, compute metrics, write the report files; returns metrics."""
-    from tqdm import tqdm
+    """Predict every image of ``split``, compute metrics, write the report files; returns metrics.
 
-    from .report import most_confused_pairs, plot_confusion_matrix, plot_error_gallery
+    The two plots need matplotlib (the ``[train]`` or ``[plots]`` extra); without it they are
+    skipped with a one-line notice and everything else is written.
+    """
+    from tqdm import tqdm
 
     data = dataset.split(split).subset(limit or None)
     true_names = [dataset.class_names[c] for c in data.labels.tolist()]
@@ -53,7 +56,8 @@ def evaluate_split(clf: Classifier, dataset: MSLDataset, split: str, out_dir: Pa
     y_pred = np.array([index[p.label] for p in preds])
     m = classification_metrics(y_true, y_pred, names)
     cm = full_confusion_matrix(y_true, y_pred, len(names))
-    m.update(split=split, model=clf.meta.get("arch"), images_per_s=len(data) / seconds,
+    m.update(split=split, model=clf.meta.get("arch"), runtime=clf.runtime,
+             precision=clf.meta.get("precision", "fp32"), images_per_s=len(data) / seconds,
              most_confused=most_confused_pairs(cm, names, k=15))
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +69,15 @@ def evaluate_split(clf: Classifier, dataset: MSLDataset, split: str, out_dir: Pa
         for p, t in zip(preds, true_names):
             w.writerow([p.source, t, p.label, f"{p.confidence:.5f}", int(p.label == t),
                         ";".join(f"{n}:{c:.4f}" for n, c in p.top_k)])
+    try:
+        from .report import plot_confusion_matrix, plot_error_gallery
+    except ImportError as e:
+        if not (e.name or "").startswith("matplotlib"):
+            raise
+        print("marsvision: matplotlib is not installed; skipping confusion_matrix.png and error_gallery.png "
+              "(pip install 'marsvision[plots]')", file=sys.stderr)
+        return m
+
     present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     plot_confusion_matrix(cm[np.ix_(present, present)], [names[i] for i in present],
                           out_dir / "confusion_matrix.png", title=f"{split} split")

@@ -1,36 +1,77 @@
-"""Classification metrics with scikit-learn semantics (macro = mean over the union of true and
-predicted labels)."""
+"""Classification metrics from a confusion matrix, in numpy (no scikit-learn needed at run time).
+
+Semantics follow scikit-learn (``zero_division=0``): macro and weighted averages run over the
+union of the true and the predicted labels; a class's F1 is 2·TP / (2·TP + FP + FN).
+A test compares every number against scikit-learn when it is installed.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+
+def confusion_counts(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> np.ndarray:
+    """(L, L) counts, rows = true, over ``labels`` (pairs with a label outside ``labels`` are ignored)."""
+    y_true, y_pred, labels = np.asarray(y_true), np.asarray(y_pred), np.asarray(labels)
+    pos = {int(c): i for i, c in enumerate(labels.tolist())}
+    t = np.array([pos.get(int(c), -1) for c in y_true.tolist()], dtype=np.int64)
+    p = np.array([pos.get(int(c), -1) for c in y_pred.tolist()], dtype=np.int64)
+    keep = (t >= 0) & (p >= 0)
+    n = len(labels)
+    return np.bincount(t[keep] * n + p[keep], minlength=n * n).reshape(n, n)
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
                            class_names: Sequence[str]) -> dict:
     """Accuracy, macro/weighted F1 and a per-class table; labels are indices into ``class_names``."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels = np.union1d(y_true, y_pred)
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in length")
+    labels = np.union1d(y_true, y_pred).astype(np.int64)
+    cm = confusion_counts(y_true, y_pred, labels)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision = _safe_div(tp, predicted)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2 * tp, support + predicted)  # = 2TP / (2TP + FP + FN)
+    n = int(len(y_true))
     return {
-        "n": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "macro_f1": float(f1.mean()) if len(labels) else 0.0,
+        "weighted_f1": float((f1 * support).sum() / support.sum()) if support.sum() else 0.0,
         "per_class": [
             {"class": class_names[c], "precision": float(pi), "recall": float(ri), "f1": float(fi),
              "support": int(si)}
-            for c, pi, ri, fi, si in zip(labels, p, r, f, s)
+            for c, pi, ri, fi, si in zip(labels.tolist(), precision, recall, f1, support)
         ],
     }
 
 
 def full_confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
     """(C, C) counts over every class of the model, rows = true."""
-    return confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
+    return confusion_counts(y_true, y_pred, np.arange(num_classes))
+
+
+def most_confused_pairs(cm: np.ndarray, class_names: list[str], k: int = 10) -> list[dict]:
+    """Top-``k`` non-zero off-diagonal cells by count (ties by true then predicted name)."""
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"confusion matrix shape {cm.shape} does not match {len(class_names)} class names")
+    totals = cm.sum(axis=1)
+    pairs = [{"true": class_names[i], "pred": class_names[j], "count": int(cm[i, j]),
+              "rate": int(cm[i, j]) / float(totals[i])}
+             for i, j in zip(*np.nonzero(cm)) if i != j]
+    pairs.sort(key=lambda p: (-p["count"], p["true"], p["pred"]))
+    return pairs[: max(0, k)]
 
 
 def format_table(metrics: dict) -> str:

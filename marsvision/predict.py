@@ -1,14 +1,17 @@
 """Inference API: ``load_model(path)`` → ``Classifier.predict(images)``.
 
-The CLI, benchmarks and (later) the web service are thin adapters over this module. Preprocessing
-comes from the model file (input size, mean, std), through ``transforms.decode`` — the same
-function that prepared the training and evaluation images.
+The CLI, benchmarks and evaluation are thin adapters over this module. ``load_model`` reads either
+model file kind — an ONNX file (fp32 or int8, run by ONNX Runtime, no torch needed; the bundled
+model is one) or a torch checkpoint (``.pt``, needs ``pip install 'marsvision[train]'``).
+Preprocessing comes from the model file (input size, mean, std), through ``transforms.decode`` and
+``transforms.normalize`` — the same functions that prepared the training and evaluation images.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,15 +19,31 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .model_file import ModelFileError, model_kind
 from .transforms import ImageError, ImageInput, decode, normalize
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm"}
-BUNDLED_MODEL = "marsvision-lite0.pt"
+BUNDLED_MODEL = "marsvision-lite0.int8.onnx"
+BUNDLED_SOURCE = "marsvision-lite0.pt"  # the torch checkpoint the bundled ONNX file is exported from
+EXPORT_COMMAND = f"marsvision export --model marsvision/assets/{BUNDLED_SOURCE} --int8 --output marsvision/assets"
 
 
 def bundled_model_path() -> Path:
-    """The model file shipped inside the package."""
+    """The model file shipped inside the package (int8 ONNX)."""
     return Path(str(resources.files("marsvision") / "assets" / BUNDLED_MODEL))
+
+
+def bundled_source_path() -> Path:
+    """The torch checkpoint the bundled ONNX model is exported from (``EXPORT_COMMAND``)."""
+    return bundled_model_path().with_name(BUNDLED_SOURCE)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -43,14 +62,14 @@ class Prediction:
 
 
 class Classifier:
-    """A loaded model plus the preprocessing it was trained with."""
+    """A model plus the preprocessing it was trained with; subclasses supply ``logits``.
 
-    def __init__(self, model, meta: dict, device: str = "cpu", threads: int | None = None):
-        import torch
+    ``meta`` holds at least ``class_names``, ``input_size``, ``mean``, ``std`` and ``arch``.
+    """
 
-        self.torch = torch
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+    runtime = "base"
+
+    def __init__(self, meta: dict, threads: int | None = None):
         self.meta = meta
         self.class_names: list[str] = list(meta["class_names"])
         self.input_size: int = int(meta["input_size"])
@@ -63,11 +82,7 @@ class Classifier:
 
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 → (N, C) float32 logits."""
-        from .train import autocast
-
-        x = self.torch.from_numpy(normalize(batch_u8, self.mean, self.std)).to(self.device)
-        with self.torch.inference_mode(), autocast(self.device):
-            return self.model(x.contiguous(memory_format=self.torch.channels_last)).float().cpu().numpy()
+        raise NotImplementedError
 
     def _results(self, sources: list, arrays: list, errors: list, top_k: int) -> list[Prediction]:
         good = [i for i, a in enumerate(arrays) if a is not None]
@@ -78,7 +93,7 @@ class Classifier:
             probs /= probs.sum(1, keepdims=True)
             k = max(1, min(top_k, probs.shape[1]))
             for row, i in zip(probs, good):
-                best = np.argsort(-row)[:k]
+                best = np.argsort(-row, kind="stable")[:k]
                 out[i].top_k = [(self.class_names[j], float(row[j])) for j in best]
                 out[i].label, out[i].confidence = out[i].top_k[0]
         return out
@@ -93,16 +108,33 @@ class Classifier:
                      workers: int | None = None) -> Iterator[Prediction]:
         """Yield one ``Prediction`` per input, in order; bad inputs carry ``error`` and never stop the batch.
 
-        Decoding runs in a thread pool while the model works on the previous batch.
+        Decoding runs in a thread pool (PIL releases the GIL) while the model works on the current
+        batch; at most about two batches are decoded ahead, so memory stays flat however many
+        inputs there are.
         """
-        workers = workers or self.threads or min(4, os.cpu_count() or 1)
+        workers = workers or self.threads or min(4, available_cpus())
         sources = list(sources)
-        with ThreadPoolExecutor(workers) as pool:
-            decoded = pool.map(self._decode_safe, sources)
-            for start in range(0, len(sources), batch_size):
-                chunk = sources[start:start + batch_size]
-                got = [next(decoded) for _ in chunk]
-                yield from self._results(chunk, [a for a, _ in got], [e for _, e in got], top_k)
+        ahead = 2 * batch_size + workers
+        with ThreadPoolExecutor(workers, thread_name_prefix="marsvision-decode") as pool:
+            queue: deque[Future] = deque()
+            next_index = 0
+
+            def fill() -> None:
+                nonlocal next_index
+                while len(queue) < ahead and next_index < len(sources):
+                    queue.append(pool.submit(self._decode_safe, sources[next_index]))
+                    next_index += 1
+
+            try:
+                fill()
+                for start in range(0, len(sources), batch_size):
+                    chunk = sources[start:start + batch_size]
+                    got = [queue.popleft().result() for _ in chunk]
+                    fill()  # the pool decodes the next batches while the model runs on this one
+                    yield from self._results(chunk, [a for a, _ in got], [e for _, e in got], top_k)
+            finally:
+                for f in queue:
+                    f.cancel()
 
     def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
                 top_k: int = 1) -> list[Prediction]:
@@ -112,18 +144,58 @@ class Classifier:
         return list(self.predict_iter(images, batch_size=batch_size, top_k=top_k))
 
 
-def load_model(path: str | os.PathLike | None = None, device: str = "cpu",
-               threads: int | None = None) -> Classifier:
-    """Load a marsvision model file (default: the bundled model)."""
-    import torch
+class TorchClassifier(Classifier):
+    """A torch model (from a ``.pt`` checkpoint); bf16 autocast where the CPU supports it, as in training."""
 
+    runtime = "torch"
+
+    def __init__(self, model, meta: dict, device: str = "cpu", threads: int | None = None):
+        import torch
+
+        super().__init__(meta, threads)
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+        from .train import autocast
+
+        x = self.torch.from_numpy(normalize(batch_u8, self.mean, self.std)).to(self.device)
+        with self.torch.inference_mode(), autocast(self.device):
+            return self.model(x.contiguous(memory_format=self.torch.channels_last)).float().cpu().numpy()
+
+
+def load_torch_model(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> TorchClassifier:
+    """A torch checkpoint written by ``marsvision train``/``probe`` (needs the ``[train]`` extra)."""
+    try:
+        import torch
+    except ImportError:
+        raise ModelFileError(f"{path}: torch checkpoints need torch; install it with "
+                             "`pip install 'marsvision[train]'` or use an .onnx model") from None
     from .checkpoint import build_model, read_model_file
 
     if threads:
         torch.set_num_threads(threads)
-    ckpt = read_model_file(path or bundled_model_path())
+    ckpt = read_model_file(path)
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    return Classifier(build_model(ckpt), meta, device=device, threads=threads)
+    return TorchClassifier(build_model(ckpt), meta, device=device, threads=threads)
+
+
+def load_model(path: str | os.PathLike | None = None, device: str = "cpu",
+               threads: int | None = None) -> Classifier:
+    """Load a model file — ONNX (``.onnx``) or torch checkpoint (``.pt``); default: the bundled int8 model.
+
+    ``threads`` caps the CPU threads of the model and of image decoding (default: all available).
+    """
+    if path is None:
+        path = bundled_model_path()
+        if not path.is_file():
+            raise ModelFileError(f"bundled model {path} is missing; build it with `{EXPORT_COMMAND}`")
+    if model_kind(path) == "onnx":
+        from .onnx_classifier import OnnxClassifier
+
+        return OnnxClassifier(path, device=device, threads=threads)
+    return load_torch_model(path, device=device, threads=threads)
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:

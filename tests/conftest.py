@@ -71,3 +71,18 @@ def bad_input_folder(tmp_path: Path, real_data: Path) -> tuple[Path, set[str], s
         make(folder / name)
     (folder / "README.txt").write_text("ignored: not an image suffix")
     return folder, set(good), set(bad)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, real_data, tmp_path_factory) -> dict:
+    """``tiny_model`` exported by `marsvision export --int8` (small check/calibration sets).
+
+    Returns {"fp32": path, "int8": path, "report": export.json dict}.
+    """
+    from marsvision.onnx_export import ExportConfig, run_export
+
+    root = tmp_path_factory.mktemp("onnx")
+    report = run_export(ExportConfig(model=str(tiny_model), output=str(root / "out"), work=str(root / "work"),
+                                     int8=True, data=str(real_data), calib_images=30, check_images=40,
+                                     min_agreement=0.0, max_accuracy_drop=1.0, threads=1))
+    return {"fp32": root / "work" / "tiny.onnx", "int8": root / "out" / "tiny.int8.onnx", "report": report}

@@ -19,3 +19,32 @@ def test_hand_computed_case():
 def test_macro_uses_union_with_predicted_only_labels():
     m = classification_metrics([0, 0], [0, 1], ["x", "y"])
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_scikit_learn(seed):
+    sk = pytest.importorskip("sklearn.metrics")
+    import numpy as np
+
+    from marsvision.metrics import full_confusion_matrix, most_confused_pairs
+
+    rng = np.random.default_rng(seed)
+    n_classes = 12
+    y_true = rng.integers(0, 9, size=300)  # classes 9-11 only ever predicted, some never seen at all
+    y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, n_classes, size=300))
+    names = [f"c{i}" for i in range(n_classes)]
+    m = classification_metrics(y_true, y_pred, names)
+    assert m["accuracy"] == pytest.approx(sk.accuracy_score(y_true, y_pred))
+    assert m["macro_f1"] == pytest.approx(sk.f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert m["weighted_f1"] == pytest.approx(sk.f1_score(y_true, y_pred, average="weighted", zero_division=0))
+    labels = np.union1d(y_true, y_pred)
+    p, r, f, s = sk.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    assert [row["class"] for row in m["per_class"]] == [names[c] for c in labels]
+    np.testing.assert_allclose([row["precision"] for row in m["per_class"]], p)
+    np.testing.assert_allclose([row["recall"] for row in m["per_class"]], r)
+    np.testing.assert_allclose([row["f1"] for row in m["per_class"]], f)
+    assert [row["support"] for row in m["per_class"]] == s.tolist()
+    cm = full_confusion_matrix(y_true, y_pred, n_classes)
+    np.testing.assert_array_equal(cm, sk.confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)))
+    report = pytest.importorskip("marsvision.report")
+    assert most_confused_pairs(cm, names, k=15) == report.most_confused_pairs(cm, names, k=15)

@@ -1,0 +1,123 @@
+"""Run an exported ONNX model file (fp32 or int8) with ONNX Runtime: no torch needed.
+
+An exported file is self-describing: ``marsvision export`` writes the class names, input size,
+normalisation and architecture into the ONNX ``metadata_props`` (strings; JSON where structured),
+so ``OnnxClassifier`` needs nothing but the file. Preprocessing is the shared numpy/PIL
+``transforms.decode`` + ``transforms.normalize``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .model_file import ModelFileError
+from .predict import Classifier, available_cpus
+from .transforms import normalize
+
+ONNX_FORMAT = "marsvision-onnx/1"
+PREPROCESSING = ("RGB; whole frame resized to input_size x input_size (PIL bilinear, JPEG draft >= 2x); "
+                 "x / 255; (x - mean) / std per channel; NCHW float32")
+
+
+def metadata_props(meta: dict, precision: str) -> dict[str, str]:
+    """The ``metadata_props`` an exported file carries, from a torch checkpoint's ``meta``."""
+    core = ("format", "arch", "class_names", "input_size", "mean", "std")
+    return {
+        "marsvision_format": ONNX_FORMAT,
+        "arch": str(meta["arch"]),
+        "class_names": json.dumps(list(meta["class_names"]), ensure_ascii=False),
+        "input_size": str(int(meta["input_size"])),
+        "mean": json.dumps([float(m) for m in meta["mean"]]),
+        "std": json.dumps([float(s) for s in meta["std"]]),
+        "precision": precision,
+        "preprocessing": PREPROCESSING,
+        # Everything else (training config, val metrics, export checks) for provenance.
+        "marsvision_meta": json.dumps({k: v for k, v in meta.items() if k not in core}, ensure_ascii=False),
+    }
+
+
+def parse_metadata(props: dict[str, str], where: str) -> dict:
+    """``metadata_props`` → the same ``meta`` dict a torch checkpoint has; ``ModelFileError`` if foreign."""
+    if props.get("marsvision_format") != ONNX_FORMAT:
+        raise ModelFileError(f"{where}: an ONNX model without marsvision metadata (class names, input size, "
+                             f"normalisation); export one with `marsvision export`")
+    try:
+        meta = dict(json.loads(props.get("marsvision_meta", "{}")))
+        meta.update(format=ONNX_FORMAT, arch=props["arch"], class_names=json.loads(props["class_names"]),
+                    input_size=int(props["input_size"]), mean=json.loads(props["mean"]),
+                    std=json.loads(props["std"]), precision=props.get("precision", "fp32"))
+        names, mean, std = meta["class_names"], meta["mean"], meta["std"]
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise ValueError("class_names must be a non-empty list of strings")
+        if len(mean) != 3 or len(std) != 3 or not all(float(s) > 0 for s in std) or meta["input_size"] < 1:
+            raise ValueError("mean/std must be 3 numbers (std > 0) and input_size positive")
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{where}: broken marsvision metadata ({type(e).__name__}: {e})") from None
+    return meta
+
+
+def session_options(threads: int):
+    """ONNX Runtime settings, chosen deliberately (see README, "Edge runtime").
+
+    - all graph optimisations: Conv+Clip fusion, QDQ → QLinearConv int8 kernels, constant folding;
+    - ``threads`` intra-op threads, no inter-op pool (the graph is a single chain);
+    - no spin-waiting: idle model threads must leave the CPU to the image-decoding threads.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3  # errors only; ORT warnings are not actionable for users
+    return so
+
+
+class OnnxClassifier(Classifier):
+    """An exported marsvision ONNX file run by ONNX Runtime on the CPU (or CUDA when available)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelFileError(f"{path}: ONNX models need onnxruntime (`pip install onnxruntime`)") from None
+        path = Path(path)
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ValueError(f"--device {device}: this onnxruntime has no CUDA provider; use --device cpu")
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads or available_cpus()),
+                                                providers=providers)
+        except Exception as e:  # InvalidProtobuf, Fail, InvalidGraph, NotImplemented, ...
+            reason = " ".join(str(e).split())[:200]
+            raise ModelFileError(f"{path}: not a readable ONNX model ({type(e).__name__}: {reason})") from None
+        meta = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
+        super().__init__(meta, threads)
+        self.path = path
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shape = inputs[0].shape if len(inputs) == 1 else []
+        size = meta["input_size"]
+        if len(inputs) != 1 or len(shape) != 4 or shape[1] != 3 or any(
+                isinstance(d, int) and d != size for d in shape[2:]):
+            raise ModelFileError(f"{path}: model input {[(i.name, i.shape) for i in inputs]} is not "
+                                 f"one (N, 3, {size}, {size}) image batch")
+        n_out = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+        if not outputs or (isinstance(n_out, int) and n_out != len(self.class_names)):
+            raise ModelFileError(f"{path}: model output {outputs[0].shape if outputs else None} does not have "
+                                 f"{len(self.class_names)} classes")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.precision = meta["precision"]
+
+    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+        x = normalize(batch_u8, self.mean, self.std)
+        return self.session.run([self.output_name], {self.input_name: x})[0]

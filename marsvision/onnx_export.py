@@ -1,0 +1,379 @@
+"""`marsvision export`: torch checkpoint → ONNX fp32 → int8 QDQ (ONNX Runtime static quantisation).
+
+The export checks its own output and raises ``ExportCheckError`` with the numbers when a check
+fails; nothing is moved into place then. Checks: fp32 ONNX vs torch logits on a real val batch
+(max abs difference), int8 vs fp32 top-1 agreement on val, and the val/test accuracy and
+macro-F1 of every written file. Files are written atomically (temporary name, then rename).
+
+The default quantisation options were chosen by measurement on val (README, "Edge runtime").
+Needs the ``[train]`` extra (torch, timm, onnx); running the result needs only onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx  # noqa: F401  (the [train] extra: fail at once, with the install hint, when it is missing)
+import torch
+
+from .atomic import atomic_write
+from .onnx_classifier import metadata_props
+from .predict import BUNDLED_SOURCE, available_cpus
+
+OPSET = 17
+
+
+def _f(default, help_: str):
+    return field(default=default, metadata={"help": help_})
+
+
+@dataclass
+class ExportConfig:
+    """Export a model file to ONNX (fp32) and, with --int8, a statically quantised int8 ONNX model."""
+
+    model: str = _f("", f"torch model file to export (default: marsvision/assets/{BUNDLED_SOURCE})")
+    output: str = _f("", "folder for the exported model: <name>.int8.onnx with --int8, else <name>.onnx "
+                         "(default: beside the model file)")
+    int8: bool = _f(False, "also write the int8 model (static QDQ quantisation, calibrated on train images)")
+    work: str = _f("", "folder for the fp32 file when --int8 is given, and export.json with every check "
+                       "(default: reports/export-<name>)")
+    data: str = _f("", "data set folder (default: $MARSVISION_DATA, then ./data/msl-images)")
+    calib_images: int = _f(300, "train images to calibrate activation ranges on (class-balanced)")
+    calib_method: str = _f("minmax", "calibration: minmax, entropy or percentile")
+    percentile: float = _f(99.999, "percentile for --calib-method percentile")
+    per_channel: bool = _f(True, "per-output-channel weight scales (essential for depthwise convolutions)")
+    activation_type: str = _f("uint8", "activation type: uint8 or int8")
+    weight_type: str = _f("int8", "weight type: int8 or uint8")
+    keep_float: str = _f("", "comma-separated node names (of the pre-processed graph) left in float")
+    check_images: int = _f(0, "val and test images used by the checks (0: all)")
+    max_logit_diff: float = _f(1e-3, "fail if fp32 ONNX and torch logits differ by more than this")
+    min_agreement: float = _f(0.98, "fail if int8 and fp32 top-1 agree on less than this fraction of val")
+    max_accuracy_drop: float = _f(0.01, "fail if int8 val or test accuracy is below fp32 by more than this")
+    threads: int = _f(0, "CPU threads (0: all)")
+
+
+class ExportCheckError(RuntimeError):
+    """An exported file failed a self-check; the message carries the numbers."""
+
+
+# ---------------------------------------------------------------------------------------------
+# torch → ONNX
+
+
+def freeze_same_padding(model, input_size: int) -> int:
+    """Replace TF-"SAME" convolutions (timm ``Conv2dSame``) by constant padding + a plain conv.
+
+    Their padding is computed from the input shape at run time, which exports as a dozen shape
+    ops per conv that stay in float around the quantised convs; for the model's fixed input size
+    the pads are constants. Outputs are bit-identical. Returns the number of convs replaced.
+    """
+    import math
+
+    from torch import nn
+
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: sizes.__setitem__(name, tuple(a[0].shape[-2:])))
+             for name, m in model.named_modules() if type(m).__name__ == "Conv2dSame"]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, input_size, input_size))
+    for h in hooks:
+        h.remove()
+
+    def same(i: int, k: int, s: int, d: int) -> int:
+        return max((math.ceil(i / s) - 1) * s + (k - 1) * d + 1 - i, 0)
+
+    for name, (ih, iw) in sizes.items():
+        old = model.get_submodule(name)
+        ph = same(ih, old.kernel_size[0], old.stride[0], old.dilation[0])
+        pw = same(iw, old.kernel_size[1], old.stride[1], old.dilation[1])
+        conv = nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, 0, old.dilation,
+                         old.groups, old.bias is not None)
+        conv.load_state_dict(old.state_dict())
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf,
+                nn.Sequential(nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), conv))
+    return len(sizes)
+
+
+def set_metadata(path: Path, meta: dict, precision: str) -> None:
+    """Write marsvision's ``metadata_props`` into the ONNX file at ``path`` (in place)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for k, v in metadata_props(meta, precision).items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.doc_string = f"marsvision {meta['arch']} classifier ({precision}), {len(meta['class_names'])} classes"
+    onnx.save(proto, str(path))
+
+
+def export_fp32(model, meta: dict, path: Path) -> None:
+    """Trace ``model`` (eval mode) to ONNX with a dynamic batch dimension and marsvision metadata."""
+    import warnings
+
+    size = int(meta["input_size"])
+    freeze_same_padding(model, size)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, torch.zeros(2, 3, size, size), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    set_metadata(path, meta, "fp32")
+
+
+# ---------------------------------------------------------------------------------------------
+# int8
+
+
+def calibration_reader(images_u8: np.ndarray, mean, std, batch_size: int = 10):
+    """An ORT ``CalibrationDataReader`` over uint8 images, normalised exactly as at inference.
+
+    It supports ``set_range`` so the calibrator can collect in small chunks (histogram methods
+    otherwise hold every activation of every image in memory at once).
+    """
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from .transforms import normalize
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = (len(images_u8) + batch_size - 1) // batch_size
+            self.set_range(0, self.batches)
+
+        def __len__(self) -> int:
+            return self.batches
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.i, self.end = start_index, end_index
+
+        def get_next(self):
+            if self.i >= self.end:
+                return None
+            x = normalize(images_u8[self.i * batch_size:(self.i + 1) * batch_size], mean, std)
+            self.i += 1
+            return {"input": x}
+
+        def rewind(self) -> None:
+            self.set_range(0, self.batches)
+
+    return Reader()
+
+
+def quant_options(cfg: ExportConfig) -> dict:
+    """The options recorded in the int8 file's metadata and export.json."""
+    return {"format": "QDQ", "activation_type": cfg.activation_type, "weight_type": cfg.weight_type,
+            "per_channel": cfg.per_channel, "calib_method": cfg.calib_method, "calib_images": cfg.calib_images,
+            **({"percentile": cfg.percentile} if cfg.calib_method == "percentile" else {}),
+            "keep_float": [n for n in cfg.keep_float.split(",") if n]}
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calib_u8: np.ndarray, meta: dict, cfg: ExportConfig) -> None:
+    """Pre-process (shape inference, constant folding), calibrate and quantise to QDQ int8."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    for name, value, valid in (("activation type", cfg.activation_type, types),
+                               ("weight type", cfg.weight_type, types), ("calibration", cfg.calib_method, methods)):
+        if value not in valid:
+            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+    prep = out_path.with_name(out_path.stem + ".prep.onnx")
+    quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
+    extra = {"CalibStridedMinMax": 1}  # collect one reader batch at a time (bounded memory)
+    if cfg.calib_method == "percentile":
+        extra["CalibPercentile"] = cfg.percentile
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT logs every tensor
+    quantize_static(str(prep), str(out_path), calibration_reader(calib_u8, meta["mean"], meta["std"]),
+                    quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                    activation_type=types[cfg.activation_type], weight_type=types[cfg.weight_type],
+                    calibrate_method=methods[cfg.calib_method],
+                    nodes_to_exclude=quant_options(cfg)["keep_float"], extra_options=extra)
+    prep.unlink()
+    set_metadata(out_path, {**meta, "quantization": quant_options(cfg)}, "int8")
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` items drawn round-robin over classes (each class shuffled), sorted."""
+    rng = np.random.default_rng(seed)
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < n and any(pools):
+        for pool in pools:
+            if pool and len(picked) < n:
+                picked.append(int(pool.pop()))
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def onnx_logits(path: Path, images_u8: np.ndarray, threads: int, batch_size: int = 32) -> np.ndarray:
+    """Logits of an ONNX file through the runtime the package uses (``OnnxClassifier``)."""
+    from .onnx_classifier import OnnxClassifier
+
+    clf = OnnxClassifier(path, threads=threads)
+    return np.concatenate([clf.logits(images_u8[i:i + batch_size]) for i in range(0, len(images_u8), batch_size)])
+
+
+def split_scores(logits: np.ndarray, true_names: list[str], class_names: list[str]) -> dict:
+    from .metrics import classification_metrics
+
+    names = list(class_names) + sorted(set(true_names) - set(class_names))
+    index = {n: i for i, n in enumerate(names)}
+    m = classification_metrics([index[t] for t in true_names], logits.argmax(1), names)
+    return {"accuracy": round(m["accuracy"], 5), "macro_f1": round(m["macro_f1"], 5)}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_export(cfg: ExportConfig) -> dict:
+    """`marsvision export`: write the file(s), run every check, print and return the report."""
+    from .checkpoint import build_model, read_model_file
+    from .data import MSLDataset, decode_many
+
+    src = Path(cfg.model) if cfg.model else Path("marsvision/assets") / BUNDLED_SOURCE
+    dataset = MSLDataset(cfg.data or None)  # fail on a missing data set before any work
+    ckpt = read_model_file(src)
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    meta["source"] = {"file": src.name, "sha256": _sha256(src)}
+    size, names = int(meta["input_size"]), list(meta["class_names"])
+    threads = cfg.threads or available_cpus()
+    torch.set_num_threads(threads)
+    out_dir = Path(cfg.output) if cfg.output else src.parent
+    work = Path(cfg.work) if cfg.work else Path("reports") / f"export-{src.stem}"
+    fp32_final = (work if cfg.int8 else out_dir) / f"{src.stem}.onnx"
+    int8_final = out_dir / f"{src.stem}.int8.onnx"
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[export {time.perf_counter() - t0:5.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    def images(split: str, n: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+        s = dataset.split(split)
+        idx = balanced_subset(s.labels, n, seed) if n and n < len(s) else np.arange(len(s))
+        log(f"decoding {len(idx)} {split} images")
+        u8 = decode_many([s.paths[i] for i in idx], size, workers=threads)
+        return u8, [dataset.class_names[int(c)] for c in s.labels[idx]]
+
+    report: dict = {"source": str(src), "config": asdict(cfg), "checks": {}, "files": {}}
+    checks = report["checks"]
+    failures: list[str] = []
+    work.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=work))
+    try:
+        val_u8, val_true = images("val", cfg.check_images)
+        test_u8, test_true = images("test", cfg.check_images)
+        fp32 = tmp / fp32_final.name
+        log(f"exporting {src} → ONNX fp32 (opset {OPSET})")
+        model = build_model(ckpt)
+        export_fp32(model, meta, fp32)
+
+        # 1. fp32 ONNX reproduces torch on a real batch (pure fp32 torch, no autocast).
+        batch = val_u8[:32]
+        from .transforms import normalize
+
+        with torch.no_grad():
+            ref = build_model(ckpt)(torch.from_numpy(normalize(batch, meta["mean"], meta["std"]))).numpy()
+        diff = float(np.abs(onnx_logits(fp32, batch, threads) - ref).max())
+        checks["fp32_vs_torch_max_abs_logit_diff"] = {"value": diff, "limit": cfg.max_logit_diff, "images": len(batch)}
+        if not diff <= cfg.max_logit_diff:
+            failures.append(f"fp32 ONNX logits differ from torch by {diff:.3g} (limit {cfg.max_logit_diff:g}) "
+                            f"on {len(batch)} val images")
+        log("fp32 val/test logits")
+        logits = {"fp32": (onnx_logits(fp32, val_u8, threads), onnx_logits(fp32, test_u8, threads))}
+        files = {"fp32": (fp32, fp32_final)}
+
+        if cfg.int8:
+            calib_split = dataset.split("train")
+            cidx = balanced_subset(calib_split.labels, cfg.calib_images)
+            log(f"calibrating on {len(cidx)} train images ({cfg.calib_method}), quantising to int8")
+            calib = decode_many([calib_split.paths[i] for i in cidx], size, workers=threads)
+            int8 = tmp / int8_final.name
+            quantize_int8(fp32, int8, calib, meta, cfg)
+            del calib
+            logits["int8"] = (onnx_logits(int8, val_u8, threads), onnx_logits(int8, test_u8, threads))
+            files["int8"] = (int8, int8_final)
+            # 2. int8 and fp32 agree on val.
+            agree = float((logits["int8"][0].argmax(1) == logits["fp32"][0].argmax(1)).mean())
+            checks["int8_vs_fp32_val_top1_agreement"] = {"value": agree, "limit": cfg.min_agreement,
+                                                         "images": len(val_u8)}
+            if not agree >= cfg.min_agreement:
+                failures.append(f"int8 and fp32 top-1 agree on {agree:.2%} of {len(val_u8)} val images "
+                                f"(limit {cfg.min_agreement:.2%})")
+
+        # 3. accuracy of every file on val and test.
+        for kind, (val_logits, test_logits) in logits.items():
+            checks[f"{kind}_scores"] = {"val": split_scores(val_logits, val_true, names),
+                                        "test": split_scores(test_logits, test_true, names)}
+        if cfg.int8:
+            for split in ("val", "test"):
+                a, b = checks["fp32_scores"][split]["accuracy"], checks["int8_scores"][split]["accuracy"]
+                if not a - b <= cfg.max_accuracy_drop:
+                    failures.append(f"int8 {split} accuracy {b:.4f} is {a - b:.4f} below fp32 {a:.4f} "
+                                    f"(limit {cfg.max_accuracy_drop:g})")
+        for kind, (path, final) in files.items():
+            report["files"][kind] = {"path": str(final), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        report["passed"] = not failures
+        report["failures"] = failures
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        with atomic_write(work / "export.json") as f:
+            json.dump(report, f, indent=2)
+        print(format_report(report))
+        if failures:
+            raise ExportCheckError(f"export checks failed (nothing written; details in {work / 'export.json'}): "
+                                   + "; ".join(failures))
+        for path, final in files.values():
+            _move_atomic(path, final)
+            log(f"wrote {final} ({final.stat().st_size / 2**20:.2f} MiB)")
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_atomic(path: Path, final: Path) -> None:
+    """Put a finished file in place: fsync, then one rename (a copy to a temporary name first
+    when ``final`` is on another file system), so readers never see half a model."""
+    from .atomic import atomic_save
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    if path.stat().st_dev == final.parent.stat().st_dev:
+        os.replace(path, final)
+    else:
+        atomic_save(lambda tmp: shutil.copyfile(path, tmp), final)
+
+
+def format_report(report: dict) -> str:
+    c = report["checks"]
+    lines = [f"{'file':<6} {'val acc':>8} {'val F1':>8} {'test acc':>8} {'test F1':>8}"]
+    for kind in ("fp32", "int8"):
+        if f"{kind}_scores" in c:
+            s = c[f"{kind}_scores"]
+            lines.append(f"{kind:<6} {s['val']['accuracy']:8.4f} {s['val']['macro_f1']:8.4f} "
+                         f"{s['test']['accuracy']:8.4f} {s['test']['macro_f1']:8.4f}")
+    d = c.get("fp32_vs_torch_max_abs_logit_diff")
+    if d:
+        lines.append(f"fp32 ONNX vs torch: max |logit diff| {d['value']:.2e} (limit {d['limit']:g})")
+    a = c.get("int8_vs_fp32_val_top1_agreement")
+    if a:
+        lines.append(f"int8 vs fp32: top-1 agreement on val {a['value']:.2%} (limit {a['limit']:.0%})")
+    lines.append("checks: " + ("passed" if report["passed"] else "FAILED"))
+    return "\n".join(lines)
