@@ -262,17 +262,21 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
         stats = train_one_epoch(model, x_train, y_train, order, train_preset, optimizer, cfg, device, epoch,
                                 epoch * steps_per_epoch, cfg.epochs * steps_per_epoch, loss_w, ema, progress)
         eval_model = ema.module if ema is not None else model
-        val = evaluate(eval_model, x_val, y_val, eval_preset, device, class_names)
+        # When val is part of training it cannot select anything: evaluate it once, at the end.
+        last = epoch == cfg.epochs - 1
+        val = evaluate(eval_model, x_val, y_val, eval_preset, device, class_names) if select_on_val or last else None
         row = {"epoch": epoch + 1, "train_loss": round(stats["train_loss"], 5), "lr": stats["lr"],
-               "img_per_s": round(stats["img_per_s"], 2), "val_loss": round(val["loss"], 5),
-               "val_acc": round(val["accuracy"], 5), "val_macro_f1": round(val["macro_f1"], 5),
-               "val_weighted_f1": round(val["weighted_f1"], 5), "epoch_s": round(time.perf_counter() - t0, 1)}
+               "img_per_s": round(stats["img_per_s"], 2)}
+        for key, name in [("val_loss", "loss"), ("val_acc", "accuracy"), ("val_macro_f1", "macro_f1"),
+                          ("val_weighted_f1", "weighted_f1")]:
+            row[key] = round(val[name], 5) if val else None
+        row["epoch_s"] = round(time.perf_counter() - t0, 1)
         history.append(row)
         score = val["macro_f1"] if select_on_val else epoch
         if score > best:
             best = score
             save_model(run_dir / "best.pt", eval_model, model_meta(**meta, metrics={"epoch": epoch + 1, "val": {
-                k: val[k] for k in ("accuracy", "macro_f1", "weighted_f1")}}))
+                k: val[k] for k in ("accuracy", "macro_f1", "weighted_f1")} if val else None}))
         run.write_history(history)
         buf = io.BytesIO()  # serialise fully before the atomic rename
         torch.save({"config": asdict(cfg), "epoch": epoch, "best": best, "history": history,
@@ -281,7 +285,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
                     "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                             "python": random.getstate()}}, buf)
         atomic_save(lambda tmp: Path(tmp).write_bytes(buf.getvalue()), run_dir / "last.pt")
-        print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val acc {row['val_acc']:.4f}  "
-              f"val macro-F1 {row['val_macro_f1']:.4f}  {row['img_per_s']:.1f} img/s  {row['epoch_s']:.0f}s",
-              flush=True)
+        scores = f"val acc {row['val_acc']:.4f}  val macro-F1 {row['val_macro_f1']:.4f}  " if val else ""
+        print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  {scores}"
+              f"{row['img_per_s']:.1f} img/s  {row['epoch_s']:.0f}s", flush=True)
     return run_dir

@@ -80,3 +80,11 @@ def test_schedule_and_weights():
     assert lr_at(99, 100, 10, 1.0, "cosine") < 0.02
     w = class_weights(torch.tensor([0, 0, 0, 0, 1]).numpy(), 3, power=1.0)
     assert w[1] == pytest.approx(4 * w[0]) and w[2] == 0
+
+
+def test_trainval_refit_selects_last_epoch(real_data, tmp_path):
+    run = train(tiny_cfg(real_data, tmp_path, "tv", train_splits="train+val"), progress=False)
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert rows[0]["val_acc"] == "" and rows[1]["val_acc"] != ""  # val is evaluated once, at the end
+    assert json.loads((run / "config.json").read_text())["selection"] == "last epoch"
+    assert read_model_file(run / "best.pt")["metrics"]["epoch"] == 2

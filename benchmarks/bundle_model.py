@@ -1,0 +1,26 @@
+"""Copy a trained model file into the package as the bundled model, weights stored in fp16.
+
+    python benchmarks/bundle_model.py runs/lite0-trainval/best.pt
+
+fp16 storage halves the file (the loader casts back to fp32); the bundled file's own metrics are
+measured by `python benchmarks/compare_models.py --bundled`, so the rounding is accounted for.
+"""
+
+import sys
+from pathlib import Path
+
+from marsvision.checkpoint import build_model, read_model_file, save_model
+from marsvision.predict import bundled_model_path
+
+
+def main(src: str, dst: str | None = None) -> None:
+    ckpt = read_model_file(src)
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    meta["config"] = {**meta.get("config", {}), "source_file": str(src)}
+    out = Path(dst) if dst else bundled_model_path()
+    save_model(out, build_model(ckpt), meta, half=True)
+    print(f"{src} → {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
