@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 
 from marsvision.checkpoint import build_model, read_model_file, save_model
-from marsvision.predict import bundled_model_path
+from marsvision.predict import bundled_source_path
 
 
 def main(src: str, dst: str | None = None) -> None:
     ckpt = read_model_file(src)
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     meta["config"] = {**meta.get("config", {}), "source_file": str(src)}
-    out = Path(dst) if dst else bundled_model_path()
+    out = Path(dst) if dst else bundled_source_path()
     save_model(out, build_model(ckpt), meta, half=True)
     print(f"{src} → {out} ({out.stat().st_size / 2**20:.1f} MiB)")
 

@@ -21,11 +21,10 @@ def model_kind(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix in (".pt", ".pth"):
-        return "torch"
     with open(path, "rb") as f:
         head = f.read(4)
-    return "torch" if head.startswith(ZIP_MAGIC) or head[:1] == PICKLE_MAGIC else "onnx"
+    if head.startswith(ZIP_MAGIC):  # whatever its name says
+        return "torch"
+    if path.suffix.lower() in (".pt", ".pth") or head[:1] == PICKLE_MAGIC:
+        return "torch"
+    return "onnx"  # protobuf has no magic number; ONNX Runtime names the problem if it is not ONNX
