@@ -7,6 +7,7 @@ ordinary marsvision model file that ``load_model``/``predict``/``evaluate`` use 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,12 +40,13 @@ def extract_features(backbone, images_u8: torch.Tensor, preset) -> np.ndarray:
     return predict_logits(backbone, images_u8, preset, torch.device("cpu")).numpy()
 
 
-def train_probe(cfg: ProbeConfig, progress: bool = True) -> Path:
+def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     """Fit, pick C on val macro-F1, fold into a model file; returns its path."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from sklearn.preprocessing import StandardScaler
 
+    progress = sys.stderr.isatty() if progress is None else progress
     ds = MSLDataset(cfg.data or None)
     d = model_defaults(cfg.model)
     train = ds.splits(cfg.train_splits.split("+"))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .atomic import atomic_save, atomic_write
-from .checkpoint import model_meta, save_model
+from .checkpoint import build_model, model_meta, read_model_file, save_model
 from .data import MSLDataset, Split, decode_many
 from .metrics import classification_metrics
 from .models import create_model, model_defaults
@@ -55,6 +55,7 @@ class TrainConfig:
     train_size: int = _f(0, "training crop size in pixels (0: same as img_size); lower is faster")
     drop_rate: float = _f(0.2, "dropout before the classifier")
     pretrained: bool = _f(True, "start from ImageNet weights (EfficientNet-Lite)")
+    init: str = _f("", "start from this model file's weights, e.g. a linear probe (LP-FT); same classes")
     seed: int = _f(0, "random seed")
     device: str = _f("auto", "auto, cpu or cuda")
     out: str = _f("runs", "parent folder of run folders")
@@ -220,6 +221,12 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     x_val = torch.from_numpy(decode_many([val_split.paths[i] for i in keep], size, cfg.workers or None, progress))
 
     model = create_model(cfg.model, len(class_names), pretrained=cfg.pretrained, drop_rate=cfg.drop_rate)
+    if cfg.init and state is None:
+        ckpt = read_model_file(cfg.init)
+        if ckpt["arch"] != cfg.model or ckpt["class_names"] != class_names:
+            raise ValueError(f"--init {cfg.init}: {ckpt['arch']} with {len(ckpt['class_names'])} classes does not "
+                             f"match {cfg.model} with {len(class_names)} classes")
+        model.load_state_dict(build_model(ckpt).state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]

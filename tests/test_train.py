@@ -88,3 +88,11 @@ def test_trainval_refit_selects_last_epoch(real_data, tmp_path):
     assert rows[0]["val_acc"] == "" and rows[1]["val_acc"] != ""  # val is evaluated once, at the end
     assert json.loads((run / "config.json").read_text())["selection"] == "last epoch"
     assert read_model_file(run / "best.pt")["metrics"]["epoch"] == 2
+
+
+def test_init_from_model_file_lp_ft(real_data, tmp_path, tiny_model):
+    first = train(tiny_cfg(real_data, tmp_path, "first", epochs=1), progress=False)
+    second = train(tiny_cfg(real_data, tmp_path, "second", epochs=1, init=str(first / "best.pt")), progress=False)
+    assert json.loads((second / "config.json").read_text())["init"].endswith("best.pt")
+    with pytest.raises(ValueError, match="does not match"):
+        train(tiny_cfg(real_data, tmp_path, "third", epochs=1, init=str(tiny_model)), progress=False)
