@@ -29,17 +29,20 @@ from marsvision.train import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# name → (description, how to build it). Hyper-parameters were chosen on val (see MODEL_CARD.md).
-FINETUNE = dict(model="efficientnet_lite0", epochs=10, lr=6e-4)
+# name → (description, kind, config). Hyper-parameters were chosen on val (see MODEL_CARD.md).
+FT = dict(model="efficientnet_lite0", train_size=192, lr=6e-4)
 MODELS = {
-    "small_cnn-train": ("(a) small CNN from scratch, train split", "train",
-                        TrainConfig(model="small_cnn", epochs=30, lr=2e-3, batch_size=64, name="small_cnn-train")),
-    "probe-lite0-train": ("(b) frozen Lite0 features + balanced logistic regression, train split", "probe",
+    "small_cnn-train": ("(a) small CNN from scratch", "train",
+                        TrainConfig(model="small_cnn", epochs=8, lr=2e-3, batch_size=64, name="small_cnn-train")),
+    "probe-lite0-train": ("(b) frozen Lite0 + balanced logistic regression", "probe",
                           ProbeConfig(out="runs/probe-lite0-train/best.pt")),
-    "lite0-train": ("(c) fine-tuned EfficientNet-Lite0, train split", "train",
-                    TrainConfig(**FINETUNE, name="lite0-train")),
-    "lite0-trainval": ("(c') fine-tuned EfficientNet-Lite0, refit on train+val (bundled)", "train",
-                       TrainConfig(**FINETUNE, train_splits="train+val", name="lite0-trainval")),
+    "lite0-train": ("(c) fine-tuned Lite0, 6 epochs", "train", TrainConfig(**FT, epochs=6, name="lite0-train")),
+    "lite0-lpft-3ep": ("(c) Lite0 LP-FT (fine-tuned from the probe), 3 epochs", "train",
+                       TrainConfig(**FT, epochs=3, init="runs/probe-lite0-train/best.pt", name="lite0-lpft-3ep")),
+    "probe-lite2-train": ("(d) frozen Lite2 + balanced logistic regression", "probe",
+                          ProbeConfig(model="efficientnet_lite2", out="runs/probe-lite2-train/best.pt")),
+    "probe-lite0-trainval": ("bundled: (b) refit on train+val, C from val", "probe",
+                             ProbeConfig(train_splits="train+val", c=10.0, out="runs/probe-lite0-trainval/best.pt")),
 }
 
 

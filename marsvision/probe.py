@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     from sklearn.preprocessing import StandardScaler
 
     progress = sys.stderr.isatty() if progress is None else progress
+    start = time.perf_counter()
     ds = MSLDataset(cfg.data or None)
     d = model_defaults(cfg.model)
     train = ds.splits(cfg.train_splits.split("+"))
@@ -56,13 +58,19 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     backbone.reset_classifier(0)
     preset = EvalPreset(d["mean"], d["std"])
 
+    timing = {"images": 0, "seconds": 0.0}
+
     def feats(split):
-        return extract_features(backbone, torch.from_numpy(decode_many(split.paths, d["input_size"], progress=progress)), preset)
+        t0 = time.perf_counter()
+        f = extract_features(backbone, torch.from_numpy(decode_many(split.paths, d["input_size"], progress=progress)), preset)
+        timing["images"] += len(split)
+        timing["seconds"] += time.perf_counter() - t0
+        return f
 
     to_index = {c: i for i, c in enumerate(class_ids)}
     x_tr, y_tr = feats(train), np.array([to_index[c] for c in train.labels])
     scaler = StandardScaler().fit(x_tr)
-    grid = [cfg.c] if cfg.c > 0 else [0.01, 0.03, 0.1, 0.3, 1.0]
+    grid = [cfg.c] if cfg.c > 0 else [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
     scores = {}
     if len(grid) > 1:
         val = ds.split(cfg.val_split).subset(cfg.limit or None)
@@ -88,6 +96,11 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     out = Path(cfg.out)
     save_model(out, model, model_meta(cfg.model, names, d["input_size"], d["mean"], d["std"], 0.0,
                                       config=asdict(cfg), metrics={"C": best_c, "val_macro_f1_by_C": scores}))
+    total = time.perf_counter() - start
+    feature_rate = timing["images"] / max(timing["seconds"], 1e-9)
     with atomic_write(out.parent / "config.json") as f:
-        json.dump({**asdict(cfg), "chosen_C": best_c, "val_macro_f1_by_C": scores}, f, indent=2)
+        json.dump({**asdict(cfg), "chosen_C": best_c, "val_macro_f1_by_C": scores, "n_train": len(train),
+                   "feature_img_per_s": round(feature_rate, 1), "total_s": round(total, 1)}, f, indent=2)
+    print(f"probe: C={best_c}, {len(train)} training images, features {feature_rate:.1f} img/s "
+          f"(decode + forward), total {total:.0f} s")
     return out
