@@ -23,7 +23,7 @@ import torch
 from marsvision.atomic import atomic_write
 from marsvision.data import MSLDataset
 from marsvision.evaluate import evaluate_split
-from marsvision.predict import bundled_model_path, load_model
+from marsvision.predict import bundled_model_path, bundled_source_path, load_model
 from marsvision.probe import ProbeConfig, train_probe
 from marsvision.train import TrainConfig, train
 
@@ -70,12 +70,14 @@ def main() -> None:
     rows = []
     todo = [(n, *MODELS[n]) for n in args.models.split(",") if n]
     if args.bundled:
-        todo.append(("bundled", "bundled model file (marsvision/assets)", "file", bundled_model_path()))
+        todo.append(("bundled-pt", "bundled torch file, fp16 (marsvision/assets)", "file", bundled_source_path()))
+        if bundled_model_path().is_file():
+            todo.append(("bundled-int8", "bundled int8 ONNX file (marsvision/assets)", "file", bundled_model_path()))
     for name, desc, kind, cfg in todo:
         path = cfg if kind == "file" else ensure_model(name, kind, cfg, args.data)
         clf = load_model(path)
         row = {"model": name, "description": desc, "file": str(path), "arch": clf.meta["arch"],
-               "train_splits": clf.meta["config"].get("train_splits", "train"),
+               "train_splits": clf.meta.get("config", {}).get("train_splits", "train"),
                "size_mb": round(Path(path).stat().st_size / 2**20, 2)}
         for split in ("val", "test"):
             t0 = time.perf_counter()
@@ -85,6 +87,12 @@ def main() -> None:
                         f"{split}_img_per_s": round(len(ds.split(split)) / (time.perf_counter() - t0), 1)})
         rows.append(row)
         print(json.dumps(row), flush=True)
+    # Merge with rows of earlier runs of this script (models evaluated now replace theirs).
+    old = json.loads((RESULTS / "models.json").read_text())["rows"] if (RESULTS / "models.json").is_file() else []
+    done = {r["model"] for r in rows}
+    order = list(MODELS) + ["bundled-pt", "bundled-int8"]
+    rows = sorted([r for r in old if r["model"] not in done] + rows,
+                  key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
     meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
             "note": "val trained on by *-trainval models, so their val columns are not held-out"}
