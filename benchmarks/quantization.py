@@ -1,0 +1,126 @@
+"""Choose the int8 quantisation options by measurement on val (never test).
+
+    python benchmarks/quantization.py --model runs/lite0-train/best.pt --data ../shared/data/msl-images
+
+Exports the model to fp32 ONNX once, then quantises it with each candidate option set (the same
+``quantize_int8`` that `marsvision export` runs) and measures on the whole val split: top-1
+agreement with fp32, accuracy, macro-F1, RMS logit error, and int8 speed (batch 32, one thread).
+Writes ``benchmarks/results/quantization.json`` and ``quantization.md``. The defaults of
+``ExportConfig`` are the winner; see README, "Edge runtime".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from marsvision.atomic import atomic_write  # noqa: E402
+from marsvision.checkpoint import build_model, read_model_file  # noqa: E402
+from marsvision.data import MSLDataset, decode_many  # noqa: E402
+from marsvision.onnx_export import (ExportConfig, balanced_subset, export_fp32, onnx_logits,  # noqa: E402
+                                    quantize_int8, split_scores)
+
+# (label, ExportConfig overrides). Baselines first, then the variations around the chosen default.
+MM = dict(calib_method="minmax")
+CANDIDATES = [
+    ("per-tensor U8S8 MinMax, all int8", dict(MM, per_channel=False, keep_float="")),
+    ("per-channel U8S8 MinMax, all int8", dict(MM, keep_float="")),
+    ("per-channel S8S8 MinMax, all int8", dict(MM, activation_type="int8", keep_float="")),
+    ("per-channel U8S8 MinMax, stem conv float", dict(MM, keep_float="stem")),
+    ("per-channel U8S8 MinMax, first 2 convs float", dict(MM)),
+    ("per-channel U8S8 MinMax, first 3 convs float", dict(MM, keep_float="first:3")),
+    ("per-channel U8S8 MinMax 1000 images, first 2 convs float", dict(MM, calib_images=1000)),
+    ("per-channel U8S8 Entropy, first 2 convs float", dict(calib_method="entropy")),
+    ("per-channel U8S8 Percentile 99.99, first 2 convs float", dict(percentile=99.99)),
+    ("per-channel U8S8 Percentile 99.999, first 2 convs float (default)", dict()),
+    ("per-channel S8S8 Percentile 99.999, first 2 convs float", dict(activation_type="int8")),
+    ("per-channel U8S8 Percentile 99.999, first 2 convs + classifier float", dict(keep_float="first:2,classifier")),
+]
+
+
+def speed(path: Path, images: np.ndarray) -> float:
+    """Images/s of the model alone, one thread, batches of 32 (after one warm-up batch)."""
+    from marsvision.onnx_classifier import OnnxClassifier
+
+    clf = OnnxClassifier(path, threads=1)
+    clf.logits(images[:32])
+    t0 = time.perf_counter()
+    for i in range(0, len(images), 32):
+        clf.logits(images[i:i + 32])
+    return len(images) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="torch model file (.pt)")
+    ap.add_argument("--data", default="", help="data set folder")
+    ap.add_argument("--only", default="", help="comma-separated candidate numbers (1-based) to run")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    ckpt = read_model_file(args.model)
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    ds = MSLDataset(args.data or None)
+    size, names = int(meta["input_size"]), list(meta["class_names"])
+    val = ds.split("val")
+    val_u8 = decode_many(val.paths, size, workers=1)
+    val_true = [ds.class_names[int(c)] for c in val.labels]
+    train = ds.split("train")
+    n_calib = max(c.get("calib_images", ExportConfig.calib_images) for _, c in CANDIDATES)
+    calib_idx = balanced_subset(train.labels, n_calib)
+    calib_u8 = decode_many([train.paths[i] for i in calib_idx], size, workers=1)
+    picked = {int(i) for i in args.only.split(",") if i}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        export_fp32(build_model(ckpt), meta, fp32)
+        ref = onnx_logits(fp32, val_u8, threads=1)
+        base = split_scores(ref, val_true, names)
+        rows.append({"options": "fp32 ONNX (reference)", **base, "agreement": 1.0, "rms_logit_error": 0.0,
+                     "img_s_1thread": round(speed(fp32, val_u8[:256]), 1)})
+        print(json.dumps(rows[-1]), flush=True)
+        for number, (label, overrides) in enumerate(CANDIDATES, 1):
+            if picked and number not in picked:
+                continue
+            cfg = replace(ExportConfig(), **overrides)
+            out = Path(tmp) / f"q{number}.onnx"
+            t0 = time.perf_counter()
+            # Balanced subsets are nested: the first n of the round-robin order are the n-image set.
+            quantize_int8(fp32, out, calib_u8[np.isin(calib_idx, balanced_subset(train.labels, cfg.calib_images))],
+                          meta, cfg)
+            seconds = time.perf_counter() - t0
+            q = onnx_logits(out, val_u8, threads=1)
+            rows.append({"options": label, **split_scores(q, val_true, names),
+                         "agreement": round(float((q.argmax(1) == ref.argmax(1)).mean()), 4),
+                         "rms_logit_error": round(float(np.sqrt(((q - ref) ** 2).mean())), 4),
+                         "img_s_1thread": round(speed(out, val_u8[:256]), 1), "quantise_s": round(seconds, 1),
+                         "mb": round(out.stat().st_size / 2**20, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+    result = {"model": str(args.model), "val_images": len(val), "calibration": "class-balanced train images",
+              "rows": rows}
+    out_dir = REPO / "benchmarks" / "results"
+    with atomic_write(out_dir / "quantization.json") as f:
+        json.dump(result, f, indent=2)
+    lines = ["| options | val agreement with fp32 | val acc | val macro-F1 | RMS logit error | img/s (1 thread, model only) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['options']} | {r['agreement']:.2%} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
+                     f"{r['rms_logit_error']:.3f} | {r['img_s_1thread']:.0f} |")
+    with atomic_write(out_dir / "quantization.md") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
