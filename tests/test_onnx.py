@@ -188,3 +188,14 @@ def test_predict_and_evaluate_where_torch_cannot_be_imported(tiny_onnx, real_dat
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["runtime"] == "onnxruntime"
     r = cli_run("predict", str(files[0]), "--model", str(REPO / "tests" / "conftest.py"))
     assert r.returncode == 2 and "not a readable ONNX model" in r.stderr
+
+
+@pytest.mark.parametrize("mean,std", [((0.5,) * 3, (0.5,) * 3), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_normalize_lookup_is_bit_identical_to_the_formula(mean, std):
+    from marsvision.transforms import normalize
+
+    batch = np.random.default_rng(0).integers(0, 256, (3, 17, 23, 3), dtype=np.uint8)
+    x = batch.astype(np.float32) * np.float32(1.0 / 255.0)
+    expected = ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(0, 3, 1, 2)
+    got = normalize(batch, mean, std)
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and np.array_equal(got, expected)
