@@ -15,8 +15,9 @@ RUN_FILES = {"best.pt", "config.json", "curves.png", "last.pt", "results.csv"}
 
 
 def tiny_cfg(real_data, tmp_path, name, **kw):
-    return TrainConfig(model="small_cnn", data=str(real_data), img_size=48, epochs=2, batch_size=8,
-                       limit=32, out=str(tmp_path), name=name, pretrained=False, **kw)
+    base = dict(model="small_cnn", data=str(real_data), img_size=48, epochs=2, batch_size=8, limit=32,
+                out=str(tmp_path), name=name, pretrained=False)
+    return TrainConfig(**{**base, **kw})
 
 
 def test_cli_one_epoch_lite0_on_real_images(real_data, tmp_path, capsys):
