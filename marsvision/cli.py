@@ -24,8 +24,8 @@ class PredictConfig:
     model: str = field(default="", metadata={"help": "model file: .onnx (fp32 or int8) or a torch .pt checkpoint (default: the bundled int8 model)"})
     output: str = field(default="", metadata={"help": "write results to this .csv or .json file (default: CSV on stdout)"})
     top_k: int = field(default=1, metadata={"help": "also report the K most likely classes"})
-    batch_size: int = field(default=32, metadata={"help": "images per forward pass"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for the model, and for image decoding beside it (0: all available)"})
+    batch_size: int = field(default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"})
+    threads: int = field(default=0, metadata={"help": "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
 
 
@@ -99,13 +99,14 @@ def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
     from tqdm import tqdm
 
     from .atomic import atomic_write
-    from .predict import Prediction, expand_inputs, load_model
+    from .predict import Prediction, expand_inputs, limit_cpus, load_model
 
     files, missing = expand_inputs(paths)
-    clf = load_model(cfg.model or None, device=cfg.device, threads=cfg.threads or None)
     preds = [Prediction(p, error=why) for p, why in missing]
-    preds += list(tqdm(clf.predict_iter(files, batch_size=cfg.batch_size, top_k=cfg.top_k),
-                       total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty()))
+    with limit_cpus(cfg.threads):
+        clf = load_model(cfg.model or None, device=cfg.device, threads=cfg.threads or None)
+        preds += list(tqdm(clf.predict_iter(files, batch_size=cfg.batch_size or None, top_k=cfg.top_k),
+                           total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty()))
     for p in preds:
         if not p.ok:
             print(f"marsvision: {p.source}: {p.error}", file=sys.stderr)

@@ -25,14 +25,14 @@ class EvaluateConfig:
     split: str = field(default="test", metadata={"help": "split to evaluate: train, val or test"})
     data: str = field(default="", metadata={"help": "data set folder (default: $MARSVISION_DATA, then ./data/msl-images)"})
     out: str = field(default="", metadata={"help": "report folder (default: reports/<model>-<split>)"})
-    batch_size: int = field(default=32, metadata={"help": "images per forward pass"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for decoding and the model (0: all)"})
+    batch_size: int = field(default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"})
+    threads: int = field(default=0, metadata={"help": "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     limit: int = field(default=0, metadata={"help": "evaluate at most this many images (0: all); for smoke tests"})
 
 
 def evaluate_split(clf: Classifier, dataset: MSLDataset, split: str, out_dir: Path,
-                   batch_size: int = 32, limit: int = 0, progress: bool = True) -> dict:
+                   batch_size: int = 0, limit: int = 0, progress: bool = True) -> dict:
     """Predict every image of ``split``, compute metrics, write the report files; returns metrics.
 
     The two plots need matplotlib (the ``[train]`` or ``[plots]`` extra); without it they are
@@ -46,7 +46,7 @@ def evaluate_split(clf: Classifier, dataset: MSLDataset, split: str, out_dir: Pa
     names = list(clf.class_names) + sorted(set(true_names) - set(clf.class_names))
     index = {n: i for i, n in enumerate(names)}
     t0 = time.perf_counter()
-    preds = list(tqdm(clf.predict_iter(data.paths, batch_size=batch_size, top_k=3), total=len(data),
+    preds = list(tqdm(clf.predict_iter(data.paths, batch_size=batch_size or None, top_k=3), total=len(data),
                       desc=f"evaluate {split}", unit="img", disable=not progress))
     seconds = time.perf_counter() - t0
     failed = [p for p in preds if not p.ok]
@@ -89,12 +89,13 @@ def evaluate_split(clf: Classifier, dataset: MSLDataset, split: str, out_dir: Pa
 
 def run_evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     """`marsvision evaluate`: load, evaluate, print the table, write the report folder."""
-    from .predict import load_model
+    from .predict import limit_cpus, load_model
 
     dataset = MSLDataset(cfg.data or None)  # fail on a missing data set before loading a model
-    clf = load_model(cfg.model or None, device=cfg.device, threads=cfg.threads or None)
     out = Path(cfg.out) if cfg.out else Path("reports") / f"{Path(cfg.model).stem if cfg.model else 'bundled'}-{cfg.split}"
-    m = evaluate_split(clf, dataset, cfg.split, out, cfg.batch_size, cfg.limit, progress)
+    with limit_cpus(cfg.threads):
+        clf = load_model(cfg.model or None, device=cfg.device, threads=cfg.threads or None)
+        m = evaluate_split(clf, dataset, cfg.split, out, cfg.batch_size, cfg.limit, progress)
     print(format_table(m))
     print("\nmost confused (true → predicted):")
     for pair in m["most_confused"][:8]:

@@ -19,6 +19,7 @@ from .predict import Classifier, available_cpus
 from .transforms import normalize
 
 ONNX_FORMAT = "marsvision-onnx/1"
+MAX_LANES = 4  # concurrent batches at most (memory: each holds its own activations)
 PREPROCESSING = ("RGB; whole frame resized to input_size x input_size (PIL bilinear, JPEG draft >= 2x); "
                  "x / 255; (x - mean) / std per channel; NCHW float32")
 
@@ -64,7 +65,7 @@ def session_options(threads: int):
     """ONNX Runtime settings, chosen deliberately (see README, "Edge runtime").
 
     - all graph optimisations: Conv+Clip fusion, QDQ → QLinearConv int8 kernels, constant folding;
-    - ``threads`` intra-op threads, no inter-op pool (the graph is a single chain);
+    - ``threads`` intra-op threads per run, no inter-op pool (the graph is a single chain);
     - no spin-waiting: idle model threads must leave the CPU to the image-decoding threads.
     """
     import onnxruntime as ort
@@ -83,6 +84,9 @@ class OnnxClassifier(Classifier):
     """An exported marsvision ONNX file run by ONNX Runtime on the CPU (or CUDA when available)."""
 
     runtime = "onnxruntime"
+    # Small batches: the int8 kernels are as fast at 4 images as at 32 (cache-resident activations)
+    # and peak memory is far lower (end to end, 2 threads: 4 → 127 MB, 16 → 302 MB RSS).
+    batch_size = 4
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
         try:
@@ -95,8 +99,13 @@ class OnnxClassifier(Classifier):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError(f"--device {device}: this onnxruntime has no CUDA provider; use --device cpu")
             providers.insert(0, "CUDAExecutionProvider")
+        # N threads: up to MAX_LANES batches in flight, the threads split among them. Independent
+        # single-threaded runs beat one run on N threads when decoding shares the cores (no
+        # barrier waits on a preempted worker): 337 vs 319 img/s end to end on 2 cores.
+        n = threads or available_cpus()
+        self.lanes = min(n, MAX_LANES)
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads or available_cpus()),
+            self.session = ort.InferenceSession(str(path), session_options(max(1, n // self.lanes)),
                                                 providers=providers)
         except Exception as e:  # InvalidProtobuf, Fail, InvalidGraph, NotImplemented, ...
             reason = " ".join(str(e).split())[:200]

@@ -9,6 +9,7 @@ Preprocessing comes from the model file (input size, mean, std), through ``trans
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +47,27 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+@contextlib.contextmanager
+def limit_cpus(n: int) -> Iterator[None]:
+    """Pin this process to ``n`` of its CPUs while the block runs (Linux; elsewhere a no-op).
+
+    A hard CPU budget, as on a rover: thread counts alone do not cap CPU use, since decoding
+    overlaps the model. ``n`` = 0 leaves the process as it is.
+    """
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        allowed = set()
+    pin = 0 < n < len(allowed)
+    if pin:
+        os.sched_setaffinity(0, sorted(allowed)[:n])
+    try:
+        yield
+    finally:
+        if pin:
+            os.sched_setaffinity(0, allowed)
+
+
 @dataclass
 class Prediction:
     """One input's result: ``label``/``confidence`` and ``top_k`` [(label, prob)], or an ``error``."""
@@ -68,6 +90,8 @@ class Classifier:
     """
 
     runtime = "base"
+    lanes = 1  # batches the model may run at the same time (each call single- or multi-threaded)
+    batch_size = 16  # default images per model call
 
     def __init__(self, meta: dict, threads: int | None = None):
         self.meta = meta
@@ -104,39 +128,51 @@ class Classifier:
         except ImageError as e:
             return None, str(e)
 
-    def predict_iter(self, sources: Iterable[ImageInput], batch_size: int = 32, top_k: int = 1,
+    def predict_iter(self, sources: Iterable[ImageInput], batch_size: int | None = None, top_k: int = 1,
                      workers: int | None = None) -> Iterator[Prediction]:
         """Yield one ``Prediction`` per input, in order; bad inputs carry ``error`` and never stop the batch.
 
-        Decoding runs in a thread pool (PIL releases the GIL) while the model works on the current
-        batch; at most about two batches are decoded ahead, so memory stays flat however many
-        inputs there are.
+        A thread pool decodes images (PIL releases the GIL) while the model works: ``self.lanes``
+        batches at a time, each in its own thread (ONNX Runtime releases the GIL too). Only about
+        ``lanes + 1`` batches are decoded ahead, so memory stays flat however many inputs there are.
         """
+        batch_size = batch_size or self.batch_size
         workers = workers or self.threads or min(4, available_cpus())
+        lanes = max(1, self.lanes)
         sources = list(sources)
-        ahead = 2 * batch_size + workers
-        with ThreadPoolExecutor(workers, thread_name_prefix="marsvision-decode") as pool:
-            queue: deque[Future] = deque()
+        ahead = (lanes + 1) * batch_size + workers
+        with ThreadPoolExecutor(workers, thread_name_prefix="marsvision-decode") as decoders, \
+                ThreadPoolExecutor(lanes, thread_name_prefix="marsvision-model") as models:
+            decoded: deque[Future] = deque()
+            running: deque[Future] = deque()
             next_index = 0
 
             def fill() -> None:
                 nonlocal next_index
-                while len(queue) < ahead and next_index < len(sources):
-                    queue.append(pool.submit(self._decode_safe, sources[next_index]))
+                while len(decoded) < ahead and next_index < len(sources):
+                    decoded.append(decoders.submit(self._decode_safe, sources[next_index]))
                     next_index += 1
+
+            def classify(chunk: list, futures: list[Future]) -> list[Prediction]:
+                got = [f.result() for f in futures]
+                return self._results(chunk, [a for a, _ in got], [e for _, e in got], top_k)
 
             try:
                 fill()
                 for start in range(0, len(sources), batch_size):
                     chunk = sources[start:start + batch_size]
-                    got = [queue.popleft().result() for _ in chunk]
-                    fill()  # the pool decodes the next batches while the model runs on this one
-                    yield from self._results(chunk, [a for a, _ in got], [e for _, e in got], top_k)
+                    futures = [decoded.popleft() for _ in chunk]
+                    fill()
+                    running.append(models.submit(classify, chunk, futures))
+                    if len(running) >= lanes:
+                        yield from running.popleft().result()
+                while running:
+                    yield from running.popleft().result()
             finally:
-                for f in queue:
+                for f in (*decoded, *running):
                     f.cancel()
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
+    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
                 top_k: int = 1) -> list[Prediction]:
         """Classify paths, bytes, PIL images or uint8 arrays; a single input also returns a list."""
         if isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or hasattr(images, "getpixel"):
@@ -148,6 +184,7 @@ class TorchClassifier(Classifier):
     """A torch model (from a ``.pt`` checkpoint); bf16 autocast where the CPU supports it, as in training."""
 
     runtime = "torch"
+    batch_size = 32
 
     def __init__(self, model, meta: dict, device: str = "cpu", threads: int | None = None):
         import torch

@@ -83,7 +83,9 @@ def test_fp32_onnx_logits_match_torch(tiny_model, tiny_onnx, real_data):
 def test_threads_caps_the_session(tiny_onnx):
     clf = load_model(tiny_onnx["int8"], threads=1)
     opts = clf.session.get_session_options()
-    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1 and clf.threads == 1
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1 and clf.threads == 1 and clf.lanes == 1
+    two = load_model(tiny_onnx["int8"], threads=2)  # two single-threaded runs in flight
+    assert two.lanes == 2 and two.session.get_session_options().intra_op_num_threads == 1
 
 
 @pytest.mark.parametrize("content,expect", [
@@ -199,3 +201,18 @@ def test_normalize_lookup_is_bit_identical_to_the_formula(mean, std):
     expected = ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(0, 3, 1, 2)
     got = normalize(batch, mean, std)
     assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and np.array_equal(got, expected)
+
+
+def test_threads_pins_the_cli_only_while_it_runs(tiny_onnx, real_data, tmp_path):
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs Linux and 2 CPUs")
+    from marsvision.predict import limit_cpus
+
+    before = os.sched_getaffinity(0)
+    with limit_cpus(1):
+        assert len(os.sched_getaffinity(0)) == 1
+    assert os.sched_getaffinity(0) == before
+    files = sorted((real_data / "calibrated").glob("*.JPG"))[:2]
+    assert main(["predict", *map(str, files), "--model", str(tiny_onnx["int8"]), "--threads", "1",
+                 "--output", str(tmp_path / "p.csv")]) == 0
+    assert os.sched_getaffinity(0) == before
