@@ -55,7 +55,7 @@ class ExportConfig:
     per_channel: bool = _f(True, "per-output-channel weight scales (essential for depthwise convolutions)")
     activation_type: str = _f("uint8", "activation type: uint8 or int8")
     weight_type: str = _f("int8", "weight type: int8 or uint8")
-    keep_float: str = _f("first:2", "comma-separated nodes left in float: 'first:K' (the first K convs), 'stem' "
+    keep_float: str = _f("first:3", "comma-separated nodes left in float: 'first:K' (the first K convs), 'stem' "
                                     "(= first:1), 'classifier' (the last Gemm) or node names of the pre-processed graph")
     check_images: int = _f(0, "val and test images used by the checks (0: all)")
     max_logit_diff: float = _f(1e-3, "fail if fp32 ONNX and torch logits differ by more than this")

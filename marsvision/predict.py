@@ -185,6 +185,7 @@ class TorchClassifier(Classifier):
 
     runtime = "torch"
     batch_size = 32
+    autocast = True  # bf16 where the CPU has it (AVX512-BF16/AMX), as in training; False: plain fp32
 
     def __init__(self, model, meta: dict, device: str = "cpu", threads: int | None = None):
         import torch
@@ -198,7 +199,7 @@ class TorchClassifier(Classifier):
         from .train import autocast
 
         x = self.torch.from_numpy(normalize(batch_u8, self.mean, self.std)).to(self.device)
-        with self.torch.inference_mode(), autocast(self.device):
+        with self.torch.inference_mode(), (autocast(self.device) if self.autocast else contextlib.nullcontext()):
             return self.model(x.contiguous(memory_format=self.torch.channels_last)).float().cpu().numpy()
 
 

@@ -7,6 +7,7 @@ The train preset augments whole uint8 batches on the tensor side (no per-image P
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -109,14 +110,22 @@ def decode(source: ImageInput, size: int) -> np.ndarray:
     return resize_uint8(load_image(source, size), size)
 
 
+@functools.lru_cache(maxsize=8)
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: ``(v * (1/255) - mean[c]) / std[c]`` for every uint8 value ``v``."""
+    lut = np.arange(256, dtype=np.float32)[None, :] * np.float32(1.0 / 255.0)
+    lut = (lut - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+    lut.flags.writeable = False
+    return lut
+
+
 def normalize(batch: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """(N, H, W, 3) uint8 → (N, 3, H, W) float32 normalised with per-channel mean/std (0-1 scale).
 
     Computed as ``(x * (1/255) - mean) / std`` in float32 for the 256 possible values of each
     channel, then looked up: the same bits as evaluating it per pixel, in one pass (~3x faster).
     """
-    lut = np.arange(256, dtype=np.float32)[None, :] * np.float32(1.0 / 255.0)
-    lut = (lut - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]  # (3, 256)
+    lut = _normalize_table(tuple(map(float, mean)), tuple(map(float, std)))
     batch = np.asarray(batch)
     out = np.empty((batch.shape[0], 3, batch.shape[1], batch.shape[2]), np.float32)
     for c in range(3):

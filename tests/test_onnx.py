@@ -34,8 +34,8 @@ def test_export_writes_self_describing_checked_files(tiny_onnx, tiny_model):
     assert json.loads(props["class_names"]) == ["apxs", "drt side", "ground", "horizon", "wheel"]
     assert props["input_size"] == "64" and json.loads(props["mean"]) == [0.5] * 3 and props["arch"] == "small_cnn"
     quant = json.loads(props["marsvision_meta"])["quantization"]
-    assert props["precision"] == "int8" and quant["per_channel"] and quant["keep_float"] == ["first:2"]
-    assert len(quant["float_nodes"]) == 2 and all(n.endswith("Conv") for n in quant["float_nodes"])
+    assert props["precision"] == "int8" and quant["per_channel"] and quant["keep_float"] == ["first:3"]
+    assert len(quant["float_nodes"]) == 3 and all(n.endswith("Conv") for n in quant["float_nodes"])
     clf = load_model(int8)
     assert clf.runtime == "onnxruntime" and clf.meta["source"]["file"] == tiny_model.name
     assert not any(name.endswith(".tmp") or name.startswith(".export-") for name in os.listdir(int8.parent))
