@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from marsvision.atomic import atomic_save
+from marsvision.metrics import most_confused_pairs  # re-exported: numpy-only, so evaluate needs no matplotlib
 
 PathLike = str | os.PathLike
 
@@ -199,23 +200,3 @@ def plot_curves(history: list[dict], path: PathLike) -> None:
                     transform=ax.transAxes)
     fig.tight_layout()
     _save(fig, path)
-
-
-def most_confused_pairs(cm: np.ndarray, class_names: list[str], k: int = 10) -> list[dict]:
-    """Top-``k`` non-zero off-diagonal cells by count (ties by true then predicted name)."""
-    cm = _check_square(cm, class_names)
-    totals = cm.sum(axis=1)
-    pairs = []
-    n = len(class_names)
-    for i in range(n):
-        for j in range(n):
-            c = int(cm[i, j])
-            if i != j and c > 0:
-                pairs.append({
-                    "true": class_names[i],
-                    "pred": class_names[j],
-                    "count": c,
-                    "rate": c / float(totals[i]),
-                })
-    pairs.sort(key=lambda p: (-p["count"], p["true"], p["pred"]))
-    return pairs[: max(0, k)]
