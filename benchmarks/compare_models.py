@@ -39,14 +39,29 @@ MODELS = {
     "lite0-train": ("(c) fine-tuned Lite0, 6 epochs", "train", TrainConfig(**FT, epochs=6, name="lite0-train")),
     "lite0-lpft-3ep": ("(c) Lite0 LP-FT (fine-tuned from the probe), 3 epochs", "train",
                        TrainConfig(**FT, epochs=3, init="runs/probe-lite0-train/best.pt", name="lite0-lpft-3ep")),
+    "lite0-lpft-3ep-loss": ("(c) Lite0 LP-FT, class-weighted loss instead of the sampler, 3 epochs", "train",
+                            TrainConfig(**FT, epochs=3, balance="loss", init="runs/probe-lite0-train/best.pt",
+                                        name="lite0-lpft-3ep-loss")),
+    "probe-lite0-train-192": ("(b) frozen Lite0 + balanced logistic regression, 192 px input", "probe",
+                              ProbeConfig(img_size=192, out="runs/probe-lite0-train-192/best.pt")),
+    "lite0-lpft-3ep-192": ("(c) Lite0 LP-FT, 160 px crops, 192 px input, 3 epochs", "train",
+                           TrainConfig(model="efficientnet_lite0", lr=6e-4, epochs=3, train_size=160, img_size=192,
+                                       init="runs/probe-lite0-train/best.pt", name="lite0-lpft-3ep-192")),
+    "ensemble-probe-lpft": ("(d) ensemble: mean probabilities of (b) and (c) LP-FT", "ensemble",
+                            ("probe-lite0-train", "lite0-lpft-3ep")),
     "probe-lite2-train": ("(d) frozen Lite2 + balanced logistic regression", "probe",
                           ProbeConfig(model="efficientnet_lite2", out="runs/probe-lite2-train/best.pt")),
-    "probe-lite0-trainval": ("bundled: (b) refit on train+val, C from val", "probe",
+    "probe-lite0-trainval": ("(b) refit on train+val, 224 px, C=10 from val (bundled until 2026-11-27)", "probe",
                              ProbeConfig(train_splits="train+val", c=10.0, out="runs/probe-lite0-trainval/best.pt")),
+    "probe-lite0-trainval-192": ("bundled: (b) 192 px refit on train+val, C=3 from val", "probe",
+                                 ProbeConfig(train_splits="train+val", img_size=192, c=3.0,
+                                             out="runs/probe-lite0-trainval-192/best.pt")),
 }
 
 
-def ensure_model(name: str, kind: str, cfg, data: str) -> Path:
+def ensure_model(name: str, kind: str, cfg, data: str) -> Path | list[Path]:
+    if kind == "ensemble":
+        return [ensure_model(m, MODELS[m][1], MODELS[m][2], data) for m in cfg]
     cfg.data = data
     if kind == "probe":
         path = Path(cfg.out)
@@ -76,9 +91,10 @@ def main() -> None:
     for name, desc, kind, cfg in todo:
         path = cfg if kind == "file" else ensure_model(name, kind, cfg, args.data)
         clf = load_model(path)
-        row = {"model": name, "description": desc, "file": str(path), "arch": clf.meta["arch"],
+        files = path if isinstance(path, list) else [path]
+        row = {"model": name, "description": desc, "file": "+".join(map(str, files)), "arch": clf.meta["arch"],
                "train_splits": clf.meta.get("config", {}).get("train_splits", "train"),
-               "size_mb": round(Path(path).stat().st_size / 2**20, 2)}
+               "size_mb": round(sum(Path(p).stat().st_size for p in files) / 2**20, 2)}
         for split in ("val", "test"):
             t0 = time.perf_counter()
             m = evaluate_split(clf, ds, split, Path("reports") / f"{name}-{split}", progress=False)
@@ -91,6 +107,8 @@ def main() -> None:
     old = json.loads((RESULTS / "models.json").read_text())["rows"] if (RESULTS / "models.json").is_file() else []
     done = {r["model"] for r in rows}
     order = list(MODELS) + ["bundled-pt", "bundled-int8"]
+    for r in old:  # descriptions follow the current MODELS table
+        r["description"] = MODELS[r["model"]][0] if r["model"] in MODELS else r["description"]
     rows = sorted([r for r in old if r["model"] not in done] + rows,
                   key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
     meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,

@@ -45,8 +45,12 @@ CANDIDATES = [
     ("per-channel U8S8 Percentile 99.999, first 2 convs float", dict(keep_float="first:2")),
     ("per-channel S8S8 Percentile 99.999, first 2 convs float", dict(activation_type="int8", keep_float="first:2")),
     ("per-channel U8S8 Percentile 99.999, first 2 convs + classifier float", dict(keep_float="first:2,classifier")),
-    ("per-channel U8S8 Percentile 99.999, first 3 convs float (default)", dict()),
-    ("per-channel U8S8 Percentile 99.999, first 3 convs + classifier float", dict(keep_float="first:3,classifier")),
+    ("per-channel U8S8 Percentile 99.999, first 3 convs float", dict(keep_float="first:3")),
+    ("per-channel U8S8 Percentile 99.999, first 3 convs + classifier float (default)", dict()),
+    ("per-channel U8S8 Percentile 99.999, first 3 + last conv float", dict(keep_float="first:3,last:1")),
+    ("per-channel U8S8 Percentile 99.999, first 3 + last conv + classifier float",
+     dict(keep_float="first:3,last:1,classifier")),
+    ("per-channel U8S8 Percentile 99.999 1000 images, first 3 convs float", dict(keep_float="first:3", calib_images=1000)),
 ]
 
 

@@ -55,8 +55,9 @@ class ExportConfig:
     per_channel: bool = _f(True, "per-output-channel weight scales (essential for depthwise convolutions)")
     activation_type: str = _f("uint8", "activation type: uint8 or int8")
     weight_type: str = _f("int8", "weight type: int8 or uint8")
-    keep_float: str = _f("first:3", "comma-separated nodes left in float: 'first:K' (the first K convs), 'stem' "
-                                    "(= first:1), 'classifier' (the last Gemm) or node names of the pre-processed graph")
+    keep_float: str = _f("first:3,classifier", "comma-separated nodes left in float: 'first:K' / 'last:K' (the first / last K "
+                                    "convs), 'stem' (= first:1), 'classifier' (the last Gemm) or node names of the "
+                                    "pre-processed graph")
     check_images: int = _f(0, "val and test images used by the checks (0: all)")
     max_logit_diff: float = _f(1e-3, "fail if fp32 ONNX and torch logits differ by more than this")
     min_agreement: float = _f(0.97, "fail if int8 and fp32 top-1 agree on less than this fraction of val")
@@ -211,7 +212,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_u8: np.ndarray, meta: d
 
 
 def resolve_nodes(model_path: Path, names: list[str]) -> list[str]:
-    """Node names for ``--keep-float``: 'first:K' → the first K Conv nodes (graph order), 'stem' →
+    """Node names for ``--keep-float``: 'first:K' / 'last:K' → the first / last K Conv nodes (graph order), 'stem' →
     'first:1', 'classifier' → the last Gemm/MatMul; any other entry must be a node name."""
     nodes = onnx.load(str(model_path), load_external_data=False).graph.node
     convs = [n.name for n in nodes if n.op_type == "Conv"]
@@ -223,13 +224,15 @@ def resolve_nodes(model_path: Path, names: list[str]) -> list[str]:
             name = "first:1"
         if name.startswith("first:") and name[6:].isdigit():
             out += convs[:int(name[6:])]
+        elif name.startswith("last:") and name[5:].isdigit():
+            out += convs[len(convs) - int(name[5:]):]
         elif name == "classifier":
             out += heads[-1:]
         elif name in known:
             out.append(name)
         else:
             raise ValueError(f"--keep-float: no node {name!r} in the graph "
-                             "(use 'first:K', 'stem', 'classifier' or a node name)")
+                             "(use 'first:K', 'last:K', 'stem', 'classifier' or a node name)")
     return list(dict.fromkeys(out))
 
 

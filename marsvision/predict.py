@@ -219,12 +219,46 @@ def load_torch_model(path: str | os.PathLike, device: str = "cpu", threads: int 
     return TorchClassifier(build_model(ckpt), meta, device=device, threads=threads)
 
 
-def load_model(path: str | os.PathLike | None = None, device: str = "cpu",
+class EnsembleClassifier(Classifier):
+    """Several models voting: logits are the log of their mean class probabilities.
+
+    Members must share class names and preprocessing, so each image is decoded once. Inference
+    costs the sum of the members' costs.
+    """
+
+    runtime = "ensemble"
+
+    def __init__(self, members: Sequence[Classifier]):
+        first = members[0]
+        for m in members[1:]:
+            if (m.class_names, m.input_size, m.mean, m.std) != (first.class_names, first.input_size, first.mean, first.std):
+                raise ModelFileError(f"ensemble members differ in classes or preprocessing: "
+                                     f"{first.meta.get('arch')} vs {m.meta.get('arch')}")
+        super().__init__({**first.meta, "arch": "+".join(str(m.meta.get("arch")) for m in members),
+                          "members": [m.meta for m in members]}, first.threads)
+        self.members = list(members)
+        self.batch_size = first.batch_size
+
+    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+        probs = []
+        for m in self.members:
+            z = m.logits(batch_u8)
+            e = np.exp(z - z.max(1, keepdims=True))  # (N, C)
+            probs.append(e / e.sum(1, keepdims=True))
+        return np.log(np.mean(probs, axis=0) + 1e-12).astype(np.float32)
+
+
+def load_model(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "cpu",
                threads: int | None = None) -> Classifier:
     """Load a model file — ONNX (``.onnx``) or torch checkpoint (``.pt``); default: the bundled int8 model.
 
+    A list of paths gives an ``EnsembleClassifier`` averaging their probabilities.
     ``threads`` caps the CPU threads of the model and of image decoding (default: all available).
     """
+    if isinstance(path, (list, tuple)):
+        if len(path) == 1:
+            return load_model(path[0], device, threads)
+        return EnsembleClassifier([load_model(p, device, threads) for p in path])
     if path is None:
         path = bundled_model_path()
         if not path.is_file():

@@ -31,6 +31,7 @@ class ProbeConfig:
     data: str = field(default="", metadata={"help": "data set folder (default: $MARSVISION_DATA, then ./data/msl-images)"})
     train_splits: str = field(default="train", metadata={"help": "splits to fit on, '+'-joined"})
     val_split: str = field(default="val", metadata={"help": "split used to choose C (when not fitted on)"})
+    img_size: int = field(default=0, metadata={"help": "input size in pixels (0: the backbone's default); the model file records it"})
     c: float = field(default=0.0, metadata={"help": "inverse regularisation strength (0: choose on val from a grid)"})
     out: str = field(default="runs/probe-lite0/best.pt", metadata={"help": "model file to write"})
     limit: int = field(default=0, metadata={"help": "use at most this many images per split (0: all)"})
@@ -51,6 +52,7 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     start = time.perf_counter()
     ds = MSLDataset(cfg.data or None)
     d = model_defaults(cfg.model)
+    size = cfg.img_size or d["input_size"]
     train = ds.splits(cfg.train_splits.split("+"))
     class_ids = sorted(set(train.labels.tolist()))
     train = train.subset(cfg.limit or None)
@@ -62,7 +64,7 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
 
     def feats(split):
         t0 = time.perf_counter()
-        f = extract_features(backbone, torch.from_numpy(decode_many(split.paths, d["input_size"], progress=progress)), preset)
+        f = extract_features(backbone, torch.from_numpy(decode_many(split.paths, size, progress=progress)), preset)
         timing["images"] += len(split)
         timing["seconds"] += time.perf_counter() - t0
         return f
@@ -94,7 +96,7 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     head.weight.data, head.bias.data = torch.from_numpy(w), torch.from_numpy(b)
     names = [ds.class_names[c] for c in class_ids]
     out = Path(cfg.out)
-    save_model(out, model, model_meta(cfg.model, names, d["input_size"], d["mean"], d["std"], 0.0,
+    save_model(out, model, model_meta(cfg.model, names, size, d["mean"], d["std"], 0.0,
                                       config=asdict(cfg), metrics={"C": best_c, "val_macro_f1_by_C": scores}))
     total = time.perf_counter() - start
     feature_rate = timing["images"] / max(timing["seconds"], 1e-9)

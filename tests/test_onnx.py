@@ -34,8 +34,8 @@ def test_export_writes_self_describing_checked_files(tiny_onnx, tiny_model):
     assert json.loads(props["class_names"]) == ["apxs", "drt side", "ground", "horizon", "wheel"]
     assert props["input_size"] == "64" and json.loads(props["mean"]) == [0.5] * 3 and props["arch"] == "small_cnn"
     quant = json.loads(props["marsvision_meta"])["quantization"]
-    assert props["precision"] == "int8" and quant["per_channel"] and quant["keep_float"] == ["first:3"]
-    assert len(quant["float_nodes"]) == 3 and all(n.endswith("Conv") for n in quant["float_nodes"])
+    assert props["precision"] == "int8" and quant["per_channel"] and quant["keep_float"] == ["first:3", "classifier"]
+    assert [n.rsplit("/", 1)[-1] for n in quant["float_nodes"]] == ["Conv", "Conv", "Conv", "Gemm"]
     clf = load_model(int8)
     assert clf.runtime == "onnxruntime" and clf.meta["source"]["file"] == tiny_model.name
     assert not any(name.endswith(".tmp") or name.startswith(".export-") for name in os.listdir(int8.parent))
@@ -216,3 +216,17 @@ def test_threads_pins_the_cli_only_while_it_runs(tiny_onnx, real_data, tmp_path)
     assert main(["predict", *map(str, files), "--model", str(tiny_onnx["int8"]), "--threads", "1",
                  "--output", str(tmp_path / "p.csv")]) == 0
     assert os.sched_getaffinity(0) == before
+
+
+def test_keep_float_names_resolve_to_graph_nodes(tiny_onnx):
+    import onnx
+
+    from marsvision.onnx_export import resolve_nodes
+
+    nodes = onnx.load(str(tiny_onnx["fp32"])).graph.node
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    head = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1]
+    got = resolve_nodes(tiny_onnx["fp32"], ["stem", "first:2", "last:1", "classifier"])
+    assert got == [convs[0], convs[1], convs[-1], head]  # in order, without repeats
+    with pytest.raises(ValueError, match="no node 'nope'"):
+        resolve_nodes(tiny_onnx["fp32"], ["nope"])

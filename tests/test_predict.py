@@ -21,6 +21,26 @@ def test_api_predict_accepts_paths_arrays_and_pil(tiny_model, real_data):
     assert clf.predict(path)[0].label == preds[0].label  # a single input also works
 
 
+def test_ensemble_averages_member_probabilities(tiny_model, tiny_onnx, real_data, tmp_path):
+    from marsvision.model_file import ModelFileError
+
+    path = sorted((real_data / "calibrated").glob("*.JPG"))[0]
+    members = [load_model(tiny_model), load_model(tiny_onnx["fp32"])]
+    ens = load_model([tiny_model, tiny_onnx["fp32"]])
+    assert ens.runtime == "ensemble" and ens.class_names == members[0].class_names
+    want = np.mean([[dict(m.predict(path, top_k=5)[0].top_k)[c] for c in ens.class_names] for m in members], axis=0)
+    got = dict(ens.predict(path, top_k=5)[0].top_k)
+    np.testing.assert_allclose([got[c] for c in ens.class_names], want, atol=1e-5)
+    # Members with other classes cannot vote together.
+    import torch
+
+    ckpt = torch.load(tiny_model, weights_only=True)
+    ckpt["class_names"] = ckpt["class_names"][::-1]
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(ModelFileError, match="differ"):
+        load_model([tiny_model, tmp_path / "other.pt"])
+
+
 @pytest.fixture(params=["torch", "fp32", "int8"])
 def any_model(request, tiny_model):
     """The tiny model as each file kind predict accepts: torch .pt, fp32 ONNX, int8 ONNX."""
