@@ -51,6 +51,12 @@ CANDIDATES = [
     ("per-channel U8S8 Percentile 99.999, first 3 + last conv + classifier float",
      dict(keep_float="first:3,last:1,classifier")),
     ("per-channel U8S8 Percentile 99.999 1000 images, first 3 convs float", dict(keep_float="first:3", calib_images=1000)),
+    ("per-channel U8S8 Percentile 99.999, first 3 + last 4 convs + classifier float",
+     dict(keep_float="first:3,last:4,classifier")),
+    ("per-channel U8S8 Percentile 99.999, first 3 + last 8 convs + classifier float",
+     dict(keep_float="first:3,last:8,classifier")),
+    ("per-channel U8S8 Percentile 99.999, first 3 + last 16 convs + classifier float",
+     dict(keep_float="first:3,last:16,classifier")),
 ]
 
 
@@ -64,6 +70,15 @@ def speed(path: Path, images: np.ndarray) -> float:
     for i in range(0, len(images), 32):
         clf.logits(images[i:i + 32])
     return len(images) / (time.perf_counter() - t0)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| options | val agreement with fp32 | val acc | val macro-F1 | RMS logit error | img/s (1 thread, model only) | MB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['options']} | {r['agreement']:.2%} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
+                     f"{r['rms_logit_error']:.3f} | {r['img_s_1thread']:.0f} | {r.get('mb', '–')} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -122,14 +137,9 @@ def main() -> None:
               "rows": rows}
     with atomic_write(out_dir / "quantization.json") as f:
         json.dump(result, f, indent=2)
-    lines = ["| options | val agreement with fp32 | val acc | val macro-F1 | RMS logit error | img/s (1 thread, model only) |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['options']} | {r['agreement']:.2%} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
-                     f"{r['rms_logit_error']:.3f} | {r['img_s_1thread']:.0f} |")
     with atomic_write(out_dir / "quantization.md") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        f.write(markdown(rows))
+    print(markdown(rows))
 
 
 if __name__ == "__main__":
