@@ -11,6 +11,7 @@ Trains whatever run folder is missing (tens of minutes each on 2 CPU cores; an e
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import sys
@@ -23,6 +24,7 @@ import torch
 from marsvision.atomic import atomic_write
 from marsvision.data import MSLDataset
 from marsvision.evaluate import evaluate_split
+from marsvision.metrics import bootstrap_ci
 from marsvision.predict import bundled_model_path, bundled_source_path, load_model
 from marsvision.probe import ProbeConfig, train_probe
 from marsvision.train import TrainConfig, train
@@ -74,6 +76,45 @@ def ensure_model(name: str, kind: str, cfg, data: str) -> Path | list[Path]:
     return run / "best.pt"
 
 
+REFERENCE = "probe-lite0-train"  # the val winner: other rows report their paired val difference to it
+
+
+def read_predictions(name: str, split: str) -> tuple[list[str], list[str], list[str]] | None:
+    """(paths, true names, predicted names) from the row's report folder, if it is there."""
+    path = Path("reports") / f"{name}-{split}" / "predictions.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["path"] for r in rows], [r["true"] for r in rows], [r["label"] for r in rows]
+
+
+def add_intervals(row: dict) -> None:
+    """95 % bootstrap intervals of each split's accuracy / macro-F1, and the paired macro-F1
+    difference to the reference model (both scored on the same resampled images)."""
+    for key in [k for k in row if k.endswith("_ci95")]:
+        del row[key]
+    for split in ("val", "test"):
+        got, ref = read_predictions(row["model"], split), read_predictions(REFERENCE, split)
+        if got is None:
+            continue
+        paths, true, pred = got
+        names = sorted(set(true) | set(pred) | (set(ref[2]) if ref else set()))
+        code = {n: i for i, n in enumerate(names)}
+        y, p = [code[n] for n in true], [code[n] for n in pred]
+        held_out = split not in row["train_splits"].split("+")
+        base = [code[n] for n in ref[2]] if ref and ref[0] == paths and row["model"] != REFERENCE and held_out else None
+        ci = bootstrap_ci(y, p, baseline=base)
+        row[f"{split}_acc_ci95"] = [round(v, 4) for v in ci["accuracy"]]
+        row[f"{split}_macro_f1_ci95"] = [round(v, 4) for v in ci["macro_f1"]]
+        if base is not None:
+            row[f"{split}_macro_f1_diff_vs_reference_ci95"] = [round(v, 4) for v in ci["macro_f1_diff"]]
+
+
+def ci(r: dict, key: str) -> str:
+    return f"{r[key][0]:.3f} to {r[key][1]:.3f}" if key in r else "–"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="", help="data set folder")
@@ -111,17 +152,23 @@ def main() -> None:
         r["description"] = MODELS[r["model"]][0] if r["model"] in MODELS else r["description"]
     rows = sorted([r for r in old if r["model"] not in done] + rows,
                   key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+    for r in rows:
+        add_intervals(r)
     meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-            "note": "val trained on by *-trainval models, so their val columns are not held-out"}
+            "note": "val trained on by *-trainval models, so their val columns are not held out",
+            "intervals": f"95 % percentile bootstrap over images (1000 resamples); differences are paired "
+                         f"against {REFERENCE} on the same resamples"}
     with atomic_write(RESULTS / "models.json") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    lines = ["| model | trained on | val acc | val macro-F1 | val weighted-F1 | test acc | test macro-F1 | test weighted-F1 | size MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | trained on | val acc | val macro-F1 | val weighted-F1 | val macro-F1 − (b), 95% CI | "
+             "test acc | test macro-F1 | test weighted-F1 | test acc, 95% CI | size MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['description']} | {r['train_splits']} | {r['val_acc']:.3f} | {r['val_macro_f1']:.3f} | "
-                     f"{r['val_weighted_f1']:.3f} | {r['test_acc']:.3f} | {r['test_macro_f1']:.3f} | "
-                     f"{r['test_weighted_f1']:.3f} | {r['size_mb']} |")
+                     f"{r['val_weighted_f1']:.3f} | {ci(r, 'val_macro_f1_diff_vs_reference_ci95')} | "
+                     f"{r['test_acc']:.3f} | {r['test_macro_f1']:.3f} | {r['test_weighted_f1']:.3f} | "
+                     f"{ci(r, 'test_acc_ci95')} | {r['size_mb']} |")
     with atomic_write(RESULTS / "models.md") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -13,7 +13,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .data import MSLDataset
-from .metrics import classification_metrics, format_table, full_confusion_matrix, most_confused_pairs
+from .metrics import bootstrap_ci, classification_metrics, format_table, full_confusion_matrix, most_confused_pairs
 from .predict import Classifier
 
 
@@ -58,7 +58,7 @@ def evaluate_split(clf: Classifier, dataset: MSLDataset, split: str, out_dir: Pa
     cm = full_confusion_matrix(y_true, y_pred, len(names))
     m.update(split=split, model=clf.meta.get("arch"), runtime=clf.runtime,
              precision=clf.meta.get("precision", "fp32"), images_per_s=len(data) / seconds,
-             most_confused=most_confused_pairs(cm, names, k=15))
+             most_confused=most_confused_pairs(cm, names, k=15), ci95=bootstrap_ci(y_true, y_pred))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_dir / "metrics.json") as f:

@@ -56,6 +56,46 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
     }
 
 
+def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], baseline: Sequence[int] | None = None,
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile-bootstrap intervals for accuracy and macro-F1 (images resampled with replacement).
+
+    With ``baseline`` (another model's predictions for the same images), also the interval of the
+    paired difference ``y_pred - baseline``: both are scored on the same resamples, so the images'
+    shared difficulty cancels out. Macro-F1 keeps scikit-learn's union-of-labels semantics per resample.
+    """
+    y_true = np.asarray(y_true, np.int64)
+    runs = {"model": np.asarray(y_pred, np.int64)}
+    if baseline is not None:
+        runs["baseline"] = np.asarray(baseline, np.int64)
+    n = len(y_true)
+    if n == 0 or any(len(v) != n for v in runs.values()):
+        raise ValueError("bootstrap_ci needs equally long, non-empty label arrays")
+    k = int(max(y_true.max(), *(v.max() for v in runs.values()))) + 1
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # (B, N) resampled image indices
+    t = y_true[idx]
+    offset = (np.arange(n_boot) * k)[:, None]  # one bincount for all resamples: class c of resample b → b*k + c
+    support = np.bincount((offset + t).ravel(), minlength=n_boot * k).reshape(n_boot, k)
+    scores = {}
+    for name, y in runs.items():
+        p = y[idx]
+        hit = t == p
+        tp = np.bincount((offset + t)[hit], minlength=n_boot * k).reshape(n_boot, k)
+        predicted = np.bincount((offset + p).ravel(), minlength=n_boot * k).reshape(n_boot, k)
+        present = (support + predicted) > 0  # (B, K) union of true and predicted labels
+        f1 = 2 * tp / np.maximum(support + predicted, 1)
+        scores[name] = {"accuracy": hit.mean(1), "macro_f1": f1.sum(1) / present.sum(1)}
+    q = [50 * (1 - level), 50 * (1 + level)]
+
+    def interval(x: np.ndarray) -> list[float]:
+        return [float(v) for v in np.percentile(x, q)]
+
+    out = {"level": level, "n_boot": n_boot, **{m: interval(v) for m, v in scores["model"].items()}}
+    if baseline is not None:
+        out.update({f"{m}_diff": interval(scores["model"][m] - scores["baseline"][m]) for m in scores["model"]})
+    return out
+
+
 def full_confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
     """(C, C) counts over every class of the model, rows = true."""
     return confusion_counts(y_true, y_pred, np.arange(num_classes))
@@ -80,6 +120,12 @@ def format_table(metrics: dict) -> str:
     lines = [
         f"images {metrics['n']}   accuracy {metrics['accuracy']:.4f}   "
         f"macro-F1 {metrics['macro_f1']:.4f}   weighted-F1 {metrics['weighted_f1']:.4f}",
+    ]
+    if "ci95" in metrics:
+        ci = metrics["ci95"]
+        lines.append(f"95% bootstrap interval: accuracy {ci['accuracy'][0]:.4f}–{ci['accuracy'][1]:.4f}   "
+                     f"macro-F1 {ci['macro_f1'][0]:.4f}–{ci['macro_f1'][1]:.4f}")
+    lines += [
         "",
         f"{'class':<{w}}  precision  recall     f1  support",
     ]

@@ -48,3 +48,27 @@ def test_matches_scikit_learn(seed):
     np.testing.assert_array_equal(cm, sk.confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)))
     report = pytest.importorskip("marsvision.report")
     assert most_confused_pairs(cm, names, k=15) == report.most_confused_pairs(cm, names, k=15)
+
+
+def test_bootstrap_matches_a_plain_loop_and_pairs_the_resamples():
+    import numpy as np
+
+    from marsvision.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 6, 80)
+    a = np.where(rng.random(80) < 0.7, y, rng.integers(0, 7, 80))  # label 6 only ever predicted
+    b = np.where(rng.random(80) < 0.5, y, rng.integers(0, 6, 80))
+    ci = bootstrap_ci(y, a, baseline=b, n_boot=50, seed=3)
+    # The same resamples, scored one by one with classification_metrics (the scikit-learn-checked path).
+    idx = np.random.default_rng(3).integers(0, 80, size=(50, 80))
+    names = [str(i) for i in range(7)]
+    acc = [classification_metrics(y[i], a[i], names)["accuracy"] for i in idx]
+    mf1 = [classification_metrics(y[i], a[i], names)["macro_f1"] for i in idx]
+    diff = [m - classification_metrics(y[i], b[i], names)["macro_f1"] for m, i in zip(mf1, idx)]
+    assert ci["accuracy"] == pytest.approx(list(np.percentile(acc, [2.5, 97.5])))
+    assert ci["macro_f1"] == pytest.approx(list(np.percentile(mf1, [2.5, 97.5])))
+    assert ci["macro_f1_diff"] == pytest.approx(list(np.percentile(diff, [2.5, 97.5])))
+    assert ci["macro_f1"][0] <= classification_metrics(y, a, names)["macro_f1"] <= ci["macro_f1"][1]
+    with pytest.raises(ValueError):
+        bootstrap_ci(y, a[:10])
