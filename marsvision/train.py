@@ -41,9 +41,9 @@ class TrainConfig:
     data: str = _f("", "data set folder (default: $MARSVISION_DATA, then ./data/msl-images)")
     train_splits: str = _f("train", "splits to train on, '+'-joined, e.g. train or train+val (final refit)")
     val_split: str = _f("val", "split evaluated each epoch (model selection when not trained on)")
-    epochs: int = _f(12, "training epochs")
+    epochs: int = _f(6, "training epochs (default: the recipe chosen on val for Lite0)")
     batch_size: int = _f(32, "images per step")
-    lr: float = _f(1e-3, "peak AdamW learning rate")
+    lr: float = _f(6e-4, "peak AdamW learning rate")
     weight_decay: float = _f(0.02, "AdamW weight decay")
     warmup_epochs: float = _f(1.0, "linear warm-up length in epochs")
     schedule: str = _f("cosine", "learning-rate schedule after warm-up: cosine or onecycle")
@@ -52,7 +52,7 @@ class TrainConfig:
     balance_power: float = _f(0.5, "class weight = count^-power (0.5 = square-root balancing, 1 = full)")
     ema_decay: float = _f(0.998, "model EMA decay per step (0 disables EMA)")
     img_size: int = _f(0, "input size in pixels at evaluation/inference (0: the architecture's default)")
-    train_size: int = _f(0, "training crop size in pixels (0: same as img_size); lower is faster")
+    train_size: int = _f(192, "training crop size in pixels, at most img_size (0: img_size); lower is faster")
     drop_rate: float = _f(0.2, "dropout before the classifier")
     pretrained: bool = _f(True, "start from ImageNet weights (EfficientNet-Lite)")
     init: str = _f("", "start from this model file's weights, e.g. a linear probe (LP-FT); same classes")
@@ -257,7 +257,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     run.write_config(cfg, {"run_dir": str(run_dir), "input_size": size, "class_names": class_names,
                            "device": str(device), "n_train": len(train_split), "n_val": len(keep),
                            "selection": "best val macro-F1" if select_on_val else "last epoch"})
-    train_preset = TrainPreset(defaults["mean"], defaults["std"], out_size=cfg.train_size or size)
+    train_preset = TrainPreset(defaults["mean"], defaults["std"], out_size=min(cfg.train_size or size, size))
     eval_preset = EvalPreset(defaults["mean"], defaults["std"])
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     meta = dict(arch=cfg.model, class_names=class_names, input_size=size, mean=defaults["mean"],
