@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -42,3 +43,16 @@ def atomic_save(save_fn, path: str | os.PathLike) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def move_into_place(path: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put a finished file in place: fsync, then one rename (a copy to a temporary name first
+    when ``final`` is on another file system), so readers never see half a file."""
+    path, final = Path(path), Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    if path.stat().st_dev == final.parent.stat().st_dev:
+        os.replace(path, final)
+    else:
+        atomic_save(lambda tmp: shutil.copyfile(path, tmp), final)

@@ -27,7 +27,7 @@ import numpy as np
 import onnx  # the [train] extra: imported first so a missing extra fails at once, with the install hint
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, move_into_place
 from .onnx_classifier import metadata_props
 from .predict import BUNDLED_SOURCE, available_cpus
 
@@ -345,6 +345,9 @@ def run_export(cfg: ExportConfig) -> dict:
             agree = float((logits["int8"][0].argmax(1) == logits["fp32"][0].argmax(1)).mean())
             checks["int8_vs_fp32_val_top1_agreement"] = {"value": agree, "limit": cfg.min_agreement,
                                                          "images": len(val_u8)}
+            # Reported, never a gate: test is not used for choices.
+            checks["int8_vs_fp32_test_top1_agreement"] = {
+                "value": float((logits["int8"][1].argmax(1) == logits["fp32"][1].argmax(1)).mean()), "images": len(test_u8)}
             if not agree >= cfg.min_agreement:
                 failures.append(f"int8 and fp32 top-1 agree on {agree:.2%} of {len(val_u8)} val images "
                                 f"(limit {cfg.min_agreement:.2%})")
@@ -371,25 +374,11 @@ def run_export(cfg: ExportConfig) -> dict:
             raise ExportCheckError(f"export checks failed (nothing written; details in {work / 'export.json'}): "
                                    + "; ".join(failures))
         for path, final in files.values():
-            _move_atomic(path, final)
+            move_into_place(path, final)
             log(f"wrote {final} ({final.stat().st_size / 2**20:.2f} MiB)")
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_atomic(path: Path, final: Path) -> None:
-    """Put a finished file in place: fsync, then one rename (a copy to a temporary name first
-    when ``final`` is on another file system), so readers never see half a model."""
-    from .atomic import atomic_save
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-    if path.stat().st_dev == final.parent.stat().st_dev:
-        os.replace(path, final)
-    else:
-        atomic_save(lambda tmp: shutil.copyfile(path, tmp), final)
 
 
 def format_report(report: dict) -> str:
@@ -405,6 +394,7 @@ def format_report(report: dict) -> str:
         lines.append(f"fp32 ONNX vs torch: max |logit diff| {d['value']:.2e} (limit {d['limit']:g})")
     a = c.get("int8_vs_fp32_val_top1_agreement")
     if a:
-        lines.append(f"int8 vs fp32: top-1 agreement on val {a['value']:.2%} (limit {a['limit']:.0%})")
+        t = c.get("int8_vs_fp32_test_top1_agreement", {}).get("value", float("nan"))
+        lines.append(f"int8 vs fp32: top-1 agreement on val {a['value']:.2%} (limit {a['limit']:.0%}), on test {t:.2%}")
     lines.append("checks: " + ("passed" if report["passed"] else "FAILED"))
     return "\n".join(lines)

@@ -25,7 +25,8 @@ def test_export_writes_self_describing_checked_files(tiny_onnx, tiny_model):
     assert fp32.is_file() and int8.is_file()
     assert int8.stat().st_size < 0.4 * fp32.stat().st_size  # int8 weights
     assert report["passed"] and report["checks"]["fp32_vs_torch_max_abs_logit_diff"]["value"] <= 1e-3
-    assert {"fp32_scores", "int8_scores", "int8_vs_fp32_val_top1_agreement"} <= set(report["checks"])
+    assert {"fp32_scores", "int8_scores", "int8_vs_fp32_val_top1_agreement",
+            "int8_vs_fp32_test_top1_agreement"} <= set(report["checks"])
     written = json.loads((fp32.parent / "export.json").read_text())
     assert written["files"]["int8"]["bytes"] == int8.stat().st_size
     import onnxruntime as ort
