@@ -57,6 +57,8 @@ CANDIDATES = [
      dict(keep_float="first:3,last:8,classifier")),
     ("per-channel U8S8 Percentile 99.999, first 3 + last 16 convs + classifier float",
      dict(keep_float="first:3,last:16,classifier")),
+    ("per-channel U8S8 Percentile 99.999, first 6 convs + classifier float", dict(keep_float="first:6,classifier")),
+    ("per-channel U8S8 Percentile 99.999, first 9 convs + classifier float", dict(keep_float="first:9,classifier")),
 ]
 
 

@@ -1,0 +1,88 @@
+"""Per-layer int8 sensitivity on val: which convolution, kept in float, brings int8 closest to fp32.
+
+    python benchmarks/quantization_scan.py --model runs/probe-lite0-train-192/best.pt --data ../shared/data/msl-images
+
+Starts from the default float set (``ExportConfig.keep_float``) and, for every other Conv node,
+quantises once more with that node also in float, then measures on the whole val split: top-1
+agreement with fp32 and RMS logit error. MinMax calibration keeps each run to seconds (Percentile
+takes a minute); the ranking, not the absolute numbers, is the result. Writes
+``benchmarks/results/quantization_scan.json`` and ``quantization_scan.md`` (most helpful layers first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from marsvision.atomic import atomic_write  # noqa: E402
+from marsvision.checkpoint import build_model, read_model_file  # noqa: E402
+from marsvision.data import MSLDataset, decode_many  # noqa: E402
+from marsvision.onnx_export import (ExportConfig, balanced_subset, export_fp32, onnx_logits,  # noqa: E402
+                                    quantize_int8, resolve_nodes)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="torch model file (.pt), trained on train only")
+    ap.add_argument("--data", default="", help="data set folder")
+    args = ap.parse_args()
+    import onnx
+    import torch
+
+    torch.set_num_threads(1)
+    ckpt = read_model_file(args.model)
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    ds = MSLDataset(args.data or None)
+    size = int(meta["input_size"])
+    val_u8 = decode_many(ds.split("val").paths, size, workers=1)
+    train = ds.split("train")
+    base = replace(ExportConfig(), calib_method="minmax")
+    calib_u8 = decode_many([train.paths[i] for i in balanced_subset(train.labels, base.calib_images)], size, workers=1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        export_fp32(build_model(ckpt), meta, fp32)
+        ref = onnx_logits(fp32, val_u8, threads=1)
+        always = resolve_nodes(fp32, [n for n in base.keep_float.split(",") if n])
+        convs = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"]
+
+        def score(extra: list[str]) -> dict:
+            out = Path(tmp) / "q.onnx"
+            quantize_int8(fp32, out, calib_u8, meta, replace(base, keep_float=",".join(always + extra)))
+            q = onnx_logits(out, val_u8, threads=1)
+            return {"agreement": round(float((q.argmax(1) == ref.argmax(1)).mean()), 4),
+                    "rms_logit_error": round(float(np.sqrt(((q - ref) ** 2).mean())), 4),
+                    "mb": round(out.stat().st_size / 2**20, 2)}
+
+        baseline = {"node": "(default float set only)", "index": -1, **score([])}
+        print(json.dumps(baseline), flush=True)
+        for i, name in enumerate(convs):
+            if name not in always:
+                rows.append({"node": name, "index": i, **score([name])})
+                print(json.dumps(rows[-1]), flush=True)
+    rows.sort(key=lambda r: (-r["agreement"], r["rms_logit_error"]))
+    out_dir = REPO / "benchmarks" / "results"
+    with atomic_write(out_dir / "quantization_scan.json") as f:
+        json.dump({"model": args.model, "calibration": "minmax, class-balanced train images",
+                   "always_float": always, "baseline": baseline, "rows": rows}, f, indent=2)
+    lines = [f"Default float set alone: agreement {baseline['agreement']:.2%}, RMS logit error "
+             f"{baseline['rms_logit_error']:.3f}, {baseline['mb']} MB.", "",
+             "| conv (graph order) | node | val agreement with fp32 | RMS logit error | MB |", "|---|---|---|---|---|"]
+    lines += [f"| {r['index']} | `{r['node']}` | {r['agreement']:.2%} | {r['rms_logit_error']:.3f} | {r['mb']} |"
+              for r in rows]
+    with atomic_write(out_dir / "quantization_scan.md") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines[:20]))
+
+
+if __name__ == "__main__":
+    main()
