@@ -72,19 +72,24 @@ def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], baseline: Sequenc
     if n == 0 or any(len(v) != n for v in runs.values()):
         raise ValueError("bootstrap_ci needs equally long, non-empty label arrays")
     k = int(max(y_true.max(), *(v.max() for v in runs.values()))) + 1
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # (B, N) resampled image indices
-    t = y_true[idx]
-    offset = (np.arange(n_boot) * k)[:, None]  # one bincount for all resamples: class c of resample b → b*k + c
-    support = np.bincount((offset + t).ravel(), minlength=n_boot * k).reshape(n_boot, k)
-    scores = {}
-    for name, y in runs.items():
-        p = y[idx]
-        hit = t == p
-        tp = np.bincount((offset + t)[hit], minlength=n_boot * k).reshape(n_boot, k)
-        predicted = np.bincount((offset + p).ravel(), minlength=n_boot * k).reshape(n_boot, k)
-        present = (support + predicted) > 0  # (B, K) union of true and predicted labels
-        f1 = 2 * tp / np.maximum(support + predicted, 1)
-        scores[name] = {"accuracy": hit.mean(1), "macro_f1": f1.sum(1) / present.sum(1)}
+    rng = np.random.default_rng(seed)
+    scores = {name: {"accuracy": np.empty(n_boot), "macro_f1": np.empty(n_boot)} for name in runs}
+    step = max(1, 2_000_000 // n)  # resamples per chunk: memory stays ~100 MB for any split size
+    for lo in range(0, n_boot, step):
+        b = min(step, n_boot - lo)
+        idx = rng.integers(0, n, size=(b, n), dtype=np.int32)  # (b, N) resampled image indices
+        t = y_true[idx]
+        offset = (np.arange(b) * k)[:, None]  # one bincount for all resamples: class c of resample j → j*k + c
+        support = np.bincount((offset + t).ravel(), minlength=b * k).reshape(b, k)
+        for name, y in runs.items():
+            p = y[idx]
+            hit = t == p
+            tp = np.bincount((offset + t)[hit], minlength=b * k).reshape(b, k)
+            predicted = np.bincount((offset + p).ravel(), minlength=b * k).reshape(b, k)
+            present = (support + predicted) > 0  # (b, K) union of true and predicted labels
+            f1 = 2 * tp / np.maximum(support + predicted, 1)
+            scores[name]["accuracy"][lo:lo + b] = hit.mean(1)
+            scores[name]["macro_f1"][lo:lo + b] = f1.sum(1) / present.sum(1)
     q = [50 * (1 - level), 50 * (1 + level)]
 
     def interval(x: np.ndarray) -> list[float]:

@@ -61,7 +61,7 @@ def test_bootstrap_matches_a_plain_loop_and_pairs_the_resamples():
     b = np.where(rng.random(80) < 0.5, y, rng.integers(0, 6, 80))
     ci = bootstrap_ci(y, a, baseline=b, n_boot=50, seed=3)
     # The same resamples, scored one by one with classification_metrics (the scikit-learn-checked path).
-    idx = np.random.default_rng(3).integers(0, 80, size=(50, 80))
+    idx = np.random.default_rng(3).integers(0, 80, size=(50, 80), dtype=np.int32)
     names = [str(i) for i in range(7)]
     acc = [classification_metrics(y[i], a[i], names)["accuracy"] for i in idx]
     mf1 = [classification_metrics(y[i], a[i], names)["macro_f1"] for i in idx]
