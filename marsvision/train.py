@@ -53,6 +53,7 @@ class TrainConfig:
     ema_decay: float = _f(0.998, "model EMA decay per step (0 disables EMA)")
     img_size: int = _f(0, "input size in pixels at evaluation/inference (0: the architecture's default)")
     train_size: int = _f(192, "training crop size in pixels, at most img_size (0: img_size); lower is faster")
+    hflip: float = _f(0.5, "probability of a horizontal flip per training image")
     drop_rate: float = _f(0.2, "dropout before the classifier")
     pretrained: bool = _f(True, "start from ImageNet weights (EfficientNet-Lite)")
     init: str = _f("", "start from this model file's weights, e.g. a linear probe (LP-FT); same classes")
@@ -257,7 +258,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     run.write_config(cfg, {"run_dir": str(run_dir), "input_size": size, "class_names": class_names,
                            "device": str(device), "n_train": len(train_split), "n_val": len(keep),
                            "selection": "best val macro-F1" if select_on_val else "last epoch"})
-    train_preset = TrainPreset(defaults["mean"], defaults["std"], out_size=min(cfg.train_size or size, size))
+    train_preset = TrainPreset(defaults["mean"], defaults["std"], out_size=min(cfg.train_size or size, size),
+                               hflip=cfg.hflip)
     eval_preset = EvalPreset(defaults["mean"], defaults["std"])
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     meta = dict(arch=cfg.model, class_names=class_names, input_size=size, mean=defaults["mean"],

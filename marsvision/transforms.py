@@ -157,8 +157,8 @@ class TrainPreset(EvalPreset):
     """Batched augmentation for rover images, then the eval normalisation.
 
     Per image: random scale/aspect crop, small rotation and shift (one affine warp, one
-    ``grid_sample`` for the whole batch), horizontal flip (the rover is left/right symmetric
-    enough; no vertical flip, "horizon" and "ground" depend on up/down), brightness, contrast
+    ``grid_sample`` for the whole batch), horizontal flip (measured on val: neutral to helpful for
+    fine-tuning; no vertical flip, "horizon" and "ground" depend on up/down), brightness, contrast
     and saturation jitter (exposure and dust vary between sols), occasional grayscale
     (some products are single-band).
     """
