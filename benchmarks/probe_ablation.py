@@ -26,9 +26,7 @@ sys.path.insert(0, str(REPO))
 from marsvision.atomic import atomic_write  # noqa: E402
 from marsvision.data import MSLDataset, decode_many  # noqa: E402
 from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
-from marsvision.models import create_model, model_defaults  # noqa: E402
-from marsvision.probe import extract_features  # noqa: E402
-from marsvision.transforms import EvalPreset  # noqa: E402
+from marsvision.probe import extract_features, frozen_backbone  # noqa: E402
 
 SHIPPED = {"power": 1.0, "C": 3.0, "flip": False}
 SETTINGS = [{"power": p, "C": c, "flip": f} for f in (False, True) for p in (1.0, 0.75, 0.5) for c in (1.0, 3.0, 10.0)]
@@ -47,10 +45,7 @@ def main() -> None:
     ids = sorted(set(train.labels.tolist()))
     index = {c: i for i, c in enumerate(ids)}
     names = [ds.class_names[c] for c in ids]
-    d = model_defaults("efficientnet_lite0")
-    backbone = create_model("efficientnet_lite0", len(ids), pretrained=True).eval()
-    backbone.reset_classifier(0)
-    preset = EvalPreset(d["mean"], d["std"])
+    backbone, preset = frozen_backbone("efficientnet_lite0")
     x_tr = torch.from_numpy(decode_many(train.paths, args.img_size))
     f_tr, f_tr_flip = extract_features(backbone, x_tr, preset), extract_features(backbone, x_tr.flip(2), preset)
     f_va = extract_features(backbone, torch.from_numpy(decode_many(val.paths, args.img_size)), preset)

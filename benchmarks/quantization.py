@@ -16,7 +16,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,36 @@ def speed(path: Path, images: np.ndarray) -> float:
     return len(images) / (time.perf_counter() - t0)
 
 
+@dataclass
+class Inputs:
+    """What every quantisation measurement needs: the model file and decoded val + calibration images."""
+
+    ckpt: dict
+    meta: dict
+    dataset: MSLDataset
+    val_u8: np.ndarray  # (N, S, S, 3) the whole val split at the model's input size
+    train_labels: np.ndarray
+    calib_idx: np.ndarray  # class-balanced train indices (nested: any prefix size is balanced too)
+    calib_u8: np.ndarray
+
+
+def load_inputs(model: str, data: str, n_calib: int) -> Inputs:
+    ckpt = read_model_file(model)
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    ds = MSLDataset(data or None)
+    size = int(meta["input_size"])
+    train = ds.split("train")
+    calib_idx = balanced_subset(train.labels, n_calib)
+    return Inputs(ckpt, meta, ds, decode_many(ds.split("val").paths, size, workers=1), train.labels, calib_idx,
+                  decode_many([train.paths[i] for i in calib_idx], size, workers=1))
+
+
+def fidelity(q: np.ndarray, ref: np.ndarray) -> dict:
+    """int8 logits against fp32 logits, both (N, C): top-1 agreement and RMS logit error."""
+    return {"agreement": round(float((q.argmax(1) == ref.argmax(1)).mean()), 4),
+            "rms_logit_error": round(float(np.sqrt(((q - ref) ** 2).mean())), 4)}
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| options | val agreement with fp32 | val acc | val macro-F1 | RMS logit error | img/s (1 thread, model only) | MB |",
              "|---|---|---|---|---|---|---|"]
@@ -92,22 +122,15 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    ckpt = read_model_file(args.model)
-    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    ds = MSLDataset(args.data or None)
-    size, names = int(meta["input_size"]), list(meta["class_names"])
-    val = ds.split("val")
-    val_u8 = decode_many(val.paths, size, workers=1)
-    val_true = [ds.class_names[int(c)] for c in val.labels]
-    train = ds.split("train")
     n_calib = max(c.get("calib_images", ExportConfig.calib_images) for _, c in CANDIDATES)
-    calib_idx = balanced_subset(train.labels, n_calib)
-    calib_u8 = decode_many([train.paths[i] for i in calib_idx], size, workers=1)
+    inp = load_inputs(args.model, args.data, n_calib)
+    meta, val_u8, names = inp.meta, inp.val_u8, list(inp.meta["class_names"])
+    val_true = [inp.dataset.class_names[int(c)] for c in inp.dataset.split("val").labels]
     picked = {int(i) for i in args.only.split(",") if i}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "model.onnx"
-        export_fp32(build_model(ckpt), meta, fp32)
+        export_fp32(build_model(inp.ckpt), meta, fp32)
         ref = onnx_logits(fp32, val_u8, threads=1)
         base = split_scores(ref, val_true, names)
         rows.append({"options": "fp32 ONNX (reference)", **base, "agreement": 1.0, "rms_logit_error": 0.0,
@@ -120,13 +143,11 @@ def main() -> None:
             out = Path(tmp) / f"q{number}.onnx"
             t0 = time.perf_counter()
             # Balanced subsets are nested: the first n of the round-robin order are the n-image set.
-            quantize_int8(fp32, out, calib_u8[np.isin(calib_idx, balanced_subset(train.labels, cfg.calib_images))],
-                          meta, cfg)
+            subset = np.isin(inp.calib_idx, balanced_subset(inp.train_labels, cfg.calib_images))
+            quantize_int8(fp32, out, inp.calib_u8[subset], meta, cfg)
             seconds = time.perf_counter() - t0
             q = onnx_logits(out, val_u8, threads=1)
-            rows.append({"options": label, **split_scores(q, val_true, names),
-                         "agreement": round(float((q.argmax(1) == ref.argmax(1)).mean()), 4),
-                         "rms_logit_error": round(float(np.sqrt(((q - ref) ** 2).mean())), 4),
+            rows.append({"options": label, **split_scores(q, val_true, names), **fidelity(q, ref),
                          "img_s_1thread": round(speed(out, val_u8[:256]), 1), "quantise_s": round(seconds, 1),
                          "mb": round(out.stat().st_size / 2**20, 2)})
             print(json.dumps(rows[-1]), flush=True)
@@ -135,7 +156,7 @@ def main() -> None:
         old = json.loads((out_dir / "quantization.json").read_text())["rows"]
         new = {r["options"]: r for r in rows}
         rows = [new.pop(r["options"], r) for r in old] + list(new.values())
-    result = {"model": str(args.model), "val_images": len(val), "calibration": "class-balanced train images",
+    result = {"model": str(args.model), "val_images": len(val_u8), "calibration": "class-balanced train images",
               "rows": rows}
     with atomic_write(out_dir / "quantization.json") as f:
         json.dump(result, f, indent=2)

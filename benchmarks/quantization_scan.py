@@ -18,16 +18,13 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from marsvision.atomic import atomic_write  # noqa: E402
-from marsvision.checkpoint import build_model, read_model_file  # noqa: E402
-from marsvision.data import MSLDataset, decode_many  # noqa: E402
-from marsvision.onnx_export import (ExportConfig, balanced_subset, export_fp32, onnx_logits,  # noqa: E402
-                                    quantize_int8, resolve_nodes)
+from marsvision.checkpoint import build_model  # noqa: E402
+from marsvision.onnx_export import ExportConfig, export_fp32, onnx_logits, quantize_int8, resolve_nodes  # noqa: E402
+from quantization import fidelity, load_inputs  # noqa: E402  (beside this script)
 
 
 def main() -> None:
@@ -39,18 +36,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    ckpt = read_model_file(args.model)
-    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    ds = MSLDataset(args.data or None)
-    size = int(meta["input_size"])
-    val_u8 = decode_many(ds.split("val").paths, size, workers=1)
-    train = ds.split("train")
     base = replace(ExportConfig(), calib_method="minmax")
-    calib_u8 = decode_many([train.paths[i] for i in balanced_subset(train.labels, base.calib_images)], size, workers=1)
+    inp = load_inputs(args.model, args.data, base.calib_images)
+    meta, val_u8, calib_u8 = inp.meta, inp.val_u8, inp.calib_u8
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "model.onnx"
-        export_fp32(build_model(ckpt), meta, fp32)
+        export_fp32(build_model(inp.ckpt), meta, fp32)
         ref = onnx_logits(fp32, val_u8, threads=1)
         always = resolve_nodes(fp32, [n for n in base.keep_float.split(",") if n])
         convs = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"]
@@ -58,10 +50,7 @@ def main() -> None:
         def score(extra: list[str]) -> dict:
             out = Path(tmp) / "q.onnx"
             quantize_int8(fp32, out, calib_u8, meta, replace(base, keep_float=",".join(always + extra)))
-            q = onnx_logits(out, val_u8, threads=1)
-            return {"agreement": round(float((q.argmax(1) == ref.argmax(1)).mean()), 4),
-                    "rms_logit_error": round(float(np.sqrt(((q - ref) ** 2).mean())), 4),
-                    "mb": round(out.stat().st_size / 2**20, 2)}
+            return {**fidelity(onnx_logits(out, val_u8, threads=1), ref), "mb": round(out.stat().st_size / 2**20, 2)}
 
         baseline = {"node": "(default float set only)", "index": -1, **score([])}
         print(json.dumps(baseline), flush=True)

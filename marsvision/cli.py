@@ -12,7 +12,6 @@ import json
 import sys
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_ERROR = 0, 1, 2
 

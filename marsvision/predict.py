@@ -68,6 +68,12 @@ def limit_cpus(n: int) -> Iterator[None]:
             os.sched_setaffinity(0, allowed)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """(N, C) logits → (N, C) class probabilities (max-subtracted, so large logits do not overflow)."""
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 @dataclass
 class Prediction:
     """One input's result: ``label``/``confidence`` and ``top_k`` [(label, prob)], or an ``error``."""
@@ -112,9 +118,7 @@ class Classifier:
         good = [i for i, a in enumerate(arrays) if a is not None]
         out = [Prediction(str(s), error=e) for s, e in zip(sources, errors)]
         if good:
-            logits = self.logits(np.stack([arrays[i] for i in good]))
-            probs = np.exp(logits - logits.max(1, keepdims=True))
-            probs /= probs.sum(1, keepdims=True)
+            probs = softmax(self.logits(np.stack([arrays[i] for i in good])))
             k = max(1, min(top_k, probs.shape[1]))
             for row, i in zip(probs, good):
                 best = np.argsort(-row, kind="stable")[:k]
@@ -240,12 +244,8 @@ class EnsembleClassifier(Classifier):
         self.batch_size = first.batch_size
 
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
-        probs = []
-        for m in self.members:
-            z = m.logits(batch_u8)
-            e = np.exp(z - z.max(1, keepdims=True))  # (N, C)
-            probs.append(e / e.sum(1, keepdims=True))
-        return np.log(np.mean(probs, axis=0) + 1e-12).astype(np.float32)
+        probs = np.mean([softmax(m.logits(batch_u8)) for m in self.members], axis=0)  # (N, C)
+        return np.log(probs + 1e-12).astype(np.float32)
 
 
 def load_model(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "cpu",

@@ -42,6 +42,14 @@ def extract_features(backbone, images_u8: torch.Tensor, preset) -> np.ndarray:
     return predict_logits(backbone, images_u8, preset, torch.device("cpu")).numpy()
 
 
+def frozen_backbone(model: str) -> tuple[torch.nn.Module, EvalPreset]:
+    """The ImageNet backbone with its classifier removed (eval mode) and its eval preset."""
+    d = model_defaults(model)
+    backbone = create_model(model, 1, pretrained=True).eval()
+    backbone.reset_classifier(0)
+    return backbone, EvalPreset(d["mean"], d["std"])
+
+
 def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     """Fit, pick C on val macro-F1, fold into a model file; returns its path."""
     from sklearn.linear_model import LogisticRegression
@@ -56,9 +64,7 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     train = ds.splits(cfg.train_splits.split("+"))
     class_ids = sorted(set(train.labels.tolist()))
     train = train.subset(cfg.limit or None)
-    backbone = create_model(cfg.model, len(class_ids), pretrained=True).eval()
-    backbone.reset_classifier(0)
-    preset = EvalPreset(d["mean"], d["std"])
+    backbone, preset = frozen_backbone(cfg.model)
 
     timing = {"images": 0, "seconds": 0.0}
 
