@@ -1,12 +1,14 @@
-"""Ablations of the linear probe (b) on val: class weighting, C, and horizontal-flip augmentation.
+"""Ablations of the linear probe (b) on val: features, class weighting, C, and horizontal-flip augmentation.
 
     python benchmarks/probe_ablation.py --data ../shared/data/msl-images
 
 Extracts frozen Lite0 features once (train, val and their mirror images, at the bundled model's
-192 px), then fits the logistic regression per setting. Class weight = count^-power (power 1 is
-scikit-learn's ``class_weight="balanced"`` up to a constant, the shipped choice); "flip" adds the
-mirrored training images. Each row gives val accuracy, macro-F1 and the paired 95 % bootstrap
-interval of its macro-F1 difference to the shipped setting (power 1, C = 3, no flips). Writes
+192 px), then fits the logistic regression per setting. Features: "head" is the pooled 1280-d head
+(``efficientnet_lite0``); "multi-level" adds the pooled outputs of the last two block stages
+(``efficientnet_lite0_multilevel``, 1792-d; its first 1280 are the head's). Class weight =
+count^-power (power 1 is scikit-learn's ``class_weight="balanced"`` up to a constant); "flip" adds
+the mirrored training images. Each row gives val accuracy, macro-F1 and the paired 95 % bootstrap
+intervals of its differences to the shipped setting (multi-level, power 1, C = 1, no flips). Writes
 ``benchmarks/results/probe_ablation.json`` and ``probe_ablation.md``.
 """
 
@@ -28,8 +30,11 @@ from marsvision.data import MSLDataset, decode_many  # noqa: E402
 from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
 from marsvision.probe import extract_features, frozen_backbone  # noqa: E402
 
-SHIPPED = {"power": 1.0, "C": 3.0, "flip": False}
-SETTINGS = [{"power": p, "C": c, "flip": f} for f in (False, True) for p in (1.0, 0.75, 0.5) for c in (1.0, 3.0, 10.0)]
+SHIPPED = {"features": "multi-level", "power": 1.0, "C": 1.0, "flip": False}
+SETTINGS = ([{"features": "multi-level", "power": 1.0, "C": c, "flip": False} for c in (0.3, 1.0, 3.0, 10.0)]
+            + [{"features": "head", "power": p, "C": c, "flip": f}
+               for f in (False, True) for p in (1.0, 0.75, 0.5) for c in (1.0, 3.0, 10.0)])
+HEAD = 1280  # the multi-level features start with the head's
 
 
 def main() -> None:
@@ -45,7 +50,7 @@ def main() -> None:
     ids = sorted(set(train.labels.tolist()))
     index = {c: i for i, c in enumerate(ids)}
     names = [ds.class_names[c] for c in ids]
-    backbone, preset = frozen_backbone("efficientnet_lite0")
+    backbone, preset = frozen_backbone("efficientnet_lite0_multilevel")
     x_tr = torch.from_numpy(decode_many(train.paths, args.img_size))
     f_tr, f_tr_flip = extract_features(backbone, x_tr, preset), extract_features(backbone, x_tr.flip(2), preset)
     f_va = extract_features(backbone, torch.from_numpy(decode_many(val.paths, args.img_size)), preset)
@@ -57,28 +62,34 @@ def main() -> None:
 
     preds = {}
     for s in SETTINGS:
+        cols = slice(None) if s["features"] == "multi-level" else slice(0, HEAD)
         x, y = (np.concatenate([f_tr, f_tr_flip]), np.concatenate([y_tr, y_tr])) if s["flip"] else (f_tr, y_tr)
-        scaler = StandardScaler().fit(x)
+        scaler = StandardScaler().fit(x[:, cols])
         w = counts[y] ** -s["power"]
-        clf = LogisticRegression(C=s["C"], max_iter=3000).fit(scaler.transform(x), y, sample_weight=w / w.mean())
-        preds[json.dumps(s)] = clf.predict(scaler.transform(f_va))
+        clf = LogisticRegression(C=s["C"], max_iter=3000).fit(scaler.transform(x[:, cols]), y,
+                                                               sample_weight=w / w.mean())
+        preds[json.dumps(s)] = clf.predict(scaler.transform(f_va[:, cols]))
         print(s, flush=True)
     ref = preds[json.dumps(SHIPPED)]
     rows = []
     for s in SETTINGS:
         p = preds[json.dumps(s)]
         m = classification_metrics(y_va, p, names)
-        diff = bootstrap_ci(y_va, p, baseline=ref)["macro_f1_diff"]
+        ci = bootstrap_ci(y_va, p, baseline=ref)
         rows.append({**s, "val_acc": round(m["accuracy"], 4), "val_macro_f1": round(m["macro_f1"], 4),
-                     "val_macro_f1_diff_ci95": [round(v, 4) for v in diff]})
+                     "val_acc_diff_ci95": [round(v, 4) for v in ci["accuracy_diff"]],
+                     "val_macro_f1_diff_ci95": [round(v, 4) for v in ci["macro_f1_diff"]]})
     out = REPO / "benchmarks" / "results"
     with atomic_write(out / "probe_ablation.json") as f:
         json.dump({"img_size": args.img_size, "shipped": SHIPPED, "rows": rows}, f, indent=2)
-    lines = ["| class weight | C | flipped copies | val acc | val macro-F1 | macro-F1 − shipped, 95% CI |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| count^-{r['power']:g} | {r['C']:g} | {'yes' if r['flip'] else 'no'} | {r['val_acc']:.4f} | "
-              f"{r['val_macro_f1']:.4f} | {r['val_macro_f1_diff_ci95'][0]:+.3f} to {r['val_macro_f1_diff_ci95'][1]:+.3f} |"
-              for r in rows]
+    def span(v: list[float]) -> str:
+        return f"{v[0]:+.3f} to {v[1]:+.3f}"
+
+    lines = ["| features | class weight | C | flipped copies | val acc | val macro-F1 | acc − shipped, 95% CI | "
+             "macro-F1 − shipped, 95% CI |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['features']} | count^-{r['power']:g} | {r['C']:g} | {'yes' if r['flip'] else 'no'} | "
+              f"{r['val_acc']:.4f} | {r['val_macro_f1']:.4f} | {span(r['val_acc_diff_ci95'])} | "
+              f"{span(r['val_macro_f1_diff_ci95'])} |" for r in rows]
     with atomic_write(out / "probe_ablation.md") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -5,7 +5,7 @@
 Exports the model to fp32 ONNX once, then quantises it with each candidate option set (the same
 ``quantize_int8`` that `marsvision export` runs) and measures on the whole val split: top-1
 agreement with fp32, accuracy, macro-F1, RMS logit error, and int8 speed (batch 32, one thread).
-Writes ``benchmarks/results/quantization.json`` and ``quantization.md``. The defaults of
+Writes ``benchmarks/results/<--results>.json`` and ``.md`` (default ``quantization``). The defaults of
 ``ExportConfig`` are the winner; see README, "Edge runtime".
 """
 
@@ -26,9 +26,10 @@ sys.path.insert(0, str(REPO))
 
 from marsvision.atomic import atomic_write  # noqa: E402
 from marsvision.checkpoint import build_model, read_model_file  # noqa: E402
-from marsvision.data import MSLDataset, decode_many  # noqa: E402
-from marsvision.onnx_export import (ExportConfig, balanced_subset, export_fp32, onnx_logits,  # noqa: E402
-                                    quantize_int8, split_scores)
+from marsvision.data import MSLDataset, balanced_subset, decode_many  # noqa: E402
+from marsvision.onnx_export import (ExportConfig, export_fp32, onnx_logits, split_scores,  # noqa: E402
+                                    tune_and_export, tuning_images)
+from marsvision.onnx_quantize import quantize_int8  # noqa: E402
 
 # (label, ExportConfig overrides). Baselines first, then the variations around the chosen default.
 MM = dict(calib_method="minmax")
@@ -46,7 +47,7 @@ CANDIDATES = [
     ("per-channel S8S8 Percentile 99.999, first 2 convs float", dict(activation_type="int8", keep_float="first:2")),
     ("per-channel U8S8 Percentile 99.999, first 2 convs + classifier float", dict(keep_float="first:2,classifier")),
     ("per-channel U8S8 Percentile 99.999, first 3 convs float", dict(keep_float="first:3")),
-    ("per-channel U8S8 Percentile 99.999, first 3 convs + classifier float (default)", dict()),
+    ("per-channel U8S8 Percentile 99.999, first 3 convs + classifier float", dict()),
     ("per-channel U8S8 Percentile 99.999, first 3 + last conv float", dict(keep_float="first:3,last:1")),
     ("per-channel U8S8 Percentile 99.999, first 3 + last conv + classifier float",
      dict(keep_float="first:3,last:1,classifier")),
@@ -59,6 +60,12 @@ CANDIDATES = [
      dict(keep_float="first:3,last:16,classifier")),
     ("per-channel U8S8 Percentile 99.999, first 6 convs + classifier float", dict(keep_float="first:6,classifier")),
     ("per-channel U8S8 Percentile 99.999, first 9 convs + classifier float", dict(keep_float="first:9,classifier")),
+    # Weight tuning (int8_tuning.py) before quantising, on all train images; the rows above have none.
+    ("first 3 convs + classifier float, weight tuning 1 epoch, lr 2e-5", dict(tune_epochs=1)),
+    ("first 3 convs + classifier float, weight tuning 2 epochs, lr 2e-5 (default)", dict(tune_epochs=2)),
+    ("first 3 convs + classifier float, weight tuning 2 epochs, lr 5e-5", dict(tune_epochs=2, tune_lr=5e-5)),
+    ("first 6 convs + classifier float, weight tuning 1 epoch, lr 2e-5",
+     dict(keep_float="first:6,classifier", tune_epochs=1)),
 ]
 
 
@@ -118,6 +125,7 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="torch model file (.pt)")
     ap.add_argument("--data", default="", help="data set folder")
     ap.add_argument("--only", default="", help="comma-separated candidate numbers (1-based) to run")
+    ap.add_argument("--results", default="quantization", help="results file stem under benchmarks/results/")
     args = ap.parse_args()
     import torch
 
@@ -139,28 +147,37 @@ def main() -> None:
         for number, (label, overrides) in enumerate(CANDIDATES, 1):
             if picked and number not in picked:
                 continue
-            cfg = replace(ExportConfig(), **overrides)
+            cfg = replace(ExportConfig(), **{"tune_epochs": 0, **overrides})
             out = Path(tmp) / f"q{number}.onnx"
+            source, tuning = fp32, {}
+            if cfg.tune_epochs > 0:
+                source = Path(tmp) / f"tuned{number}.onnx"
+                torch.set_num_threads(2)  # tuning is training: give it both cores, then back to one
+                tuning = tune_and_export(inp.ckpt, meta, fp32, source, tuning_images(inp.dataset, cfg), cfg, threads=2)
+                torch.set_num_threads(1)
             t0 = time.perf_counter()
             # Balanced subsets are nested: the first n of the round-robin order are the n-image set.
             subset = np.isin(inp.calib_idx, balanced_subset(inp.train_labels, cfg.calib_images))
-            quantize_int8(fp32, out, inp.calib_u8[subset], meta, cfg)
+            quantize_int8(source, out, inp.calib_u8[subset], meta, cfg)
             seconds = time.perf_counter() - t0
             q = onnx_logits(out, val_u8, threads=1)
             rows.append({"options": label, **split_scores(q, val_true, names), **fidelity(q, ref),
                          "img_s_1thread": round(speed(out, val_u8[:256]), 1), "quantise_s": round(seconds, 1),
+                         **({"tune_s": tuning["seconds"], "tune_loss": [tuning["loss_first"], tuning["loss_last"]]}
+                            if tuning else {}),
                          "mb": round(out.stat().st_size / 2**20, 2)})
             print(json.dumps(rows[-1]), flush=True)
     out_dir = REPO / "benchmarks" / "results"
-    if picked and (out_dir / "quantization.json").is_file():  # a partial rerun updates its rows only
-        old = json.loads((out_dir / "quantization.json").read_text())["rows"]
+    json_path, md_path = out_dir / f"{args.results}.json", out_dir / f"{args.results}.md"
+    previous = json.loads(json_path.read_text()) if picked and json_path.is_file() else {}
+    if previous.get("model") == str(args.model):  # a partial rerun on the same model updates its rows only
         new = {r["options"]: r for r in rows}
-        rows = [new.pop(r["options"], r) for r in old] + list(new.values())
+        rows = [new.pop(r["options"], r) for r in previous["rows"]] + list(new.values())
     result = {"model": str(args.model), "val_images": len(val_u8), "calibration": "class-balanced train images",
               "rows": rows}
-    with atomic_write(out_dir / "quantization.json") as f:
+    with atomic_write(json_path) as f:
         json.dump(result, f, indent=2)
-    with atomic_write(out_dir / "quantization.md") as f:
+    with atomic_write(md_path) as f:
         f.write(markdown(rows))
     print(markdown(rows))
 

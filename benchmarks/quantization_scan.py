@@ -23,7 +23,8 @@ sys.path.insert(0, str(REPO))
 
 from marsvision.atomic import atomic_write  # noqa: E402
 from marsvision.checkpoint import build_model  # noqa: E402
-from marsvision.onnx_export import ExportConfig, export_fp32, onnx_logits, quantize_int8, resolve_nodes  # noqa: E402
+from marsvision.onnx_export import ExportConfig, export_fp32, onnx_logits  # noqa: E402
+from marsvision.onnx_quantize import quantize_int8, resolve_nodes  # noqa: E402
 from quantization import fidelity, load_inputs  # noqa: E402  (beside this script)
 
 

@@ -183,3 +183,15 @@ def decode_many(paths: Sequence[Path], size: int, workers: int | None = None,
         for _ in it:
             pass
     return out
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` items drawn round-robin over classes (each class shuffled), sorted."""
+    rng = np.random.default_rng(seed)
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < n and any(pools):
+        for pool in pools:
+            if pool and len(picked) < n:
+                picked.append(int(pool.pop()))
+    return np.sort(np.asarray(picked, dtype=np.int64))

@@ -5,15 +5,16 @@ fails; nothing is moved into place then. Checks: fp32 ONNX vs torch logits on a 
 (max abs difference), int8 vs fp32 top-1 agreement on val, and the val/test accuracy and
 macro-F1 of every written file. Files are written atomically (temporary name, then rename).
 
-The default quantisation options were chosen by measurement on val (README, "Edge runtime").
+With ``--tune-epochs`` > 0 (the default) a copy of the model is first weight-tuned for int8
+(int8_tuning.py) and that copy is what gets quantised; the fp32 files keep the original weights.
+The quantisation itself lives in onnx_quantize.py. The default options were chosen by measurement
+on val (README, "Edge runtime").
 Needs the ``[train]`` extra (torch, timm, onnx); running the result needs only onnxruntime.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import shutil
 import sys
@@ -27,7 +28,8 @@ import onnx  # the [train] extra: imported first so a missing extra fails at onc
 import torch
 
 from .atomic import atomic_write, move_into_place
-from .onnx_classifier import metadata_props
+from .data import balanced_subset
+from .onnx_quantize import float_conv_indices, quant_options, quantize_int8, set_metadata
 from .predict import BUNDLED_SOURCE, available_cpus
 
 OPSET = 17
@@ -61,6 +63,10 @@ class ExportConfig:
     max_logit_diff: float = _f(1e-3, "fail if fp32 ONNX and torch logits differ by more than this")
     min_agreement: float = _f(0.97, "fail if int8 and fp32 top-1 agree on less than this fraction of val")
     max_accuracy_drop: float = _f(0.01, "fail if int8 val or test accuracy is below fp32 by more than this")
+    tune_epochs: int = _f(2, "epochs of int8 weight tuning before quantising: the conv weights are nudged so their "
+                             "int8 rounding reproduces the fp32 logits on train images (0: plain post-training)")
+    tune_lr: float = _f(2e-5, "Adam learning rate of the int8 weight tuning")
+    tune_images: int = _f(0, "train images for the weight tuning, class-balanced (0: all)")
     threads: int = _f(0, "CPU threads (0: all)")
 
 
@@ -107,16 +113,6 @@ def freeze_same_padding(model, input_size: int) -> int:
     return len(sizes)
 
 
-def set_metadata(path: Path, meta: dict, precision: str) -> None:
-    """Write marsvision's ``metadata_props`` into the ONNX file at ``path`` (in place)."""
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for k, v in metadata_props(meta, precision).items():
-        proto.metadata_props.add(key=k, value=v)
-    proto.doc_string = f"marsvision {meta['arch']} classifier ({precision}), {len(meta['class_names'])} classes"
-    onnx.save(proto, str(path))
-
-
 def export_fp32(model, meta: dict, path: Path) -> None:
     """Trace ``model`` (eval mode) to ONNX with a dynamic batch dimension and marsvision metadata."""
     import warnings
@@ -131,124 +127,34 @@ def export_fp32(model, meta: dict, path: Path) -> None:
     set_metadata(path, meta, "fp32")
 
 
-# ---------------------------------------------------------------------------------------------
-# int8
+def tuning_images(dataset, cfg: ExportConfig) -> list[Path]:
+    """The train images for ``--tune-epochs``: all, or a class-balanced ``--tune-images`` subset."""
+    train = dataset.split("train")
+    idx = balanced_subset(train.labels, cfg.tune_images) if cfg.tune_images else range(len(train))
+    return [train.paths[i] for i in idx]
 
 
-def calibration_reader(images_u8: np.ndarray, mean, std, batch_size: int = 10):
-    """An ORT ``CalibrationDataReader`` over uint8 images, normalised exactly as at inference.
+def tune_and_export(ckpt: dict, meta: dict, fp32: Path, out: Path, paths: list[Path], cfg: ExportConfig,
+                    threads: int) -> dict:
+    """Weight-tune a copy of the model for int8 (int8_tuning.py) and export it to ``out``: the quantiser's
+    input instead of ``fp32`` (whose graph names the convs kept in float). Returns the tuning summary."""
+    from .checkpoint import build_model
+    from .int8_tuning import quantised_convs, tune_for_int8
 
-    It supports ``set_range`` so the calibrator can collect in small chunks (histogram methods
-    otherwise hold every activation of every image in memory at once).
-    """
-    from onnxruntime.quantization import CalibrationDataReader
-
-    from .transforms import normalize
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = (len(images_u8) + batch_size - 1) // batch_size
-            self.set_range(0, self.batches)
-
-        def __len__(self) -> int:
-            return self.batches
-
-        def set_range(self, start_index: int, end_index: int) -> None:
-            self.i, self.end = start_index, end_index
-
-        def get_next(self):
-            if self.i >= self.end:
-                return None
-            x = normalize(images_u8[self.i * batch_size:(self.i + 1) * batch_size], mean, std)
-            self.i += 1
-            return {"input": x}
-
-        def rewind(self) -> None:
-            self.set_range(0, self.batches)
-
-    return Reader()
-
-
-def quant_options(cfg: ExportConfig) -> dict:
-    """The options recorded in the int8 file's metadata and export.json."""
-    return {"format": "QDQ", "activation_type": cfg.activation_type, "weight_type": cfg.weight_type,
-            "per_channel": cfg.per_channel, "calib_method": cfg.calib_method, "calib_images": cfg.calib_images,
-            **({"percentile": cfg.percentile} if cfg.calib_method == "percentile" else {}),
-            "keep_float": [n for n in cfg.keep_float.split(",") if n]}
-
-
-def quantize_int8(fp32_path: Path, out_path: Path, calib_u8: np.ndarray, meta: dict, cfg: ExportConfig) -> None:
-    """Pre-process (shape inference, constant folding), calibrate and quantise to QDQ int8."""
-    import logging
-
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    for name, value, valid in (("activation type", cfg.activation_type, types),
-                               ("weight type", cfg.weight_type, types), ("calibration", cfg.calib_method, methods)):
-        if value not in valid:
-            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-    prep = out_path.with_name(out_path.stem + ".prep.onnx")
-    quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
-    keep_float = resolve_nodes(prep, quant_options(cfg)["keep_float"])
-    extra = {"CalibStridedMinMax": 1}  # collect one reader batch at a time (bounded memory)
-    if cfg.calib_method == "percentile":
-        extra["CalibPercentile"] = cfg.percentile
-    root, level = logging.getLogger(), logging.getLogger().level
-    root.setLevel(max(level, logging.ERROR))  # ORT logs a line per tensor and prints its progress
-    with contextlib.redirect_stdout(io.StringIO()):
-        quantize_static(str(prep), str(out_path), calibration_reader(calib_u8, meta["mean"], meta["std"]),
-                        quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                        activation_type=types[cfg.activation_type], weight_type=types[cfg.weight_type],
-                        calibrate_method=methods[cfg.calib_method],
-                        nodes_to_exclude=keep_float, extra_options=extra)
-    root.setLevel(level)
-    prep.unlink()
-    set_metadata(out_path, {**meta, "quantization": {**quant_options(cfg), "float_nodes": keep_float}}, "int8")
-
-
-def resolve_nodes(model_path: Path, names: list[str]) -> list[str]:
-    """Node names for ``--keep-float``: 'first:K' / 'last:K' → the first / last K Conv nodes (graph order), 'stem' →
-    'first:1', 'classifier' → the last Gemm/MatMul; any other entry must be a node name."""
-    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
-    convs = [n.name for n in nodes if n.op_type == "Conv"]
-    heads = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
-    known = {n.name for n in nodes}
-    out: list[str] = []
-    for name in names:
-        if name == "stem":
-            name = "first:1"
-        if name.startswith("first:") and name[6:].isdigit():
-            out += convs[:int(name[6:])]
-        elif name.startswith("last:") and name[5:].isdigit():
-            out += convs[len(convs) - int(name[5:]):]
-        elif name == "classifier":
-            out += heads[-1:]
-        elif name in known:
-            out.append(name)
-        else:
-            raise ValueError(f"--keep-float: no node {name!r} in the graph "
-                             "(use 'first:K', 'last:K', 'stem', 'classifier' or a node name)")
-    return list(dict.fromkeys(out))
+    model = build_model(ckpt)
+    n_graph = sum(n.op_type == "Conv" for n in onnx.load(str(fp32)).graph.node)
+    if len(quantised_convs(model, [])) != n_graph:  # convs are matched to graph nodes by position
+        raise ExportCheckError(f"int8 weight tuning: the model has {len(quantised_convs(model, []))} convs, "
+                               f"its ONNX graph {n_graph}; export with --tune-epochs 0")
+    summary = tune_for_int8(model, paths, int(meta["input_size"]), meta["mean"], meta["std"],
+                            float_conv_indices(fp32, quant_options(cfg)["keep_float"]), cfg.tune_epochs,
+                            cfg.tune_lr, threads=threads, progress=sys.stderr.isatty())
+    export_fp32(model, meta, out)
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
 # checks
-
-
-def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of ``n`` items drawn round-robin over classes (each class shuffled), sorted."""
-    rng = np.random.default_rng(seed)
-    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
-    picked: list[int] = []
-    while len(picked) < n and any(pools):
-        for pool in pools:
-            if pool and len(picked) < n:
-                picked.append(int(pool.pop()))
-    return np.sort(np.asarray(picked, dtype=np.int64))
 
 
 def onnx_logits(path: Path, images_u8: np.ndarray, threads: int, batch_size: int = 32) -> np.ndarray:
@@ -336,7 +242,14 @@ def run_export(cfg: ExportConfig) -> dict:
             log(f"calibrating on {len(cidx)} train images ({cfg.calib_method}), quantising to int8")
             calib = decode_many([calib_split.paths[i] for i in cidx], size, workers=threads)
             int8 = tmp / int8_final.name
-            quantize_int8(fp32, int8, calib, meta, cfg)
+            source = fp32
+            if cfg.tune_epochs > 0:
+                paths = tuning_images(dataset, cfg)
+                log(f"int8 weight tuning: {cfg.tune_epochs} epochs on {len(paths)} train images")
+                source = tmp / "tuned.onnx"
+                report["int8_tuning"] = t = tune_and_export(ckpt, meta, fp32, source, paths, cfg, threads)
+                log(f"int8 weight tuning: logit MSE {t['loss_first']:.4f} → {t['loss_last']:.4f} ({t['seconds']:.0f} s)")
+            quantize_int8(source, int8, calib, meta, cfg)
             del calib
             logits["int8"] = (onnx_logits(int8, val_u8, threads), onnx_logits(int8, test_u8, threads))
             files["int8"] = (int8, int8_final)

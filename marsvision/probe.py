@@ -27,7 +27,7 @@ from .transforms import EvalPreset
 class ProbeConfig:
     """Fit a balanced logistic regression on frozen ImageNet EfficientNet-Lite features."""
 
-    model: str = field(default="efficientnet_lite0", metadata={"help": "backbone: efficientnet_lite0 or efficientnet_lite2"})
+    model: str = field(default="efficientnet_lite0", metadata={"help": "backbone: efficientnet_lite0, efficientnet_lite0_multilevel or efficientnet_lite2"})
     data: str = field(default="", metadata={"help": "data set folder (default: $MARSVISION_DATA, then ./data/msl-images)"})
     train_splits: str = field(default="train", metadata={"help": "splits to fit on, '+'-joined"})
     val_split: str = field(default="val", metadata={"help": "split used to choose C (when not fitted on)"})

@@ -84,5 +84,6 @@ def tiny_onnx(tiny_model, real_data, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("onnx")
     report = run_export(ExportConfig(model=str(tiny_model), output=str(root / "out"), work=str(root / "work"),
                                      int8=True, data=str(real_data), calib_images=30, check_images=40,
+                                     tune_epochs=1, tune_images=24,
                                      min_agreement=0.0, max_accuracy_drop=1.0, threads=1))
     return {"fp32": root / "work" / "tiny.onnx", "int8": root / "out" / "tiny.int8.onnx", "report": report}

@@ -5,7 +5,7 @@ from marsvision.models import _lite_weights_file, create_model, model_defaults
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="efficientnet_lite0, efficientnet_lite2, small_cnn"):
+    with pytest.raises(ValueError, match="efficientnet_lite0, efficientnet_lite0_multilevel, efficientnet_lite2, small_cnn"):
         create_model("resnet9000", 3)
 
 
@@ -21,3 +21,17 @@ def test_lite0_loads_packaged_imagenet_weights():
 
 def test_small_cnn_shapes():
     assert create_model("small_cnn", 5, pretrained=False)(torch.zeros(2, 3, 64, 64)).shape == (2, 5)
+
+
+def test_multilevel_lite0_concatenates_pooled_stages():
+    model = create_model("efficientnet_lite0_multilevel", 24).eval()
+    plain = create_model("efficientnet_lite0", 24).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 1280 + 192 + 320) and model(x).shape == (2, 24)
+        # the first 1280 features are exactly the plain Lite0's pooled head features
+        torch.testing.assert_close(feats[:, :1280], plain.forward_head(plain.forward_features(x), pre_logits=True))
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(x).shape == (2, 1792)

@@ -37,6 +37,9 @@ def test_export_writes_self_describing_checked_files(tiny_onnx, tiny_model):
     quant = json.loads(props["marsvision_meta"])["quantization"]
     assert props["precision"] == "int8" and quant["per_channel"] and quant["keep_float"] == ["first:3", "classifier"]
     assert [n.rsplit("/", 1)[-1] for n in quant["float_nodes"]] == ["Conv", "Conv", "Conv", "Gemm"]
+    # weight tuning ran before quantising (1 step over 24 train images) and is recorded in the file
+    assert quant["weight_tuning"] == {"epochs": 1, "lr": 2e-5, "images": 24}
+    assert report["int8_tuning"]["steps"] == 1 and report["int8_tuning"]["tuned_convs"] == 9 - 3
     clf = load_model(int8)
     assert clf.runtime == "onnxruntime" and clf.meta["source"]["file"] == tiny_model.name
     assert not any(name.endswith(".tmp") or name.startswith(".export-") for name in os.listdir(int8.parent))
@@ -222,7 +225,7 @@ def test_threads_pins_the_cli_only_while_it_runs(tiny_onnx, real_data, tmp_path)
 def test_keep_float_names_resolve_to_graph_nodes(tiny_onnx):
     import onnx
 
-    from marsvision.onnx_export import resolve_nodes
+    from marsvision.onnx_quantize import resolve_nodes
 
     nodes = onnx.load(str(tiny_onnx["fp32"])).graph.node
     convs = [n.name for n in nodes if n.op_type == "Conv"]
@@ -231,3 +234,30 @@ def test_keep_float_names_resolve_to_graph_nodes(tiny_onnx):
     assert got == [convs[0], convs[1], convs[-1], head]  # in order, without repeats
     with pytest.raises(ValueError, match="no node 'nope'"):
         resolve_nodes(tiny_onnx["fp32"], ["nope"])
+
+
+def test_multilevel_lite0_exports_with_matching_logits_and_conv_order(tmp_path):
+    """The bundled architecture traces to ONNX; its Conv nodes match the torch convs one to one, which the
+    int8 weight tuning relies on to know which convs are kept in float."""
+    import onnx
+    import torch
+
+    from marsvision.checkpoint import model_meta
+    from marsvision.int8_tuning import quantised_convs
+    from marsvision.models import create_model
+    from marsvision.onnx_export import export_fp32
+    from marsvision.onnx_quantize import float_conv_indices
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0_multilevel", 3, pretrained=False).eval()
+    path = tmp_path / "ml.onnx"
+    export_fp32(model, model_meta("efficientnet_lite0_multilevel", ["a", "b", "c"], 64, (0.5,) * 3, (0.5,) * 3), path)
+    x = torch.randn(2, 3, 64, 64)
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-3)
+    convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    assert len(convs) == len(quantised_convs(model, [])) == 49
+    assert float_conv_indices(path, ["first:3", "classifier"]) == [0, 1, 2]
