@@ -67,6 +67,15 @@ MODELS = {
     "probe-lite0ml-trainval-192": ("bundled: multi-level (b), 192 px, refit on train+val, C=1 from val", "probe",
                                    ProbeConfig(model="efficientnet_lite0_multilevel", train_splits="train+val",
                                                img_size=192, c=1.0, out="runs/probe-lite0ml-trainval-192/best.pt")),
+    "probe-lite0ml-train-192-c0.1": ("multi-level (b), 192 px, C=0.1 (sol-grouped CV's choice, rejected on val)",
+                                     "probe",
+                                     ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192, c=0.1,
+                                                 out="runs/probe-lite0ml-train-192-c0.1/best.pt")),
+    "probe-lite0ml-trainval-192-c0.1": ("multi-level (b), 192 px, refit on train+val, C=0.1 (bundled briefly, "
+                                        "then reverted)", "probe",
+                                        ProbeConfig(model="efficientnet_lite0_multilevel", train_splits="train+val",
+                                                    img_size=192, c=0.1,
+                                                    out="runs/probe-lite0ml-trainval-192-c0.1/best.pt")),
 }
 
 
