@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import platform
 import sys
@@ -97,6 +98,7 @@ def ensure_model(name: str, kind: str, cfg, data: str) -> Path | list[Path]:
 REFERENCE = "probe-lite0-train"  # the val winner: other rows report their paired val difference to it
 
 
+@functools.lru_cache(maxsize=None)  # the reference's file is read for every row; called after all evaluations
 def read_predictions(name: str, split: str) -> tuple[list[str], list[str], list[str]] | None:
     """(paths, true names, predicted names) from the row's report folder, if it is there."""
     path = Path("reports") / f"{name}-{split}" / "predictions.csv"

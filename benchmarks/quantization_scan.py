@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from marsvision.atomic import atomic_write  # noqa: E402
 from marsvision.checkpoint import build_model  # noqa: E402
 from marsvision.onnx_export import ExportConfig, export_fp32, onnx_logits  # noqa: E402
-from marsvision.onnx_quantize import quantize_int8, resolve_nodes  # noqa: E402
+from marsvision.onnx_quantize import quant_options, quantize_int8, resolve_nodes  # noqa: E402
 from quantization import fidelity, load_inputs  # noqa: E402  (beside this script)
 
 
@@ -45,7 +45,7 @@ def main() -> None:
         fp32 = Path(tmp) / "model.onnx"
         export_fp32(build_model(inp.ckpt), meta, fp32)
         ref = onnx_logits(fp32, val_u8, threads=1)
-        always = resolve_nodes(fp32, [n for n in base.keep_float.split(",") if n])
+        always = resolve_nodes(fp32, quant_options(base)["keep_float"])
         convs = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"]
 
         def score(extra: list[str]) -> dict:

@@ -142,10 +142,11 @@ def tune_and_export(ckpt: dict, meta: dict, fp32: Path, out: Path, paths: list[P
     from .int8_tuning import quantised_convs, tune_for_int8
 
     model = build_model(ckpt)
-    n_graph = sum(n.op_type == "Conv" for n in onnx.load(str(fp32)).graph.node)
-    if len(quantised_convs(model, [])) != n_graph:  # convs are matched to graph nodes by position
-        raise ExportCheckError(f"int8 weight tuning: the model has {len(quantised_convs(model, []))} convs, "
-                               f"its ONNX graph {n_graph}; export with --tune-epochs 0")
+    n_model = len(quantised_convs(model, []))
+    n_graph = sum(n.op_type == "Conv" for n in onnx.load(str(fp32), load_external_data=False).graph.node)
+    if n_model != n_graph:  # convs are matched to graph nodes by position
+        raise ExportCheckError(f"int8 weight tuning: the model has {n_model} convs, its ONNX graph {n_graph}; "
+                               "export with --tune-epochs 0")
     summary = tune_for_int8(model, paths, int(meta["input_size"]), meta["mean"], meta["std"],
                             float_conv_indices(fp32, quant_options(cfg)["keep_float"]), cfg.tune_epochs,
                             cfg.tune_lr, threads=threads, progress=sys.stderr.isatty())

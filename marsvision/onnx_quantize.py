@@ -112,7 +112,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_u8: np.ndarray, meta: d
 def resolve_nodes(model_path: Path, names: list[str]) -> list[str]:
     """Node names for ``--keep-float``: 'first:K' / 'last:K' → the first / last K Conv nodes (graph order), 'stem' →
     'first:1', 'classifier' → the last Gemm/MatMul; any other entry must be a node name."""
-    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    return _resolve(onnx.load(str(model_path), load_external_data=False).graph.node, names)
+
+
+def _resolve(nodes, names: list[str]) -> list[str]:
     convs = [n.name for n in nodes if n.op_type == "Conv"]
     heads = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
     known = {n.name for n in nodes}
@@ -136,6 +139,7 @@ def resolve_nodes(model_path: Path, names: list[str]) -> list[str]:
 
 def float_conv_indices(model_path: Path, keep_float: list[str]) -> list[int]:
     """Positions, among the graph's Conv nodes in order, of the convs ``--keep-float`` leaves in float."""
-    convs = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node if n.op_type == "Conv"]
-    keep = set(resolve_nodes(model_path, keep_float))
+    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    keep = set(_resolve(nodes, keep_float))
     return [i for i, name in enumerate(convs) if name in keep]

@@ -85,19 +85,21 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
         keep = [i for i, c in enumerate(val.labels) if c in to_index]
         x_va = scaler.transform(feats(type(val)(val.name, [val.paths[i] for i in keep], val.labels[keep])))
         y_va = np.array([to_index[c] for c in val.labels[keep]])
+    fitted = {}
     for c in grid:
-        clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(scaler.transform(x_tr), y_tr)
+        fitted[c] = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(scaler.transform(x_tr), y_tr)
         if len(grid) > 1:
-            scores[c] = f1_score(y_va, clf.predict(x_va), average="macro")
+            scores[c] = f1_score(y_va, fitted[c].predict(x_va), average="macro")
     best_c = max(scores, key=scores.get) if scores else grid[0]
-    clf = LogisticRegression(C=best_c, class_weight="balanced", max_iter=3000).fit(scaler.transform(x_tr), y_tr)
+    clf = fitted[best_c]
 
     # logits = W (x - mu) / sigma + b  =  (W / sigma) x + (b - W mu / sigma); classes not seen → -inf-ish.
     w = np.zeros((len(class_ids), x_tr.shape[1]), np.float32)
     b = np.full(len(class_ids), -1e4, np.float32)
     w[clf.classes_] = clf.coef_ / scaler.scale_
     b[clf.classes_] = clf.intercept_ - (clf.coef_ * (scaler.mean_ / scaler.scale_)).sum(1)
-    model = create_model(cfg.model, len(class_ids), pretrained=True).eval()
+    model = backbone  # the same frozen ImageNet weights, now with the fitted head
+    model.reset_classifier(len(class_ids))
     head = model.get_classifier()
     head.weight.data, head.bias.data = torch.from_numpy(w), torch.from_numpy(b)
     names = [ds.class_names[c] for c in class_ids]
