@@ -32,17 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from marsvision.atomic import atomic_write  # noqa: E402
-from marsvision.data import MSLDataset, decode_many  # noqa: E402
+from marsvision.data import MSLDataset, decode_many, sol_of  # noqa: E402
 from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
 from marsvision.probe import extract_features, frozen_backbone  # noqa: E402
 
 HEAD = 1280  # the multi-level features start with the head's
 FEATURES = {"head": slice(0, HEAD), "multi-level": slice(None)}
 GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
-
-
-def sol_of(path: Path) -> int:
-    return int(path.name[:4])
 
 
 def main() -> None:

@@ -82,6 +82,14 @@ def _parse_class_file(path: Path) -> dict[int, str]:
     return names
 
 
+def sol_of(path: str | os.PathLike) -> int:
+    """The Mars day an MSL image was taken: its file name starts with the 4-digit sol (``0292MH…``)."""
+    name = Path(path).name
+    if not name[:4].isdigit():
+        raise DataError(f"{path}: file name does not start with a 4-digit sol")
+    return int(name[:4])
+
+
 class MSLDataset:
     """A copy of the MSL data set on disk (either layout)."""
 

@@ -77,16 +77,19 @@ class MultiLevelLite(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.reset_classifier(num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, S, S) → (N, num_features)
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, S, S) → [head (N, 1280, S/32, S/32), then each tapped stage (N, C_i, H_i, W_i)]."""
         n = self.net
         x = n.bn1(n.conv_stem(x))
-        pooled = []
+        taps = []
         for i, block in enumerate(n.blocks):
             x = block(x)
             if i in self.taps:
-                pooled.append(x.mean((2, 3)))  # (N, C_i)
-        x = n.bn2(n.conv_head(x))  # (N, 1280, S/32, S/32)
-        return torch.cat([x.mean((2, 3)), *pooled], 1)
+                taps.append(x)
+        return [n.bn2(n.conv_head(x)), *taps]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, S, S) → (N, num_features)
+        return torch.cat([m.mean((2, 3)) for m in self.feature_maps(x)], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, S, S) → (N, classes)
         return self.classifier(self.drop(self.forward_features(x)))

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from marsvision.data import DataError, MSLDataset, decode_many, resolve_data_dir
+from marsvision.data import DataError, MSLDataset, decode_many, resolve_data_dir, sol_of
 
 
 def test_real_splits_have_official_sizes(real_data):
@@ -67,3 +67,9 @@ def test_decode_many_names_bad_training_image(tmp_path):
     bad.write_bytes(b"nope")
     with pytest.raises(DataError, match="bad.jpg: not an image"):
         decode_many([bad], 16)
+
+
+def test_sol_of_reads_the_file_name():
+    assert sol_of("calibrated/0292MH0002810020103587C00_DRCL.JPG") == 292
+    with pytest.raises(DataError, match="holiday.jpg: file name does not start with a 4-digit sol"):
+        sol_of(Path("x/holiday.jpg"))

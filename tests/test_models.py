@@ -32,6 +32,9 @@ def test_multilevel_lite0_concatenates_pooled_stages():
         assert feats.shape == (2, 1280 + 192 + 320) and model(x).shape == (2, 24)
         # the first 1280 features are exactly the plain Lite0's pooled head features
         torch.testing.assert_close(feats[:, :1280], plain.forward_head(plain.forward_features(x), pre_logits=True))
+        maps = model.feature_maps(x)  # head, then the tapped stages, all 96/32 = 3 on a side
+        assert [tuple(m.shape) for m in maps] == [(2, 1280, 3, 3), (2, 192, 3, 3), (2, 320, 3, 3)]
+        torch.testing.assert_close(torch.cat([m.mean((2, 3)) for m in maps], 1), feats)
     model.reset_classifier(0)
     with torch.no_grad():
         assert model(x).shape == (2, 1792)
