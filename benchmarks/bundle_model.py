@@ -6,10 +6,11 @@ fp16 storage halves the file (the loader casts back to fp32); the bundled file's
 measured by `python benchmarks/compare_models.py --bundled`, so the rounding is accounted for.
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 from marsvision.checkpoint import build_model, read_model_file, save_model
+from marsvision.model_file import ModelFileError
 from marsvision.predict import bundled_source_path
 
 
@@ -23,4 +24,11 @@ def main(src: str, dst: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("src", help="trained model file, e.g. runs/probe-lite0ml-trainval-192/best.pt")
+    ap.add_argument("dst", nargs="?", help="where to write it (default: the package's bundled model file)")
+    args = ap.parse_args()
+    try:
+        main(args.src, args.dst)
+    except ModelFileError as e:
+        raise SystemExit(f"bundle_model: {e}") from None

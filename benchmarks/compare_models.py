@@ -21,15 +21,14 @@ from pathlib import Path
 
 import torch
 
-from marsvision.atomic import atomic_write
 from marsvision.data import MSLDataset
 from marsvision.evaluate import evaluate_split
 from marsvision.metrics import bootstrap_ci
 from marsvision.predict import bundled_model_path, bundled_source_path, load_model
 from marsvision.probe import ProbeConfig, train_probe
 from marsvision.train import TrainConfig, train
+from result_files import RESULTS, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # name → (description, kind, config). Hyper-parameters were chosen on val (see MODEL_CARD.md).
 FT = dict(model="efficientnet_lite0", train_size=192, lr=6e-4)
@@ -180,8 +179,6 @@ def main() -> None:
             "note": "val trained on by *-trainval models, so their val columns are not held out",
             "intervals": f"95 % percentile bootstrap over images (1000 resamples); differences are paired "
                          f"against {REFERENCE} on the same resamples"}
-    with atomic_write(RESULTS / "models.json") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
     lines = ["| model | trained on | val acc | val macro-F1 | val weighted-F1 | val acc − (b), 95% CI | "
              "val macro-F1 − (b), 95% CI | test acc | test macro-F1 | test weighted-F1 | test acc, 95% CI | size MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -191,9 +188,7 @@ def main() -> None:
                      f"{ci(r, 'val_macro_f1_diff_vs_reference_ci95')} | "
                      f"{r['test_acc']:.3f} | {r['test_macro_f1']:.3f} | {r['test_weighted_f1']:.3f} | "
                      f"{ci(r, 'test_acc_ci95')} | {r['size_mb']} |")
-    with atomic_write(RESULTS / "models.md") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("models", {"meta": meta, "rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

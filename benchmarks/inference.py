@@ -34,10 +34,9 @@ from pathlib import Path
 
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
-from marsvision.atomic import atomic_write  # noqa: E402
+from result_files import RESULTS, write_results  # noqa: E402
 from marsvision.data import MSLDataset  # noqa: E402
 from marsvision.metrics import classification_metrics  # noqa: E402
 from marsvision.predict import bundled_model_path, bundled_source_path  # noqa: E402
@@ -199,12 +198,7 @@ def main() -> None:
     result["int8_vs_decode_floor"] = round(e2e[f"ort_int8@{t_max}"]["img_s"] / result["decode_img_s"][t_max], 3)
     result["meta"]["load_average_at_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with atomic_write(RESULTS / "inference.json") as f:
-        json.dump(result, f, indent=2)
-    table = markdown_table(result, threads)
-    with atomic_write(RESULTS / "inference.md") as f:
-        f.write(table + "\n")
-    print(table)
+    write_results("inference", result, markdown_table(result, threads))
 
 
 def markdown_table(r: dict, threads: list[int]) -> str:

@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from marsvision.atomic import atomic_write  # noqa: E402
+from result_files import write_results  # noqa: E402
 from marsvision.data import MSLDataset, decode_many  # noqa: E402
 from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
 from marsvision.probe import extract_features, frozen_backbone  # noqa: E402
@@ -79,9 +79,6 @@ def main() -> None:
         rows.append({**s, "val_acc": round(m["accuracy"], 4), "val_macro_f1": round(m["macro_f1"], 4),
                      "val_acc_diff_ci95": [round(v, 4) for v in ci["accuracy_diff"]],
                      "val_macro_f1_diff_ci95": [round(v, 4) for v in ci["macro_f1_diff"]]})
-    out = REPO / "benchmarks" / "results"
-    with atomic_write(out / "probe_ablation.json") as f:
-        json.dump({"img_size": args.img_size, "shipped": SHIPPED, "rows": rows}, f, indent=2)
     def span(v: list[float]) -> str:
         return f"{v[0]:+.3f} to {v[1]:+.3f}"
 
@@ -90,9 +87,7 @@ def main() -> None:
     lines += [f"| {r['features']} | count^-{r['power']:g} | {r['C']:g} | {'yes' if r['flip'] else 'no'} | "
               f"{r['val_acc']:.4f} | {r['val_macro_f1']:.4f} | {span(r['val_acc_diff_ci95'])} | "
               f"{span(r['val_macro_f1_diff_ci95'])} |" for r in rows]
-    with atomic_write(out / "probe_ablation.md") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("probe_ablation", {"img_size": args.img_size, "shipped": SHIPPED, "rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ val chooses (README, "Results").
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from marsvision.atomic import atomic_write  # noqa: E402
+from result_files import write_results  # noqa: E402
 from marsvision.data import MSLDataset, decode_many, sol_of  # noqa: E402
 from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
 from marsvision.probe import extract_features, frozen_backbone  # noqa: E402
@@ -83,9 +82,6 @@ def main() -> None:
               "best_C": best, "rows": rows,
               "multi_level_minus_head_ci95": {"accuracy": [round(v, 4) for v in ci["accuracy_diff"]],
                                               "macro_f1": [round(v, 4) for v in ci["macro_f1_diff"]]}}
-    out = REPO / "benchmarks" / "results"
-    with atomic_write(out / "probe_cv.json") as f:
-        json.dump(result, f, indent=2)
     lines = ["| features | C | out-of-fold acc | out-of-fold macro-F1 |", "|---|---|---|---|"]
     lines += [f"| {r['features']}{' (best C)' if best[r['features']] == r['C'] else ''} | {r['C']:g} | "
               f"{r['oof_acc']:.4f} | {r['oof_macro_f1']:.4f} |" for r in rows]
@@ -93,9 +89,7 @@ def main() -> None:
     lines += ["", f"Multi-level − head at their best C, paired 95 % bootstrap over the {len(y)} images: accuracy "
               f"{d['accuracy'][0]:+.3f} to {d['accuracy'][1]:+.3f}, macro-F1 {d['macro_f1'][0]:+.3f} to "
               f"{d['macro_f1'][1]:+.3f} ({args.folds} folds grouped by sol, {result['sols']} sols)."]
-    with atomic_write(out / "probe_cv.md") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("probe_cv", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

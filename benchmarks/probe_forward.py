@@ -27,7 +27,6 @@ Writes ``benchmarks/results/probe_forward.json`` and ``probe_forward.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -39,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from marsvision.atomic import atomic_write  # noqa: E402
+from result_files import write_results  # noqa: E402
 from marsvision.data import MSLDataset, decode_many, sol_of  # noqa: E402
 from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
 from marsvision.probe import frozen_backbone  # noqa: E402
@@ -196,10 +195,6 @@ def main() -> None:
               "selectors": {sel: {"fitted_scored_per_fold": [[len(f), len(s)] for f, s in folds]}
                             for sel, folds in sels.items()},
               "rows": table}
-    out = REPO / "benchmarks" / "results"
-    with atomic_write(out / "probe_forward.json") as f:
-        json.dump(result, f, indent=2)
-
     def cell(sc: dict, first: bool) -> str:
         diff = "" if first else (f" ({sc['acc_diff_ci95'][0]:+.3f}..{sc['acc_diff_ci95'][1]:+.3f}) / "
                                  f"({sc['macro_f1_diff_ci95'][0]:+.3f}..{sc['macro_f1_diff_ci95'][1]:+.3f})")
@@ -215,9 +210,7 @@ def main() -> None:
               "differences to the shipped setting (accuracy / macro-F1). Forward columns score held-out "
               f"images of seen classes only. Images fitted/scored per fold: {sizes}. "
               f"{result['seconds']:.0f} s on this machine."]
-    with atomic_write(out / "probe_forward.md") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("probe_forward", result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from marsvision.atomic import atomic_write  # noqa: E402
+from result_files import RESULTS, write_results  # noqa: E402
 from marsvision.checkpoint import build_model, read_model_file  # noqa: E402
 from marsvision.data import MSLDataset, balanced_subset, decode_many  # noqa: E402
 from marsvision.onnx_export import (ExportConfig, export_fp32, onnx_logits, split_scores,  # noqa: E402
@@ -167,19 +167,14 @@ def main() -> None:
                             if tuning else {}),
                          "mb": round(out.stat().st_size / 2**20, 2)})
             print(json.dumps(rows[-1]), flush=True)
-    out_dir = REPO / "benchmarks" / "results"
-    json_path, md_path = out_dir / f"{args.results}.json", out_dir / f"{args.results}.md"
+    json_path = RESULTS / f"{args.results}.json"
     previous = json.loads(json_path.read_text()) if picked and json_path.is_file() else {}
     if previous.get("model") == str(args.model):  # a partial rerun on the same model updates its rows only
         new = {r["options"]: r for r in rows}
         rows = [new.pop(r["options"], r) for r in previous["rows"]] + list(new.values())
     result = {"model": str(args.model), "val_images": len(val_u8), "calibration": "class-balanced train images",
               "rows": rows}
-    with atomic_write(json_path) as f:
-        json.dump(result, f, indent=2)
-    with atomic_write(md_path) as f:
-        f.write(markdown(rows))
-    print(markdown(rows))
+    write_results(args.results, result, markdown(rows))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from marsvision.atomic import atomic_write  # noqa: E402
+from result_files import write_results  # noqa: E402
 from marsvision.checkpoint import build_model  # noqa: E402
 from marsvision.onnx_export import ExportConfig, export_fp32, onnx_logits  # noqa: E402
 from marsvision.onnx_quantize import quant_options, quantize_int8, resolve_nodes  # noqa: E402
@@ -60,18 +60,14 @@ def main() -> None:
                 rows.append({"node": name, "index": i, **score([name])})
                 print(json.dumps(rows[-1]), flush=True)
     rows.sort(key=lambda r: (-r["agreement"], r["rms_logit_error"]))
-    out_dir = REPO / "benchmarks" / "results"
-    with atomic_write(out_dir / "quantization_scan.json") as f:
-        json.dump({"model": args.model, "calibration": "minmax, class-balanced train images",
-                   "always_float": always, "baseline": baseline, "rows": rows}, f, indent=2)
+    data = {"model": args.model, "calibration": "minmax, class-balanced train images",
+            "always_float": always, "baseline": baseline, "rows": rows}
     lines = [f"Default float set alone: agreement {baseline['agreement']:.2%}, RMS logit error "
              f"{baseline['rms_logit_error']:.3f}, {baseline['mb']} MB.", "",
              "| conv (graph order) | node | val agreement with fp32 | RMS logit error | MB |", "|---|---|---|---|---|"]
     lines += [f"| {r['index']} | `{r['node']}` | {r['agreement']:.2%} | {r['rms_logit_error']:.3f} | {r['mb']} |"
               for r in rows]
-    with atomic_write(out_dir / "quantization_scan.md") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines[:20]))
+    write_results("quantization_scan", data, "\n".join(lines), show=20)
 
 
 if __name__ == "__main__":
