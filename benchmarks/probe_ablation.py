@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from result_files import write_results  # noqa: E402
 from marsvision.data import MSLDataset, decode_many  # noqa: E402
 from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
-from marsvision.probe import extract_features, frozen_backbone  # noqa: E402
+from marsvision.probe import extract_features, fit_head, frozen_backbone  # noqa: E402
 
 SHIPPED = {"features": "multi-level", "power": 1.0, "C": 1.0, "flip": False}
 SETTINGS = ([{"features": "multi-level", "power": 1.0, "C": c, "flip": False} for c in (0.3, 1.0, 3.0, 10.0)]
@@ -42,8 +42,6 @@ def main() -> None:
     ap.add_argument("--data", default="", help="data set folder")
     ap.add_argument("--img-size", type=int, default=192, help="input size in pixels")
     args = ap.parse_args()
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     ds = MSLDataset(args.data or None)
     train, val = ds.split("train"), ds.split("val")
@@ -64,11 +62,8 @@ def main() -> None:
     for s in SETTINGS:
         cols = slice(None) if s["features"] == "multi-level" else slice(0, HEAD)
         x, y = (np.concatenate([f_tr, f_tr_flip]), np.concatenate([y_tr, y_tr])) if s["flip"] else (f_tr, y_tr)
-        scaler = StandardScaler().fit(x[:, cols])
         w = counts[y] ** -s["power"]
-        clf = LogisticRegression(C=s["C"], max_iter=3000).fit(scaler.transform(x[:, cols]), y,
-                                                               sample_weight=w / w.mean())
-        preds[json.dumps(s)] = clf.predict(scaler.transform(f_va[:, cols]))
+        preds[json.dumps(s)] = fit_head(x[:, cols], y, s["C"], sample_weight=w / w.mean()).predict(f_va[:, cols])
         print(s, flush=True)
     ref = preds[json.dumps(SHIPPED)]
     rows = []

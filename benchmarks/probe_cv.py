@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 from result_files import write_results  # noqa: E402
 from marsvision.data import MSLDataset, decode_many, sol_of  # noqa: E402
 from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
-from marsvision.probe import extract_features, frozen_backbone  # noqa: E402
+from marsvision.probe import extract_features, fit_head, frozen_backbone  # noqa: E402
 
 HEAD = 1280  # the multi-level features start with the head's
 FEATURES = {"head": slice(0, HEAD), "multi-level": slice(None)}
@@ -46,9 +46,7 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=192, help="input size in pixels")
     ap.add_argument("--folds", type=int, default=5, help="sol-grouped folds")
     args = ap.parse_args()
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
-    from sklearn.preprocessing import StandardScaler
 
     ds = MSLDataset(args.data or None)
     data = ds.splits(["train", "val"])
@@ -65,10 +63,7 @@ def main() -> None:
         for c in GRID:
             pred = np.empty_like(y)
             for fit_idx, held_idx in folds:
-                scaler = StandardScaler().fit(feats[fit_idx][:, cols])
-                clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
-                clf.fit(scaler.transform(feats[fit_idx][:, cols]), y[fit_idx])
-                pred[held_idx] = clf.predict(scaler.transform(feats[held_idx][:, cols]))
+                pred[held_idx] = fit_head(feats[fit_idx][:, cols], y[fit_idx], c).predict(feats[held_idx][:, cols])
             oof[fname, c] = pred
             print(fname, c, flush=True)
     rows = []

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from result_files import write_results  # noqa: E402
 from marsvision.data import MSLDataset, decode_many, sol_of  # noqa: E402
 from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
-from marsvision.probe import frozen_backbone  # noqa: E402
+from marsvision.probe import fit_head, frozen_backbone  # noqa: E402
 from marsvision.train import autocast  # noqa: E402
 from marsvision.transforms import TrainPreset  # noqa: E402
 
@@ -105,14 +105,8 @@ def sample_weights(y: np.ndarray, sols: np.ndarray, sol_balance: bool) -> np.nda
 
 def fit_predict(x: np.ndarray, y, sols, fit, held, c: float, views: int, sol_balance: bool) -> np.ndarray:
     """Fit on the ``fit`` images (all views), predict the ``held`` images (view 0)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    xf = np.concatenate(list(x[:views, fit]))
     w = np.tile(sample_weights(y[fit], sols[fit], sol_balance), views)
-    scaler = StandardScaler().fit(xf)
-    clf = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(xf), np.tile(y[fit], views), sample_weight=w)
-    return clf.predict(scaler.transform(x[0, held]))
+    return fit_head(np.concatenate(list(x[:views, fit])), np.tile(y[fit], views), c, sample_weight=w).predict(x[0, held])
 
 
 def forward_folds(sols: np.ndarray, blocks: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -121,4 +121,3 @@ def tune_for_int8(model: torch.nn.Module, paths: Sequence[Path], size: int, mean
             "loss_first": float(np.mean(losses[:k])) if losses else None,
             "loss_last": float(np.mean(losses[-k:])) if losses else None,
             "seconds": round(seconds, 1), "img_per_s": round(steps * batch_size / max(seconds, 1e-9), 1)}
-

@@ -30,8 +30,6 @@ def set_metadata(path: Path, meta: dict, precision: str) -> None:
     onnx.save(proto, str(path))
 
 
-
-
 def calibration_reader(images_u8: np.ndarray, mean, std, batch_size: int = 10):
     """An ORT ``CalibrationDataReader`` over uint8 images, normalised exactly as at inference.
 

@@ -42,6 +42,18 @@ def extract_features(backbone, images_u8: torch.Tensor, preset) -> np.ndarray:
     return predict_logits(backbone, images_u8, preset, torch.device("cpu")).numpy()
 
 
+def fit_head(x: np.ndarray, y: np.ndarray, c: float, sample_weight: np.ndarray | None = None):
+    """The probe's classifier on (N, F) features: standardise, then a logistic regression that is
+    class-balanced unless ``sample_weight`` is given. Returns the fitted scikit-learn pipeline."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    balance = "balanced" if sample_weight is None else None
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight=balance, max_iter=3000))
+    return pipe.fit(x, y, logisticregression__sample_weight=sample_weight)
+
+
 def frozen_backbone(model: str) -> tuple[torch.nn.Module, EvalPreset]:
     """The ImageNet backbone with its classifier removed (eval mode) and its eval preset."""
     d = model_defaults(model)
@@ -52,9 +64,7 @@ def frozen_backbone(model: str) -> tuple[torch.nn.Module, EvalPreset]:
 
 def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     """Fit, pick C on val macro-F1, fold into a model file; returns its path."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
-    from sklearn.preprocessing import StandardScaler
 
     progress = sys.stderr.isatty() if progress is None else progress
     start = time.perf_counter()
@@ -77,21 +87,17 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
 
     to_index = {c: i for i, c in enumerate(class_ids)}
     x_tr, y_tr = feats(train), np.array([to_index[c] for c in train.labels])
-    scaler = StandardScaler().fit(x_tr)
     grid = [cfg.c] if cfg.c > 0 else [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+    fitted = {c: fit_head(x_tr, y_tr, c) for c in grid}
     scores = {}
     if len(grid) > 1:
         val = ds.split(cfg.val_split).subset(cfg.limit or None)
         keep = [i for i, c in enumerate(val.labels) if c in to_index]
-        x_va = scaler.transform(feats(type(val)(val.name, [val.paths[i] for i in keep], val.labels[keep])))
+        x_va = feats(type(val)(val.name, [val.paths[i] for i in keep], val.labels[keep]))
         y_va = np.array([to_index[c] for c in val.labels[keep]])
-    fitted = {}
-    for c in grid:
-        fitted[c] = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(scaler.transform(x_tr), y_tr)
-        if len(grid) > 1:
-            scores[c] = f1_score(y_va, fitted[c].predict(x_va), average="macro")
+        scores = {c: f1_score(y_va, pipe.predict(x_va), average="macro") for c, pipe in fitted.items()}
     best_c = max(scores, key=scores.get) if scores else grid[0]
-    clf = fitted[best_c]
+    scaler, clf = fitted[best_c][0], fitted[best_c][-1]
 
     # logits = W (x - mu) / sigma + b  =  (W / sigma) x + (b - W mu / sigma); classes not seen → -inf-ish.
     w = np.zeros((len(class_ids), x_tr.shape[1]), np.float32)
