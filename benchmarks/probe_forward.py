@@ -149,6 +149,15 @@ def replaces_shipped(scores: dict) -> bool:
     return all(sc["macro_f1_diff_ci95"][0] > 0 for sc in forward) and all(hi >= 0 for _, hi in cis)
 
 
+def train_val_by_sol(data_dir: str) -> tuple[list, np.ndarray, list[str], np.ndarray, int]:
+    """train then val: image paths, class indices, class names, sols, and how many are train."""
+    ds = MSLDataset(data_dir or None)
+    data, n_train = ds.splits(["train", "val"]), len(ds.split("train"))
+    ids = sorted(set(data.labels.tolist()))
+    y = np.array([ids.index(c) for c in data.labels])
+    return data.paths, y, [ds.class_names[c] for c in ids], np.array([sol_of(p) for p in data.paths]), n_train
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="", help="data set folder")
@@ -156,14 +165,9 @@ def main() -> None:
     ap.add_argument("--blocks", default="4,5,6", help="time blocks of train+val (blocks - 1 forward folds each), comma-separated")
     args = ap.parse_args()
     start = time.perf_counter()
-    ds = MSLDataset(args.data or None)
-    data, n_train = ds.splits(["train", "val"]), len(ds.split("train"))
-    ids = sorted(set(data.labels.tolist()))
-    names = [ds.class_names[c] for c in ids]
-    y = np.array([ids.index(c) for c in data.labels])
-    sols = np.array([sol_of(p) for p in data.paths])
+    paths, y, names, sols, n_train = train_val_by_sol(args.data)
     backbone, preset = frozen_backbone("efficientnet_lite0_multilevel")
-    u8 = torch.from_numpy(decode_many(data.paths, args.img_size))
+    u8 = torch.from_numpy(decode_many(paths, args.img_size))
     cands = [{**SHIPPED, **c} for c in CANDIDATES]
     rows, pooled = feature_views(backbone, u8, preset, max(c["views"] for c in cands))
     print(f"features: {time.perf_counter() - start:.0f} s", flush=True)

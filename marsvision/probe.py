@@ -1,7 +1,8 @@
 """Baseline (b): frozen ImageNet EfficientNet-Lite features + balanced logistic regression.
 
 The fitted linear model is folded into the network's classifier layer, so the result is an
-ordinary marsvision model file that ``load_model``/``predict``/``evaluate`` use unchanged.
+ordinary marsvision model file that ``load_model``/``predict``/``evaluate`` use unchanged. With
+``tune_epochs`` the last stages are then fine-tuned from it (``probe_tuning``), still one file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .atomic import atomic_write
 from .checkpoint import model_meta, save_model
 from .data import MSLDataset, decode_many
 from .models import create_model, model_defaults
+from .probe_tuning import ProbeTail, frozen_stage_maps, interpolate, tail_outputs, tune_tail
 from .train import predict_logits
 from .transforms import EvalPreset
 
@@ -35,6 +37,10 @@ class ProbeConfig:
     c: float = field(default=0.0, metadata={"help": "inverse regularisation strength (0: choose on val from a grid)"})
     out: str = field(default="runs/probe-lite0/best.pt", metadata={"help": "model file to write"})
     limit: int = field(default=0, metadata={"help": "use at most this many images per split (0: all)"})
+    tune_epochs: int = field(default=0, metadata={"help": "then fine-tune the last two stages and the head from the probe for this many epochs (multi-level model only; 0: frozen probe)"})
+    tune_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of that tuning"})
+    tune_alpha: float = field(default=0.75, metadata={"help": "WiSE-FT: keep (1 - alpha) * probe + alpha * tuned weights"})
+    tune_views: int = field(default=3, metadata={"help": "cached views per training image for the tuning (the image, then mild random crops)"})
 
 
 def extract_features(backbone, images_u8: torch.Tensor, preset) -> np.ndarray:
@@ -52,6 +58,20 @@ def fit_head(x: np.ndarray, y: np.ndarray, c: float, sample_weight: np.ndarray |
     balance = "balanced" if sample_weight is None else None
     pipe = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight=balance, max_iter=3000))
     return pipe.fit(x, y, logisticregression__sample_weight=sample_weight)
+
+
+def fold_head(pipe, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ``fit_head`` pipeline as one linear layer: weight (K, F) and bias (K,) float32.
+
+    logits = W (x - mu) / sigma + b  =  (W / sigma) x + (b - W mu / sigma); a class absent from the
+    fitted labels gets bias -1e4, so it is never predicted.
+    """
+    scaler, clf = pipe[0], pipe[-1]
+    w = np.zeros((num_classes, len(scaler.scale_)), np.float32)
+    b = np.full(num_classes, -1e4, np.float32)
+    w[clf.classes_] = clf.coef_ / scaler.scale_
+    b[clf.classes_] = clf.intercept_ - (clf.coef_ * (scaler.mean_ / scaler.scale_)).sum(1)
+    return w, b
 
 
 def frozen_backbone(model: str) -> tuple[torch.nn.Module, EvalPreset]:
@@ -74,19 +94,30 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     train = ds.splits(cfg.train_splits.split("+"))
     class_ids = sorted(set(train.labels.tolist()))
     train = train.subset(cfg.limit or None)
+    tuning = cfg.tune_epochs > 0
+    if tuning and cfg.model != "efficientnet_lite0_multilevel":
+        raise ValueError(f"--tune-epochs needs --model efficientnet_lite0_multilevel, not {cfg.model!r}")
     backbone, preset = frozen_backbone(cfg.model)
 
     timing = {"images": 0, "seconds": 0.0}
+    cached = {}  # the training images' frozen-stage maps (V, N, ...), when tuning
 
-    def feats(split):
+    def feats(split, views=1):
         t0 = time.perf_counter()
-        f = extract_features(backbone, torch.from_numpy(decode_many(split.paths, size, progress=progress)), preset)
+        u8 = torch.from_numpy(decode_many(split.paths, size, progress=progress))
+        if tuning:  # features through the same cached maps that the tuning trains on
+            cached["maps"] = frozen_stage_maps(backbone, u8, preset, views)
+            f = tail_outputs(ProbeTail(backbone, torch.zeros(1, backbone.num_features), torch.zeros(1)),
+                             cached["maps"][0], features=True).numpy()
+        else:
+            f = extract_features(backbone, u8, preset)
         timing["images"] += len(split)
         timing["seconds"] += time.perf_counter() - t0
         return f
 
     to_index = {c: i for i, c in enumerate(class_ids)}
-    x_tr, y_tr = feats(train), np.array([to_index[c] for c in train.labels])
+    x_tr, y_tr = feats(train, cfg.tune_views), np.array([to_index[c] for c in train.labels])
+    maps_tr = cached.get("maps")
     grid = [cfg.c] if cfg.c > 0 else [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
     fitted = {c: fit_head(x_tr, y_tr, c) for c in grid}
     scores = {}
@@ -97,17 +128,16 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
         y_va = np.array([to_index[c] for c in val.labels[keep]])
         scores = {c: f1_score(y_va, pipe.predict(x_va), average="macro") for c, pipe in fitted.items()}
     best_c = max(scores, key=scores.get) if scores else grid[0]
-    scaler, clf = fitted[best_c][0], fitted[best_c][-1]
-
-    # logits = W (x - mu) / sigma + b  =  (W / sigma) x + (b - W mu / sigma); classes not seen → -inf-ish.
-    w = np.zeros((len(class_ids), x_tr.shape[1]), np.float32)
-    b = np.full(len(class_ids), -1e4, np.float32)
-    w[clf.classes_] = clf.coef_ / scaler.scale_
-    b[clf.classes_] = clf.intercept_ - (clf.coef_ * (scaler.mean_ / scaler.scale_)).sum(1)
+    w, b = fold_head(fitted[best_c], len(class_ids))
     model = backbone  # the same frozen ImageNet weights, now with the fitted head
     model.reset_classifier(len(class_ids))
     head = model.get_classifier()
     head.weight.data, head.bias.data = torch.from_numpy(w), torch.from_numpy(b)
+    tune_rate = None
+    if tuning:
+        probe = ProbeTail(model, head.weight.data, head.bias.data)
+        tuned, tune_rate = tune_tail(probe, maps_tr, np.arange(len(y_tr)), y_tr, cfg.tune_lr, cfg.tune_epochs)
+        interpolate(probe, tuned, cfg.tune_alpha).fold_into(model)
     names = [ds.class_names[c] for c in class_ids]
     out = Path(cfg.out)
     save_model(out, model, model_meta(cfg.model, names, size, d["mean"], d["std"], 0.0,
@@ -116,7 +146,9 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     feature_rate = timing["images"] / max(timing["seconds"], 1e-9)
     with atomic_write(out.parent / "config.json") as f:
         json.dump({**asdict(cfg), "chosen_C": best_c, "val_macro_f1_by_C": scores, "n_train": len(train),
-                   "feature_img_per_s": round(feature_rate, 1), "total_s": round(total, 1)}, f, indent=2)
+                   "feature_img_per_s": round(feature_rate, 1), "total_s": round(total, 1),
+                   "tune_img_per_s": tune_rate and round(tune_rate, 1)}, f, indent=2)
+    tuned_msg = f", tuning {tune_rate:.0f} img/s" if tuning else ""
     print(f"probe: C={best_c}, {len(train)} training images, features {feature_rate:.1f} img/s "
-          f"(decode + forward), total {total:.0f} s")
+          f"(decode + forward){tuned_msg}, total {total:.0f} s")
     return out

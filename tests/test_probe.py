@@ -20,3 +20,53 @@ def test_probe_folds_into_an_ordinary_model_file(real_data, tmp_path):
     preds = load_model(out).predict(train.paths)
     correct = sum(p.label == names[c] for p, c in zip(preds, train.labels.tolist()))
     assert correct >= 0.9 * len(train)
+
+
+def test_tuned_probe_is_one_model_file_whose_changes_are_confined_to_the_tuned_stages(real_data, tmp_path):
+    import torch
+
+    cfg = dict(data=str(real_data), model="efficientnet_lite0_multilevel", c=1.0, limit=40, img_size=96)
+    frozen = train_probe(ProbeConfig(**cfg, out=str(tmp_path / "f" / "best.pt")), progress=False)
+    tuned = train_probe(ProbeConfig(**cfg, tune_epochs=2, tune_views=2, out=str(tmp_path / "t" / "best.pt")), progress=False)
+    a, b = read_model_file(frozen)["state_dict"], read_model_file(tuned)["state_dict"]
+    changed = {k.split(".")[0] + "." + k.split(".")[1] for k in a if not torch.equal(a[k], b[k])}
+    # Only the last two stages, the head convolution and the classifier move; BN statistics stay.
+    assert changed <= {"net.blocks", "net.conv_head", "net.bn2", "classifier.weight", "classifier.bias"}
+    assert any(k.startswith("net.blocks.5") and not torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("net.blocks.0", "net.blocks.4", "net.conv_stem")))
+    assert all(torch.equal(a[k], b[k]) for k in a if "running_" in k)
+    cfg_json = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert cfg_json["tune_epochs"] == 2 and cfg_json["tune_img_per_s"] > 0
+    preds = load_model(tuned).predict(MSLDataset(real_data).split("train").subset(40).paths[:4])
+    assert all(p.error is None and p.label for p in preds)
+
+
+def test_probe_tuning_needs_the_multilevel_model(real_data, tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="efficientnet_lite0_multilevel"):
+        train_probe(ProbeConfig(data=str(real_data), tune_epochs=1, limit=8, out=str(tmp_path / "x.pt")), progress=False)
+
+
+def test_tail_reproduces_the_multilevel_network_and_interpolation_ends():
+    import torch
+
+    from marsvision.models import create_model
+    from marsvision.probe_tuning import FROZEN_STAGES, ProbeTail, interpolate
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0_multilevel", 5, pretrained=False).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        h = model.net.bn1(model.net.conv_stem(x))
+        for block in model.net.blocks[:FROZEN_STAGES]:
+            h = block(h)  # (2, 112, 4, 4)
+        tail = ProbeTail(model, model.classifier.weight.data, model.classifier.bias.data).eval()
+        torch.testing.assert_close(tail(h), model(x))
+        other = ProbeTail(model, torch.randn(5, 1792), torch.randn(5)).eval()
+        for p in other.stage6.parameters():
+            p.add_(1.0)
+        torch.testing.assert_close(interpolate(tail, other, 0.0)(h), tail(h))
+        torch.testing.assert_close(interpolate(tail, other, 1.0)(h), other(h))
+        other.fold_into(model)
+        torch.testing.assert_close(model(x), other(h))
