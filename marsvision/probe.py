@@ -136,7 +136,8 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     tune_rate = None
     if tuning:
         probe = ProbeTail(model, head.weight.data, head.bias.data)
-        tuned, tune_rate = tune_tail(probe, maps_tr, np.arange(len(y_tr)), y_tr, cfg.tune_lr, cfg.tune_epochs)
+        tuned, tune_rate = tune_tail(probe, maps_tr, np.arange(len(y_tr)), y_tr, cfg.tune_lr, cfg.tune_epochs,
+                                    progress=progress)
         interpolate(probe, tuned, cfg.tune_alpha).fold_into(model)
     names = [ds.class_names[c] for c in class_ids]
     out = Path(cfg.out)

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .train import autocast, class_weights, epoch_order, lr_at
 from .transforms import TrainPreset
@@ -95,12 +96,12 @@ def tail_outputs(model: ProbeTail, maps: torch.Tensor, features: bool = False) -
 
 
 def tune_tail(start: ProbeTail, maps: torch.Tensor, rows: np.ndarray, y: np.ndarray, lr: float, epochs: int,
-              balance: str = "sampler", seed: int = 0) -> tuple[ProbeTail, float]:
+              balance: str = "sampler", seed: int = 0, progress: bool = False) -> tuple[ProbeTail, float]:
     """Fine-tune a copy of ``start`` on the cached maps (V, N, ...) of images ``rows`` (labels ``y``).
 
     Square-root-balanced sampling ("sampler", as ``train``) or a fully balanced loss ("loss"), AdamW,
-    10 % warm-up then cosine, label smoothing 0.1, batch 64, a random view per image. Returns the
-    tuned copy and its img/s.
+    10 % warm-up then cosine, label smoothing 0.1, batch 64, a random view per image; ``progress``
+    shows a bar with loss and img/s. Returns the tuned copy and its img/s.
     """
     model = copy.deepcopy(start).train()
     k = model.classifier.out_features
@@ -116,6 +117,7 @@ def tune_tail(start: ProbeTail, maps: torch.Tensor, rows: np.ndarray, y: np.ndar
     labels, rows, batch = to_present[torch.from_numpy(y)], torch.from_numpy(rows), 64
     per_epoch = max(1, len(y) // batch)
     total, g, t0 = epochs * per_epoch, torch.Generator().manual_seed(seed), time.perf_counter()
+    bar = tqdm(total=total, desc="tuning", unit="step", disable=not progress, leave=False)
     for epoch in range(epochs):
         order = epoch_order(y, sampler, epoch, seed)
         for i in range(per_epoch):
@@ -129,6 +131,9 @@ def tune_tail(start: ProbeTail, maps: torch.Tensor, rows: np.ndarray, y: np.ndar
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{bar.n * batch / (time.perf_counter() - t0):.0f}")
+    bar.close()
     return model, total * batch / max(time.perf_counter() - t0, 1e-9)
 
 
