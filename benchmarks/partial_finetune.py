@@ -47,7 +47,8 @@ from probe_forward import compare, replaces_shipped, selectors, train_val_by_sol
 from result_files import write_results  # noqa: E402
 from marsvision.data import decode_many  # noqa: E402
 from marsvision.probe import fit_head, fold_head, frozen_backbone  # noqa: E402
-from marsvision.probe_tuning import ProbeTail, frozen_stage_maps, interpolate, tail_outputs, tune_tail  # noqa: E402
+from marsvision.probe_tuning import (ProbeTail, frozen_stage_maps, interpolate, probe_features,  # noqa: E402
+                                     tail_outputs, tune_tail)
 
 SETTINGS = ([{"balance": "sampler", "lr": lr} for lr in (3e-5, 1e-4, 3e-4, 1e-3)]
             + [{"balance": "loss", "lr": lr} for lr in (3e-5, 1e-4, 3e-4)])
@@ -91,8 +92,7 @@ def main() -> None:
     paths, y, names, sols, n_train = train_val_by_sol(args.data)
     backbone, preset = frozen_backbone("efficientnet_lite0_multilevel")
     maps = frozen_stage_maps(backbone, torch.from_numpy(decode_many(paths, args.img_size)), preset, args.views)
-    frozen = ProbeTail(backbone, torch.zeros(1, backbone.num_features), torch.zeros(1))
-    feats = tail_outputs(frozen, maps[0], features=True).numpy()  # (N, 1792), the probe's features
+    feats = probe_features(backbone, maps[0])  # (N, 1792)
     sels = selectors(y, sols, n_train, [int(b) for b in args.blocks.split(",")])
     print(f"cached maps {tuple(maps.shape)}: {time.perf_counter() - start_time:.0f} s", flush=True)
 

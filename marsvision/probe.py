@@ -20,7 +20,7 @@ from .atomic import atomic_write
 from .checkpoint import model_meta, save_model
 from .data import MSLDataset, decode_many
 from .models import create_model, model_defaults
-from .probe_tuning import ProbeTail, frozen_stage_maps, interpolate, tail_outputs, tune_tail
+from .probe_tuning import ProbeTail, frozen_stage_maps, interpolate, probe_features, tune_tail
 from .train import predict_logits
 from .transforms import EvalPreset
 
@@ -100,31 +100,26 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     backbone, preset = frozen_backbone(cfg.model)
 
     timing = {"images": 0, "seconds": 0.0}
-    cached = {}  # the training images' frozen-stage maps (V, N, ...), when tuning
 
     def feats(split, views=1):
+        """(N, F) features, and when tuning the frozen-stage maps (V, N, ...) they were computed from."""
         t0 = time.perf_counter()
         u8 = torch.from_numpy(decode_many(split.paths, size, progress=progress))
-        if tuning:  # features through the same cached maps that the tuning trains on
-            cached["maps"] = frozen_stage_maps(backbone, u8, preset, views)
-            f = tail_outputs(ProbeTail(backbone, torch.zeros(1, backbone.num_features), torch.zeros(1)),
-                             cached["maps"][0], features=True).numpy()
-        else:
-            f = extract_features(backbone, u8, preset)
+        maps = frozen_stage_maps(backbone, u8, preset, views) if tuning else None
+        f = probe_features(backbone, maps[0]) if tuning else extract_features(backbone, u8, preset)
         timing["images"] += len(split)
         timing["seconds"] += time.perf_counter() - t0
-        return f
+        return f, maps
 
     to_index = {c: i for i, c in enumerate(class_ids)}
-    x_tr, y_tr = feats(train, cfg.tune_views), np.array([to_index[c] for c in train.labels])
-    maps_tr = cached.get("maps")
+    (x_tr, maps_tr), y_tr = feats(train, cfg.tune_views), np.array([to_index[c] for c in train.labels])
     grid = [cfg.c] if cfg.c > 0 else [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
     fitted = {c: fit_head(x_tr, y_tr, c) for c in grid}
     scores = {}
     if len(grid) > 1:
         val = ds.split(cfg.val_split).subset(cfg.limit or None)
         keep = [i for i, c in enumerate(val.labels) if c in to_index]
-        x_va = feats(type(val)(val.name, [val.paths[i] for i in keep], val.labels[keep]))
+        x_va, _ = feats(type(val)(val.name, [val.paths[i] for i in keep], val.labels[keep]))
         y_va = np.array([to_index[c] for c in val.labels[keep]])
         scores = {c: f1_score(y_va, pipe.predict(x_va), average="macro") for c, pipe in fitted.items()}
     best_c = max(scores, key=scores.get) if scores else grid[0]

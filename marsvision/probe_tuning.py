@@ -85,14 +85,23 @@ def frozen_stage_maps(backbone, images_u8: torch.Tensor, preset, views: int) -> 
 
 
 @torch.no_grad()
-def tail_outputs(model: ProbeTail, maps: torch.Tensor, features: bool = False) -> torch.Tensor:
-    """(N, 112, S/16, S/16) maps → (N, K) float32 logits, or (N, 1792) features."""
-    model.eval()
+def _in_batches(fn, maps: torch.Tensor) -> torch.Tensor:
     out = []
     for chunk in maps.split(256):
         with autocast(CPU):
-            out.append((model.features if features else model)(chunk.float()).float())
+            out.append(fn(chunk.float()).float())
     return torch.cat(out)
+
+
+def tail_outputs(model: ProbeTail, maps: torch.Tensor) -> torch.Tensor:
+    """(N, 112, S/16, S/16) maps → (N, K) float32 logits."""
+    return _in_batches(model.eval(), maps)
+
+
+def probe_features(multilevel, maps: torch.Tensor) -> np.ndarray:
+    """(N, 112, S/16, S/16) maps → the probe's (N, 1792) features, through the untuned stages."""
+    frozen = ProbeTail(multilevel, torch.zeros(1, multilevel.num_features), torch.zeros(1)).eval()
+    return _in_batches(frozen.features, maps).numpy()
 
 
 def tune_tail(start: ProbeTail, maps: torch.Tensor, rows: np.ndarray, y: np.ndarray, lr: float, epochs: int,
