@@ -20,7 +20,7 @@ from .atomic import atomic_write
 from .checkpoint import model_meta, save_model
 from .data import MSLDataset, decode_many
 from .models import create_model, model_defaults
-from .probe_tuning import ProbeTail, frozen_stage_maps, interpolate, probe_features, tune_tail
+from .probe_tuning import ProbeTail, average, frozen_stage_maps, interpolate, probe_features, tune_tail
 from .train import predict_logits
 from .transforms import EvalPreset
 
@@ -41,6 +41,7 @@ class ProbeConfig:
     tune_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of that tuning"})
     tune_alpha: float = field(default=0.75, metadata={"help": "WiSE-FT: keep (1 - alpha) * probe + alpha * tuned weights"})
     tune_views: int = field(default=3, metadata={"help": "cached views per training image for the tuning (the image, then mild random crops)"})
+    tune_seeds: int = field(default=1, metadata={"help": "average the weights of this many tunings with seeds 0, 1, ... (a model soup) before the interpolation"})
 
 
 def extract_features(backbone, images_u8: torch.Tensor, preset) -> np.ndarray:
@@ -131,9 +132,10 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     tune_rate = None
     if tuning:
         probe = ProbeTail(model, head.weight.data, head.bias.data)
-        tuned, tune_rate = tune_tail(probe, maps_tr, np.arange(len(y_tr)), y_tr, cfg.tune_lr, cfg.tune_epochs,
-                                    progress=progress)
-        interpolate(probe, tuned, cfg.tune_alpha).fold_into(model)
+        members, rates = zip(*[tune_tail(probe, maps_tr, np.arange(len(y_tr)), y_tr, cfg.tune_lr, cfg.tune_epochs,
+                                         seed=seed, progress=progress) for seed in range(cfg.tune_seeds)])
+        tune_rate = float(np.mean(rates))
+        interpolate(probe, average(list(members)), cfg.tune_alpha).fold_into(model)
     names = [ds.class_names[c] for c in class_ids]
     out = Path(cfg.out)
     save_model(out, model, model_meta(cfg.model, names, size, d["mean"], d["std"], 0.0,

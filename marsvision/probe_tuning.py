@@ -5,7 +5,7 @@ Starts from the frozen multi-level probe (``efficientnet_lite0_multilevel``, lin
 convolution and the classifier, with BatchNorm statistics frozen (Kumar et al., "Fine-Tuning can
 Distort Pretrained Features", ICLR 2022). The tuned weights are then interpolated with the probe's,
 (1 - alpha) * probe + alpha * tuned (Wortsman et al., "Robust fine-tuning of zero-shot models",
-CVPR 2022). The first five stages stay frozen, so their outputs are computed once per training
+CVPR 2022), optionally after averaging several tunings that differ only in their seed (``average``). The first five stages stay frozen, so their outputs are computed once per training
 view and tuning runs on those cached maps: ~130 img/s on 2 CPU cores against ~25 for full
 fine-tuning. benchmarks/partial_finetune.py chose the settings, on val and forward in time.
 """
@@ -146,8 +146,16 @@ def tune_tail(start: ProbeTail, maps: torch.Tensor, rows: np.ndarray, y: np.ndar
     return model, total * batch / max(time.perf_counter() - t0, 1e-9)
 
 
+def average(models: list[ProbeTail], weights: list[float] | None = None) -> ProbeTail:
+    """Every float tensor as the weighted sum over ``models`` (default: uniform, a "model soup" of
+    tunings from one start, Wortsman et al., ICML 2022); other tensors come from the last model."""
+    weights = weights or [1 / len(models)] * len(models)
+    out, states = copy.deepcopy(models[0]), [m.state_dict() for m in models]
+    out.load_state_dict({k: sum(w * s[k] for w, s in zip(weights, states)) if v.is_floating_point() else states[-1][k]
+                         for k, v in states[0].items()})
+    return out
+
+
 def interpolate(start: ProbeTail, tuned: ProbeTail, alpha: float) -> ProbeTail:
     """WiSE-FT: every float tensor (1 - alpha) * start + alpha * tuned."""
-    out, a, b = copy.deepcopy(start), start.state_dict(), tuned.state_dict()
-    out.load_state_dict({k: (1 - alpha) * a[k] + alpha * b[k] if a[k].is_floating_point() else b[k] for k in a})
-    return out
+    return average([start, tuned], [1 - alpha, alpha])
