@@ -79,10 +79,11 @@ MODELS = {
     "probe-lite0ml-tuned-train-192": ("multi-level (b), 192 px, then its last two stages + head fine-tuned 3 epochs, "
                                       "WiSE alpha 0.75 (partial_finetune.py; not bundled: forward macro-F1 rule unmet)",
                                       "probe", ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192, c=1.0,
-                                                           tune_epochs=3, out="runs/probe-lite0ml-tuned-train-192/best.pt")),
+                                                           tune_epochs=3, tune_seeds=1,
+                                                           out="runs/probe-lite0ml-tuned-train-192/best.pt")),
     "probe-lite0ml-tuned-trainval-192": ("the same, refit on train+val (not bundled)", "probe",
                                          ProbeConfig(model="efficientnet_lite0_multilevel", train_splits="train+val",
-                                                     img_size=192, c=1.0, tune_epochs=3,
+                                                     img_size=192, c=1.0, tune_epochs=3, tune_seeds=1,
                                                      out="runs/probe-lite0ml-tuned-trainval-192/best.pt")),
 }
 

@@ -27,7 +27,8 @@ def test_tuned_probe_is_one_model_file_whose_changes_are_confined_to_the_tuned_s
 
     cfg = dict(data=str(real_data), model="efficientnet_lite0_multilevel", c=1.0, limit=40, img_size=96)
     frozen = train_probe(ProbeConfig(**cfg, out=str(tmp_path / "f" / "best.pt")), progress=False)
-    tuned = train_probe(ProbeConfig(**cfg, tune_epochs=2, tune_views=2, out=str(tmp_path / "t" / "best.pt")), progress=False)
+    tuned = train_probe(ProbeConfig(**cfg, tune_epochs=2, tune_views=2, tune_seeds=2, out=str(tmp_path / "t" / "best.pt")),
+                        progress=False)
     a, b = read_model_file(frozen)["state_dict"], read_model_file(tuned)["state_dict"]
     changed = {k.split(".")[0] + "." + k.split(".")[1] for k in a if not torch.equal(a[k], b[k])}
     # Only the last two stages, the head convolution and the classifier move; BN statistics stay.
@@ -36,7 +37,7 @@ def test_tuned_probe_is_one_model_file_whose_changes_are_confined_to_the_tuned_s
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("net.blocks.0", "net.blocks.4", "net.conv_stem")))
     assert all(torch.equal(a[k], b[k]) for k in a if "running_" in k)
     cfg_json = json.loads((tmp_path / "t" / "config.json").read_text())
-    assert cfg_json["tune_epochs"] == 2 and cfg_json["tune_img_per_s"] > 0
+    assert cfg_json["tune_epochs"] == 2 and cfg_json["tune_seeds"] == 2 and cfg_json["tune_img_per_s"] > 0
     preds = load_model(tuned).predict(MSLDataset(real_data).split("train").subset(40).paths[:4])
     assert all(p.error is None and p.label for p in preds)
 
@@ -52,7 +53,7 @@ def test_tail_reproduces_the_multilevel_network_and_interpolation_ends():
     import torch
 
     from marsvision.models import create_model
-    from marsvision.probe_tuning import FROZEN_STAGES, ProbeTail, interpolate
+    from marsvision.probe_tuning import FROZEN_STAGES, ProbeTail, average, interpolate
 
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0_multilevel", 5, pretrained=False).eval()
@@ -68,5 +69,8 @@ def test_tail_reproduces_the_multilevel_network_and_interpolation_ends():
             p.add_(1.0)
         torch.testing.assert_close(interpolate(tail, other, 0.0)(h), tail(h))
         torch.testing.assert_close(interpolate(tail, other, 1.0)(h), other(h))
+        # A soup of two is their midpoint, and a soup of one model is that model, bit for bit.
+        torch.testing.assert_close(average([tail, other])(h), interpolate(tail, other, 0.5)(h))
+        assert all(torch.equal(a, b) for a, b in zip(average([other]).state_dict().values(), other.state_dict().values()))
         other.fold_into(model)
         torch.testing.assert_close(model(x), other(h))
