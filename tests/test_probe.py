@@ -38,6 +38,10 @@ def test_tuned_probe_is_one_model_file_whose_changes_are_confined_to_the_tuned_s
     assert all(torch.equal(a[k], b[k]) for k in a if "running_" in k)
     cfg_json = json.loads((tmp_path / "t" / "config.json").read_text())
     assert cfg_json["tune_epochs"] == 2 and cfg_json["tune_seeds"] == 2 and cfg_json["tune_img_per_s"] > 0
+    # val is not fitted on, so the tuning is scored there against the probe it started from.
+    tv = cfg_json["tune_val"]
+    assert 0 <= tv["probe"]["accuracy"] <= 1 and 0 <= tv["tuned"]["macro_f1"] <= 1
+    assert tv["accuracy_diff"][0] <= tv["tuned"]["accuracy"] - tv["probe"]["accuracy"] <= tv["accuracy_diff"][1]
     preds = load_model(tuned).predict(MSLDataset(real_data).split("train").subset(40).paths[:4])
     assert all(p.error is None and p.label for p in preds)
 
