@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from result_files import write_results  # noqa: E402
 from marsvision.data import MSLDataset, decode_many  # noqa: E402
-from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
+from marsvision.metrics import paired_scores  # noqa: E402
 from marsvision.probe import extract_features, fit_head, frozen_backbone  # noqa: E402
 
 SHIPPED = {"features": "multi-level", "power": 1.0, "C": 1.0, "flip": False}
@@ -69,11 +69,10 @@ def main() -> None:
     rows = []
     for s in SETTINGS:
         p = preds[json.dumps(s)]
-        m = classification_metrics(y_va, p, names)
-        ci = bootstrap_ci(y_va, p, baseline=ref)
-        rows.append({**s, "val_acc": round(m["accuracy"], 4), "val_macro_f1": round(m["macro_f1"], 4),
-                     "val_acc_diff_ci95": [round(v, 4) for v in ci["accuracy_diff"]],
-                     "val_macro_f1_diff_ci95": [round(v, 4) for v in ci["macro_f1_diff"]]})
+        sc = paired_scores(y_va, p, ref, names)
+        rows.append({**s, "val_acc": round(sc["accuracy"], 4), "val_macro_f1": round(sc["macro_f1"], 4),
+                     "val_acc_diff_ci95": [round(v, 4) for v in sc["accuracy_diff"]],
+                     "val_macro_f1_diff_ci95": [round(v, 4) for v in sc["macro_f1_diff"]]})
     def span(v: list[float]) -> str:
         return f"{v[0]:+.3f} to {v[1]:+.3f}"
 

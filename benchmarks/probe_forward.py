@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from result_files import write_results  # noqa: E402
 from marsvision.data import MSLDataset, decode_many, sol_of  # noqa: E402
-from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
+from marsvision.metrics import paired_scores  # noqa: E402
 from marsvision.probe import fit_head, frozen_backbone  # noqa: E402
 from marsvision.train import autocast  # noqa: E402
 from marsvision.transforms import TrainPreset  # noqa: E402
@@ -135,11 +135,10 @@ def selectors(y, sols, n_train: int, blocks: list[int]) -> dict[str, list[tuple[
 
 def compare(truth: np.ndarray, pred: np.ndarray, base: np.ndarray, names) -> dict:
     """Accuracy and macro-F1, and their paired 95 % intervals against the shipped setting's predictions."""
-    m = classification_metrics(truth, pred, names)
-    ci = bootstrap_ci(truth, pred, baseline=base)
-    return {"acc": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
-            "acc_diff_ci95": [round(v, 4) for v in ci["accuracy_diff"]],
-            "macro_f1_diff_ci95": [round(v, 4) for v in ci["macro_f1_diff"]]}
+    s = paired_scores(truth, pred, base, names)
+    return {"acc": round(s["accuracy"], 4), "macro_f1": round(s["macro_f1"], 4),
+            "acc_diff_ci95": [round(v, 4) for v in s["accuracy_diff"]],
+            "macro_f1_diff_ci95": [round(v, 4) for v in s["macro_f1_diff"]]}
 
 
 def replaces_shipped(scores: dict) -> bool:

@@ -101,6 +101,16 @@ def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], baseline: Sequenc
     return out
 
 
+def paired_scores(y_true: Sequence[int], y_pred: Sequence[int], baseline: Sequence[int],
+                  class_names: Sequence[str]) -> dict:
+    """Accuracy and macro-F1 of ``y_pred``, and the paired 95 % bootstrap intervals of their differences
+    to ``baseline``, another model's predictions for the same images."""
+    m = classification_metrics(y_true, y_pred, class_names)
+    ci = bootstrap_ci(y_true, y_pred, baseline=baseline)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+            "accuracy_diff": ci["accuracy_diff"], "macro_f1_diff": ci["macro_f1_diff"]}
+
+
 def full_confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
     """(C, C) counts over every class of the model, rows = true."""
     return confusion_counts(y_true, y_pred, np.arange(num_classes))

@@ -19,8 +19,8 @@ import torch
 from .atomic import atomic_write
 from .checkpoint import model_meta, save_model
 from .data import MSLDataset, decode_many
+from .metrics import classification_metrics, paired_scores
 from .models import create_model, model_defaults
-from .metrics import bootstrap_ci, classification_metrics
 from .probe_tuning import (ProbeTail, average, frozen_stage_maps, interpolate, probe_features, tail_outputs,
                            tune_tail)
 from .train import predict_logits
@@ -133,6 +133,7 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     model.reset_classifier(len(class_ids))
     head = model.get_classifier()
     head.weight.data, head.bias.data = torch.from_numpy(w), torch.from_numpy(b)
+    names = [ds.class_names[c] for c in class_ids]
     tune_rate, tune_val = None, None
     if tuning:
         probe = ProbeTail(model, head.weight.data, head.bias.data)
@@ -142,8 +143,7 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
         tuned = interpolate(probe, average(list(members)), cfg.tune_alpha)
         tuned.fold_into(model)
         if maps_va is not None:
-            tune_val = tuning_on_val(probe, tuned, maps_va[0], y_va)
-    names = [ds.class_names[c] for c in class_ids]
+            tune_val = tuning_on_val(probe, tuned, maps_va[0], y_va, names)
     out = Path(cfg.out)
     save_model(out, model, model_meta(cfg.model, names, size, d["mean"], d["std"], 0.0,
                                       config=asdict(cfg), metrics={"C": best_c, "val_macro_f1_by_C": scores,
@@ -165,11 +165,12 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     return out
 
 
-def tuning_on_val(probe: ProbeTail, tuned: ProbeTail, maps: torch.Tensor, y: np.ndarray) -> dict:
+def tuning_on_val(probe: ProbeTail, tuned: ProbeTail, maps: torch.Tensor, y: np.ndarray, names: list[str]) -> dict:
     """Accuracy and macro-F1 of the probe and of its tuned version on val maps (N, 112, S/16, S/16),
     with paired bootstrap intervals of the differences (tuned − probe)."""
-    pred = {name: tail_outputs(m, maps).argmax(1).numpy() for name, m in (("probe", probe), ("tuned", tuned))}
-    score = {name: {m: classification_metrics(y, p, [str(i) for i in range(len(probe.classifier.bias))])[m]
-                    for m in ("accuracy", "macro_f1")} for name, p in pred.items()}
-    ci = bootstrap_ci(y, pred["tuned"], pred["probe"])
-    return {**score, "accuracy_diff": ci["accuracy_diff"], "macro_f1_diff": ci["macro_f1_diff"]}
+    base, pred = (tail_outputs(m, maps).argmax(1).numpy() for m in (probe, tuned))
+    scores = paired_scores(y, pred, base, names)
+    own = classification_metrics(y, base, names)
+    return {"probe": {"accuracy": own["accuracy"], "macro_f1": own["macro_f1"]},
+            "tuned": {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]},
+            "accuracy_diff": scores["accuracy_diff"], "macro_f1_diff": scores["macro_f1_diff"]}

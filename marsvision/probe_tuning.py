@@ -5,9 +5,9 @@ Starts from the frozen multi-level probe (``efficientnet_lite0_multilevel``, lin
 convolution and the classifier, with BatchNorm statistics frozen (Kumar et al., "Fine-Tuning can
 Distort Pretrained Features", ICLR 2022). The tuned weights are then interpolated with the probe's,
 (1 - alpha) * probe + alpha * tuned (Wortsman et al., "Robust fine-tuning of zero-shot models",
-CVPR 2022), optionally after averaging several tunings that differ only in their seed (``average``). The first five stages stay frozen, so their outputs are computed once per training
-view and tuning runs on those cached maps: ~130 img/s on 2 CPU cores against ~25 for full
-fine-tuning. benchmarks/partial_finetune.py chose the settings, on val and forward in time.
+CVPR 2022), optionally after averaging several tunings that differ only in their seed (``average``).
+The first five stages stay frozen, so their outputs are computed once per training view and tuning
+runs on those cached maps: ~130 img/s on 2 CPU cores against ~25 for full fine-tuning. benchmarks/partial_finetune.py chose the settings, on val and forward in time.
 """
 
 from __future__ import annotations

@@ -72,3 +72,13 @@ def test_bootstrap_matches_a_plain_loop_and_pairs_the_resamples():
     assert ci["macro_f1"][0] <= classification_metrics(y, a, names)["macro_f1"] <= ci["macro_f1"][1]
     with pytest.raises(ValueError):
         bootstrap_ci(y, a[:10])
+
+
+def test_paired_scores_are_the_metrics_and_the_paired_intervals():
+    from marsvision.metrics import bootstrap_ci, paired_scores
+
+    y, pred, base = [0, 1, 2, 2, 1, 0, 2], [0, 1, 2, 1, 1, 0, 2], [0, 2, 2, 1, 1, 1, 2]
+    sc = paired_scores(y, pred, base, ["a", "b", "c"])
+    m, ci = classification_metrics(y, pred, ["a", "b", "c"]), bootstrap_ci(y, pred, baseline=base)
+    assert sc == {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                  "accuracy_diff": ci["accuracy_diff"], "macro_f1_diff": ci["macro_f1_diff"]}
