@@ -63,6 +63,26 @@ def fit_head(x: np.ndarray, y: np.ndarray, c: float, sample_weight: np.ndarray |
     return pipe.fit(x, y, logisticregression__sample_weight=sample_weight)
 
 
+def self_train(x: np.ndarray, y: np.ndarray, pool: np.ndarray, c: float, threshold: float = 0.9,
+               weight: float = 0.5, sample_weight: np.ndarray | None = None) -> tuple:
+    """Adapt ``fit_head`` to unlabelled images of a later period by one round of pseudo-labels (Lee, 2013).
+
+    Fit on (x, y); label the ``pool`` images (M, F) whose top probability is ≥ ``threshold``; refit on
+    both, the pseudo-labelled ones class-balanced among themselves and scaled by ``weight``. The labelled
+    part keeps ``sample_weight`` (default: class-balanced, mean 1). Returns (pipeline, kept mask (M,)).
+    """
+    def balanced(labels):
+        count = np.bincount(labels)
+        return len(labels) / (np.count_nonzero(count) * count[labels])
+
+    first = fit_head(x, y, c, sample_weight=sample_weight)
+    proba = first.predict_proba(pool)  # (M, K) over first.classes_
+    kept = proba.max(1) >= threshold
+    pseudo = first.classes_[proba[kept].argmax(1)]
+    w = np.concatenate([balanced(y) if sample_weight is None else sample_weight, weight * balanced(pseudo)])
+    return fit_head(np.concatenate([x, pool[kept]]), np.concatenate([y, pseudo]), c, sample_weight=w), kept
+
+
 def fold_head(pipe, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """A ``fit_head`` pipeline as one linear layer: weight (K, F) and bias (K,) float32.
 
