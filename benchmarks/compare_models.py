@@ -85,6 +85,21 @@ MODELS = {
                                          ProbeConfig(model="efficientnet_lite0_multilevel", train_splits="train+val",
                                                      img_size=192, c=1.0, tune_epochs=3, tune_seeds=1,
                                                      out="runs/probe-lite0ml-tuned-trainval-192/best.pt")),
+    # Self-training on unlabelled images (--adapt; probe_forward.md's second run): transductive rows.
+    "probe-lite0ml-train-192-adapt-val": ("multi-level (b), 192 px, C=1, self-trained on the unlabelled val images "
+                                          "(transductive: its val column saw val's images, not their labels)", "probe",
+                                          ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192, c=1.0,
+                                                      adapt="val", out="runs/probe-lite0ml-train-192-adapt-val/best.pt")),
+    "probe-lite0ml-train-192-adapt-test": ("the same, self-trained on the unlabelled test images instead "
+                                           "(transductive on test)", "probe",
+                                           ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192, c=1.0,
+                                                       adapt="test",
+                                                       out="runs/probe-lite0ml-train-192-adapt-test/best.pt")),
+    "probe-lite0ml-trainval-192-adapt-test": ("bundled setting (refit on train+val, C=1), self-trained on the "
+                                              "unlabelled test images (transductive on test; not bundled)", "probe",
+                                              ProbeConfig(model="efficientnet_lite0_multilevel",
+                                                          train_splits="train+val", img_size=192, c=1.0, adapt="test",
+                                                          out="runs/probe-lite0ml-trainval-192-adapt-test/best.pt")),
 }
 
 

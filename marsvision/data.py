@@ -168,18 +168,22 @@ class MSLDataset:
 
 
 def decode_many(paths: Sequence[Path], size: int, workers: int | None = None,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, errors: list | None = None) -> np.ndarray:
     """Decode and resize images in parallel threads (PIL releases the GIL) → (N, size, size, 3) uint8.
 
-    Training data must be clean: the first unreadable image raises ``DataError`` naming it.
+    Training data must be clean: the first unreadable image raises ``DataError`` naming it. With an
+    ``errors`` list, unreadable images are appended to it as (index, "path: reason") instead, and
+    their rows are zeros.
     """
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
 
     def work(i: int) -> None:
         try:
             out[i] = decode(paths[i], size)
         except ImageError as e:
-            raise DataError(f"{paths[i]}: {e}") from None
+            if errors is None:
+                raise DataError(f"{paths[i]}: {e}") from None
+            errors.append((i, f"{paths[i]}: {e}"))
 
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:

@@ -18,9 +18,10 @@ import torch
 
 from .atomic import atomic_write
 from .checkpoint import model_meta, save_model
-from .data import MSLDataset, decode_many
+from .data import SPLITS, DataError, MSLDataset, Split, decode_many
 from .metrics import classification_metrics, paired_scores
 from .models import create_model, model_defaults
+from .predict import expand_inputs
 from .probe_tuning import (ProbeTail, average, frozen_stage_maps, interpolate, probe_features, tail_outputs,
                            tune_tail)
 from .train import predict_logits
@@ -43,6 +44,9 @@ class ProbeConfig:
     tune_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of that tuning"})
     tune_alpha: float = field(default=0.75, metadata={"help": "WiSE-FT: keep (1 - alpha) * probe + alpha * tuned weights"})
     tune_views: int = field(default=3, metadata={"help": "cached views per training image for the tuning (the image, then mild random crops)"})
+    adapt: str = field(default="", metadata={"help": "self-train on these unlabelled images after the fit: a split name (its labels are not used) or a folder; transductive, so the model is then specialised for them (probe_forward.md)"})
+    adapt_threshold: float = field(default=0.9, metadata={"help": "pseudo-label only adaptation images whose top probability is at least this"})
+    adapt_weight: float = field(default=0.5, metadata={"help": "weight of the pseudo-labelled images relative to the labelled ones (each part class-balanced)"})
     tune_seeds: int = field(default=3, metadata={"help": "average the weights of this many tunings with seeds 0, 1, ... (a model soup) before the interpolation; one tuning alone can lose 5 pt of val accuracy (partial_finetune_soup.md)"})
 
 
@@ -120,14 +124,16 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     tuning = cfg.tune_epochs > 0
     if tuning and cfg.model != "efficientnet_lite0_multilevel":
         raise ValueError(f"--tune-epochs needs --model efficientnet_lite0_multilevel, not {cfg.model!r}")
+    if tuning and cfg.adapt:
+        raise ValueError("--adapt works on the frozen probe; leave out --tune-epochs")
     backbone, preset = frozen_backbone(cfg.model)
 
     timing = {"images": 0, "seconds": 0.0}
 
-    def feats(split, views=1):
+    def feats(split, views=1, errors=None):
         """(N, F) features, and when tuning the frozen-stage maps (V, N, ...) they were computed from."""
         t0 = time.perf_counter()
-        u8 = torch.from_numpy(decode_many(split.paths, size, progress=progress))
+        u8 = torch.from_numpy(decode_many(split.paths, size, progress=progress, errors=errors))
         maps = frozen_stage_maps(backbone, u8, preset, views) if tuning else None
         f = probe_features(backbone, maps[0]) if tuning else extract_features(backbone, u8, preset)
         timing["images"] += len(split)
@@ -148,7 +154,16 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
         if len(grid) > 1:
             scores = {c: f1_score(y_va, pipe.predict(x_va), average="macro") for c, pipe in fitted.items()}
     best_c = max(scores, key=scores.get) if scores else grid[0]
-    w, b = fold_head(fitted[best_c], len(class_ids))
+    pipe, adapted = fitted[best_c], None
+    if cfg.adapt:
+        pool, errors = adaptation_images(ds, cfg.adapt), []
+        x_pool, _ = feats(Split(cfg.adapt, pool, np.zeros(len(pool), np.int64)), errors=errors)
+        for _, msg in sorted(errors):
+            print(f"skipped for adaptation: {msg}", file=sys.stderr)
+        readable = np.setdiff1d(np.arange(len(pool)), [i for i, _ in errors])
+        pipe, kept = self_train(x_tr, y_tr, x_pool[readable], best_c, cfg.adapt_threshold, cfg.adapt_weight)
+        adapted = {"images": len(readable), "unreadable": len(errors), "pseudo_labelled": int(kept.sum())}
+    w, b = fold_head(pipe, len(class_ids))
     model = backbone  # the same frozen ImageNet weights, now with the fitted head
     model.reset_classifier(len(class_ids))
     head = model.get_classifier()
@@ -167,14 +182,18 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     out = Path(cfg.out)
     save_model(out, model, model_meta(cfg.model, names, size, d["mean"], d["std"], 0.0,
                                       config=asdict(cfg), metrics={"C": best_c, "val_macro_f1_by_C": scores,
-                                                                            "tune_val": tune_val}))
+                                                                            "tune_val": tune_val, "adapted": adapted}))
     total = time.perf_counter() - start
     feature_rate = timing["images"] / max(timing["seconds"], 1e-9)
     with atomic_write(out.parent / "config.json") as f:
         json.dump({**asdict(cfg), "chosen_C": best_c, "val_macro_f1_by_C": scores, "n_train": len(train),
                    "feature_img_per_s": round(feature_rate, 1), "total_s": round(total, 1),
-                   "tune_img_per_s": tune_rate and round(tune_rate, 1), "tune_val": tune_val}, f, indent=2)
+                   "tune_img_per_s": tune_rate and round(tune_rate, 1), "tune_val": tune_val,
+                   "adapted": adapted}, f, indent=2)
     tuned_msg = f", tuning {tune_rate:.0f} img/s" if tuning else ""
+    if adapted:
+        tuned_msg += (f", self-trained on {adapted['pseudo_labelled']} of {adapted['images']} unlabelled "
+                      f"{cfg.adapt} images")
     print(f"probe: C={best_c}, {len(train)} training images, features {feature_rate:.1f} img/s "
           f"(decode + forward){tuned_msg}, total {total:.0f} s")
     if tune_val:
@@ -183,6 +202,16 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
               f"{tune_val['probe']['macro_f1']:.3f}, tuned {tune_val['tuned']['accuracy']:.3f} / "
               f"{tune_val['tuned']['macro_f1']:.3f}; tuned − probe, 95 % interval: {lo:+.3f}..{hi:+.3f} / {flo:+.3f}..{fhi:+.3f}")
     return out
+
+
+def adaptation_images(ds: MSLDataset, source: str) -> list[Path]:
+    """Image paths of ``source``: a split of ``ds`` (paths only, its labels are not used) or a folder."""
+    if source in SPLITS:
+        return ds.split(source).paths
+    files, missing = expand_inputs([source])
+    if missing or not files:
+        raise DataError(f"{source}: not a split ({', '.join(SPLITS)}) nor a folder holding images")
+    return files
 
 
 def tuning_on_val(probe: ProbeTail, tuned: ProbeTail, maps: torch.Tensor, y: np.ndarray, names: list[str]) -> dict:

@@ -78,3 +78,53 @@ def test_tail_reproduces_the_multilevel_network_and_interpolation_ends():
         assert all(torch.equal(a, b) for a, b in zip(average([other]).state_dict().values(), other.state_dict().values()))
         other.fold_into(model)
         torch.testing.assert_close(model(x), other(h))
+
+
+def test_self_training_adds_only_confident_pseudo_labels():
+    import numpy as np
+
+    from marsvision.probe import fit_head, self_train
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 30)
+    centres = np.eye(3, 8) * 4
+    x = centres[y] + rng.normal(size=(90, 8))
+    # The unlabelled images come from a later period: the same classes, shifted.
+    y_pool = np.repeat([0, 1, 2], 40)
+    pool = centres[y_pool] + 1.5 + rng.normal(size=(120, 8))
+    none, kept = self_train(x, y, pool, 1.0, threshold=1.01)
+    assert not kept.any()
+    ref = fit_head(x, y, 1.0)
+    assert np.allclose(none.predict_proba(pool), ref.predict_proba(pool))
+    adapted, kept = self_train(x, y, pool, 1.0, threshold=0.9)
+    assert 0 < kept.sum() < len(pool)
+    assert (ref.predict_proba(pool).max(1) >= 0.9).sum() == kept.sum()
+    assert (adapted.predict(pool) == y_pool).mean() >= (ref.predict(pool) == y_pool).mean()
+
+
+def test_probe_adapts_to_a_folder_and_names_its_unreadable_images(real_data, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for p in MSLDataset(real_data).split("test").subset(12).paths:
+        shutil.copy(p, folder)
+    (folder / "broken.jpg").write_bytes(b"")
+    out = train_probe(ProbeConfig(data=str(real_data), c=1.0, limit=40, img_size=96, adapt=str(folder),
+                                  adapt_threshold=0.0, out=str(tmp_path / "a" / "best.pt")), progress=False)
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and err.count("skipped for adaptation") == 1
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["adapted"] == {"images": 12, "unreadable": 1, "pseudo_labelled": 12}
+    assert read_model_file(out)["metrics"]["adapted"] == cfg["adapted"]
+    assert all(p.error is None for p in load_model(out).predict(sorted(folder.glob("*.JPG"))))
+
+
+def test_probe_adaptation_source_must_exist(real_data, tmp_path):
+    import pytest
+
+    from marsvision.data import DataError
+
+    with pytest.raises(DataError, match="nowhere"):
+        train_probe(ProbeConfig(data=str(real_data), c=1.0, limit=8, img_size=64, adapt=str(tmp_path / "nowhere"),
+                                out=str(tmp_path / "x.pt")), progress=False)
