@@ -44,10 +44,10 @@ class ProbeConfig:
     tune_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of that tuning"})
     tune_alpha: float = field(default=0.75, metadata={"help": "WiSE-FT: keep (1 - alpha) * probe + alpha * tuned weights"})
     tune_views: int = field(default=3, metadata={"help": "cached views per training image for the tuning (the image, then mild random crops)"})
+    tune_seeds: int = field(default=3, metadata={"help": "average the weights of this many tunings with seeds 0, 1, ... (a model soup) before the interpolation; one tuning alone can lose 5 pt of val accuracy (partial_finetune_soup.md)"})
     adapt: str = field(default="", metadata={"help": "self-train on these unlabelled images after the fit: a split name (its labels are not used) or a folder; transductive, so the model is then specialised for them (probe_forward.md)"})
     adapt_threshold: float = field(default=0.9, metadata={"help": "pseudo-label only adaptation images whose top probability is at least this"})
     adapt_weight: float = field(default=0.5, metadata={"help": "weight of the pseudo-labelled images relative to the labelled ones (each part class-balanced)"})
-    tune_seeds: int = field(default=3, metadata={"help": "average the weights of this many tunings with seeds 0, 1, ... (a model soup) before the interpolation; one tuning alone can lose 5 pt of val accuracy (partial_finetune_soup.md)"})
 
 
 def extract_features(backbone, images_u8: torch.Tensor, preset) -> np.ndarray:
@@ -126,6 +126,8 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
         raise ValueError(f"--tune-epochs needs --model efficientnet_lite0_multilevel, not {cfg.model!r}")
     if tuning and cfg.adapt:
         raise ValueError("--adapt works on the frozen probe; leave out --tune-epochs")
+    if cfg.adapt in cfg.train_splits.split("+"):
+        raise ValueError(f"--adapt {cfg.adapt}: that split is already fitted on with its labels")
     backbone, preset = frozen_backbone(cfg.model)
 
     timing = {"images": 0, "seconds": 0.0}
@@ -158,9 +160,7 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     if cfg.adapt:
         pool, errors = adaptation_images(ds, cfg.adapt), []
         x_pool, _ = feats(Split(cfg.adapt, pool, np.zeros(len(pool), np.int64)), errors=errors)
-        for _, msg in sorted(errors):
-            print(f"skipped for adaptation: {msg}", file=sys.stderr)
-        readable = np.setdiff1d(np.arange(len(pool)), [i for i, _ in errors])
+        readable = readable_rows(errors, len(pool), cfg.adapt)
         pipe, kept = self_train(x_tr, y_tr, x_pool[readable], best_c, cfg.adapt_threshold, cfg.adapt_weight)
         adapted = {"images": len(readable), "unreadable": len(errors), "pseudo_labelled": int(kept.sum())}
     w, b = fold_head(pipe, len(class_ids))
@@ -212,6 +212,16 @@ def adaptation_images(ds: MSLDataset, source: str) -> list[Path]:
     if missing or not files:
         raise DataError(f"{source}: not a split ({', '.join(SPLITS)}) nor a folder holding images")
     return files
+
+
+def readable_rows(errors: list[tuple[int, str]], n: int, source: str) -> np.ndarray:
+    """Indices of the ``n`` adaptation images that decoded; each unreadable one is named on stderr."""
+    for _, msg in sorted(errors):
+        print(f"skipped for adaptation: {msg}", file=sys.stderr)
+    rows = np.setdiff1d(np.arange(n), [i for i, _ in errors])
+    if not len(rows):
+        raise DataError(f"{source}: none of its {n} images could be read")
+    return rows
 
 
 def tuning_on_val(probe: ProbeTail, tuned: ProbeTail, maps: torch.Tensor, y: np.ndarray, names: list[str]) -> dict:

@@ -120,11 +120,17 @@ def test_probe_adapts_to_a_folder_and_names_its_unreadable_images(real_data, tmp
     assert all(p.error is None for p in load_model(out).predict(sorted(folder.glob("*.JPG"))))
 
 
-def test_probe_adaptation_source_must_exist(real_data, tmp_path):
+def test_probe_adaptation_needs_readable_unlabelled_images(real_data, tmp_path):
     import pytest
 
     from marsvision.data import DataError
 
+    cfg = dict(data=str(real_data), c=1.0, limit=8, img_size=64, out=str(tmp_path / "x.pt"))
     with pytest.raises(DataError, match="nowhere"):
-        train_probe(ProbeConfig(data=str(real_data), c=1.0, limit=8, img_size=64, adapt=str(tmp_path / "nowhere"),
-                                out=str(tmp_path / "x.pt")), progress=False)
+        train_probe(ProbeConfig(**cfg, adapt=str(tmp_path / "nowhere")), progress=False)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jpg").write_text("not an image")
+    with pytest.raises(DataError, match="none of its 1 images could be read"):
+        train_probe(ProbeConfig(**cfg, adapt=str(tmp_path / "bad")), progress=False)
+    with pytest.raises(ValueError, match="already fitted on"):
+        train_probe(ProbeConfig(**cfg, train_splits="train+val", adapt="val"), progress=False)
