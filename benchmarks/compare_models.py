@@ -119,6 +119,10 @@ def ensure_model(name: str, kind: str, cfg, data: str) -> Path | list[Path]:
 
 
 REFERENCE = "probe-lite0-train"  # the val winner: other rows report their paired val difference to it
+# Self-trained row → the same fit without self-training; they report paired test differences to it.
+TWINS = {"probe-lite0ml-train-192-adapt-val": "probe-lite0ml-train-192",
+         "probe-lite0ml-train-192-adapt-test": "probe-lite0ml-train-192",
+         "probe-lite0ml-trainval-192-adapt-test": "probe-lite0ml-trainval-192"}
 
 
 @functools.lru_cache(maxsize=None)  # the reference's file is read for every row; called after all evaluations
@@ -153,6 +157,13 @@ def add_intervals(row: dict) -> None:
         if base is not None:
             row[f"{split}_acc_diff_vs_reference_ci95"] = [round(v, 4) for v in ci["accuracy_diff"]]
             row[f"{split}_macro_f1_diff_vs_reference_ci95"] = [round(v, 4) for v in ci["macro_f1_diff"]]
+        twin = read_predictions(TWINS[row["model"]], split) if row["model"] in TWINS and split == "test" else None
+        if twin and twin[0] == paths:
+            names = sorted(set(names) | set(twin[2]))
+            code = {n: i for i, n in enumerate(names)}
+            t = bootstrap_ci([code[n] for n in true], [code[n] for n in pred], baseline=[code[n] for n in twin[2]])
+            row["test_acc_diff_vs_twin_ci95"] = [round(v, 4) for v in t["accuracy_diff"]]
+            row["test_macro_f1_diff_vs_twin_ci95"] = [round(v, 4) for v in t["macro_f1_diff"]]
 
 
 def ci(r: dict, key: str) -> str:
@@ -212,6 +223,13 @@ def main() -> None:
                      f"{ci(r, 'val_macro_f1_diff_vs_reference_ci95')} | "
                      f"{r['test_acc']:.3f} | {r['test_macro_f1']:.3f} | {r['test_weighted_f1']:.3f} | "
                      f"{ci(r, 'test_acc_ci95')} | {r['size_mb']} |")
+    twins = [r for r in rows if "test_acc_diff_vs_twin_ci95" in r]
+    if twins:
+        lines += ["", "Self-training against the same fit without it, paired 95 % intervals on test "
+                      "(accuracy / macro-F1, points):"]
+        lines += [f"- {r['description']}: {100 * r['test_acc_diff_vs_twin_ci95'][0]:+.1f} to "
+                  f"{100 * r['test_acc_diff_vs_twin_ci95'][1]:+.1f} / {100 * r['test_macro_f1_diff_vs_twin_ci95'][0]:+.1f} "
+                  f"to {100 * r['test_macro_f1_diff_vs_twin_ci95'][1]:+.1f}" for r in twins]
     write_results("models", {"meta": meta, "rows": rows}, "\n".join(lines))
 
 
