@@ -50,7 +50,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         typ = hints[f.name]
         opt = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "") + f" (default: {f.default!r})"
+        help_ = f.metadata.get("help", "")
+        if "(default" not in help_:  # some helps explain an empty default themselves
+            help_ += f" (default: {f.default!r})"
         if typ is bool:
             parser.add_argument(opt, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         else:
