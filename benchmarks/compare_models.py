@@ -146,7 +146,8 @@ def add_intervals(row: dict) -> None:
         if got is None:
             continue
         paths, true, pred = got
-        names = sorted(set(true) | set(pred) | (set(ref[2]) if ref else set()))
+        twin = read_predictions(TWINS[row["model"]], split) if row["model"] in TWINS and split == "test" else None
+        names = sorted(set(true) | set(pred) | {n for other in (ref, twin) if other for n in other[2]})
         code = {n: i for i, n in enumerate(names)}
         y, p = [code[n] for n in true], [code[n] for n in pred]
         held_out = split not in row["train_splits"].split("+")
@@ -157,11 +158,8 @@ def add_intervals(row: dict) -> None:
         if base is not None:
             row[f"{split}_acc_diff_vs_reference_ci95"] = [round(v, 4) for v in ci["accuracy_diff"]]
             row[f"{split}_macro_f1_diff_vs_reference_ci95"] = [round(v, 4) for v in ci["macro_f1_diff"]]
-        twin = read_predictions(TWINS[row["model"]], split) if row["model"] in TWINS and split == "test" else None
         if twin and twin[0] == paths:
-            names = sorted(set(names) | set(twin[2]))
-            code = {n: i for i, n in enumerate(names)}
-            t = bootstrap_ci([code[n] for n in true], [code[n] for n in pred], baseline=[code[n] for n in twin[2]])
+            t = bootstrap_ci(y, p, baseline=[code[n] for n in twin[2]])
             row["test_acc_diff_vs_twin_ci95"] = [round(v, 4) for v in t["accuracy_diff"]]
             row["test_macro_f1_diff_vs_twin_ci95"] = [round(v, 4) for v in t["macro_f1_diff"]]
 

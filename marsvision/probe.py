@@ -18,7 +18,7 @@ import torch
 
 from .atomic import atomic_write
 from .checkpoint import model_meta, save_model
-from .data import SPLITS, DataError, MSLDataset, Split, decode_many
+from .data import SPLITS, DataError, MSLDataset, decode_many
 from .metrics import classification_metrics, paired_scores
 from .models import create_model, model_defaults
 from .predict import expand_inputs
@@ -68,18 +68,19 @@ def fit_head(x: np.ndarray, y: np.ndarray, c: float, sample_weight: np.ndarray |
 
 
 def self_train(x: np.ndarray, y: np.ndarray, pool: np.ndarray, c: float, threshold: float = 0.9,
-               weight: float = 0.5, sample_weight: np.ndarray | None = None) -> tuple:
+               weight: float = 0.5, sample_weight: np.ndarray | None = None, first=None) -> tuple:
     """Adapt ``fit_head`` to unlabelled images of a later period by one round of pseudo-labels (Lee, 2013).
 
     Fit on (x, y); label the ``pool`` images (M, F) whose top probability is ≥ ``threshold``; refit on
     both, the pseudo-labelled ones class-balanced among themselves and scaled by ``weight``. The labelled
-    part keeps ``sample_weight`` (default: class-balanced, mean 1). Returns (pipeline, kept mask (M,)).
+    part keeps ``sample_weight`` (default: class-balanced, mean 1). ``first``: that first fit, if the
+    caller already made it. Returns (pipeline, kept mask (M,)).
     """
     def balanced(labels):
         count = np.bincount(labels)
         return len(labels) / (np.count_nonzero(count) * count[labels])
 
-    first = fit_head(x, y, c, sample_weight=sample_weight)
+    first = first if first is not None else fit_head(x, y, c, sample_weight=sample_weight)
     proba = first.predict_proba(pool)  # (M, K) over first.classes_
     kept = proba.max(1) >= threshold
     pseudo = first.classes_[proba[kept].argmax(1)]
@@ -132,18 +133,18 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
 
     timing = {"images": 0, "seconds": 0.0}
 
-    def feats(split, views=1, errors=None):
+    def feats(paths, views=1, errors=None):
         """(N, F) features, and when tuning the frozen-stage maps (V, N, ...) they were computed from."""
         t0 = time.perf_counter()
-        u8 = torch.from_numpy(decode_many(split.paths, size, progress=progress, errors=errors))
+        u8 = torch.from_numpy(decode_many(paths, size, progress=progress, errors=errors))
         maps = frozen_stage_maps(backbone, u8, preset, views) if tuning else None
         f = probe_features(backbone, maps[0]) if tuning else extract_features(backbone, u8, preset)
-        timing["images"] += len(split)
+        timing["images"] += len(paths)
         timing["seconds"] += time.perf_counter() - t0
         return f, maps
 
     to_index = {c: i for i, c in enumerate(class_ids)}
-    (x_tr, maps_tr), y_tr = feats(train, cfg.tune_views), np.array([to_index[c] for c in train.labels])
+    (x_tr, maps_tr), y_tr = feats(train.paths, cfg.tune_views), np.array([to_index[c] for c in train.labels])
     grid = [cfg.c] if cfg.c > 0 else [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
     fitted = {c: fit_head(x_tr, y_tr, c) for c in grid}
     scores, maps_va, y_va = {}, None, None
@@ -151,7 +152,7 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     if len(grid) > 1 or (tuning and cfg.val_split not in cfg.train_splits.split("+")):
         val = ds.split(cfg.val_split).subset(cfg.limit or None)
         keep = [i for i, c in enumerate(val.labels) if c in to_index]
-        x_va, maps_va = feats(type(val)(val.name, [val.paths[i] for i in keep], val.labels[keep]))
+        x_va, maps_va = feats([val.paths[i] for i in keep])
         y_va = np.array([to_index[c] for c in val.labels[keep]])
         if len(grid) > 1:
             scores = {c: f1_score(y_va, pipe.predict(x_va), average="macro") for c, pipe in fitted.items()}
@@ -159,9 +160,10 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     pipe, adapted = fitted[best_c], None
     if cfg.adapt:
         pool, errors = adaptation_images(ds, cfg.adapt), []
-        x_pool, _ = feats(Split(cfg.adapt, pool, np.zeros(len(pool), np.int64)), errors=errors)
+        x_pool, _ = feats(pool, errors=errors)
         readable = readable_rows(errors, len(pool), cfg.adapt)
-        pipe, kept = self_train(x_tr, y_tr, x_pool[readable], best_c, cfg.adapt_threshold, cfg.adapt_weight)
+        pipe, kept = self_train(x_tr, y_tr, x_pool[readable], best_c, cfg.adapt_threshold, cfg.adapt_weight,
+                                first=pipe)
         adapted = {"images": len(readable), "unreadable": len(errors), "pseudo_labelled": int(kept.sum())}
     w, b = fold_head(pipe, len(class_ids))
     model = backbone  # the same frozen ImageNet weights, now with the fitted head
