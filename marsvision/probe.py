@@ -67,6 +67,50 @@ def fit_head(x: np.ndarray, y: np.ndarray, c: float, sample_weight: np.ndarray |
     return pipe.fit(x, y, logisticregression__sample_weight=sample_weight)
 
 
+@dataclass
+class SolDrift:
+    """Directions in which the features of a class move from one period of sols to the next, projected out.
+
+    Under the sol-based splits the enemy is time: lighting, dust and the rover's state change between
+    periods, and a probe that leans on such directions fails on later sols. Fitted on labelled
+    features only (their sols come from the file names), so it is inductive. ``transform`` maps
+    (N, F) features to standardised ones with the ``dims`` strongest drift directions removed.
+    """
+
+    mean: np.ndarray  # (F,)
+    scale: np.ndarray  # (F,)
+    basis: np.ndarray  # (F, dims), orthonormal columns
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, sols: np.ndarray, dims: int, periods: int = 4) -> SolDrift:
+        """Cut ``sols`` into ``periods`` of about equal image count; the drift of class c in period p is
+        the mean of its standardised features there minus its overall mean. The basis spans the top
+        eigenvectors of the count-weighted scatter of these drifts (within-class, between-period)."""
+        mean, scale = x.mean(0), x.std(0) + 1e-6
+        z = (x - mean) / scale
+        period = np.digitize(sols, np.quantile(sols, np.arange(1, periods) / periods))
+        scatter = np.zeros((x.shape[1],) * 2)
+        for c in np.unique(y):
+            of_c = y == c
+            centre = z[of_c].mean(0)
+            for p in np.unique(period[of_c]):
+                rows = of_c & (period == p)
+                if rows.sum() >= 2:  # one image is no estimate of a period's mean
+                    d = z[rows].mean(0) - centre
+                    scatter += rows.sum() * np.outer(d, d)
+        _, vectors = np.linalg.eigh(scatter)  # ascending eigenvalues
+        return cls(mean, scale, vectors[:, ::-1][:, :dims].copy())
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        z = (x - self.mean) / self.scale
+        return z - (z @ self.basis) @ self.basis.T
+
+    def fold(self, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A linear layer (K, F), (K,) on transformed features as the same layer on raw features."""
+        w = (w - (w @ self.basis) @ self.basis.T) / self.scale  # the projection is symmetric
+        return w.astype(np.float32), (b - w @ self.mean).astype(np.float32)
+
+
 def self_train(x: np.ndarray, y: np.ndarray, pool: np.ndarray, c: float, threshold: float = 0.9,
                weight: float = 0.5, sample_weight: np.ndarray | None = None, first=None) -> tuple:
     """Adapt ``fit_head`` to unlabelled images of a later period by one round of pseudo-labels (Lee, 2013).
