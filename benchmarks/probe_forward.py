@@ -41,7 +41,9 @@ settings were chosen on val alone, from a scratch grid of periods 4/8/16, direct
 with both paired intervals above 0 (4 periods, 8 directions: 0.980 / 0.878, +0.5..+1.6 /
 +0.3..+2.8 pt). The forward chainings had not seen this candidate, nor test. It is inductive (sols
 come from the training file names), so if it passes it replaces the bundled setting (refit on
-train+val, periods and directions as here).
+train+val, periods and directions as here). Result: it fails (5 blocks: −0.5..+0.3 / −1.3..+1.3 pt;
+6 blocks: macro-F1 −0.1..+4.5), so the bundled setting stays; ``marsvision probe --drift-dims 8``
+keeps it available.
 Writes ``benchmarks/results/probe_forward.json`` and ``probe_forward.md``.
 """
 

@@ -18,7 +18,7 @@ import torch
 
 from .atomic import atomic_write
 from .checkpoint import model_meta, save_model
-from .data import SPLITS, DataError, MSLDataset, decode_many
+from .data import SPLITS, DataError, MSLDataset, decode_many, sol_of
 from .metrics import classification_metrics, paired_scores
 from .models import create_model, model_defaults
 from .predict import expand_inputs
@@ -45,6 +45,8 @@ class ProbeConfig:
     tune_alpha: float = field(default=0.75, metadata={"help": "WiSE-FT: keep (1 - alpha) * probe + alpha * tuned weights"})
     tune_views: int = field(default=3, metadata={"help": "cached views per training image for the tuning (the image, then mild random crops)"})
     tune_seeds: int = field(default=3, metadata={"help": "average the weights of this many tunings with seeds 0, 1, ... (a model soup) before the interpolation; one tuning alone can lose 5 pt of val accuracy (partial_finetune_soup.md)"})
+    drift_dims: int = field(default=0, metadata={"help": "project out this many directions in which class features drift between periods of sols (0: none; SolDrift, probe_forward.md)"})
+    drift_periods: int = field(default=4, metadata={"help": "periods of about equal image count that the training sols are cut into for that"})
     adapt: str = field(default="", metadata={"help": "self-train on these unlabelled images after the fit: a split name (its labels are not used) or a folder; transductive, so the model is then specialised for them (probe_forward.md)"})
     adapt_threshold: float = field(default=0.9, metadata={"help": "pseudo-label only adaptation images whose top probability is at least this"})
     adapt_weight: float = field(default=0.5, metadata={"help": "weight of the pseudo-labelled images relative to the labelled ones (each part class-balanced)"})
@@ -189,6 +191,10 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
 
     to_index = {c: i for i, c in enumerate(class_ids)}
     (x_tr, maps_tr), y_tr = feats(train.paths, cfg.tune_views), np.array([to_index[c] for c in train.labels])
+    drift = None
+    if cfg.drift_dims:
+        drift = SolDrift.fit(x_tr, y_tr, np.array([sol_of(p) for p in train.paths]), cfg.drift_dims, cfg.drift_periods)
+        x_tr = drift.transform(x_tr)
     grid = [cfg.c] if cfg.c > 0 else [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
     fitted = {c: fit_head(x_tr, y_tr, c) for c in grid}
     scores, maps_va, y_va = {}, None, None
@@ -197,6 +203,7 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
         val = ds.split(cfg.val_split).subset(cfg.limit or None)
         keep = [i for i, c in enumerate(val.labels) if c in to_index]
         x_va, maps_va = feats([val.paths[i] for i in keep])
+        x_va = drift.transform(x_va) if drift else x_va
         y_va = np.array([to_index[c] for c in val.labels[keep]])
         if len(grid) > 1:
             scores = {c: f1_score(y_va, pipe.predict(x_va), average="macro") for c, pipe in fitted.items()}
@@ -205,11 +212,13 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     if cfg.adapt:
         pool, errors = adaptation_images(ds, cfg.adapt), []
         x_pool, _ = feats(pool, errors=errors)
+        x_pool = drift.transform(x_pool) if drift else x_pool
         readable = readable_rows(errors, len(pool), cfg.adapt)
         pipe, kept = self_train(x_tr, y_tr, x_pool[readable], best_c, cfg.adapt_threshold, cfg.adapt_weight,
                                 first=pipe)
         adapted = {"images": len(readable), "unreadable": len(errors), "pseudo_labelled": int(kept.sum())}
     w, b = fold_head(pipe, len(class_ids))
+    w, b = drift.fold(w, b) if drift else (w, b)
     model = backbone  # the same frozen ImageNet weights, now with the fitted head
     model.reset_classifier(len(class_ids))
     head = model.get_classifier()

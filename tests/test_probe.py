@@ -134,3 +134,34 @@ def test_probe_adaptation_needs_readable_unlabelled_images(real_data, tmp_path):
         train_probe(ProbeConfig(**cfg, adapt=str(tmp_path / "bad")), progress=False)
     with pytest.raises(ValueError, match="already fitted on"):
         train_probe(ProbeConfig(**cfg, train_splits="train+val", adapt="val"), progress=False)
+
+
+def test_sol_drift_finds_a_planted_drift_and_folds_into_one_linear_layer():
+    import numpy as np
+
+    from marsvision.probe import SolDrift, fit_head, fold_head
+
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1, 2], 80)
+    sols = np.arange(240)
+    drift = np.zeros(6)
+    drift[4] = 1.0  # every class moves along feature 4 as the sols go by; the classes differ along 0-2
+    x = np.eye(3, 6)[y] * 3 + np.outer(sols / 60, drift) + 0.3 * rng.normal(size=(240, 6))
+    d = SolDrift.fit(x, y, sols, dims=1, periods=4)
+    assert abs(d.basis[4, 0]) > 0.95
+    z = d.transform(x)
+    assert np.abs(z @ d.basis).max() < 1e-9  # nothing left along the removed direction
+    pipe = fit_head(z, y, 1.0)
+    w, b = d.fold(*fold_head(pipe, 4))
+    assert np.allclose(x @ w.T + b, np.c_[pipe.decision_function(z), np.full(240, -1e4)], atol=1e-3)
+
+
+def test_probe_with_sol_drift_removed_is_an_ordinary_model_file(real_data, tmp_path):
+    out = train_probe(ProbeConfig(data=str(real_data), c=1.0, limit=40, img_size=96, drift_dims=2,
+                                  out=str(tmp_path / "d" / "best.pt")), progress=False)
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert cfg["drift_dims"] == 2 and cfg["drift_periods"] == 4
+    train = MSLDataset(real_data).split("train").subset(40)
+    names = MSLDataset(real_data).class_names
+    preds = load_model(out).predict(train.paths)
+    assert sum(p.label == names[c] for p, c in zip(preds, train.labels.tolist())) >= 0.9 * len(train)
