@@ -85,6 +85,15 @@ MODELS = {
                                          ProbeConfig(model="efficientnet_lite0_multilevel", train_splits="train+val",
                                                      img_size=192, c=1.0, tune_epochs=3, tune_seeds=1,
                                                      out="runs/probe-lite0ml-tuned-trainval-192/best.pt")),
+    # Sol-drift directions removed (--drift-dims; probe_forward.md's third run): rejected by the forward rule.
+    "probe-lite0ml-drift-train-192": ("multi-level (b), 192 px, C=1, 8 sol-drift directions removed (SolDrift; not "
+                                      "bundled: forward rule unmet)", "probe",
+                                      ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192, c=1.0,
+                                                  drift_dims=8, out="runs/probe-lite0ml-drift-train-192/best.pt")),
+    "probe-lite0ml-drift-trainval-192": ("the same, refit on train+val (not bundled)", "probe",
+                                         ProbeConfig(model="efficientnet_lite0_multilevel", train_splits="train+val",
+                                                     img_size=192, c=1.0, drift_dims=8,
+                                                     out="runs/probe-lite0ml-drift-trainval-192/best.pt")),
     # Self-training on unlabelled images (--adapt; probe_forward.md's second run): transductive rows.
     "probe-lite0ml-train-192-adapt-val": ("multi-level (b), 192 px, C=1, self-trained on the unlabelled val images "
                                           "(transductive: its val column saw val's images, not their labels)", "probe",
