@@ -21,12 +21,14 @@ from pathlib import Path
 
 import torch
 
-from marsvision.data import MSLDataset
-from marsvision.evaluate import evaluate_split
+from marsvision.data.msl import MSLDataset
+from marsvision.evaluation.evaluate import evaluate_split
 from marsvision.metrics import bootstrap_ci
-from marsvision.predict import bundled_model_path, bundled_source_path, load_model
-from marsvision.probe import ProbeConfig, train_probe
-from marsvision.train import TrainConfig, train
+from marsvision.model_file import bundled_model_path, bundled_source_path
+from marsvision.inference.predict import load_model
+from marsvision.training.engine import run_folder
+from marsvision.training.probe import ProbeConfig, train_probe
+from marsvision.training.train import TrainConfig, train
 from result_files import RESULTS, write_results
 
 
@@ -36,92 +38,80 @@ MODELS = {
     "small_cnn-train": ("(a) small CNN from scratch", "train",
                         TrainConfig(model="small_cnn", epochs=8, lr=2e-3, batch_size=64, name="small_cnn-train")),
     "probe-lite0-train": ("(b) frozen Lite0 + balanced logistic regression", "probe",
-                          ProbeConfig(out="runs/probe-lite0-train/best.pt")),
+                          ProbeConfig(name="probe-lite0-train")),
     "lite0-train": ("(c) fine-tuned Lite0, 6 epochs", "train", TrainConfig(**FT, epochs=6, name="lite0-train")),
     "lite0-lpft-3ep": ("(c) Lite0 LP-FT (fine-tuned from the probe), 3 epochs", "train",
-                       TrainConfig(**FT, epochs=3, init="runs/probe-lite0-train/best.pt", name="lite0-lpft-3ep")),
+                       TrainConfig(**FT, epochs=3, init="runs/probe/probe-lite0-train/best.pt", name="lite0-lpft-3ep")),
     "lite0-lpft-3ep-loss": ("(c) Lite0 LP-FT, class-weighted loss instead of the sampler, 3 epochs", "train",
-                            TrainConfig(**FT, epochs=3, balance="loss", init="runs/probe-lite0-train/best.pt",
+                            TrainConfig(**FT, epochs=3, balance="loss", init="runs/probe/probe-lite0-train/best.pt",
                                         name="lite0-lpft-3ep-loss")),
     "lite0-lpft-3ep-noflip": ("(c) Lite0 LP-FT without horizontal flips, 3 epochs", "train",
-                              TrainConfig(**FT, epochs=3, hflip=0.0, init="runs/probe-lite0-train/best.pt",
+                              TrainConfig(**FT, epochs=3, hflip=0.0, init="runs/probe/probe-lite0-train/best.pt",
                                           name="lite0-lpft-3ep-noflip")),
     "probe-lite0-train-192": ("(b) frozen Lite0 + balanced logistic regression, 192 px input", "probe",
-                              ProbeConfig(img_size=192, out="runs/probe-lite0-train-192/best.pt")),
+                              ProbeConfig(img_size=192, name="probe-lite0-train-192")),
     "lite0-lpft-3ep-192": ("(c) Lite0 LP-FT, 160 px crops, 192 px input, 3 epochs", "train",
                            TrainConfig(model="efficientnet_lite0", lr=6e-4, epochs=3, train_size=160, img_size=192,
-                                       init="runs/probe-lite0-train/best.pt", name="lite0-lpft-3ep-192")),
+                                       init="runs/probe/probe-lite0-train/best.pt", name="lite0-lpft-3ep-192")),
     "ensemble-probe-lpft": ("(d) ensemble: mean probabilities of (b) and (c) LP-FT", "ensemble",
                             ("probe-lite0-train", "lite0-lpft-3ep")),
     "probe-lite2-train": ("(d) frozen Lite2 + balanced logistic regression", "probe",
-                          ProbeConfig(model="efficientnet_lite2", out="runs/probe-lite2-train/best.pt")),
+                          ProbeConfig(model="efficientnet_lite2", name="probe-lite2-train")),
     "probe-lite0-trainval": ("(b) refit on train+val, 224 px, C=10 from val (bundled until 2026-11-27)", "probe",
-                             ProbeConfig(train_splits="train+val", c=10.0, out="runs/probe-lite0-trainval/best.pt")),
+                             ProbeConfig(train_splits="train+val", c=10.0, name="probe-lite0-trainval")),
     "probe-lite0-trainval-192": ("(b) 192 px refit on train+val, C=3 from val (bundled before the multi-level model)",
                                  "probe", ProbeConfig(train_splits="train+val", img_size=192, c=3.0,
-                                                      out="runs/probe-lite0-trainval-192/best.pt")),
+                                                      name="probe-lite0-trainval-192")),
     "probe-lite0ml-train-192": ("(b) multi-level Lite0 features (head + last two stages) + balanced logistic "
                                 "regression, 192 px", "probe",
                                 ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192,
-                                            out="runs/probe-lite0ml-train-192/best.pt")),
+                                            name="probe-lite0ml-train-192")),
     "probe-lite0ml-trainval-192": ("bundled: multi-level (b), 192 px, refit on train+val, C=1 from val", "probe",
                                    ProbeConfig(model="efficientnet_lite0_multilevel", train_splits="train+val",
-                                               img_size=192, c=1.0, out="runs/probe-lite0ml-trainval-192/best.pt")),
+                                               img_size=192, c=1.0, name="probe-lite0ml-trainval-192")),
     "probe-lite0ml-train-192-c0.1": ("multi-level (b), 192 px, C=0.1 (sol-grouped CV's choice, rejected on val)",
                                      "probe",
                                      ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192, c=0.1,
-                                                 out="runs/probe-lite0ml-train-192-c0.1/best.pt")),
+                                                 name="probe-lite0ml-train-192-c0.1")),
     "probe-lite0ml-trainval-192-c0.1": ("multi-level (b), 192 px, refit on train+val, C=0.1 (bundled briefly, "
                                         "then reverted)", "probe",
                                         ProbeConfig(model="efficientnet_lite0_multilevel", train_splits="train+val",
                                                     img_size=192, c=0.1,
-                                                    out="runs/probe-lite0ml-trainval-192-c0.1/best.pt")),
+                                                    name="probe-lite0ml-trainval-192-c0.1")),
+    # Experiments, kept out of the product: their model files are built by scripts in experiments/.
     "probe-lite0ml-tuned-train-192": ("multi-level (b), 192 px, then its last two stages + head fine-tuned 3 epochs, "
                                       "WiSE alpha 0.75 (partial_finetune.py; not bundled: forward macro-F1 rule unmet)",
-                                      "probe", ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192, c=1.0,
-                                                           tune_epochs=3, tune_seeds=1,
-                                                           out="runs/probe-lite0ml-tuned-train-192/best.pt")),
-    "probe-lite0ml-tuned-trainval-192": ("the same, refit on train+val (not bundled)", "probe",
-                                         ProbeConfig(model="efficientnet_lite0_multilevel", train_splits="train+val",
-                                                     img_size=192, c=1.0, tune_epochs=3, tune_seeds=1,
-                                                     out="runs/probe-lite0ml-tuned-trainval-192/best.pt")),
-    # Sol-drift directions removed (--drift-dims; probe_forward.md's third run): rejected by the forward rule.
-    "probe-lite0ml-drift-train-192": ("multi-level (b), 192 px, C=1, 8 sol-drift directions removed (SolDrift; not "
-                                      "bundled: forward rule unmet)", "probe",
-                                      ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192, c=1.0,
-                                                  drift_dims=8, out="runs/probe-lite0ml-drift-train-192/best.pt")),
-    "probe-lite0ml-drift-trainval-192": ("the same, refit on train+val (not bundled)", "probe",
-                                         ProbeConfig(model="efficientnet_lite0_multilevel", train_splits="train+val",
-                                                     img_size=192, c=1.0, drift_dims=8,
-                                                     out="runs/probe-lite0ml-drift-trainval-192/best.pt")),
-    # Self-training on unlabelled images (--adapt; probe_forward.md's second run): transductive rows.
+                                      "experiment", "tuned_probe.py --seeds 1"),
+    "probe-lite0ml-tuned-trainval-192": ("the same, refit on train+val (not bundled)", "experiment",
+                                         "tuned_probe.py --seeds 1 --train-splits train+val"),
+    # Self-training on unlabelled images (probe_forward.md's second run): transductive rows.
     "probe-lite0ml-train-192-adapt-val": ("multi-level (b), 192 px, C=1, self-trained on the unlabelled val images "
-                                          "(transductive: its val column saw val's images, not their labels)", "probe",
-                                          ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192, c=1.0,
-                                                      adapt="val", out="runs/probe-lite0ml-train-192-adapt-val/best.pt")),
+                                          "(transductive: its val column saw val's images, not their labels)",
+                                          "experiment", "self_training.py --adapt val"),
     "probe-lite0ml-train-192-adapt-test": ("the same, self-trained on the unlabelled test images instead "
-                                           "(transductive on test)", "probe",
-                                           ProbeConfig(model="efficientnet_lite0_multilevel", img_size=192, c=1.0,
-                                                       adapt="test",
-                                                       out="runs/probe-lite0ml-train-192-adapt-test/best.pt")),
+                                           "(transductive on test)", "experiment", "self_training.py --adapt test"),
     "probe-lite0ml-trainval-192-adapt-test": ("bundled setting (refit on train+val, C=1), self-trained on the "
-                                              "unlabelled test images (transductive on test; not bundled)", "probe",
-                                              ProbeConfig(model="efficientnet_lite0_multilevel",
-                                                          train_splits="train+val", img_size=192, c=1.0, adapt="test",
-                                                          out="runs/probe-lite0ml-trainval-192-adapt-test/best.pt")),
+                                              "unlabelled test images (transductive on test; not bundled)",
+                                              "experiment", "self_training.py --adapt test --train-splits train+val"),
 }
 
 
 def ensure_model(name: str, kind: str, cfg, data: str) -> Path | list[Path]:
     if kind == "ensemble":
         return [ensure_model(m, MODELS[m][1], MODELS[m][2], data) for m in cfg]
+    if kind == "experiment":  # cfg: the script under experiments/ and its options
+        path = Path("runs") / "experiments" / name / "best.pt"
+        if not path.is_file():
+            raise SystemExit(f"{name}: build {path} first with `python experiments/{cfg} --data {data or 'DIR'} "
+                             f"--name {name}`")
+        return path
     cfg.data = data
     if kind == "probe":
-        path = Path(cfg.out)
+        path = run_folder(cfg.out, "probe", cfg.name) / "best.pt"
         if not path.is_file():
             train_probe(cfg)
         return path
-    run = Path(cfg.out) / cfg.name
+    run = run_folder(cfg.out, "train", cfg.name)
     if not (run / "best.pt").is_file():
         train(cfg, resume=str(run) if (run / "last.pt").is_file() else None)
     return run / "best.pt"

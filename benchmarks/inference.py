@@ -37,10 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from result_files import RESULTS, write_results  # noqa: E402
-from marsvision.data import MSLDataset  # noqa: E402
+from marsvision.data.msl import MSLDataset  # noqa: E402
 from marsvision.metrics import classification_metrics  # noqa: E402
-from marsvision.predict import bundled_model_path, bundled_source_path  # noqa: E402
-from marsvision.transforms import decode  # noqa: E402
+from marsvision.model_file import bundled_model_path, bundled_source_path  # noqa: E402
+from marsvision.preprocess import decode  # noqa: E402
 
 
 def decode_rate(paths: list[Path], size: int, threads: int) -> float:
@@ -54,7 +54,7 @@ def decode_rate(paths: list[Path], size: int, threads: int) -> float:
 
 # `marsvision predict` as the console script runs it; "torch_fp32" turns bf16 autocast off first.
 CLI = "import sys; from marsvision.cli import main; sys.exit(main())"
-CLI_FP32 = ("import sys; import marsvision.predict as p; p.TorchClassifier.autocast = False; "
+CLI_FP32 = ("import sys; import marsvision.inference.torch_runtime as t; t.TorchClassifier.autocast = False; "
             "from marsvision.cli import main; sys.exit(main())")
 
 
@@ -88,15 +88,15 @@ def scores(out_csv: Path, truth: dict[str, str]) -> dict:
 LATENCY_WORKER = r"""
 import json, sys, time
 import numpy as np
-from marsvision.predict import load_model
-from marsvision.transforms import decode
+from marsvision.inference.predict import load_model
+from marsvision.preprocess import decode
 model, fp32, runs, paths = sys.argv[1], sys.argv[2] == "fp32", int(sys.argv[3]), sys.argv[4:]
 if model.endswith(".pt"):
     import torch
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    import marsvision.predict
-    marsvision.predict.TorchClassifier.autocast = not fp32
+    import marsvision.inference.torch_runtime
+    marsvision.inference.torch_runtime.TorchClassifier.autocast = not fp32
 clf = load_model(model, threads=1)
 images = [decode(p, clf.input_size)[None] for p in paths]
 for x in images[:50]:
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--data", default="", help="data set folder")
     ap.add_argument("--torch-model", default=str(bundled_source_path()), help="torch checkpoint (.pt)")
     ap.add_argument("--int8", default=str(bundled_model_path()), help="int8 ONNX file")
-    ap.add_argument("--fp32", default="", help="fp32 ONNX file (default: reports/export-<name>/<name>.onnx)")
+    ap.add_argument("--fp32", default="", help="fp32 ONNX file (default: runs/export/<name>/<name>.onnx)")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts for end-to-end runs")
     ap.add_argument("--repeats", type=int, default=2, help="end-to-end runs per setting (best one reported)")
     ap.add_argument("--latency-runs", type=int, default=1000, help="timed batch-1 calls per runtime")
@@ -134,7 +134,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch_model = Path(args.torch_model)
-    fp32 = Path(args.fp32) if args.fp32 else REPO / "reports" / f"export-{torch_model.stem}" / f"{torch_model.stem}.onnx"
+    fp32 = Path(args.fp32) if args.fp32 else REPO / "runs" / "export" / torch_model.stem / f"{torch_model.stem}.onnx"
     runtimes = {"torch_fp32": torch_model, "torch_bf16": torch_model, "ort_fp32": fp32, "ort_int8": Path(args.int8)}
     if args.skip_torch:
         runtimes = {k: v for k, v in runtimes.items() if not k.startswith("torch")}

@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from result_files import RESULTS, write_results  # noqa: E402
-from marsvision.checkpoint import build_model, read_model_file  # noqa: E402
-from marsvision.data import MSLDataset, balanced_subset, decode_many  # noqa: E402
-from marsvision.onnx_export import (ExportConfig, export_fp32, onnx_logits, split_scores,  # noqa: E402
+from marsvision.nets.checkpoint import build_model, read_model_file  # noqa: E402
+from marsvision.data.msl import MSLDataset, balanced_subset, decode_many  # noqa: E402
+from marsvision.export.onnx import (ExportConfig, export_fp32, onnx_logits, quant_options, split_scores,  # noqa: E402
                                     tune_and_export, tuning_images)
-from marsvision.onnx_quantize import quantize_int8  # noqa: E402
+from marsvision.export.quantize import quantize_int8  # noqa: E402
 
 # (label, ExportConfig overrides). Baselines first, then the variations around the chosen default.
 MM = dict(calib_method="minmax")
@@ -71,7 +71,7 @@ CANDIDATES = [
 
 def speed(path: Path, images: np.ndarray) -> float:
     """Images/s of the model alone, one thread, batches of 32 (after one warm-up batch)."""
-    from marsvision.onnx_classifier import OnnxClassifier
+    from marsvision.inference.onnx_runtime import OnnxClassifier
 
     clf = OnnxClassifier(path, threads=1)
     clf.logits(images[:32])
@@ -158,7 +158,7 @@ def main() -> None:
             t0 = time.perf_counter()
             # Balanced subsets are nested: the first n of the round-robin order are the n-image set.
             subset = np.isin(inp.calib_idx, balanced_subset(inp.train_labels, cfg.calib_images))
-            quantize_int8(source, out, inp.calib_u8[subset], meta, cfg)
+            quantize_int8(source, out, inp.calib_u8[subset], meta, quant_options(cfg))
             seconds = time.perf_counter() - t0
             q = onnx_logits(out, val_u8, threads=1)
             rows.append({"options": label, **split_scores(q, val_true, names), **fidelity(q, ref),

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import sys
 import typing
 from dataclasses import dataclass, field
+
+from .data.msl import DATA_HELP
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_ERROR = 0, 1, 2
 
@@ -21,7 +22,7 @@ class PredictConfig:
     """Classify image files and folders (recursively); one output row per input."""
 
     model: str = field(default="", metadata={"help": "model file: .onnx (fp32 or int8) or a torch .pt checkpoint (default: the bundled int8 model)"})
-    output: str = field(default="", metadata={"help": "write results to this .csv or .json file (default: CSV on stdout)"})
+    output: str = field(default="", metadata={"help": "write results to this .csv or .json file (default: a table on a terminal, CSV when piped)"})
     top_k: int = field(default=1, metadata={"help": "also report the K most likely classes"})
     batch_size: int = field(default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"})
     threads: int = field(default=0, metadata={"help": "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"})
@@ -40,7 +41,7 @@ class DownloadConfig:
 class VerifyConfig:
     """Check a data set copy file by file against the shipped SHA-256 manifest."""
 
-    data: str = field(default="", metadata={"help": "data set folder (default: $MARSVISION_DATA, then ./data/msl-images)"})
+    data: str = field(default="", metadata={"help": DATA_HELP})
     quick: bool = field(default=False, metadata={"help": "compare sizes only, skip hashing"})
 
 
@@ -64,7 +65,7 @@ def config_from(args: argparse.Namespace, cls):
 
 
 def cmd_train(cfg, resume: str = "") -> int:
-    from .train import train
+    from .training.train import train
 
     run_dir = train(cfg, resume=resume or None)
     print(f"run folder: {run_dir}  (best model: {run_dir / 'best.pt'})")
@@ -72,7 +73,7 @@ def cmd_train(cfg, resume: str = "") -> int:
 
 
 def cmd_probe(cfg) -> int:
-    from .probe import train_probe
+    from .training.probe import train_probe
 
     path = train_probe(cfg)
     print(f"model written to {path}")
@@ -80,14 +81,14 @@ def cmd_probe(cfg) -> int:
 
 
 def cmd_evaluate(cfg) -> int:
-    from .evaluate import run_evaluate
+    from .evaluation.evaluate import run_evaluate
 
     run_evaluate(cfg)
     return EXIT_OK
 
 
 def cmd_export(cfg) -> int:
-    from .onnx_export import run_export
+    from .export.onnx import run_export
 
     run_export(cfg)
     return EXIT_OK
@@ -95,44 +96,23 @@ def cmd_export(cfg) -> int:
 
 def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
     """Exit 0 when every input got a label, 1 when some failed (each named on stderr and in its row)."""
-    import csv
-
     from tqdm import tqdm
 
-    from .atomic import atomic_write
-    from .predict import Prediction, expand_inputs, limit_cpus, load_model
+    from .inference.classifier import expand_sources
+    from .inference.predict import format_predictions, limit_cpus, load_model, write_predictions
 
-    files, missing = expand_inputs(paths)
-    preds = [Prediction(p, error=why) for p, why in missing]
+    files = list(expand_sources(paths))
     with limit_cpus(cfg.threads):
         clf = load_model(cfg.model or None, device=cfg.device, threads=cfg.threads or None)
-        preds += list(tqdm(clf.predict_iter(files, batch_size=cfg.batch_size or None, top_k=cfg.top_k),
-                           total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty()))
+        preds = list(tqdm(clf.predict_iter(files, batch_size=cfg.batch_size or None, top_k=cfg.top_k),
+                          total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty()))
     for p in preds:
         if not p.ok:
             print(f"marsvision: {p.source}: {p.error}", file=sys.stderr)
-    rows = []
-    for p in preds:
-        row = {"path": p.source, "label": p.label or "", "confidence": "" if p.confidence is None else round(p.confidence, 5)}
-        if cfg.top_k > 1:
-            for i in range(cfg.top_k):
-                name, prob = p.top_k[i] if i < len(p.top_k) else ("", "")
-                row[f"top{i + 1}_label"], row[f"top{i + 1}_confidence"] = name, prob if prob == "" else round(prob, 5)
-        row["error"] = p.error or ""
-        rows.append(row)
-    if cfg.output.endswith(".json"):
-        with atomic_write(cfg.output) as f:
-            json.dump(rows, f, indent=1, ensure_ascii=False)
-    else:
-        fields = list(rows[0]) if rows else ["path", "label", "confidence", "error"]
-        if cfg.output:
-            with atomic_write(cfg.output, newline="", encoding="utf-8") as f:
-                csv.DictWriter(f, fieldnames=fields).writeheader()
-                csv.DictWriter(f, fieldnames=fields).writerows(rows)
-        else:
-            w = csv.DictWriter(sys.stdout, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
+    if cfg.output or not sys.stdout.isatty():
+        write_predictions(preds, cfg.output or None, top_k=cfg.top_k)
+    else:  # a person at a terminal: a table; piped or --output: CSV
+        print(format_predictions(preds))
     failed = sum(not p.ok for p in preds)
     print(f"marsvision: {len(preds) - failed} classified, {failed} failed"
           + (f"; results in {cfg.output}" if cfg.output else ""), file=sys.stderr)
@@ -141,7 +121,7 @@ def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
 
 def _download_module():
     try:
-        return importlib.import_module("marsvision.download")
+        return importlib.import_module("marsvision.data.download")
     except ImportError as e:
         if (e.name or "").startswith("marsvision"):
             raise
@@ -158,7 +138,7 @@ def cmd_download(cfg: DownloadConfig) -> int:
 
 
 def cmd_verify(cfg: VerifyConfig) -> int:
-    from .data import resolve_data_dir
+    from .data.msl import resolve_data_dir
 
     verify = _download_module().verify
 
@@ -171,10 +151,10 @@ def cmd_verify(cfg: VerifyConfig) -> int:
 # Only the invoked command's module is imported, so `marsvision predict` with an ONNX model never
 # imports torch (the train/probe/export modules do).
 LAZY_COMMANDS = {
-    "train": ("marsvision.train", "TrainConfig", "train"),
-    "probe": ("marsvision.probe", "ProbeConfig", "train"),
-    "evaluate": ("marsvision.evaluate", "EvaluateConfig", ""),
-    "export": ("marsvision.onnx_export", "ExportConfig", "train"),
+    "train": ("marsvision.training.train", "TrainConfig", "train"),
+    "probe": ("marsvision.training.probe", "ProbeConfig", "train"),
+    "evaluate": ("marsvision.evaluation.evaluate", "EvaluateConfig", ""),
+    "export": ("marsvision.export.onnx", "ExportConfig", "train"),
 }
 SHORT_HELP = {
     "train": "Fine-tune a model on the MSL data set.",
@@ -239,16 +219,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that end a command with a one-line message (exit 2) instead of a traceback."""
-    from .data import DataError
+    from .data.msl import DataError
     from .model_file import ModelFileError
-    from .transforms import ImageError
+    from .preprocess import ImageError
 
     errors: list[type[BaseException]] = [DataError, ModelFileError, ImageError, MissingExtraError,
                                          FileExistsError, FileNotFoundError, ValueError]
-    if "marsvision.download" in sys.modules:  # imported only by the data commands (needs pooch)
-        errors.append(sys.modules["marsvision.download"].DownloadError)
-    if "marsvision.onnx_export" in sys.modules:
-        errors.append(sys.modules["marsvision.onnx_export"].ExportCheckError)
+    if "marsvision.data.download" in sys.modules:  # imported only by the data commands (needs pooch)
+        errors.append(sys.modules["marsvision.data.download"].DownloadError)
+    if "marsvision.export.onnx" in sys.modules:
+        errors.append(sys.modules["marsvision.export.onnx"].ExportCheckError)
     return tuple(errors)
 
 

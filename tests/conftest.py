@@ -1,7 +1,14 @@
-"""Shared fixtures: the real data set beside the repo, tiny model files, bad-input folders."""
+"""Shared fixtures: the committed mini data set and example images, the full data set when it is there,
+tiny model files, bad-input folders.
+
+Most tests run on ``mini_data`` (23 real MSL images in the official layout, tests/assets/mini-msl) and
+the example images, so they run anywhere. ``real_data`` is the full data set, found through
+``$MARSVISION_DATA`` or ``../shared/data/msl-images``; tests that need it skip, saying why, without it.
+"""
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -10,14 +17,32 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msl-images"
+REPO = Path(__file__).resolve().parents[1]
+MINI_DATA = REPO / "tests" / "assets" / "mini-msl"
+EXAMPLES = REPO / "examples" / "images"
+SHARED_DATA = REPO.parent / "shared" / "data" / "msl-images"
+
+
+def full_data_dir() -> Path:
+    return Path(os.environ["MARSVISION_DATA"]) if os.environ.get("MARSVISION_DATA") else SHARED_DATA
 
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:
-    if not (REAL_DATA / "msl_synset_words-indexed.txt").is_file():
-        pytest.skip(f"MSL data set not found at {REAL_DATA}")
-    return REAL_DATA
+    root = full_data_dir()
+    if not (root / "msl_synset_words-indexed.txt").is_file():
+        pytest.skip(f"the full MSL data set is not at {root} (set MARSVISION_DATA or run `marsvision data download`)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mini_data() -> Path:
+    return MINI_DATA
+
+
+@pytest.fixture(scope="session")
+def example_images() -> list[Path]:
+    return sorted(EXAMPLES.glob("*.JPG"))
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +50,9 @@ def tiny_model(tmp_path_factory) -> Path:
     """A randomly initialised small CNN saved as a real marsvision model file (64 px input)."""
     import torch
 
-    from marsvision.checkpoint import model_meta, save_model
-    from marsvision.models import create_model
+    from marsvision.model_file import model_meta
+    from marsvision.nets.checkpoint import save_model
+    from marsvision.nets.models import create_model
 
     torch.manual_seed(0)
     names = ["apxs", "drt side", "ground", "horizon", "wheel"]
@@ -45,11 +71,11 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 @pytest.fixture
-def bad_input_folder(tmp_path: Path, real_data: Path) -> tuple[Path, set[str], set[str]]:
+def bad_input_folder(tmp_path: Path, example_images) -> tuple[Path, set[str], set[str]]:
     """A folder of good images in odd modes/names and broken files. Returns (folder, good, bad) names."""
     folder = tmp_path / "mixed inputs"
     (folder / "sub dir").mkdir(parents=True)
-    src = sorted((real_data / "calibrated").glob("*.JPG"))[0]
+    src = example_images[0]
     rgb = Image.open(src).convert("RGB")
     good = {
         "plain.JPG": lambda p: p.write_bytes(src.read_bytes()),
@@ -74,16 +100,15 @@ def bad_input_folder(tmp_path: Path, real_data: Path) -> tuple[Path, set[str], s
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx(tiny_model, real_data, tmp_path_factory) -> dict:
-    """``tiny_model`` exported by `marsvision export --int8` (small check/calibration sets).
+def tiny_onnx(tiny_model, tmp_path_factory) -> dict:
+    """``tiny_model`` exported by `marsvision export --int8` on the mini data set.
 
     Returns {"fp32": path, "int8": path, "report": export.json dict}.
     """
-    from marsvision.onnx_export import ExportConfig, run_export
+    from marsvision.export.onnx import ExportConfig, run_export
 
     root = tmp_path_factory.mktemp("onnx")
     report = run_export(ExportConfig(model=str(tiny_model), output=str(root / "out"), work=str(root / "work"),
-                                     int8=True, data=str(real_data), calib_images=30, check_images=40,
-                                     tune_epochs=1, tune_images=24,
+                                     int8=True, data=str(MINI_DATA), calib_images=8, tune_epochs=1,
                                      min_agreement=0.0, max_accuracy_drop=1.0, threads=1))
     return {"fp32": root / "work" / "tiny.onnx", "int8": root / "out" / "tiny.int8.onnx", "report": report}

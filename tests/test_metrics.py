@@ -46,7 +46,7 @@ def test_matches_scikit_learn(seed):
     assert [row["support"] for row in m["per_class"]] == s.tolist()
     cm = full_confusion_matrix(y_true, y_pred, n_classes)
     np.testing.assert_array_equal(cm, sk.confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)))
-    report = pytest.importorskip("marsvision.report")
+    report = pytest.importorskip("marsvision.evaluation.report")
     assert most_confused_pairs(cm, names, k=15) == report.most_confused_pairs(cm, names, k=15)
 
 

@@ -1,0 +1,1 @@
+"""Evaluation on an official split (``evaluate``) and its plots (``report``, needs matplotlib)."""

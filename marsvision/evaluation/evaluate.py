@@ -1,0 +1,107 @@
+"""Evaluate a model file on an official split and write a report folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..data.msl import DATA_HELP, DataError, MSLDataset
+from ..inference.classifier import Classifier
+from ..metrics import bootstrap_ci, classification_metrics, format_table, full_confusion_matrix, most_confused_pairs
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate a model on an official split: metrics table, metrics.json, predictions.csv, plots."""
+
+    model: str = field(default="", metadata={"help": "model file (default: the bundled model)"})
+    split: str = field(default="test", metadata={"help": "split to evaluate: train, val or test"})
+    data: str = field(default="", metadata={"help": DATA_HELP})
+    out: str = field(default="", metadata={"help": "report folder (default: reports/<model>-<split>)"})
+    batch_size: int = field(default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"})
+    threads: int = field(default=0, metadata={"help": "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+    limit: int = field(default=0, metadata={"help": "evaluate at most this many images (0: all); for smoke tests"})
+
+
+def evaluate_split(clf: Classifier, dataset: MSLDataset, split: str, out_dir: Path,
+                   batch_size: int = 0, limit: int = 0, progress: bool = True) -> dict:
+    """Predict every image of ``split``, compute metrics, write the report files; returns metrics.
+
+    The two plots need matplotlib (the ``[train]`` or ``[plots]`` extra); without it they are
+    skipped with a one-line notice and everything else is written.
+    """
+    from tqdm import tqdm
+
+    data = dataset.split(split).subset(limit or None)
+    true_names = [dataset.class_names[c] for c in data.labels.tolist()]
+    # Label space: the model's classes, plus any true class the model cannot predict.
+    names = list(clf.class_names) + sorted(set(true_names) - set(clf.class_names))
+    index = {n: i for i, n in enumerate(names)}
+    t0 = time.perf_counter()
+    preds = list(tqdm(clf.predict_iter(data.paths, batch_size=batch_size or None, top_k=3), total=len(data),
+                      desc=f"evaluate {split}", unit="img", disable=not progress))
+    seconds = time.perf_counter() - t0
+    failed = [p for p in preds if not p.ok]
+    if failed:
+        for p in failed:
+            print(f"marsvision: {p.source}: {p.error}", file=sys.stderr)
+        raise DataError(f"{len(failed)} of {len(preds)} images of split {split} could not be read (named above); "
+                        f"an evaluation needs every image of the split")
+    y_true = np.array([index[n] for n in true_names])
+    y_pred = np.array([index[p.label] for p in preds])
+    m = classification_metrics(y_true, y_pred, names)
+    cm = full_confusion_matrix(y_true, y_pred, len(names))
+    m.update(split=split, model=clf.meta.get("arch"), runtime=clf.runtime,
+             precision=clf.meta.get("precision", "fp32"), images_per_s=len(data) / seconds,
+             most_confused=most_confused_pairs(cm, names, k=15), ci95=bootstrap_ci(y_true, y_pred))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_dir / "metrics.json") as f:
+        json.dump(m, f, indent=2)
+    with atomic_write(out_dir / "predictions.csv", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "true", "label", "confidence", "correct", "top3"])
+        for p, t in zip(preds, true_names):
+            w.writerow([p.source, t, p.label, f"{p.confidence:.5f}", int(p.label == t),
+                        ";".join(f"{n}:{c:.4f}" for n, c in p.top_k)])
+    try:
+        from .report import plot_confusion_matrix, plot_error_gallery
+    except ImportError as e:
+        if not (e.name or "").startswith("matplotlib"):
+            raise
+        print("marsvision: matplotlib is not installed; skipping confusion_matrix.png and error_gallery.png "
+              "(pip install 'marsvision[plots]')", file=sys.stderr)
+        return m
+
+    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    plot_confusion_matrix(cm[np.ix_(present, present)], [names[i] for i in present],
+                          out_dir / "confusion_matrix.png", title=f"{split} split")
+    errors = [{"path": p.source, "true": t, "pred": p.label, "confidence": p.confidence}
+              for p, t in zip(preds, true_names) if p.label != t]
+    plot_error_gallery(errors, out_dir / "error_gallery.png")
+    return m
+
+
+def run_evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
+    """`marsvision evaluate`: load, evaluate, print the table, write the report folder."""
+    from ..inference.predict import limit_cpus, load_model
+
+    dataset = MSLDataset(cfg.data or None)  # fail on a missing data set before loading a model
+    out = Path(cfg.out) if cfg.out else Path("reports") / f"{Path(cfg.model).stem if cfg.model else 'bundled'}-{cfg.split}"
+    with limit_cpus(cfg.threads):
+        clf = load_model(cfg.model or None, device=cfg.device, threads=cfg.threads or None)
+        m = evaluate_split(clf, dataset, cfg.split, out, cfg.batch_size, cfg.limit, progress)
+    print(format_table(m))
+    print("\nmost confused (true → predicted):")
+    for pair in m["most_confused"][:8]:
+        print(f"  {pair['true']} → {pair['pred']}: {pair['count']} ({pair['rate']:.0%} of {pair['true']})")
+    print(f"\n{m['images_per_s']:.1f} images/s; report written to {out}/")
+    return m

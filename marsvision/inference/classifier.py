@@ -1,0 +1,202 @@
+"""The classifier core: a model plus the preprocessing it was trained with → one ``Prediction`` per input.
+
+Runtimes (ONNX Runtime, torch) subclass ``Classifier`` and supply ``logits``; decoding, batching,
+threading and the results are shared here. numpy and PIL only: no runtime is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..preprocess import IMAGE_SUFFIXES, ImageError, ImageInput, decode
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """(N, C) logits → (N, C) class probabilities (max-subtracted, so large logits do not overflow)."""
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@dataclass
+class Prediction:
+    """One input's result: ``label``/``confidence`` and ``top_k`` [(label, prob)], or an ``error``.
+
+    ``probabilities`` holds the whole (C,) vector, in the order of the model's ``class_names``.
+    """
+
+    source: str
+    label: str | None = None
+    confidence: float | None = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    probabilities: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self, top_k: int | None = None) -> dict:
+        """One flat row of plain data: path, label, confidence, then with ``top_k`` > 1 (default: as
+        many as were asked of ``predict``) top1_label, top1_confidence, …, then error. A failed input
+        has None where it has no value."""
+        row = {"path": self.source, "label": self.label, "confidence": self.confidence}
+        k = len(self.top_k) if top_k is None else top_k
+        if k > 1:
+            for i in range(k):
+                name, prob = self.top_k[i] if i < len(self.top_k) else (None, None)
+                row[f"top{i + 1}_label"], row[f"top{i + 1}_confidence"] = name, prob
+        row["error"] = self.error
+        return row
+
+
+def is_single_input(images) -> bool:
+    """One image (a path, bytes, a PIL image or an array) rather than a sequence of them."""
+    return isinstance(images, (str, os.PathLike, bytes, bytearray, np.ndarray)) or hasattr(images, "getpixel")
+
+
+def expand_sources(sources: Iterable[ImageInput]) -> Iterator[ImageInput]:
+    """Inputs in order, each folder replaced by the image files under it (recursive, sorted)."""
+    for s in sources:
+        if isinstance(s, (str, os.PathLike)) and Path(s).is_dir():
+            yield from sorted(f for f in Path(s).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield s
+
+
+class Classifier:
+    """A model plus the preprocessing it was trained with; subclasses supply ``logits``.
+
+    ``meta`` holds at least ``class_names``, ``input_size``, ``mean``, ``std`` and ``arch``. The
+    decoding and model thread pools are made on first use and kept (a web service calls ``predict``
+    once per request); ``close()`` or a ``with`` block ends them.
+    """
+
+    runtime = "base"
+    lanes = 1  # batches the model may run at the same time (each call single- or multi-threaded)
+    batch_size = 16  # default images per model call
+
+    def __init__(self, meta: dict, threads: int | None = None):
+        self.meta = meta
+        self.class_names: list[str] = list(meta["class_names"])
+        self.input_size: int = int(meta["input_size"])
+        self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
+        self.threads = threads
+        self._pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+        self._pools_lock = threading.Lock()
+
+    def decode(self, source: ImageInput) -> np.ndarray:
+        """One input → (S, S, 3) uint8, or ``ImageError``."""
+        return decode(source, self.input_size)
+
+    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 → (N, C) float32 logits."""
+        raise NotImplementedError
+
+    @property
+    def decode_workers(self) -> int:
+        return self.threads or min(4, available_cpus())
+
+    def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        with self._pools_lock:
+            if self._pools is None:
+                self._pools = (ThreadPoolExecutor(self.decode_workers, thread_name_prefix="marsvision-decode"),
+                               ThreadPoolExecutor(max(1, self.lanes), thread_name_prefix="marsvision-model"))
+            return self._pools
+
+    def close(self) -> None:
+        """End the thread pools (they are made again if the classifier is used after this)."""
+        with self._pools_lock:
+            pools, self._pools = self._pools, None
+        for pool in pools or ():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _results(self, sources: list, arrays: list, errors: list, top_k: int) -> list[Prediction]:
+        good = [i for i, a in enumerate(arrays) if a is not None]
+        out = [Prediction(str(s), error=e) for s, e in zip(sources, errors)]
+        if good:
+            probs = softmax(self.logits(np.stack([arrays[i] for i in good])))
+            k = max(1, min(top_k, probs.shape[1]))
+            for row, i in zip(probs, good):
+                best = np.argsort(-row, kind="stable")[:k]
+                out[i].top_k = [(self.class_names[j], float(row[j])) for j in best]
+                out[i].label, out[i].confidence = out[i].top_k[0]
+                out[i].probabilities = row
+        return out
+
+    def _decode_safe(self, source) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return self.decode(source), None
+        except ImageError as e:
+            return None, str(e)
+
+    def predict_iter(self, sources: Iterable[ImageInput], batch_size: int | None = None,
+                     top_k: int = 1) -> Iterator[Prediction]:
+        """Yield one ``Prediction`` per input, in order (folders expanded to their images); bad inputs
+        carry ``error`` and never stop the batch.
+
+        A thread pool decodes images (PIL releases the GIL) while the model works: ``self.lanes``
+        batches at a time, each in its own thread (ONNX Runtime releases the GIL too). Only about
+        ``lanes + 1`` batches are decoded ahead, so memory stays flat however many inputs there are.
+        """
+        batch_size = batch_size or self.batch_size
+        decoders, models = self._executors()
+        lanes = max(1, self.lanes)
+        sources = list(expand_sources(sources))
+        ahead = (lanes + 1) * batch_size + self.decode_workers
+        decoded: deque[Future] = deque()
+        running: deque[Future] = deque()
+        next_index = 0
+
+        def fill() -> None:
+            nonlocal next_index
+            while len(decoded) < ahead and next_index < len(sources):
+                decoded.append(decoders.submit(self._decode_safe, sources[next_index]))
+                next_index += 1
+
+        def classify(chunk: list, futures: list[Future]) -> list[Prediction]:
+            got = [f.result() for f in futures]
+            return self._results(chunk, [a for a, _ in got], [e for _, e in got], top_k)
+
+        try:
+            fill()
+            for start in range(0, len(sources), batch_size):
+                chunk = sources[start:start + batch_size]
+                futures = [decoded.popleft() for _ in chunk]
+                fill()
+                running.append(models.submit(classify, chunk, futures))
+                if len(running) >= lanes:
+                    yield from running.popleft().result()
+            while running:
+                yield from running.popleft().result()
+        finally:
+            for f in (*decoded, *running):
+                f.cancel()
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
+                top_k: int = 1) -> list[Prediction]:
+        """Classify paths, folders, bytes, PIL images or uint8 arrays; a single input also returns a list."""
+        if is_single_input(images):
+            images = [images]
+        return list(self.predict_iter(images, batch_size=batch_size, top_k=top_k))

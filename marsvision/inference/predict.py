@@ -1,0 +1,139 @@
+"""Inference API: ``load_model(path)`` → ``Classifier.predict(images)`` → ``write_predictions``.
+
+The CLI, benchmarks and evaluation are thin adapters over this module. ``load_model`` reads either
+model file kind — an ONNX file (fp32 or int8, run by ONNX Runtime, no torch needed; the bundled
+model is one) or a torch checkpoint (``.pt``, needs ``pip install 'marsvision[train]'``).
+Preprocessing comes from the model file (input size, mean, std), through ``preprocess.decode`` and
+``preprocess.normalize``, the same functions that prepared the training and evaluation images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+from typing import IO, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..model_file import EXPORT_COMMAND, ModelFileError, bundled_model_path, model_kind
+from .classifier import Classifier, Prediction, softmax
+
+
+@contextlib.contextmanager
+def limit_cpus(n: int) -> Iterator[None]:
+    """Pin this process to ``n`` of its CPUs while the block runs (Linux; elsewhere a no-op).
+
+    A hard CPU budget, as on a rover: thread counts alone do not cap CPU use, since decoding
+    overlaps the model. ``n`` = 0 leaves the process as it is.
+    """
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        allowed = set()
+    pin = 0 < n < len(allowed)
+    if pin:
+        os.sched_setaffinity(0, sorted(allowed)[:n])
+    try:
+        yield
+    finally:
+        if pin:
+            os.sched_setaffinity(0, allowed)
+
+
+class EnsembleClassifier(Classifier):
+    """Several models voting: logits are the log of their mean class probabilities.
+
+    Members must share class names and preprocessing, so each image is decoded once. Inference
+    costs the sum of the members' costs.
+    """
+
+    runtime = "ensemble"
+
+    def __init__(self, members: Sequence[Classifier]):
+        first = members[0]
+        for m in members[1:]:
+            if (m.class_names, m.input_size, m.mean, m.std) != (first.class_names, first.input_size, first.mean, first.std):
+                raise ModelFileError(f"ensemble members differ in classes or preprocessing: "
+                                     f"{first.meta.get('arch')} vs {m.meta.get('arch')}")
+        super().__init__({**first.meta, "arch": "+".join(str(m.meta.get("arch")) for m in members),
+                          "members": [m.meta for m in members]}, first.threads)
+        self.members = list(members)
+        self.batch_size = first.batch_size
+
+    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+        probs = np.mean([softmax(m.logits(batch_u8)) for m in self.members], axis=0)  # (N, C)
+        return np.log(probs + 1e-12).astype(np.float32)
+
+
+def load_model(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "cpu",
+               threads: int | None = None) -> Classifier:
+    """Load a model file — ONNX (``.onnx``) or torch checkpoint (``.pt``); default: the bundled int8 model.
+
+    A list of paths gives an ``EnsembleClassifier`` averaging their probabilities.
+    ``threads`` caps the CPU threads of the model and of image decoding (default: all available).
+    """
+    if isinstance(path, (list, tuple)):
+        if len(path) == 1:
+            return load_model(path[0], device, threads)
+        return EnsembleClassifier([load_model(p, device, threads) for p in path])
+    if path is None:
+        path = bundled_model_path()
+        if not path.is_file():
+            raise ModelFileError(f"bundled model {path} is missing; build it with `{EXPORT_COMMAND}`")
+    if model_kind(path) == "onnx":
+        from .onnx_runtime import OnnxClassifier
+
+        return OnnxClassifier(path, device=device, threads=threads)
+    from .torch_runtime import load_torch_model
+
+    return load_torch_model(path, device=device, threads=threads)
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    return round(value, 5) if isinstance(value, float) else value
+
+
+def prediction_rows(results: Iterable[Prediction], top_k: int = 1) -> list[dict]:
+    """The rows ``write_predictions`` writes: ``Prediction.to_dict`` with numbers to 5 decimals and ""
+    where a failed input has no value (in CSV and JSON alike)."""
+    return [{k: _cell(v) for k, v in p.to_dict(top_k).items()} for p in results]
+
+
+def write_predictions(results: Iterable[Prediction], path: str | os.PathLike | IO[str] | None = None,
+                      top_k: int = 1) -> None:
+    """Write one row per result: JSON for a ``.json`` path, else CSV; to stdout when ``path`` is None,
+    or to an open text stream. A file is written atomically (a kill leaves the old file or none).
+
+    Columns: path, label, confidence, with ``top_k`` > 1 top1_label, top1_confidence, …, then error.
+    """
+    rows = prediction_rows(results, top_k)
+    if path is None or isinstance(path, io.TextIOBase) or hasattr(path, "write"):
+        _write_csv(rows, path or sys.stdout)
+    elif str(path).endswith(".json"):
+        with atomic_write(path, encoding="utf-8") as f:
+            json.dump(rows, f, indent=1, ensure_ascii=False)
+    else:
+        with atomic_write(path, newline="", encoding="utf-8") as f:
+            _write_csv(rows, f)
+
+
+def _write_csv(rows: list[dict], f: IO[str]) -> None:
+    fields = list(rows[0]) if rows else ["path", "label", "confidence", "error"]
+    w = csv.DictWriter(f, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+
+
+def format_predictions(results: Sequence[Prediction]) -> str:
+    """A table for the terminal: path, label, confidence (or the error), aligned."""
+    rows = [(p.source, p.label or "", f"{p.confidence:.3f}" if p.ok else f"error: {p.error}") for p in results]
+    head = ("path", "label", "confidence")
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head[:2])]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in [head, *rows])
