@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytest_plugins = ["servers"]  # a real PostgreSQL server and a real Chromium, for the archive's tests
+
 REPO = Path(__file__).resolve().parents[1]
 MINI_DATA = REPO / "tests" / "assets" / "mini-msl"
 EXAMPLES = REPO / "examples" / "images"
@@ -109,6 +111,16 @@ def tiny_onnx(tiny_model, tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("onnx")
     report = run_export(ExportConfig(model=str(tiny_model), output=str(root / "out"), work=str(root / "work"),
-                                     int8=True, data=str(MINI_DATA), calib_images=8, tune_epochs=1,
+                                     int8=True, data=str(MINI_DATA), calib_images=8, tune_epochs=1, trust=False,
                                      min_agreement=0.0, max_accuracy_drop=1.0, threads=1))
     return {"fp32": root / "work" / "tiny.onnx", "int8": root / "out" / "tiny.int8.onnx", "report": report}
+
+
+@pytest.fixture(scope="session")
+def tiny_calibrated(tiny_onnx, tmp_path_factory) -> Path:
+    """``tiny_onnx``'s int8 file with calibration and novelty data fitted on all 23 mini images."""
+    from marsvision.export.trust import CalibrateConfig, run_calibrate
+
+    out = tmp_path_factory.mktemp("calibrated") / "tiny.int8.onnx"
+    return run_calibrate(CalibrateConfig(model=str(tiny_onnx["int8"]), data=str(MINI_DATA), splits="train+val+test",
+                                         output=str(out), threads=1), progress=False)
