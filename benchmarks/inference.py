@@ -12,7 +12,8 @@ On the official test split (1305 images), all in the same run so ratios are comp
   with ``--threads 1`` and ``--threads 2``: images/s (best of ``--repeats``),
   peak RSS of the process (``wait4``), test accuracy and macro-F1 from its CSV;
 - batch-1 latency, one thread, after warm-up: p50/p90/p99 over ``--latency-runs`` single-image
-  calls of ``Classifier.logits`` (normalisation + model), each runtime in its own process;
+  calls of all a prediction computes after decoding (normalisation, model, head, calibration and
+  novelty: ``Classifier.outputs`` + ``trust.apply``), each runtime in its own process;
 - model file sizes.
 
 Writes ``benchmarks/results/inference.json`` and ``inference.md`` (the README table).
@@ -99,13 +100,16 @@ if model.endswith(".pt"):
     marsvision.inference.torch_runtime.TorchClassifier.autocast = not fp32
 clf = load_model(model, threads=1)
 images = [decode(p, clf.input_size)[None] for p in paths]
+def predict_decoded(x):  # all a prediction computes after decoding: model, head, calibration, novelty
+    logits, _, texture = clf.outputs(x)
+    return clf.trust.apply(logits, texture)
 for x in images[:50]:
-    clf.logits(x)  # warm-up
+    predict_decoded(x)  # warm-up
 times = []
 for i in range(runs):
     x = images[i % len(images)]
     t0 = time.perf_counter()
-    clf.logits(x)
+    predict_decoded(x)
     times.append(time.perf_counter() - t0)
 ms = np.array(times) * 1000
 print(json.dumps({"runs": runs, "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),

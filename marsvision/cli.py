@@ -11,6 +11,7 @@ import importlib
 import sys
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .data.msl import DATA_HELP
 
@@ -24,9 +25,21 @@ class PredictConfig:
     model: str = field(default="", metadata={"help": "model file: .onnx (fp32 or int8) or a torch .pt checkpoint (default: the bundled int8 model)"})
     output: str = field(default="", metadata={"help": "write results to this .csv or .json file (default: a table on a terminal, CSV when piped)"})
     top_k: int = field(default=1, metadata={"help": "also report the K most likely classes"})
+    min_confidence: float = field(default=0.0, metadata={"help": "leave the label empty (column 'withheld' says why) when the calibrated confidence is below this or the image is flagged unknown (0: always label)"})
     batch_size: int = field(default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"})
     threads: int = field(default=0, metadata={"help": "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+
+
+@dataclass
+class ExplainConfig:
+    """Write, per image, a heatmap of where the evidence for its predicted class (and any --classes) lies."""
+
+    output: str = field(metadata={"help": "folder for <image>.<class>.png overlays and explanations.json"})
+    classes: str = field(default="", metadata={"help": "comma-separated classes to explain too (default: only the predicted one)"})
+    model: str = field(default="", metadata={"help": "model file (default: the bundled int8 model)"})
+    top_k: int = field(default=3, metadata={"help": "most likely classes listed per image"})
+    size: int = field(default=384, metadata={"help": "longer side of the overlay images in pixels"})
 
 
 @dataclass
@@ -52,6 +65,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
         typ = hints[f.name]
         opt = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
+        if f.default is dataclasses.MISSING:
+            parser.add_argument(opt, dest=f.name, type=typ, required=True, help=help_)
+            continue
         if "(default" not in help_:  # some helps explain an empty default themselves
             help_ += f" (default: {f.default!r})"
         if typ is bool:
@@ -94,6 +110,13 @@ def cmd_export(cfg) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(cfg) -> int:
+    from .export.trust import run_calibrate
+
+    run_calibrate(cfg)
+    return EXIT_OK
+
+
 def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
     """Exit 0 when every input got a label, 1 when some failed (each named on stderr and in its row)."""
     from tqdm import tqdm
@@ -109,13 +132,46 @@ def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
     for p in preds:
         if not p.ok:
             print(f"marsvision: {p.source}: {p.error}", file=sys.stderr)
+        elif cfg.min_confidence > 0:
+            p.withhold_below(cfg.min_confidence)
     if cfg.output or not sys.stdout.isatty():
-        write_predictions(preds, cfg.output or None, top_k=cfg.top_k)
+        write_predictions(preds, cfg.output or None, top_k=cfg.top_k, withheld=cfg.min_confidence > 0)
     else:  # a person at a terminal: a table; piped or --output: CSV
         print(format_predictions(preds))
     failed = sum(not p.ok for p in preds)
+    withheld = sum(p.withheld is not None for p in preds)
+    unknown = sum(bool(p.unknown) for p in preds)
     print(f"marsvision: {len(preds) - failed} classified, {failed} failed"
+          + (f", {unknown} flagged unknown" if unknown else "")
+          + (f", {withheld} left unlabelled (confidence below {cfg.min_confidence:g} or unknown)" if withheld else "")
           + (f"; results in {cfg.output}" if cfg.output else ""), file=sys.stderr)
+    return EXIT_FAILED_INPUTS if failed else EXIT_OK
+
+
+def cmd_explain(paths: list[str], cfg: ExplainConfig) -> int:
+    """Exit 0 when every image was explained, 1 when some could not be read (each named on stderr)."""
+    import json
+
+    from .atomic import atomic_write
+    from .inference.classifier import expand_sources
+    from .inference.explain import explain, write_explanations
+    from .inference.predict import load_model
+
+    files = list(expand_sources(paths))
+    clf = load_model(cfg.model or None)
+    classes = [c.strip() for c in cfg.classes.split(",") if c.strip()]
+    rows = write_explanations(explain(clf, files, classes, cfg.top_k), files, cfg.output, cfg.size)
+    with atomic_write(Path(cfg.output) / "explanations.json", encoding="utf-8") as f:
+        json.dump(rows, f, indent=1, ensure_ascii=False)
+    for r in rows:
+        if r["error"]:
+            print(f"marsvision: {r['path']}: {r['error']}", file=sys.stderr)
+        else:
+            top = ", ".join(f"{r[f'top{i}_label']} {r[f'top{i}_confidence']:.3f}" for i in range(1, cfg.top_k + 1)
+                            if r.get(f"top{i}_label"))
+            print(f"{r['path']}: {top}" + ("  [unknown image]" if r["unknown"] else ""))
+    failed = sum(bool(r["error"]) for r in rows)
+    print(f"marsvision: {len(rows) - failed} explained, {failed} failed; heatmaps in {cfg.output}", file=sys.stderr)
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
@@ -155,12 +211,14 @@ LAZY_COMMANDS = {
     "probe": ("marsvision.training.probe", "ProbeConfig", "train"),
     "evaluate": ("marsvision.evaluation.evaluate", "EvaluateConfig", ""),
     "export": ("marsvision.export.onnx", "ExportConfig", "train"),
+    "calibrate": ("marsvision.export.trust", "CalibrateConfig", "train"),
 }
 SHORT_HELP = {
     "train": "Fine-tune a model on the MSL data set.",
     "probe": "Fit a balanced logistic regression on frozen ImageNet EfficientNet-Lite features.",
     "evaluate": "Evaluate a model on an official split: metrics table, metrics.json, predictions.csv, plots.",
     "export": "Export a model file to ONNX (fp32) and, with --int8, a statically quantised int8 ONNX model.",
+    "calibrate": "Fit a model file's calibrated confidence and unknown-image data on its training splits.",
 }
 
 
@@ -190,8 +248,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "probe": lambda a, cls: cmd_probe(config_from(a, cls)),
         "evaluate": lambda a, cls: cmd_evaluate(config_from(a, cls)),
         "export": lambda a, cls: cmd_export(config_from(a, cls)),
+        "calibrate": lambda a, cls: cmd_calibrate(config_from(a, cls)),
     }
-    for name in ("train", "probe", "evaluate", "export"):
+    for name in ("train", "probe", "evaluate", "export", "calibrate"):
         if name != wanted:
             sub.add_parser(name, help=SHORT_HELP[name], description=SHORT_HELP[name])
             continue
@@ -206,6 +265,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     add_config_args(p, PredictConfig)
     p.set_defaults(run=lambda a: cmd_predict(a.paths, config_from(a, PredictConfig)))
+
+    p = sub.add_parser("explain", help=ExplainConfig.__doc__, description=ExplainConfig.__doc__)
+    p.add_argument("paths", nargs="+", metavar="IMAGE", help="image files or folders")
+    add_config_args(p, ExplainConfig)
+    p.set_defaults(run=lambda a: cmd_explain(a.paths, config_from(a, ExplainConfig)))
 
     data = sub.add_parser("data", help="download or verify the MSL data set").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("download", help=DownloadConfig.__doc__, description=DownloadConfig.__doc__)

@@ -147,3 +147,56 @@ def format_table(metrics: dict) -> str:
     for r in metrics["per_class"]:
         lines.append(f"{r['class']:<{w}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1']:5.3f}  {r['support']:7d}")
     return "\n".join(lines)
+
+
+def calibration_bins(probs: np.ndarray, y_true: Sequence[int], bins: int = 15) -> list[dict]:
+    """Equal-width bins of the top-1 confidence: for each, its range, image count, mean confidence and
+    accuracy (a reliability diagram's data). ``probs`` (N, K), ``y_true`` indices into K."""
+    probs, y_true = np.asarray(probs), np.asarray(y_true)
+    conf, hit = probs.max(1), probs.argmax(1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)  # (lo, hi] bins
+    out = []
+    for b in range(bins):
+        s = which == b
+        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(s.sum()),
+                    "confidence": float(conf[s].mean()) if s.any() else None,
+                    "accuracy": float(hit[s].mean()) if s.any() else None})
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: Sequence[int], bins: int = 15) -> float:
+    """ECE: the image-weighted mean |accuracy − confidence| over equal-width confidence bins."""
+    rows = calibration_bins(probs, y_true, bins)
+    n = sum(r["n"] for r in rows)
+    return float(sum(r["n"] * abs(r["accuracy"] - r["confidence"]) for r in rows if r["n"]) / max(n, 1))
+
+
+def selective_accuracy(confidence: np.ndarray, correct: np.ndarray, keep: np.ndarray | None = None,
+                       thresholds: Sequence[float] = (0.5, 0.8, 0.9, 0.95)) -> list[dict]:
+    """Coverage (share of images labelled) and accuracy among them when a label is given only at
+    confidence ≥ each threshold (and where ``keep``, e.g. not flagged unknown)."""
+    confidence, correct = np.asarray(confidence), np.asarray(correct, bool)
+    keep = np.ones(len(confidence), bool) if keep is None else np.asarray(keep, bool)
+    out = []
+    for t in thresholds:
+        s = keep & (confidence >= t)
+        out.append({"threshold": float(t), "coverage": float(s.mean()) if len(s) else 0.0,
+                    "accuracy": float(correct[s].mean()) if s.any() else None})
+    return out
+
+
+def coverage_accuracy_curve(confidence: np.ndarray, correct: np.ndarray, keep: np.ndarray | None = None,
+                            points: int = 101) -> list[tuple[float, float]]:
+    """(coverage, accuracy) when the most confident images are labelled first, at ``points`` coverages;
+    images outside ``keep`` are never labelled, so the curve ends at their share."""
+    confidence, correct = np.asarray(confidence), np.asarray(correct, bool)
+    keep = np.ones(len(confidence), bool) if keep is None else np.asarray(keep, bool)
+    order = np.argsort(-np.where(keep, confidence, -np.inf), kind="stable")[: int(keep.sum())]
+    hits = np.cumsum(correct[order])
+    n = len(confidence)
+    out = []
+    for cov in np.linspace(0, keep.mean(), points)[1:]:
+        m = max(1, int(round(cov * n)))
+        out.append((m / n, float(hits[m - 1] / m)))
+    return out

@@ -17,7 +17,10 @@ from importlib import resources
 from pathlib import Path
 
 TORCH_FORMAT = "marsvision-model/1"
-ONNX_FORMAT = "marsvision-onnx/1"
+# /2: the graph outputs pooled features and feature maps; the linear head is metadata ("head").
+# /1 (older exports): the graph outputs logits; still read, without novelty or explanations.
+ONNX_FORMAT = "marsvision-onnx/2"
+ONNX_FORMATS = ("marsvision-onnx/1", ONNX_FORMAT)
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 PICKLE_MAGIC = b"\x80"  # legacy torch.save (pickle protocol 2+)
 PREPROCESSING = ("RGB; whole frame resized to input_size x input_size (PIL bilinear, JPEG draft >= 2x); "
@@ -69,10 +72,15 @@ def model_meta(arch: str, class_names: list[str], input_size: int, mean, std,
 
 
 def metadata_props(meta: dict, precision: str) -> dict[str, str]:
-    """The ONNX ``metadata_props`` an exported file carries, from a torch checkpoint's ``meta``."""
-    core = ("format", "arch", "class_names", "input_size", "mean", "std")
+    """The ONNX ``metadata_props`` an exported file carries, from a torch checkpoint's ``meta``.
+
+    With ``meta["head"]`` (the classifier taken out of the graph, ``export.head.split_head``) the file
+    is format /2; ``meta["trust"]`` (calibration and novelty data) is written when present.
+    """
+    core = ("format", "arch", "class_names", "input_size", "mean", "std", "head", "trust")
+    blobs = {k: json.dumps(meta[k]) for k in ("head", "trust") if meta.get(k)}
     return {
-        "marsvision_format": ONNX_FORMAT,
+        "marsvision_format": ONNX_FORMAT if "head" in blobs else ONNX_FORMATS[0],
         "arch": str(meta["arch"]),
         "class_names": json.dumps(list(meta["class_names"]), ensure_ascii=False),
         "input_size": str(int(meta["input_size"])),
@@ -82,19 +90,23 @@ def metadata_props(meta: dict, precision: str) -> dict[str, str]:
         "preprocessing": PREPROCESSING,
         # Everything else (training config, val metrics, export checks) for provenance.
         "marsvision_meta": json.dumps({k: v for k, v in meta.items() if k not in core}, ensure_ascii=False),
+        **blobs,
     }
 
 
 def parse_metadata(props: dict[str, str], where: str) -> dict:
     """ONNX ``metadata_props`` → the same ``meta`` dict a torch checkpoint has; ``ModelFileError`` if foreign."""
-    if props.get("marsvision_format") != ONNX_FORMAT:
+    if props.get("marsvision_format") not in ONNX_FORMATS:
         raise ModelFileError(f"{where}: an ONNX model without marsvision metadata (class names, input size, "
                              f"normalisation); export one with `marsvision export`")
     try:
         meta = dict(json.loads(props.get("marsvision_meta", "{}")))
-        meta.update(format=ONNX_FORMAT, arch=props["arch"], class_names=json.loads(props["class_names"]),
+        meta.update(format=props["marsvision_format"], arch=props["arch"], class_names=json.loads(props["class_names"]),
                     input_size=int(props["input_size"]), mean=json.loads(props["mean"]),
                     std=json.loads(props["std"]), precision=props.get("precision", "fp32"))
+        meta.update({k: json.loads(props[k]) for k in ("head", "trust") if k in props})
+        if meta["format"] == ONNX_FORMAT and "head" not in meta:
+            raise ValueError("a features graph without its head")
         names, mean, std = meta["class_names"], meta["mean"], meta["std"]
         if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
             raise ValueError("class_names must be a non-empty list of strings")

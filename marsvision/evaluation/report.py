@@ -23,6 +23,8 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_error_gallery",
     "plot_curves",
+    "plot_reliability",
+    "plot_coverage_accuracy",
     "most_confused_pairs",
 ]
 
@@ -130,7 +132,7 @@ def plot_error_gallery(
     fig = Figure(figsize=(2.3 * cols, 2.6 * rows))
     for k, err in enumerate(items):
         ax = fig.add_subplot(rows, cols, k + 1)
-        thumb = _thumbnail(err.get("path"))
+        thumb = err["image"] if err.get("image") is not None else _thumbnail(err.get("path"))
         if thumb is None:
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center", color="0.4",
                     transform=ax.transAxes)
@@ -145,7 +147,8 @@ def plot_error_gallery(
             f"true: {err.get('true', '?')}\npred: {err.get('pred', '?')}{conf_s}",
             color="red", fontsize=8,
         )
-    fig.suptitle(f"Most confident errors (top {len(items)} of {len(errors)})")
+    heat = " (heatmap: evidence for the predicted class)" if any(e.get("image") is not None for e in items) else ""
+    fig.suptitle(f"Most confident errors (top {len(items)} of {len(errors)}){heat}")
     fig.tight_layout()
     _save(fig, path)
 
@@ -198,5 +201,52 @@ def plot_curves(history: list[dict], path: PathLike) -> None:
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", color="0.5",
                     transform=ax.transAxes)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_reliability(calibration: dict, path: PathLike, title: str = "") -> None:
+    """Reliability diagrams before and after calibration: accuracy per confidence bin against the
+    diagonal, bar width ∝ nothing (equal bins), with each bin's image count."""
+    fig = Figure(figsize=(10, 4.4))
+    for i, (key, name) in enumerate((("before", "softmax"), ("after", "calibrated"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        bins = [b for b in calibration[f"bins_{key}"] if b["n"]]
+        width = bins[0]["hi"] - bins[0]["lo"] if bins else 0.1
+        ax.bar([(b["lo"] + b["hi"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=width * 0.9,
+               color="#4c72b0", label="accuracy in bin")
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", ms=3, color="#dd8452",
+                label="at the bin's mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="0.5", label="calibrated")
+        for b in bins:
+            ax.text((b["lo"] + b["hi"]) / 2, 0.02, str(b["n"]), ha="center", fontsize=6, rotation=90, color="white")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{title + ', ' if title else ''}{name}: ECE {calibration[f'ece_{key}']:.3f}")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_coverage_accuracy(curve: Sequence[Sequence[float]], selective: Sequence[dict], path: PathLike,
+                           title: str = "") -> None:
+    """Accuracy of the labels given against the share of images labelled, most confident first (images
+    flagged unknown never labelled), with the confidence thresholds marked."""
+    fig = Figure(figsize=(5.5, 4.2))
+    ax = fig.add_subplot()
+    if curve:
+        ax.plot([c for c, _ in curve], [a for _, a in curve], color="#4c72b0")
+    for s in selective:
+        if s["accuracy"] is not None:
+            ax.plot(s["coverage"], s["accuracy"], "o", color="#dd8452")
+            ax.annotate(f"≥ {s['threshold']:g}", (s["coverage"], s["accuracy"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("coverage (share of images labelled)")
+    ax.set_ylabel("accuracy of the labels given")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"{title + ': ' if title else ''}selective labels")
     fig.tight_layout()
     _save(fig, path)

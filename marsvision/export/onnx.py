@@ -33,6 +33,8 @@ from ..inference.classifier import available_cpus
 from ..model_file import BUNDLED_SOURCE, bundled_source_path
 from ..nets.checkpoint import build_model, read_model_file
 from ..preprocess import normalize
+from ..inference.onnx_runtime import OnnxClassifier
+from .head import features_model
 from .quantize import float_conv_indices, quantize_int8, set_metadata
 
 OPSET = 17
@@ -70,6 +72,8 @@ class ExportConfig:
                              "int8 rounding reproduces the fp32 logits on train images (0: plain post-training)")
     tune_lr: float = _f(2e-5, "Adam learning rate of the int8 weight tuning")
     tune_images: int = _f(0, "train images for the weight tuning, class-balanced (0: all)")
+    trust: bool = _f(True, "fit each file's calibrated confidence and unknown-image data on the model's training "
+                           "splits (as `marsvision calibrate` does)")
     threads: int = _f(0, "CPU threads (0: all)")
 
 
@@ -172,8 +176,6 @@ def tune_and_export(ckpt: dict, meta: dict, fp32: Path, out: Path, paths: list[P
 
 def onnx_logits(path: Path, images_u8: np.ndarray, threads: int, batch_size: int = 32) -> np.ndarray:
     """Logits of an ONNX file through the runtime the package uses (``OnnxClassifier``)."""
-    from ..inference.onnx_runtime import OnnxClassifier
-
     clf = OnnxClassifier(path, threads=threads)
     return np.concatenate([clf.logits(images_u8[i:i + batch_size]) for i in range(0, len(images_u8), batch_size)])
 
@@ -199,6 +201,9 @@ def run_export(cfg: ExportConfig) -> dict:
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     meta["source"] = {"file": src.name, "sha256": _sha256(src)}
     size, names = int(meta["input_size"]), list(meta["class_names"])
+    trust_splits = meta.get("config", {}).get("train_splits") or "train"
+    trust_c = float(meta.get("metrics", {}).get("C") or meta.get("config", {}).get("c") or 1.0)
+    meta.pop("trust", None)  # the torch file's: fitted on its own (bf16) features, not the exported file's
     threads = cfg.threads or available_cpus()
     torch.set_num_threads(threads)
     out_dir = Path(cfg.output) if cfg.output else src.parent
@@ -284,6 +289,23 @@ def run_export(cfg: ExportConfig) -> dict:
                 if not a - b <= cfg.max_accuracy_drop:
                     failures.append(f"int8 {split} accuracy {b:.4f} is {a - b:.4f} below fp32 {a:.4f} "
                                     f"(limit {cfg.max_accuracy_drop:g})")
+        # 4. each file becomes a features graph (its classifier in the metadata) that gives the same
+        # logits, then gets calibration and novelty data fitted on its own outputs.
+        for kind, (path, final) in list(files.items()):
+            features = tmp / f"{kind}.features.onnx"
+            onnx.save(features_model(onnx.load(str(path)), str(path))[0], str(features))
+            diff = float(np.abs(onnx_logits(features, val_u8[:32], threads) - logits[kind][0][:32]).max())
+            checks[f"{kind}_features_graph_max_abs_logit_diff"] = {"value": diff, "limit": 1e-4}
+            if not diff <= 1e-4:
+                failures.append(f"{kind}: the features graph's logits differ from the logits graph's by {diff:.3g}")
+            if cfg.trust and not failures:
+                from .trust import fit_model_trust, write_onnx_trust
+
+                log(f"{kind}: fitting calibration and novelty on {trust_splits}")
+                trust = fit_model_trust(OnnxClassifier(features, threads=threads), dataset, trust_splits, trust_c)
+                write_onnx_trust(features, features, trust)
+                report[f"{kind}_trust"] = {"calibration": trust.calibration.info, "novelty": trust.novelty.info}
+            files[kind] = (features, final)
         for kind, (path, final) in files.items():
             report["files"][kind] = {"path": str(final), "bytes": path.stat().st_size, "sha256": _sha256(path)}
         report["passed"] = not failures

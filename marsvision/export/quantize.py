@@ -14,17 +14,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..model_file import metadata_props
 
 
 def set_metadata(path: Path, meta: dict, precision: str) -> None:
     """Write marsvision's ``metadata_props`` into the ONNX file at ``path`` (in place)."""
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for k, v in metadata_props(meta, precision).items():
-        proto.metadata_props.add(key=k, value=v)
-    proto.doc_string = f"marsvision {meta['arch']} classifier ({precision}), {len(meta['class_names'])} classes"
-    onnx.save(proto, str(path))
+    from .head import with_metadata
+
+    onnx.save(with_metadata(onnx.load(str(path)), {**meta, "precision": precision}), str(path))
 
 
 def calibration_reader(images_u8: np.ndarray, mean, std, batch_size: int = 10):

@@ -1,7 +1,8 @@
 """The classifier core: a model plus the preprocessing it was trained with → one ``Prediction`` per input.
 
-Runtimes (ONNX Runtime, torch) subclass ``Classifier`` and supply ``logits``; decoding, batching,
-threading and the results are shared here. numpy and PIL only: no runtime is imported.
+Runtimes (ONNX Runtime, torch) subclass ``Classifier`` and supply the pooled ``features`` (and the
+feature maps, for explanations); the linear head, calibration, novelty, decoding, batching, threading
+and the results are shared here. numpy and PIL only: no runtime is imported.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..preprocess import IMAGE_SUFFIXES, ImageError, ImageInput, decode
+from .trust import Head, Trust, softmax  # noqa: F401  (softmax: part of this module's API)
 
 
 def available_cpus() -> int:
@@ -27,17 +29,16 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """(N, C) logits → (N, C) class probabilities (max-subtracted, so large logits do not overflow)."""
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 @dataclass
 class Prediction:
-    """One input's result: ``label``/``confidence`` and ``top_k`` [(label, prob)], or an ``error``.
+    """One input's result, or an ``error``.
 
-    ``probabilities`` holds the whole (C,) vector, in the order of the model's ``class_names``.
+    ``label``/``confidence``: the most likely class and its calibrated probability; ``top_k``
+    [(label, prob)]; ``novelty``: distance to the training images in units of the threshold, and
+    ``unknown`` = novelty > 1 (None when the model file carries no novelty data). ``withheld`` says why
+    the label was left empty by a ``min_confidence`` rule (``withhold_below``). Arrays for programs:
+    ``probabilities`` (K,) in the order of the model's ``class_names``, ``logits`` (K,), ``features`` (F,)
+    and ``texture`` (C,), what the novelty is computed from (``Classifier.embed``).
     """
 
     source: str
@@ -45,22 +46,44 @@ class Prediction:
     confidence: float | None = None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    novelty: float | None = None
+    unknown: bool | None = None
+    withheld: str | None = None
     probabilities: np.ndarray | None = field(default=None, repr=False)
+    logits: np.ndarray | None = field(default=None, repr=False)
+    features: np.ndarray | None = field(default=None, repr=False)
+    texture: np.ndarray | None = field(default=None, repr=False)
+    feature_maps: np.ndarray | None = field(default=None, repr=False)  # (F, H, W), only when asked for
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
-    def to_dict(self, top_k: int | None = None) -> dict:
-        """One flat row of plain data: path, label, confidence, then with ``top_k`` > 1 (default: as
-        many as were asked of ``predict``) top1_label, top1_confidence, …, then error. A failed input
-        has None where it has no value."""
-        row = {"path": self.source, "label": self.label, "confidence": self.confidence}
+    def withhold_below(self, min_confidence: float) -> Prediction:
+        """Leave the label empty (``withheld`` says why) when the confidence is below ``min_confidence``
+        or the image is flagged unknown; the confidence and top-k stay. Returns self."""
+        if self.ok and self.label is not None:
+            if self.unknown:
+                self.withheld = f"unknown image (novelty {self.novelty:.2f} > 1)"
+            elif self.confidence < min_confidence:
+                self.withheld = f"confidence {self.confidence:.3f} < {min_confidence:g}"
+            if self.withheld:
+                self.label = None
+        return self
+
+    def to_dict(self, top_k: int | None = None, withheld: bool = False) -> dict:
+        """One flat row of plain data: path, label, confidence, unknown, novelty, then with ``top_k`` > 1
+        (default: as many as were asked of ``predict``) top1_label, top1_confidence, …, then withheld
+        (when asked for) and error. A failed input has None where it has no value."""
+        row = {"path": self.source, "label": self.label, "confidence": self.confidence,
+               "unknown": self.unknown, "novelty": self.novelty}
         k = len(self.top_k) if top_k is None else top_k
         if k > 1:
             for i in range(k):
                 name, prob = self.top_k[i] if i < len(self.top_k) else (None, None)
                 row[f"top{i + 1}_label"], row[f"top{i + 1}_confidence"] = name, prob
+        if withheld:
+            row["withheld"] = self.withheld
         row["error"] = self.error
         return row
 
@@ -80,16 +103,19 @@ def expand_sources(sources: Iterable[ImageInput]) -> Iterator[ImageInput]:
 
 
 class Classifier:
-    """A model plus the preprocessing it was trained with; subclasses supply ``logits``.
+    """A model plus the preprocessing it was trained with.
 
-    ``meta`` holds at least ``class_names``, ``input_size``, ``mean``, ``std`` and ``arch``. The
-    decoding and model thread pools are made on first use and kept (a web service calls ``predict``
-    once per request); ``close()`` or a ``with`` block ends them.
+    Subclasses supply ``features`` (pooled, the head's input) and ``feature_maps``, and set ``head``;
+    ``trust`` (calibration, novelty) comes from the model file. ``meta`` holds at least
+    ``class_names``, ``input_size``, ``mean``, ``std`` and ``arch``. The decoding and model thread pools
+    are made on first use and kept (a web service calls ``predict`` once per request); ``close()`` or
+    a ``with`` block ends them.
     """
 
     runtime = "base"
     lanes = 1  # batches the model may run at the same time (each call single- or multi-threaded)
     batch_size = 16  # default images per model call
+    head: Head | None = None
 
     def __init__(self, meta: dict, threads: int | None = None):
         self.meta = meta
@@ -97,6 +123,7 @@ class Classifier:
         self.input_size: int = int(meta["input_size"])
         self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
         self.threads = threads
+        self.trust = Trust.from_dict(meta.get("trust"))
         self._pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
         self._pools_lock = threading.Lock()
 
@@ -104,9 +131,31 @@ class Classifier:
         """One input → (S, S, 3) uint8, or ``ImageError``."""
         return decode(source, self.input_size)
 
+    def embed(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 3) uint8 → pooled features (N, F), the head's input, and the texture (N, C): the
+        spatial standard deviation of each channel of the last feature map, which novelty reads."""
+        raise NotImplementedError(f"{type(self).__name__} has no feature output")
+
+    def features(self, batch_u8: np.ndarray) -> np.ndarray:
+        return self.embed(batch_u8)[0]
+
+    def feature_maps(self, batch_u8: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 → (N, F, H, W) float32 maps whose spatial means are the features."""
+        raise NotImplementedError(f"{type(self).__name__} has no feature maps")
+
+    def embed_with_maps(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``embed`` and ``feature_maps`` of one batch (runtimes do both in one run of the model)."""
+        return (*self.embed(batch_u8), self.feature_maps(batch_u8))
+
+    def outputs(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(logits (N, K), features (N, F), texture (N, C)); the last two are None when the model does
+        not expose them (an ensemble, an ONNX file of format /1)."""
+        f, t = self.embed(batch_u8)
+        return self.head(f), f, t
+
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 → (N, C) float32 logits."""
-        raise NotImplementedError
+        """(N, S, S, 3) uint8 → (N, K) float32 logits."""
+        return self.outputs(batch_u8)[0]
 
     @property
     def decode_workers(self) -> int:
@@ -132,17 +181,30 @@ class Classifier:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _results(self, sources: list, arrays: list, errors: list, top_k: int) -> list[Prediction]:
+    def _results(self, sources: list, arrays: list, errors: list, top_k: int, maps: bool = False) -> list[Prediction]:
         good = [i for i, a in enumerate(arrays) if a is not None]
         out = [Prediction(str(s), error=e) for s, e in zip(sources, errors)]
         if good:
-            probs = softmax(self.logits(np.stack([arrays[i] for i in good])))
+            batch = np.stack([arrays[i] for i in good])
+            if maps:
+                feats, texture, feature_maps = self.embed_with_maps(batch)
+                logits = self.head(feats)
+            else:
+                logits, feats, texture = self.outputs(batch)
+            probs, novelty = self.trust.apply(logits, texture)
             k = max(1, min(top_k, probs.shape[1]))
-            for row, i in zip(probs, good):
+            for n, i in enumerate(good):
+                p, row = out[i], probs[n]
                 best = np.argsort(-row, kind="stable")[:k]
-                out[i].top_k = [(self.class_names[j], float(row[j])) for j in best]
-                out[i].label, out[i].confidence = out[i].top_k[0]
-                out[i].probabilities = row
+                p.top_k = [(self.class_names[j], float(row[j])) for j in best]
+                p.label, p.confidence = p.top_k[0]
+                p.probabilities, p.logits = row, logits[n]
+                p.features = None if feats is None else feats[n]
+                p.texture = None if texture is None else texture[n]
+                if maps:
+                    p.feature_maps = feature_maps[n]
+                if novelty is not None:
+                    p.novelty, p.unknown = float(novelty[n]), bool(novelty[n] > 1.0)
         return out
 
     def _decode_safe(self, source) -> tuple[np.ndarray | None, str | None]:
@@ -152,13 +214,14 @@ class Classifier:
             return None, str(e)
 
     def predict_iter(self, sources: Iterable[ImageInput], batch_size: int | None = None,
-                     top_k: int = 1) -> Iterator[Prediction]:
+                     top_k: int = 1, maps: bool = False) -> Iterator[Prediction]:
         """Yield one ``Prediction`` per input, in order (folders expanded to their images); bad inputs
         carry ``error`` and never stop the batch.
 
         A thread pool decodes images (PIL releases the GIL) while the model works: ``self.lanes``
         batches at a time, each in its own thread (ONNX Runtime releases the GIL too). Only about
         ``lanes + 1`` batches are decoded ahead, so memory stays flat however many inputs there are.
+        ``maps``: also keep each image's ``feature_maps`` (for explanations; large).
         """
         batch_size = batch_size or self.batch_size
         decoders, models = self._executors()
@@ -177,7 +240,7 @@ class Classifier:
 
         def classify(chunk: list, futures: list[Future]) -> list[Prediction]:
             got = [f.result() for f in futures]
-            return self._results(chunk, [a for a, _ in got], [e for _, e in got], top_k)
+            return self._results(chunk, [a for a, _ in got], [e for _, e in got], top_k, maps)
 
         try:
             fill()
@@ -195,8 +258,8 @@ class Classifier:
                 f.cancel()
 
     def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
-                top_k: int = 1) -> list[Prediction]:
+                top_k: int = 1, maps: bool = False) -> list[Prediction]:
         """Classify paths, folders, bytes, PIL images or uint8 arrays; a single input also returns a list."""
         if is_single_input(images):
             images = [images]
-        return list(self.predict_iter(images, batch_size=batch_size, top_k=top_k))
+        return list(self.predict_iter(images, batch_size=batch_size, top_k=top_k, maps=maps))

@@ -16,6 +16,9 @@ import numpy as np
 from ..model_file import ModelFileError, parse_metadata
 from ..preprocess import normalize
 from .classifier import Classifier, available_cpus
+from .trust import Head
+
+FEATURES, TEXTURE = "features", "texture"  # graph outputs of a format /2 file (export/head.py)
 
 MAX_LANES = 4  # concurrent batches at most (memory: each holds its own activations)
 
@@ -79,13 +82,47 @@ class OnnxClassifier(Classifier):
                 isinstance(d, int) and d != size for d in shape[2:]):
             raise ModelFileError(f"{path}: model input {[(i.name, i.shape) for i in inputs]} is not "
                                  f"one (N, 3, {size}, {size}) image batch")
-        n_out = outputs[0].shape[-1] if outputs and outputs[0].shape else None
-        if not outputs or (isinstance(n_out, int) and n_out != len(self.class_names)):
-            raise ModelFileError(f"{path}: model output {outputs[0].shape if outputs else None} does not have "
-                                 f"{len(self.class_names)} classes")
-        self.input_name, self.output_name = inputs[0].name, outputs[0].name
-        self.precision = meta["precision"]
+        self.input_name, self.precision = inputs[0].name, meta["precision"]
+        names = [o.name for o in outputs]
+        if "head" in meta:  # format /2: features and maps out of the graph, the head in numpy
+            try:
+                self.head = Head.from_dict(meta["head"])
+            except (KeyError, ValueError, TypeError) as e:
+                raise ModelFileError(f"{path}: broken head in the metadata ({type(e).__name__}: {e})") from None
+            self.map_names = list(meta["head"].get("maps", []))
+            missing = [n for n in [FEATURES, TEXTURE, *self.map_names] if n not in names]
+            if missing or self.head.weight.shape[0] != len(self.class_names) or self.head.bias.shape != (
+                    len(self.class_names),):
+                raise ModelFileError(f"{path}: outputs {names} and head {self.head.weight.shape} do not fit "
+                                     f"{len(self.class_names)} classes (missing: {missing})")
+        else:  # format /1: a logits graph
+            n_out = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+            if not outputs or (isinstance(n_out, int) and n_out != len(self.class_names)):
+                raise ModelFileError(f"{path}: model output {outputs[0].shape if outputs else None} does not "
+                                     f"have {len(self.class_names)} classes")
+            self.logits_name = names[0]
 
-    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
-        x = normalize(batch_u8, self.mean, self.std)
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+    def _run(self, names: list[str], batch_u8: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(names, {self.input_name: normalize(batch_u8, self.mean, self.std)})
+
+    def embed(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.head is None:
+            return super().embed(batch_u8)
+        features, texture = self._run([FEATURES, TEXTURE], batch_u8)
+        return features, texture
+
+    def feature_maps(self, batch_u8: np.ndarray) -> np.ndarray:
+        if self.head is None or not self.map_names:
+            return super().feature_maps(batch_u8)
+        return np.concatenate(self._run(self.map_names, batch_u8), axis=1)
+
+    def embed_with_maps(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.head is None or not self.map_names:
+            return super().embed_with_maps(batch_u8)
+        features, texture, *maps = self._run([FEATURES, TEXTURE, *self.map_names], batch_u8)
+        return features, texture, np.concatenate(maps, axis=1)
+
+    def outputs(self, batch_u8: np.ndarray):
+        if self.head is None:
+            return self._run([self.logits_name], batch_u8)[0], None, None
+        return super().outputs(batch_u8)

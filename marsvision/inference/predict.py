@@ -49,7 +49,8 @@ class EnsembleClassifier(Classifier):
     """Several models voting: logits are the log of their mean class probabilities.
 
     Members must share class names and preprocessing, so each image is decoded once. Inference
-    costs the sum of the members' costs.
+    costs the sum of the members' costs. The members' calibration and novelty data do not carry over
+    to their average: an ensemble reports plain probabilities and no novelty.
     """
 
     runtime = "ensemble"
@@ -61,13 +62,13 @@ class EnsembleClassifier(Classifier):
                 raise ModelFileError(f"ensemble members differ in classes or preprocessing: "
                                      f"{first.meta.get('arch')} vs {m.meta.get('arch')}")
         super().__init__({**first.meta, "arch": "+".join(str(m.meta.get("arch")) for m in members),
-                          "members": [m.meta for m in members]}, first.threads)
+                          "members": [m.meta for m in members], "trust": None}, first.threads)
         self.members = list(members)
         self.batch_size = first.batch_size
 
-    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+    def outputs(self, batch_u8: np.ndarray) -> tuple[np.ndarray, None, None]:
         probs = np.mean([softmax(m.logits(batch_u8)) for m in self.members], axis=0)  # (N, C)
-        return np.log(probs + 1e-12).astype(np.float32)
+        return np.log(probs + 1e-12).astype(np.float32), None, None
 
 
 def load_model(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "cpu",
@@ -97,23 +98,26 @@ def load_model(path: str | os.PathLike | Sequence[str | os.PathLike] | None = No
 def _cell(value):
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return int(value)  # 0/1: the same in CSV and JSON
     return round(value, 5) if isinstance(value, float) else value
 
 
-def prediction_rows(results: Iterable[Prediction], top_k: int = 1) -> list[dict]:
+def prediction_rows(results: Iterable[Prediction], top_k: int = 1, withheld: bool = False) -> list[dict]:
     """The rows ``write_predictions`` writes: ``Prediction.to_dict`` with numbers to 5 decimals and ""
-    where a failed input has no value (in CSV and JSON alike)."""
-    return [{k: _cell(v) for k, v in p.to_dict(top_k).items()} for p in results]
+    where there is no value (in CSV and JSON alike)."""
+    return [{k: _cell(v) for k, v in p.to_dict(top_k, withheld).items()} for p in results]
 
 
 def write_predictions(results: Iterable[Prediction], path: str | os.PathLike | IO[str] | None = None,
-                      top_k: int = 1) -> None:
+                      top_k: int = 1, withheld: bool = False) -> None:
     """Write one row per result: JSON for a ``.json`` path, else CSV; to stdout when ``path`` is None,
     or to an open text stream. A file is written atomically (a kill leaves the old file or none).
 
-    Columns: path, label, confidence, with ``top_k`` > 1 top1_label, top1_confidence, …, then error.
+    Columns: path, label, confidence, unknown, novelty, with ``top_k`` > 1 top1_label,
+    top1_confidence, …, with ``withheld`` the reason a label was withheld, then error.
     """
-    rows = prediction_rows(results, top_k)
+    rows = prediction_rows(results, top_k, withheld)
     if path is None or isinstance(path, io.TextIOBase) or hasattr(path, "write"):
         _write_csv(rows, path or sys.stdout)
     elif str(path).endswith(".json"):
@@ -132,8 +136,15 @@ def _write_csv(rows: list[dict], f: IO[str]) -> None:
 
 
 def format_predictions(results: Sequence[Prediction]) -> str:
-    """A table for the terminal: path, label, confidence (or the error), aligned."""
-    rows = [(p.source, p.label or "", f"{p.confidence:.3f}" if p.ok else f"error: {p.error}") for p in results]
-    head = ("path", "label", "confidence")
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head[:2])]
-    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in [head, *rows])
+    """A table for the terminal: path, label, confidence and a note (unknown, withheld or the error)."""
+    def note(p: Prediction) -> str:
+        if not p.ok:
+            return f"error: {p.error}"
+        return p.withheld or ("unknown image" if p.unknown else "")
+
+    rows = [(p.source, p.label or ("–" if p.ok else ""), f"{p.confidence:.3f}" if p.ok else "", note(p))
+            for p in results]
+    head = ("path", "label", "confidence", "")
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head[:3])]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}".rstrip()
+                     for a, b, c, d in [head, *rows])

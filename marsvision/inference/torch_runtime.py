@@ -14,6 +14,7 @@ import numpy as np
 from ..model_file import ModelFileError
 from ..preprocess import normalize
 from .classifier import Classifier
+from .trust import Head
 
 
 class TorchClassifier(Classifier):
@@ -26,17 +27,34 @@ class TorchClassifier(Classifier):
     def __init__(self, model, meta: dict, device: str = "cpu", threads: int | None = None):
         import torch
 
+        from ..nets.models import last_map_channels, linear_head
+
         super().__init__(meta, threads)
         self.torch = torch
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.last_map_channels = last_map_channels(self.model)
+        layer = linear_head(self.model)
+        self.head = Head(layer.weight.detach().float().cpu().numpy(), layer.bias.detach().float().cpu().numpy())
 
-    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+    def _maps(self, batch_u8: np.ndarray):
         from ..nets.device import autocast
+        from ..nets.models import feature_maps
 
         x = self.torch.from_numpy(normalize(batch_u8, self.mean, self.std)).to(self.device)
         with self.torch.inference_mode(), (autocast(self.device) if self.autocast else contextlib.nullcontext()):
-            return self.model(x.contiguous(memory_format=self.torch.channels_last)).float().cpu().numpy()
+            return feature_maps(self.model, x.contiguous(memory_format=self.torch.channels_last)).float()
+
+    def feature_maps(self, batch_u8: np.ndarray) -> np.ndarray:
+        return self._maps(batch_u8).cpu().numpy()
+
+    def embed(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.embed_with_maps(batch_u8)[:2]
+
+    def embed_with_maps(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        maps = self._maps(batch_u8)
+        last = maps[:, :self.last_map_channels]
+        return maps.mean((2, 3)).cpu().numpy(), last.std((2, 3), correction=0).cpu().numpy(), maps.cpu().numpy()
 
 
 def load_torch_model(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> TorchClassifier:

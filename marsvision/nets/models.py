@@ -123,6 +123,35 @@ MODELS = {
 }
 
 
+def feature_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, S, S) → (N, F, H, W): the maps whose spatial means are the classifier's input."""
+    if isinstance(model, MultiLevelLite):
+        maps = model.feature_maps(x)
+        if len({m.shape[-2:] for m in maps}) > 1:
+            raise ValueError(f"the tapped stages differ in size: {[tuple(m.shape[-2:]) for m in maps]}")
+        return torch.cat(maps, 1)
+    if isinstance(model, SmallCNN):
+        return model.features(x)
+    return model.forward_features(x)  # timm EfficientNet-Lite: the head convolution's output
+
+
+def last_map_channels(model: nn.Module) -> int:
+    """Channels of the last feature map (the head convolution's), the leading ones of ``feature_maps``."""
+    if isinstance(model, MultiLevelLite):
+        return model.net.num_features
+    if isinstance(model, SmallCNN):
+        return model.head[-1].in_features
+    return model.num_features
+
+
+def linear_head(model: nn.Module) -> nn.Linear:
+    """The classifier layer over the pooled features."""
+    head = model.head[-1] if isinstance(model, SmallCNN) else model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"{type(model).__name__} does not end in a linear layer")
+    return head
+
+
 def _check(name: str) -> None:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
-from ..data.msl import DATA_HELP, MSLDataset, decode_many
+from ..data.msl import DATA_HELP, MSLDataset, decode_many, sol_of
+from ..head.fit import fit_head, fold_head
+from ..head.trust import fit_trust
 from ..model_file import model_meta
 from ..nets.checkpoint import save_model
 from ..nets.models import create_model, model_defaults
@@ -40,6 +42,7 @@ class ProbeConfig:
     out: str = field(default="runs", metadata={"help": "runs root: the run folder is <out>/probe/<name>"})
     name: str = field(default="", metadata={"help": "run folder name (default: <model>-<time>)"})
     limit: int = field(default=0, metadata={"help": "use at most this many images per split (0: all); for smoke tests"})
+    trust: bool = field(default=True, metadata={"help": "fit calibrated confidence and unknown-image data on the fitted images (as `marsvision calibrate`)"})
 
 
 def extract_features(backbone, images_u8: torch.Tensor, preset) -> np.ndarray:
@@ -47,30 +50,22 @@ def extract_features(backbone, images_u8: torch.Tensor, preset) -> np.ndarray:
     return predict_logits(backbone, images_u8, preset, torch.device("cpu")).numpy()
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, c: float, sample_weight: np.ndarray | None = None):
-    """The probe's classifier on (N, F) features: standardise, then a logistic regression that is
-    class-balanced unless ``sample_weight`` is given. Returns the fitted scikit-learn pipeline."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+@torch.no_grad()
+def extract_embedding(backbone, images_u8: torch.Tensor, preset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S, 3) uint8 → pooled features (N, F) and texture (N, C), the spatial standard deviation of
+    each channel of the last feature map, as every runtime computes them (``Classifier.embed``)."""
+    from ..nets.device import autocast
+    from ..nets.models import feature_maps, last_map_channels
 
-    balance = "balanced" if sample_weight is None else None
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight=balance, max_iter=3000))
-    return pipe.fit(x, y, logisticregression__sample_weight=sample_weight)
-
-
-def fold_head(pipe, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """A ``fit_head`` pipeline as one linear layer: weight (K, F) and bias (K,) float32.
-
-    logits = W (x - mu) / sigma + b  =  (W / sigma) x + (b - W mu / sigma); a class absent from the
-    fitted labels gets bias -1e4, so it is never predicted.
-    """
-    scaler, clf = pipe[0], pipe[-1]
-    w = np.zeros((num_classes, len(scaler.scale_)), np.float32)
-    b = np.full(num_classes, -1e4, np.float32)
-    w[clf.classes_] = clf.coef_ / scaler.scale_
-    b[clf.classes_] = clf.intercept_ - (clf.coef_ * (scaler.mean_ / scaler.scale_)).sum(1)
-    return w, b
+    backbone.eval()
+    channels, cpu, feats, texture = last_map_channels(backbone), torch.device("cpu"), [], []
+    for chunk in images_u8.split(batch_size):
+        x = preset(chunk).contiguous(memory_format=torch.channels_last)
+        with autocast(cpu):
+            maps = feature_maps(backbone, x).float()
+        feats.append(maps.mean((2, 3)))
+        texture.append(maps[:, :channels].std((2, 3), correction=0))
+    return torch.cat(feats).numpy(), torch.cat(texture).numpy()
 
 
 def frozen_backbone(model: str) -> tuple[torch.nn.Module, EvalPreset]:
@@ -101,22 +96,22 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     backbone, preset = frozen_backbone(cfg.model)
     timing = {"images": 0, "seconds": 0.0}
 
-    def feats(paths) -> np.ndarray:
+    def feats(paths) -> tuple[np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
-        f = extract_features(backbone, torch.from_numpy(decode_many(paths, size, progress=progress)), preset)
+        f = extract_embedding(backbone, torch.from_numpy(decode_many(paths, size, progress=progress)), preset)
         timing["images"] += len(paths)
         timing["seconds"] += time.perf_counter() - t0
         return f
 
     to_index = {c: i for i, c in enumerate(class_ids)}
-    x_tr, y_tr = feats(train.paths), np.array([to_index[c] for c in train.labels])
+    (x_tr, t_tr), y_tr = feats(train.paths), np.array([to_index[c] for c in train.labels])
     grid = [cfg.c] if cfg.c > 0 else list(C_GRID)
     fitted = {c: fit_head(x_tr, y_tr, c) for c in grid}
     scores = {}
     if len(grid) > 1:
         val = ds.split(cfg.val_split).subset(cfg.limit or None)
         keep = [i for i, c in enumerate(val.labels) if c in to_index]
-        x_va = feats([val.paths[i] for i in keep])
+        x_va = feats([val.paths[i] for i in keep])[0]
         y_va = np.array([to_index[c] for c in val.labels[keep]])
         scores = {c: f1_score(y_va, pipe.predict(x_va), average="macro") for c, pipe in fitted.items()}
     best_c = max(scores, key=scores.get) if scores else grid[0]
@@ -126,16 +121,25 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     head = model.get_classifier()
     head.weight.data, head.bias.data = torch.from_numpy(w), torch.from_numpy(b)
     names = [ds.class_names[c] for c in class_ids]
+    meta = model_meta(cfg.model, names, size, d["mean"], d["std"], 0.0, config=asdict(cfg),
+                      metrics={"C": best_c, "val_macro_f1_by_C": scores})
+    trust = None
+    if cfg.trust:
+        try:
+            trust = fit_trust(x_tr, t_tr, y_tr, np.array([sol_of(p) for p in train.paths]), len(class_ids), best_c)
+            meta["trust"] = trust.to_dict()
+        except ValueError as e:  # too few images or campaigns (a smoke test): a model without trust data
+            print(f"probe: calibration and novelty not fitted: {e}", file=sys.stderr)
     out = run_dir / "best.pt"
-    save_model(out, model, model_meta(cfg.model, names, size, d["mean"], d["std"], 0.0, config=asdict(cfg),
-                                      metrics={"C": best_c, "val_macro_f1_by_C": scores}))
+    save_model(out, model, meta)
     total = time.perf_counter() - start
     feature_rate = timing["images"] / max(timing["seconds"], 1e-9)
     with atomic_write(run_dir / "config.json") as f:
         json.dump({**asdict(cfg), "run_dir": str(run_dir), "input_size": size}, f, indent=2)
     with atomic_write(run_dir / "results.json") as f:
         json.dump({"chosen_C": best_c, "val_macro_f1_by_C": scores, "n_train": len(train),
-                   "feature_img_per_s": round(feature_rate, 1), "total_s": round(total, 1)}, f, indent=2)
+                   "feature_img_per_s": round(feature_rate, 1), "total_s": round(total, 1),
+                   "calibration": trust and trust.calibration.info, "novelty": trust and trust.novelty.info}, f, indent=2)
     print(f"probe: C={best_c}, {len(train)} training images, features {feature_rate:.1f} img/s "
           f"(decode + forward), total {total:.0f} s")
     return out

@@ -43,6 +43,9 @@ def test_export_writes_self_describing_checked_files(tiny_onnx, tiny_model):
     assert report["int8_tuning"]["steps"] == 1 and report["int8_tuning"]["tuned_convs"] == 9 - 3
     clf = load_model(int8)
     assert clf.runtime == "onnxruntime" and clf.meta["source"]["file"] == tiny_model.name
+    # A features graph: the classifier is metadata, and the logits through it are the logits graph's.
+    assert clf.meta["format"] == "marsvision-onnx/2" and clf.head.weight.shape == (5, 256)
+    assert report["checks"]["int8_features_graph_max_abs_logit_diff"]["value"] <= 1e-4
     assert not any(name.endswith(".tmp") or name.startswith(".export-") for name in os.listdir(int8.parent))
 
 
@@ -72,18 +75,24 @@ def test_failed_check_is_loud_and_writes_nothing(tiny_model, mini_data, tmp_path
     assert not json.loads((tmp_path / "w" / "export.json").read_text())["passed"]
 
 
-def test_keep_float_names_resolve_to_graph_nodes(tiny_onnx):
+def test_keep_float_names_resolve_to_graph_nodes(tiny_model, tmp_path):
+    """On the logits graph the exporter quantises (the shipped files have their classifier in the metadata)."""
     import onnx
 
+    from marsvision.export.onnx import export_fp32
     from marsvision.export.quantize import resolve_nodes
+    from marsvision.nets.checkpoint import build_model, read_model_file
 
-    nodes = onnx.load(str(tiny_onnx["fp32"])).graph.node
+    ckpt = read_model_file(tiny_model)
+    path = tmp_path / "logits.onnx"
+    export_fp32(build_model(ckpt), {k: v for k, v in ckpt.items() if k != "state_dict"}, path)
+    nodes = onnx.load(str(path)).graph.node
     convs = [n.name for n in nodes if n.op_type == "Conv"]
     head = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1]
-    got = resolve_nodes(tiny_onnx["fp32"], ["stem", "first:2", "last:1", "classifier"])
+    got = resolve_nodes(path, ["stem", "first:2", "last:1", "classifier"])
     assert got == [convs[0], convs[1], convs[-1], head]  # in order, without repeats
     with pytest.raises(ValueError, match="no node 'nope'"):
-        resolve_nodes(tiny_onnx["fp32"], ["nope"])
+        resolve_nodes(path, ["nope"])
 
 
 def test_multilevel_lite0_exports_with_matching_logits_and_conv_order(tmp_path):

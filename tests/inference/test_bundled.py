@@ -10,11 +10,11 @@ from marsvision.model_file import bundled_model_path, bundled_source_path
 EXAMPLES = {  # examples/images: one test image per class, named by sol and camera
     "0646MH0002610010203802I01_DRCL.JPG": "wheel",
     "0664MH0003250050203868I01_DRCL.JPG": "horizon",
-    "0696MH0003630020204101I01_DRCL.JPG": "ground",
+    "0585MH0002970020202762I01_DRCL.JPG": "ground",
     "0728ML0031200000305104E01_DRCL.JPG": "observation tray",
     "0762ML0032760000400107E01_DRCL.JPG": "scoop",
     "0762MR0032740140403831I01_DRCL.JPG": "mastcam cal target",
-    "0776ML0033570050400187I01_DRCL.JPG": "chemcam cal target",
+    "0718ML0030500000304873E01_DRCL.JPG": "chemcam cal target",
     "0805MR0035240000500270E01_DRCL.JPG": "drt side",
     "0840MR0036970000500822I01_DRCL.JPG": "drill",
     "0840MR0037040000500829E01_DRCL.JPG": "portion box",
@@ -46,7 +46,8 @@ def test_quick_start_command(example_images, capsys):
     assert main(["predict", str(example_images[0].parent)]) == 0
     out = capsys.readouterr()
     lines = out.out.splitlines()
-    assert lines[0] == "path,label,confidence,error" and len(lines) == 1 + len(EXAMPLES)
+    assert lines[0] == "path,label,confidence,unknown,novelty,error" and len(lines) == 1 + len(EXAMPLES)
+    assert all(line.split(",")[3] == "0" for line in lines[1:])  # none of them flagged unknown
     assert "12 classified, 0 failed" in out.err
 
 

@@ -28,7 +28,8 @@ def test_preprocessing_identical_across_torch_and_onnx(tiny_model, tiny_onnx, mi
     inputs = [path, path.read_bytes(), np.asarray(Image.open(path).convert("RGB"))]
     torch_clf, onnx_clf = load_model(tiny_model), load_model(tiny_onnx["fp32"])
     seen_torch, seen_onnx = [], []
-    torch_clf.model.register_forward_pre_hook(lambda m, a: seen_torch.append(a[0].float().numpy().copy()))
+    first_conv = next(m for m in torch_clf.model.modules() if type(m).__name__ == "Conv2d")
+    first_conv.register_forward_pre_hook(lambda m, a: seen_torch.append(a[0].float().numpy().copy()))
 
     class Recorder:
         def __init__(self, session):

@@ -33,8 +33,9 @@ def test_api_folders_full_probabilities_and_rows(tiny_onnx, example_images, tmp_
     assert first.probabilities.shape == (len(model.class_names),) and abs(first.probabilities.sum() - 1) < 1e-5
     assert first.probabilities[model.class_names.index(first.label)] == first.confidence
     row = first.to_dict()
-    assert list(row) == ["path", "label", "confidence", "top1_label", "top1_confidence", "top2_label",
-                         "top2_confidence", "error"] and row["error"] is None
+    assert list(row) == ["path", "label", "confidence", "unknown", "novelty", "top1_label", "top1_confidence",
+                         "top2_label", "top2_confidence", "error"] and row["error"] is None
+    assert row["unknown"] is None and row["novelty"] is None  # this file carries no novelty data
     assert json.loads(json.dumps(missing.to_dict()))["label"] is None
     marsvision.write_predictions(preds, tmp_path / "p.json", top_k=2)
     marsvision.write_predictions(preds, tmp_path / "p.csv", top_k=2)

@@ -1,0 +1,47 @@
+"""Fit the linear head on (N, F) features: standardise, then a class-balanced logistic regression, folded
+into one linear layer (W, b) that the model file stores."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, c: float, sample_weight: np.ndarray | None = None):
+    """The probe's classifier on (N, F) features: standardise, then a logistic regression that is
+    class-balanced unless ``sample_weight`` is given. Returns the fitted scikit-learn pipeline."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    balance = "balanced" if sample_weight is None else None
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight=balance, max_iter=3000))
+    return pipe.fit(x, y, logisticregression__sample_weight=sample_weight)
+
+
+def fold_head(pipe, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ``fit_head`` pipeline as one linear layer: weight (K, F) and bias (K,) float32.
+
+    logits = W (x - mu) / sigma + b  =  (W / sigma) x + (b - W mu / sigma); a class absent from the
+    fitted labels gets bias -1e4, so it is never predicted.
+    """
+    scaler, clf = pipe[0], pipe[-1]
+    w = np.zeros((num_classes, len(scaler.scale_)), np.float32)
+    b = np.full(num_classes, -1e4, np.float32)
+    w[clf.classes_] = clf.coef_ / scaler.scale_
+    b[clf.classes_] = clf.intercept_ - (clf.coef_ * (scaler.mean_ / scaler.scale_)).sum(1)
+    return w, b
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    """Per-sample weights that give every class present the same total weight, mean 1
+    (scikit-learn's ``class_weight="balanced"``)."""
+    count = np.bincount(y)
+    return len(y) / (np.count_nonzero(count) * count[y])
+
+
+def forward_blocks(sols: np.ndarray, blocks: int) -> np.ndarray:
+    """Block index 0..blocks-1 of each image: its sol's place in time, cut into blocks of about equal
+    image count (images of one sol stay together). Block k is predicted from blocks < k."""
+    order = np.argsort(sols, kind="stable")
+    cuts = [sols[order[round(i * len(sols) / blocks)]] for i in range(1, blocks)]
+    return np.searchsorted(np.asarray(cuts), sols, side="right")
