@@ -175,6 +175,30 @@ def cmd_explain(paths: list[str], cfg: ExplainConfig) -> int:
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
+def _archive_module(name: str):
+    """An archive module; a missing ``[archive]`` extra is a one-line error with the install command."""
+    try:
+        return importlib.import_module(f"marsvision.archive.{name}")
+    except ImportError as e:
+        if (e.name or "").startswith("marsvision"):
+            raise
+        raise MissingExtraError(f"the archive needs {e.name}: pip install 'marsvision[archive]'") from None
+
+
+def cmd_index(paths: list[str], cfg) -> int:
+    """Exit 0 when every file was read, 1 when some could not be (each named on stderr, and stored)."""
+    report = _archive_module("index").run_index(paths, cfg)
+    for path, why in report.failed:
+        print(f"marsvision: {path}: {why}", file=sys.stderr)
+    print(f"marsvision: {report.summary()}", file=sys.stderr)
+    return EXIT_FAILED_INPUTS if report.failed else EXIT_OK
+
+
+def cmd_serve(cfg) -> int:
+    _archive_module("service").run_serve(cfg)
+    return EXIT_OK
+
+
 def _download_module():
     try:
         return importlib.import_module("marsvision.data.download")
@@ -219,6 +243,8 @@ SHORT_HELP = {
     "evaluate": "Evaluate a model on an official split: metrics table, metrics.json, predictions.csv, plots.",
     "export": "Export a model file to ONNX (fp32) and, with --int8, a statically quantised int8 ONNX model.",
     "calibrate": "Fit a model file's calibrated confidence and unknown-image data on its training splits.",
+    "index": "Classify images (files, folders, recursively) into the archive database, one row per image.",
+    "serve": "Serve the archive: a web page at / and a REST API at /api (OpenAPI page at /docs).",
 }
 
 
@@ -266,6 +292,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_config_args(p, PredictConfig)
     p.set_defaults(run=lambda a: cmd_predict(a.paths, config_from(a, PredictConfig)))
 
+    for name, module, config, run in (("index", "index", "IndexConfig", cmd_index), ("serve", "service", "ServeConfig", cmd_serve)):
+        if name != wanted:
+            sub.add_parser(name, help=SHORT_HELP[name], description=SHORT_HELP[name])
+            continue
+        cls = getattr(_archive_module(module), config)
+        p = sub.add_parser(name, help=cls.__doc__, description=cls.__doc__)
+        if name == "index":
+            p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+        add_config_args(p, cls)
+        p.set_defaults(run=lambda a, cls=cls, run=run, name=name: run(a.paths, config_from(a, cls)) if name == "index"
+                       else run(config_from(a, cls)))
+
     p = sub.add_parser("explain", help=ExplainConfig.__doc__, description=ExplainConfig.__doc__)
     p.add_argument("paths", nargs="+", metavar="IMAGE", help="image files or folders")
     add_config_args(p, ExplainConfig)
@@ -293,6 +331,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         errors.append(sys.modules["marsvision.data.download"].DownloadError)
     if "marsvision.export.onnx" in sys.modules:
         errors.append(sys.modules["marsvision.export.onnx"].ExportCheckError)
+    if "marsvision.archive.versions" in sys.modules:
+        errors.append(sys.modules["marsvision.archive.versions"].VersionError)
+    if "sqlalchemy" in sys.modules:  # an unreachable or broken database: one line, not a traceback
+        errors.append(sys.modules["sqlalchemy"].exc.OperationalError)
     return tuple(errors)
 
 
@@ -307,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not isinstance(e, _expected_errors()):
             raise
-        print(f"marsvision: error: {e}", file=sys.stderr)
+        # One line: some libraries' messages (a database driver's) run over several.
+        print(f"marsvision: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+              file=sys.stderr)
         return EXIT_ERROR
 
 

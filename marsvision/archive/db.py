@@ -1,0 +1,143 @@
+"""The archive's database: its tables (SQLAlchemy 2), how to open one, and its migrations (Alembic).
+
+One schema for SQLite (the default, a file beside you) and PostgreSQL (``postgresql://…``):
+
+- ``models``: every model version the archive has used: file, hash, when, from which corrections, and
+  which one is active;
+- ``images``: one row per image content (SHA-256): where it was found, its file-name fields, the active
+  model's output (label, calibrated confidence, unknown flag, novelty, top-k, which version), the
+  feature vector and its similarity sketch, or why it could not be read; the latest curator's label;
+- ``corrections``: every curator's correction, never deleted; the model's label is never overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine,
+                        event)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+DEFAULT_DB = "marsvision.db"
+DB_ENV = "MARSVISION_DB"
+DB_HELP = f"database: a SQLAlchemy URL (sqlite:///file.db, postgresql://user@host/db) or a file path (default: ${DB_ENV}, then ./{DEFAULT_DB})"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ModelVersion(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(80), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
+    corrections: Mapped[int] = mapped_column(Integer, default=0)  # corrections it was fitted with
+    info: Mapped[dict] = mapped_column(JSON, default=dict)  # training inputs, measured checks
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    indexed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The MSL file-name fields (archive/filenames.py); None when the name does not follow the pattern.
+    sol: Mapped[int | None] = mapped_column(Integer, index=True, nullable=True)
+    instrument: Mapped[str | None] = mapped_column(String(8), index=True, nullable=True)
+    name_fields: Mapped[dict] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it could not be read
+    # The output of the model version ``model_id`` (re-scored when another version is activated).
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), index=True, nullable=True)
+    label: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    confidence: Mapped[float | None] = mapped_column(Float, index=True, nullable=True)
+    unknown: Mapped[bool | None] = mapped_column(Boolean, index=True, nullable=True)
+    novelty: Mapped[float | None] = mapped_column(Float, nullable=True)
+    margin: Mapped[float | None] = mapped_column(Float, nullable=True)  # top-1 minus top-2 probability
+    top_k: Mapped[list] = mapped_column(JSON, default=list)  # [[label, probability], ...]
+    # What a re-score or a refit needs, so no image is decoded again: the pooled features (float16)
+    # and the texture's coordinates in the novelty basis (float32); and a small similarity sketch.
+    features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    texture: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    sketch: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The latest curator's label (the corrections table keeps every one).
+    reviewed_label: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Correction(Base):
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    label: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str] = mapped_column(String(120), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
+    model_label: Mapped[str | None] = mapped_column(String(64), nullable=True)  # what the model said then
+
+
+def database_url(db: str | None = None) -> str:
+    """``--db``, else ``$MARSVISION_DB``, else ./marsvision.db; a plain path means a SQLite file, and
+    ``postgresql://`` uses the psycopg (3) driver."""
+    db = db or os.environ.get(DB_ENV) or DEFAULT_DB
+    if "://" not in db:
+        return f"sqlite:///{Path(db).expanduser()}"
+    url = make_url(db)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+def open_engine(db: str | None = None, migrate: bool = True) -> Engine:
+    """An engine for ``db`` with the schema brought up to date (Alembic ``upgrade head``)."""
+    url = database_url(db)
+    if url.startswith("sqlite"):
+        Path(make_url(url).database or DEFAULT_DB).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _):
+            # WAL: readers (the web page) never wait for the indexer's writes, and a kill leaves the
+            # database as of the last commit.
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    if migrate:
+        upgrade(engine)
+    return engine
+
+
+def sessions(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply every Alembic migration the database has not had (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

@@ -1,0 +1,153 @@
+"""`marsvision index`: classify image files and folders into the archive's database, one row per image.
+
+Files are hashed first: an image whose content (SHA-256) is already in the archive is skipped (or, with
+``reclassify``, labelled again by the active model). New images are classified by the archive's active
+model and written in batches, one transaction each: a kill loses at most the batch in flight, never
+leaves half a row, and a rerun finishes the job with every image exactly once. An unreadable image is
+stored with its reason and named on stderr; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+from tqdm import tqdm
+
+from ..inference.classifier import Classifier, expand_sources
+from ..inference.predict import load_model
+from .db import DB_HELP, Image, open_engine, sessions, utcnow
+from .records import image_row, prediction_columns, sha256_file
+from .versions import ensure_active
+
+
+@dataclass
+class IndexConfig:
+    """Classify images (files, folders, recursively) into the archive database, one row per image."""
+
+    db: str = field(default="", metadata={"help": DB_HELP})
+    model: str = field(default="", metadata={"help": "model for a new archive (default: the bundled model); later runs use the archive's active model"})
+    reclassify: bool = field(default=False, metadata={"help": "label images already in the archive again with the active model"})
+    batch_size: int = field(default=64, metadata={"help": "images written per transaction"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for decoding and the model (0: all)"})
+    top_k: int = field(default=5, metadata={"help": "most likely classes stored per image"})
+
+
+@dataclass
+class IndexReport:
+    files: int = 0
+    indexed: int = 0
+    reclassified: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): unreadable or unhashable
+    seconds: float = 0.0
+    model: str = ""
+
+    def summary(self) -> str:
+        rate = (self.indexed + self.reclassified) / max(self.seconds, 1e-9)
+        return (f"{self.files} files: {self.indexed} indexed, {self.reclassified} reclassified, {self.skipped} "
+                f"already in the archive, {len(self.failed)} unreadable ({rate:.0f} img/s, model {self.model})")
+
+
+def _hashes(files: list[Path], threads: int) -> list[tuple[str, int] | str]:
+    """(sha256, size) per file, or the reason it could not be read."""
+    def one(f):
+        try:
+            return sha256_file(f)
+        except OSError as e:
+            return e.strerror or type(e).__name__
+
+    with ThreadPoolExecutor(max(2, threads)) as pool:
+        return list(pool.map(one, files))
+
+
+def _known(engine: Engine, hashes: list[str]) -> dict[str, int]:
+    """sha256 → image id of those already in the archive."""
+    found: dict[str, int] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(hashes), 500):
+            rows = conn.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(hashes[i:i + 500])))
+            found.update(dict(rows.all()))
+    return found
+
+
+def insert_new(session, rows: list[dict]) -> None:
+    """Insert, leaving out contents another indexer wrote meanwhile (a race, never a duplicate)."""
+    if session.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(Image).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+
+
+def index_files(engine: Engine, clf: Classifier, model_id: int, files: list[Path], cfg: IndexConfig,
+                report: IndexReport, progress: bool) -> None:
+    hashed = _hashes(files, cfg.threads or 4)
+    todo, seen = [], {}
+    for f, h in zip(files, hashed):
+        if isinstance(h, str):
+            report.failed.append((str(f), h))
+        elif h[0] in seen:
+            report.skipped += 1  # the same content twice in this run
+        else:
+            seen[h[0]] = (f, h[1])
+    known = _known(engine, list(seen))
+    todo = [(f, sha, size, known.get(sha)) for sha, (f, size) in seen.items() if cfg.reclassify or sha not in known]
+    report.skipped += len(seen) - len(todo)
+    make = sessions(engine)
+    bar = tqdm(total=len(todo), desc="index", unit="img", disable=not progress)
+    try:
+        preds = clf.predict_iter([t[0] for t in todo], top_k=cfg.top_k)
+        for start in range(0, len(todo), cfg.batch_size):
+            chunk = todo[start:start + cfg.batch_size]
+            new, again = [], []
+            for (path, sha, size, image_id), p in zip(chunk, preds):
+                if not p.ok:
+                    report.failed.append((str(path), p.error))
+                if image_id is None:
+                    new.append(image_row(path, sha, size, p, clf, model_id))
+                else:
+                    row = image_row(path, sha, size, p, clf, model_id)
+                    again.append({"id": image_id, **prediction_columns(p, clf, model_id), "indexed_at": utcnow(),
+                                  **{k: row[k] for k in ("features", "texture", "sketch")}})
+            with make.begin() as session:  # one transaction a batch: all of it or none of it
+                if new:
+                    insert_new(session, new)
+                if again:
+                    session.execute(update(Image), again)
+            report.indexed += len(new)
+            report.reclassified += len(again)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def run_index(paths: list[str], cfg: IndexConfig, progress: bool | None = None) -> IndexReport:
+    """`marsvision index`: returns the report (the CLI prints it; unreadable files are named on stderr)."""
+    progress = sys.stderr.isatty() if progress is None else progress
+    t0 = time.perf_counter()
+    engine = open_engine(cfg.db or None)
+    with sessions(engine).begin() as session:
+        mv = ensure_active(session, cfg.model or None)
+        model_path, model_id, version = mv.path, mv.id, mv.version
+    clf = load_model(model_path, threads=cfg.threads or None)
+    report = IndexReport(model=version)
+    files = []
+    for source in expand_sources(paths):
+        if Path(source).is_file():
+            files.append(Path(source).resolve())  # rows keep where the file is, from anywhere
+        else:
+            report.failed.append((str(source), "file not found"))
+    report.files = len(files)
+    try:
+        index_files(engine, clf, model_id, files, cfg, report, progress)
+    finally:
+        clf.close()
+        engine.dispose()
+        report.seconds = time.perf_counter() - t0
+    return report

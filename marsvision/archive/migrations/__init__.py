@@ -1,0 +1,1 @@
+"""Alembic migrations of the archive's schema (``archive.db.upgrade`` applies them)."""

@@ -1,0 +1,154 @@
+"""Search the archive: filters, sorting and paging, class counts, similar images, export rows. Used by the
+REST API and the CLI alike, so a filter means the same everywhere."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, fields
+from typing import Iterator
+
+import numpy as np
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from .db import Image, ModelVersion
+from .records import SKETCH_DIMS, from_blob
+
+SORTS = {"id": Image.id, "sol": Image.sol, "confidence": Image.confidence, "novelty": Image.novelty,
+         "label": Image.label, "indexed_at": Image.indexed_at, "margin": Image.margin}
+
+
+@dataclass
+class Filters:
+    """Which images: every field is optional, and they combine with AND."""
+
+    label: str | None = None  # the model's label
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+    unknown: bool | None = None
+    sol_min: int | None = None
+    sol_max: int | None = None
+    instrument: str | None = None  # MH, ML, MR, MD
+    reviewed: bool | None = None  # has a curator's label
+    reviewed_label: str | None = None
+    error: bool | None = None  # could not be read
+
+    def apply(self, q: Select) -> Select:
+        conditions = {
+            "label": lambda v: Image.label == v, "min_confidence": lambda v: Image.confidence >= v,
+            "max_confidence": lambda v: Image.confidence < v, "unknown": lambda v: Image.unknown.is_(v),
+            "sol_min": lambda v: Image.sol >= v, "sol_max": lambda v: Image.sol <= v,
+            "instrument": lambda v: Image.instrument == v.upper(),
+            "reviewed": lambda v: Image.reviewed_label.is_not(None) if v else Image.reviewed_label.is_(None),
+            "reviewed_label": lambda v: Image.reviewed_label == v,
+            "error": lambda v: Image.error.is_not(None) if v else Image.error.is_(None)}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                q = q.where(conditions[f.name](value))
+        return q
+
+
+ITEM_COLUMNS = (Image.id, Image.path, Image.sha256, Image.sol, Image.instrument, Image.label, Image.confidence,
+                Image.unknown, Image.novelty, Image.margin, Image.top_k, Image.reviewed_label, Image.reviewed_at,
+                Image.error, Image.indexed_at, Image.size_bytes, ModelVersion.version.label("model_version"))
+
+
+def _items_query() -> Select:
+    return select(*ITEM_COLUMNS).outerjoin(ModelVersion, ModelVersion.id == Image.model_id)
+
+
+def item(row) -> dict:
+    d = dict(row._mapping)
+    for k in ("indexed_at", "reviewed_at"):
+        d[k] = d[k].isoformat() if d[k] else None
+    return d
+
+
+def search(session: Session, filters: Filters, sort: str = "id", descending: bool = False, page: int = 1,
+           page_size: int = 50) -> dict:
+    """{total, page, page_size, items}: one page of the matching images, without their vectors."""
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+    total = session.scalar(filters.apply(select(func.count(Image.id))))
+    column = SORTS[sort].desc() if descending else SORTS[sort].asc()
+    q = filters.apply(_items_query()).order_by(column, Image.id.desc() if descending else Image.id.asc())
+    rows = session.execute(q.limit(page_size).offset((page - 1) * page_size)).all()
+    return {"total": total, "page": page, "page_size": page_size, "items": [item(r) for r in rows]}
+
+
+def get_image(session: Session, image_id: int) -> dict | None:
+    row = session.execute(_items_query().where(Image.id == image_id)).first()
+    if row is None:
+        return None
+    return {**item(row), "name_fields": session.scalar(select(Image.name_fields).where(Image.id == image_id))}
+
+
+def class_counts(session: Session) -> list[dict]:
+    """Per class: images the model gave it, of them reviewed, and images curators gave it."""
+    model = dict(session.execute(select(Image.label, func.count()).where(Image.label.is_not(None))
+                                 .group_by(Image.label)).all())
+    reviewed = dict(session.execute(select(Image.label, func.count()).where(Image.reviewed_label.is_not(None))
+                                    .group_by(Image.label)).all())
+    curated = dict(session.execute(select(Image.reviewed_label, func.count()).where(Image.reviewed_label.is_not(None))
+                                   .group_by(Image.reviewed_label)).all())
+    names = sorted(set(model) | set(curated))
+    return [{"label": n, "count": model.get(n, 0), "reviewed": reviewed.get(n, 0),
+             "not_reviewed": model.get(n, 0) - reviewed.get(n, 0), "curated": curated.get(n, 0)} for n in names]
+
+
+EXPORT_COLUMNS = ("path", "label", "confidence", "unknown", "novelty", "top_k", "error",  # as `predict` writes
+                  "id", "sha256", "size_bytes", "sol", "instrument", "model_version", "reviewed_label",
+                  "reviewed_at", "indexed_at", "margin")
+
+
+def export_rows(session: Session, filters: Filters, chunk: int = 2000) -> Iterator[dict]:
+    """Every matching image in id order, streamed in chunks (keyset paging: flat memory)."""
+    last = 0
+    while True:
+        rows = session.execute(filters.apply(_items_query()).where(Image.id > last).order_by(Image.id).limit(chunk)).all()
+        for r in rows:
+            d = item(r)
+            yield {k: d[k] for k in EXPORT_COLUMNS}
+        if len(rows) < chunk:
+            return
+        last = rows[-1].id
+
+
+class SketchIndex:
+    """The similarity sketches of every image, in memory (64 float16 numbers a row: 13 MB for 100 000
+    images), reloaded when the archive has grown or changed. Nearest = largest dot product."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key = None
+        self.ids = np.zeros(0, np.int64)
+        self.matrix = np.zeros((0, SKETCH_DIMS), np.float16)
+
+    def _refresh(self, session: Session) -> None:
+        key = session.execute(select(func.count(Image.id), func.max(Image.id), func.max(Image.indexed_at))
+                              .where(Image.sketch.is_not(None))).one()
+        if key == self._key:
+            return
+        rows = session.execute(select(Image.id, Image.sketch).where(Image.sketch.is_not(None))).all()
+        self.ids = np.array([r[0] for r in rows], np.int64)
+        self.matrix = (np.frombuffer(b"".join(r[1] for r in rows), "<f2").reshape(len(rows), SKETCH_DIMS)
+                       if rows else np.zeros((0, SKETCH_DIMS), np.float16))
+        self._key = key
+
+    def similar(self, session: Session, image_id: int, k: int) -> list[tuple[int, float]]:
+        """(image id, cosine similarity of the sketches) of the ``k`` images nearest to ``image_id``."""
+        own = session.scalar(select(Image.sketch).where(Image.id == image_id))
+        if own is None:
+            return []
+        with self._lock:
+            self._refresh(session)
+            ids, matrix = self.ids, self.matrix
+        scores = matrix.astype(np.float32) @ from_blob(own, "f2")
+        scores[ids == image_id] = -np.inf
+        k = min(k, len(ids) - 1)
+        if k <= 0:
+            return []
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best])]
+        return [(int(ids[i]), float(scores[i])) for i in best]

@@ -1,0 +1,76 @@
+"""One image as a database row: the prediction, the stored vectors, the file-name fields. Shared by the
+local indexer and the distributed engine, so both write the same rows for the same image."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from ..inference.classifier import Classifier, Prediction
+from .filenames import parse_filename
+
+SKETCH_DIMS = 64
+_SKETCH_SEED = 20261130  # fixed: every archive compares sketches made with the same projection
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    """(hex SHA-256, size in bytes) of a file's content."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def to_blob(a: np.ndarray, dtype: str) -> bytes:
+    return np.ascontiguousarray(a, dtype=f"<{dtype}").tobytes()
+
+
+def from_blob(b: bytes, dtype: str) -> np.ndarray:
+    return np.frombuffer(b, dtype=f"<{dtype}").astype(np.float32)
+
+
+def sketch(features: np.ndarray) -> np.ndarray:
+    """(N, F) features → (N, 64) unit vectors whose dot products approximate the features' cosine
+    similarity (a fixed random projection, Johnson–Lindenstrauss): similarity search reads these."""
+    f = np.atleast_2d(features).astype(np.float32)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(_SKETCH_SEED)
+    s = f @ rng.standard_normal((f.shape[1], SKETCH_DIMS)).astype(np.float32)
+    return s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
+
+
+def texture_embedding(clf: Classifier, texture: np.ndarray) -> np.ndarray | None:
+    """(N, C) texture → (N, D + 1) coordinates in the model's novelty basis plus the residual norm: what a
+    refit needs to add an image to the novelty references (None when the model has no novelty data)."""
+    if clf.trust.novelty is None or texture is None:
+        return None
+    coords, residual = clf.trust.novelty.embed(np.atleast_2d(texture))
+    return np.concatenate([coords, residual[:, None]], axis=1)
+
+
+def prediction_columns(p: Prediction, clf: Classifier, model_id: int) -> dict:
+    """The model-output columns of an image row (what a re-score rewrites)."""
+    if not p.ok:
+        return {"error": p.error, "model_id": model_id, "label": None, "confidence": None, "unknown": None,
+                "novelty": None, "margin": None, "top_k": []}
+    probs = np.sort(p.probabilities)[::-1]
+    return {"error": None, "model_id": model_id, "label": p.label, "confidence": float(p.confidence),
+            "unknown": p.unknown, "novelty": p.novelty, "margin": float(probs[0] - (probs[1] if len(probs) > 1 else 0.0)),
+            "top_k": [[n, round(float(c), 6)] for n, c in p.top_k]}
+
+
+def image_row(path: str | Path, sha256: str, size: int, p: Prediction, clf: Classifier, model_id: int) -> dict:
+    """Every column of a new image row."""
+    fields = parse_filename(path)
+    row = {"sha256": sha256, "path": str(path), "size_bytes": size, "sol": fields.get("sol"),
+           "instrument": fields.get("instrument"), "name_fields": fields, **prediction_columns(p, clf, model_id),
+           "features": None, "texture": None, "sketch": None}
+    if p.ok and p.features is not None:
+        emb = texture_embedding(clf, p.texture)
+        row.update(features=to_blob(p.features, "f2"), sketch=to_blob(sketch(p.features)[0], "f2"),
+                   texture=None if emb is None else to_blob(emb[0], "f4"))
+    return row

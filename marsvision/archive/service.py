@@ -1,0 +1,363 @@
+"""`marsvision serve`: the archive's REST API and web page (FastAPI), a thin adapter over the library.
+
+Reads are open; writes (corrections, stored uploads, activating a model version) need the bearer token
+when one is configured and are refused (403) when none is, unless anonymous writes are allowed.
+Uploads are capped in size (413), decoded with the decompression-bomb guard (422) and refused with a
+message when they are not images (415); classification runs at most ``classify_slots`` at a time and
+answers 503 with Retry-After beyond that. Images are served by id, never by a path from the request.
+"""
+
+# No "from __future__ import annotations": FastAPI reads the endpoints' annotations at run time,
+# and they refer to names local to create_app.
+
+import csv
+import hashlib
+import hmac
+import io
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from sqlalchemy import select, text
+from sqlalchemy.engine import Engine
+
+from ..inference.predict import load_model
+from ..preprocess import ImageError, load_image
+from .db import DB_HELP, Correction, Image, ModelVersion, open_engine, sessions, utcnow
+from .queries import EXPORT_COLUMNS, Filters, SketchIndex, class_counts, export_rows, get_image, search
+from .index import insert_new
+from .records import image_row
+from .versions import active_version, ensure_active
+
+STATIC = Path(__file__).with_name("static")
+TOKEN_ENV = "MARSVISION_TOKEN"
+
+
+@dataclass
+class ServeConfig:
+    """Serve the archive: a web page at / and a REST API at /api (OpenAPI page at /docs)."""
+
+    db: str = field(default="", metadata={"help": DB_HELP})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 exposes the archive to your network)"})
+    port: int = field(default=8000, metadata={"help": "port"})
+    token_file: str = field(default="", metadata={"help": f"file holding the bearer token that write requests must send (default: ${TOKEN_ENV})"})
+    allow_anonymous_writes: bool = field(default=False, metadata={"help": "accept writes without a token when none is configured"})
+    max_upload_mb: float = field(default=20.0, metadata={"help": "largest upload accepted per file, in MB"})
+    classify_slots: int = field(default=2, metadata={"help": "classifications at once; more answer 503 with Retry-After"})
+    threads: int = field(default=0, metadata={"help": "CPU threads of the model (0: all)"})
+
+
+class LabelIn(BaseModel):
+    label: str = Field(min_length=1, max_length=64)
+    note: str = Field(default="", max_length=2000)
+    author: str = Field(default="", max_length=120)
+
+
+class Archive:
+    """What the app holds: the database, the active model (reloaded when another version is activated),
+    the similarity index and the classification slots."""
+
+    def __init__(self, engine: Engine, threads: int | None, classify_slots: int):
+        self.engine, self.sessions, self.threads = engine, sessions(engine), threads
+        self.sketches = SketchIndex()
+        self.slots = threading.BoundedSemaphore(max(1, classify_slots))
+        self._lock = threading.Lock()
+        self._model = (None, None)  # (version row id, Classifier)
+        with self.sessions.begin() as s:
+            ensure_active(s)
+
+    def model(self):
+        """(version row, Classifier) of the active version; loads it when it changed."""
+        with self.sessions() as s:
+            mv = active_version(s)
+        with self._lock:
+            if self._model[0] != mv.id:
+                old = self._model[1]
+                self._model = (mv.id, load_model(mv.path, threads=self.threads))
+                if old is not None:
+                    old.close()
+            return mv, self._model[1]
+
+
+def read_token(cfg: ServeConfig) -> str | None:
+    if cfg.token_file:
+        token = Path(cfg.token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"{cfg.token_file}: the token file is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes: bool = False,
+               max_upload_bytes: int = 20 * 2**20, classify_slots: int = 2, threads: int | None = None) -> FastAPI:
+    archive = Archive(engine, threads, classify_slots)
+    app = FastAPI(title="marsvision archive", version="1",
+                  description="Search, browse and correct classified Curiosity (MSL) images.")
+    app.state.archive = archive
+
+    def writer(request: Request) -> str:
+        """Write access: the bearer token when one is configured; else only with anonymous writes allowed."""
+        if token is None:
+            if not allow_anonymous_writes:
+                raise HTTPException(403, "writes are disabled: start the server with --token-file or $MARSVISION_TOKEN "
+                                         "(or --allow-anonymous-writes)")
+            return "anonymous"
+        sent = request.headers.get("authorization", "")
+        if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].strip(), token)):
+            raise HTTPException(401, "this write needs the header 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return "token"
+
+    def filters(label: str | None = None, min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+                max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None, unknown: bool | None = None,
+                sol_min: int | None = None, sol_max: int | None = None, instrument: str | None = None,
+                reviewed: bool | None = None, reviewed_label: str | None = None, error: bool | None = None) -> Filters:
+        return Filters(label, min_confidence, max_confidence, unknown, sol_min, sol_max, instrument, reviewed,
+                       reviewed_label, error)
+
+    def image_or_404(session, image_id: int) -> Image:
+        img = session.get(Image, image_id)
+        if img is None:
+            raise HTTPException(404, f"no image {image_id}")
+        return img
+
+    @app.get("/healthz", tags=["health"])
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz():
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            mv, clf = archive.model()
+        except Exception as e:  # noqa: BLE001 — any failure means not ready, said in one line
+            return JSONResponse({"status": "not ready", "reason": f"{type(e).__name__}: {e}"[:300]}, status_code=503)
+        return {"status": "ready", "database": engine.dialect.name, "model": mv.version, "classes": len(clf.class_names)}
+
+    @app.get("/api/images", tags=["images"])
+    def list_images(f: Annotated[Filters, Depends(filters)], sort: str = "id", descending: bool = False,
+                    page: Annotated[int, Query(ge=1)] = 1, page_size: Annotated[int, Query(ge=1, le=500)] = 50):
+        with archive.sessions() as s:
+            try:
+                return search(s, f, sort, descending, page, page_size)
+            except ValueError as e:
+                raise HTTPException(422, str(e)) from None
+
+    @app.get("/api/images/{image_id}", tags=["images"])
+    def image_detail(image_id: int):
+        with archive.sessions() as s:
+            d = get_image(s, image_id)
+            if d is None:
+                raise HTTPException(404, f"no image {image_id}")
+            d["corrections"] = [{"label": c.label, "note": c.note, "author": c.author, "model_label": c.model_label,
+                                 "created_at": c.created_at.isoformat()}
+                                for c in s.scalars(select(Correction).where(Correction.image_id == image_id)
+                                                   .order_by(Correction.id))]
+            return d
+
+    def _open(img: Image, size: int):
+        try:
+            picture = load_image(img.path, size)
+        except ImageError as e:
+            raise HTTPException(404 if "not found" in str(e) else 422, f"image {img.id} ({img.path}): {e}") from None
+        picture.thumbnail((size, size))
+        return picture
+
+    def _jpeg(picture, quality=85) -> Response:
+        buf = io.BytesIO()
+        picture.save(buf, format="JPEG", quality=quality)
+        return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/images/{image_id}/thumbnail", tags=["images"], response_class=Response)
+    def thumbnail(image_id: int, size: Annotated[int, Query(ge=32, le=512)] = 192):
+        with archive.sessions() as s:
+            img = image_or_404(s, image_id)
+        return _jpeg(_open(img, size))
+
+    @app.get("/api/images/{image_id}/file", tags=["images"], response_class=Response)
+    def image_file(image_id: int):
+        """The image as it was indexed (its file, by id)."""
+        with archive.sessions() as s:
+            img = image_or_404(s, image_id)
+        if not Path(img.path).is_file():
+            raise HTTPException(404, f"image {image_id}: {img.path} is no longer there")
+        return FileResponse(img.path)
+
+    @app.get("/api/images/{image_id}/heatmap", tags=["images"], response_class=Response)
+    def heatmap(image_id: int, label: str | None = None, size: Annotated[int, Query(ge=64, le=768)] = 384):
+        """Where the evidence for ``label`` (default: the predicted class) lies, over the image (PNG)."""
+        from ..inference.explain import explain, overlay
+
+        with archive.sessions() as s:
+            img = image_or_404(s, image_id)
+        _, clf = archive.model()
+        if label is not None and label not in clf.class_names:
+            raise HTTPException(422, f"unknown class {label!r}")
+        if not archive.slots.acquire(blocking=False):
+            raise HTTPException(503, "busy classifying; retry shortly", headers={"Retry-After": "1"})
+        try:
+            e = explain(clf, [img.path], [label] if label else [])[0]
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        finally:
+            archive.slots.release()
+        if not e.prediction.ok:
+            raise HTTPException(404 if "not found" in e.prediction.error else 422, f"image {image_id}: {e.prediction.error}")
+        buf = io.BytesIO()
+        overlay(img.path, e.heatmaps[label or e.prediction.label], size).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=600"})
+
+    @app.get("/api/images/{image_id}/similar", tags=["images"])
+    def similar(image_id: int, k: Annotated[int, Query(ge=1, le=100)] = 12):
+        with archive.sessions() as s:
+            image_or_404(s, image_id)
+            near = archive.sketches.similar(s, image_id, k)
+            items = []
+            for other, score in near:
+                d = get_image(s, other)
+                d["similarity"] = round(score, 4)
+                items.append(d)
+            return {"image": image_id, "items": items}
+
+    @app.get("/api/classes", tags=["classes"])
+    def classes():
+        with archive.sessions() as s:
+            counts = {c["label"]: c for c in class_counts(s)}
+        _, clf = archive.model()
+        return {"classes": [counts.get(n, {"label": n, "count": 0, "reviewed": 0, "not_reviewed": 0, "curated": 0})
+                            for n in clf.class_names] + [c for n, c in counts.items() if n not in clf.class_names]}
+
+    @app.put("/api/images/{image_id}/label", tags=["curation"])
+    def correct(image_id: int, body: LabelIn, who: Annotated[str, Depends(writer)]):
+        """A curator's label, stored beside the model's (which is never overwritten), with time and author."""
+        _, clf = archive.model()
+        if body.label not in clf.class_names:
+            raise HTTPException(422, f"unknown class {body.label!r}; the model's classes: {', '.join(clf.class_names)}")
+        with archive.sessions.begin() as s:
+            img = image_or_404(s, image_id)
+            now = utcnow()
+            s.add(Correction(image_id=img.id, label=body.label, note=body.note, author=body.author or who,
+                             created_at=now, model_id=img.model_id, model_label=img.label))
+            img.reviewed_label, img.reviewed_at = body.label, now
+        return image_detail(image_id)
+
+    @app.post("/api/classify", tags=["classify"])
+    async def classify(files: Annotated[list[UploadFile], File(description="one or more images")],
+                       store: bool = False, request: Request = None):
+        """Classify uploaded images; ``store=true`` also adds them to the archive (a write)."""
+        if store:
+            writer(request)
+        payloads = []
+        for f in files:
+            data = await f.read(max_upload_bytes + 1)
+            if len(data) > max_upload_bytes:
+                raise HTTPException(413, f"{f.filename}: larger than {max_upload_bytes / 2**20:g} MB")
+            payloads.append((f.filename or "upload", data))
+        if not archive.slots.acquire(blocking=False):
+            raise HTTPException(503, "busy classifying; retry shortly", headers={"Retry-After": "1"})
+        try:
+            from starlette.concurrency import run_in_threadpool
+
+            mv, clf = archive.model()
+            preds = await run_in_threadpool(clf.predict, [d for _, d in payloads], None, 3)
+        finally:
+            archive.slots.release()
+        bad = [(name, p.error) for (name, _), p in zip(payloads, preds) if not p.ok]
+        if len(bad) == len(preds):
+            name, why = bad[0]
+            status = 422 if ("bomb" in why or "truncated" in why or "corrupt" in why or why == "empty file") else 415
+            raise HTTPException(status, f"{name}: {why}")
+        results = []
+        for (name, data), p in zip(payloads, preds):
+            results.append({"filename": name, "label": p.label, "confidence": p.confidence, "unknown": p.unknown,
+                            "novelty": p.novelty, "top_k": [[n, c] for n, c in p.top_k], "error": p.error,
+                            "model_version": mv.version})
+        if store:
+            results = await run_in_threadpool(_store, payloads, preds, results, mv, clf)
+        return {"items": results}
+
+    def _store(payloads, preds, results, mv, clf):
+        upload_dir = Path(os.environ.get("MARSVISION_UPLOADS", "marsvision-uploads")).resolve()
+        upload_dir.mkdir(parents=True, exist_ok=True)
+        with archive.sessions.begin() as s:
+            for (name, data), p, r in zip(payloads, preds, results):
+                if not p.ok:
+                    continue
+                sha = hashlib.sha256(data).hexdigest()
+                path = upload_dir / f"{sha[:16]}_{Path(name).name}"
+                if not path.exists():
+                    path.write_bytes(data)
+                insert_new(s, [image_row(path, sha, len(data), p, clf, mv.id)])
+                r["id"] = s.scalar(select(Image.id).where(Image.sha256 == sha))
+        return results
+
+    @app.get("/api/export", tags=["images"])
+    def export(f: Annotated[Filters, Depends(filters)], format: Literal["csv", "json"] = "csv"):
+        """Every matching image (streamed): the columns begin with `predict`'s, then the archive's own."""
+        def rows():
+            with archive.sessions() as s:
+                yield from export_rows(s, f)
+
+        def cell(v):
+            return "" if v is None else (int(v) if isinstance(v, bool) else (json.dumps(v) if isinstance(v, list) else v))
+
+        if format == "json":
+            def body():
+                yield "["
+                for i, r in enumerate(rows()):
+                    yield ("," if i else "") + "\n" + json.dumps(r, ensure_ascii=False)
+                yield "\n]\n"
+            return StreamingResponse(body(), media_type="application/json",
+                                     headers={"Content-Disposition": "attachment; filename=marsvision-export.json"})
+
+        def body_csv():
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS)
+            w.writeheader()
+            for i, r in enumerate(rows()):
+                w.writerow({k: cell(v) for k, v in r.items()})
+                if i % 500 == 499:
+                    yield buf.getvalue()
+                    buf.seek(0)
+                    buf.truncate()
+            yield buf.getvalue()
+        return StreamingResponse(body_csv(), media_type="text/csv",
+                                 headers={"Content-Disposition": "attachment; filename=marsvision-export.csv"})
+
+    @app.get("/api/models", tags=["models"])
+    def models():
+        with archive.sessions() as s:
+            return {"models": [{"version": m.version, "active": m.active, "created_at": m.created_at.isoformat(),
+                                "corrections": m.corrections, "path": m.path}
+                               for m in s.scalars(select(ModelVersion).order_by(ModelVersion.id))]}
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def page():
+            return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+def run_serve(cfg: ServeConfig) -> None:
+    """`marsvision serve`: the app under uvicorn until interrupted."""
+    import uvicorn
+
+    token = read_token(cfg)
+    engine = open_engine(cfg.db or None)
+    app = create_app(engine, token, cfg.allow_anonymous_writes, int(cfg.max_upload_mb * 2**20), cfg.classify_slots,
+                     cfg.threads or None)
+    writes = "token required" if token else ("anonymous" if cfg.allow_anonymous_writes else "disabled")
+    print(f"marsvision: serving {engine.url.render_as_string(hide_password=True)} on http://{cfg.host}:{cfg.port}/ "
+          f"(API docs at /docs; writes: {writes})", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
