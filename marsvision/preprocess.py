@@ -68,6 +68,8 @@ def load_image(source: ImageInput, size: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if isinstance(source, (bytes, bytearray)):
+                if not source:
+                    raise ImageError("empty file")
                 img = Image.open(io.BytesIO(source))
             else:
                 path = Path(source)

@@ -1,0 +1,200 @@
+"""The archive's REST API, in-process (TestClient), on SQLite and PostgreSQL; one real-server test."""
+
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from marsvision.archive.db import open_engine
+from marsvision.archive.index import IndexConfig, run_index
+from marsvision.archive.service import create_app
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def archive(db_url, example_images, broken_images):
+    run_index([str(example_images[0].parent), str(broken_images)], IndexConfig(db=db_url), progress=False)
+    engine = open_engine(db_url)
+    app = create_app(engine, token=TOKEN, max_upload_bytes=64 * 1024)
+    with TestClient(app) as client:
+        yield client
+    app.state.archive.model()[1].close()
+    engine.dispose()
+
+
+def test_health_and_readiness(archive):
+    assert archive.get("/healthz").json() == {"status": "ok"}
+    ready = archive.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["classes"] == 24 and ready["model"].startswith("marsvision-lite0")
+
+
+def test_search_filters_sorting_and_paging(archive):
+    everything = archive.get("/api/images", params={"page_size": 100}).json()
+    assert everything["total"] == 15 and len(everything["items"]) == 15
+    wheel = archive.get("/api/images", params={"label": "wheel"}).json()
+    assert wheel["total"] == 1 and wheel["items"][0]["label"] == "wheel" and "features" not in wheel["items"][0]
+    sols = archive.get("/api/images", params={"sol_min": 700, "sol_max": 900, "instrument": "mr"}).json()["items"]
+    assert sols and all(700 <= i["sol"] <= 900 and i["instrument"] == "MR" for i in sols)
+    confident = archive.get("/api/images", params={"min_confidence": 0.999, "sort": "confidence", "descending": True})
+    conf = [i["confidence"] for i in confident.json()["items"]]
+    assert conf == sorted(conf, reverse=True) and min(conf) >= 0.999
+    assert archive.get("/api/images", params={"error": True}).json()["total"] == 3
+    assert archive.get("/api/images", params={"unknown": False, "error": False}).json()["total"] == 12
+    pages = [archive.get("/api/images", params={"page": p, "page_size": 4}).json()["items"] for p in (1, 2, 3, 4)]
+    assert [len(p) for p in pages] == [4, 4, 4, 3] and len({i["id"] for p in pages for i in p}) == 15
+    assert archive.get("/api/images", params={"sort": "path;drop"}).status_code == 422
+    assert archive.get("/api/images", params={"min_confidence": 2}).status_code == 422
+
+
+def test_detail_thumbnail_heatmap_similar_classes(archive):
+    first = archive.get("/api/images", params={"error": False}).json()["items"][0]
+    d = archive.get(f"/api/images/{first['id']}").json()
+    assert d["name_fields"]["instrument_name"] in ("MAHLI", "Mastcam Left", "Mastcam Right") and d["corrections"] == []
+    thumb = archive.get(f"/api/images/{first['id']}/thumbnail")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    heat = archive.get(f"/api/images/{first['id']}/heatmap", params={"label": "wheel"})
+    assert heat.status_code == 200 and heat.content[:4] == b"\x89PNG"
+    assert archive.get(f"/api/images/{first['id']}/heatmap", params={"label": "unicorn"}).status_code == 422
+    near = archive.get(f"/api/images/{first['id']}/similar", params={"k": 5}).json()["items"]
+    assert len(near) == 5 and first["id"] not in [n["id"] for n in near]
+    assert [n["similarity"] for n in near] == sorted((n["similarity"] for n in near), reverse=True)
+    classes = archive.get("/api/classes").json()["classes"]
+    assert len(classes) == 24 and sum(c["count"] for c in classes) == 12
+    assert archive.get("/api/images/99999").status_code == 404
+    assert archive.get("/api/images/99999/thumbnail").status_code == 404
+    assert archive.get("/api/images/..%2F..%2Fetc%2Fpasswd/thumbnail").status_code in (404, 422)  # ids only
+
+
+def test_corrections_need_the_token_and_never_overwrite_the_model(archive):
+    img = archive.get("/api/images", params={"label": "wheel"}).json()["items"][0]
+    body = {"label": "ground", "note": "it is mostly ground", "author": "curator-1"}
+    assert archive.put(f"/api/images/{img['id']}/label", json=body).status_code == 401
+    assert archive.put(f"/api/images/{img['id']}/label", json=body,
+                       headers={"Authorization": "Bearer wrong"}).status_code == 401
+    done = archive.put(f"/api/images/{img['id']}/label", json=body, headers=AUTH)
+    assert done.status_code == 200
+    d = done.json()
+    assert d["label"] == "wheel" and d["reviewed_label"] == "ground"  # the model's label stays
+    assert d["corrections"][0] == {**d["corrections"][0], "label": "ground", "author": "curator-1", "model_label": "wheel"}
+    assert archive.put(f"/api/images/{img['id']}/label", json={"label": "unicorn"}, headers=AUTH).status_code == 422
+    assert archive.get("/api/images", params={"reviewed": True}).json()["total"] == 1
+    wheel = next(c for c in archive.get("/api/classes").json()["classes"] if c["label"] == "wheel")
+    assert wheel["reviewed"] == 1 and wheel["not_reviewed"] == 0
+
+
+def test_writes_refused_without_a_configured_token(db_url, example_images):
+    run_index([str(example_images[0])], IndexConfig(db=db_url), progress=False)
+    engine = open_engine(db_url)
+    with TestClient(create_app(engine)) as client:
+        r = client.put("/api/images/1/label", json={"label": "ground"})
+        assert r.status_code == 403 and "--token-file" in r.json()["detail"]
+    with TestClient(create_app(engine, allow_anonymous_writes=True)) as client:
+        assert client.put("/api/images/1/label", json={"label": "ground"}).status_code == 200
+    engine.dispose()
+
+
+def test_export_all_matching_rows_csv_and_json(archive):
+    text = archive.get("/api/export", params={"format": "csv", "error": False}).text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 12 and list(rows[0])[:5] == ["path", "label", "confidence", "unknown", "novelty"]
+    items = archive.get("/api/export", params={"format": "json", "label": "wheel"}).json()
+    assert len(items) == 1 and items[0]["label"] == "wheel" and json.loads(rows[0]["top_k"])
+
+
+def jpeg_bytes(path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def test_classify_uploads_and_bad_input(archive, example_images):
+    from conftest_helpers import png_bomb
+
+    files = [("files", (p.name, jpeg_bytes(p), "image/jpeg")) for p in example_images[:2]]
+    r = archive.post("/api/classify", files=files)
+    assert r.status_code == 200 and [i["label"] for i in r.json()["items"]] and all(i["id"] is None if "id" in i else True
+                                                                                     for i in r.json()["items"])
+    assert archive.get("/api/images").json()["total"] == 15  # not stored without ?store=true
+    bad = {
+        "big.jpg": (b"\xff\xd8" + b"\0" * (70 * 1024), 413),
+        "bomb.png": (png_bomb(40000, 40000), 422),
+        "notes.jpg": (b"hello, not an image", 415),
+        "empty.jpg": (b"", 422),
+    }
+    for name, (data, status) in bad.items():
+        r = archive.post("/api/classify", files=[("files", (name, data, "application/octet-stream"))])
+        assert r.status_code == status, (name, r.text)
+        assert name in r.json()["detail"]
+    assert archive.get("/healthz").status_code == 200 and archive.get("/readyz").json()["status"] == "ready"
+    assert archive.post("/api/classify", params={"store": True}, files=files[:1]).status_code == 401
+
+
+def test_stored_upload_joins_the_archive(archive, tmp_path, monkeypatch, example_images):
+    from PIL import Image
+
+    monkeypatch.setenv("MARSVISION_UPLOADS", str(tmp_path / "uploads"))
+    buf = io.BytesIO()
+    Image.open(example_images[0]).rotate(90).save(buf, format="JPEG")
+    r = archive.post("/api/classify", params={"store": True}, headers=AUTH, files=[("files", ("new.jpg", buf.getvalue(), "image/jpeg"))])
+    assert r.status_code == 200 and r.json()["items"][0]["id"]
+    assert archive.get("/api/images").json()["total"] == 16
+    assert archive.get(f"/api/images/{r.json()['items'][0]['id']}/thumbnail").status_code == 200
+
+
+def test_classification_is_capped_with_503_and_retry_after(archive, example_images):
+    slots = archive.app.state.archive.slots
+    held = [slots.acquire(blocking=False) for _ in range(2)]
+    try:
+        r = archive.post("/api/classify", files=[("files", ("a.jpg", jpeg_bytes(example_images[0]), "image/jpeg"))])
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    finally:
+        for ok in held:
+            if ok:
+                slots.release()
+    assert archive.post("/api/classify", files=[("files", ("a.jpg", jpeg_bytes(example_images[0]), "image/jpeg"))]).status_code == 200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_real_server_binds_loopback_serves_docs_and_refuses_anonymous_writes(tmp_path, example_images):
+    """What only a real server shows: the command's defaults, the listening address, /docs over HTTP."""
+    db = tmp_path / "real.db"
+    run_index([str(example_images[0].parent)], IndexConfig(db=str(db)), progress=False)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MARSVISION_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "marsvision.cli", "serve", "--db", str(db), "--port", str(port)],
+                            env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert httpx.get(url + "/readyz").json()["status"] == "ready"
+        assert "swagger" in httpx.get(url + "/docs").text.lower()
+        assert httpx.get(url + "/openapi.json").json()["paths"]["/api/images"]
+        assert httpx.put(url + "/api/images/1/label", json={"label": "ground"}).status_code == 403
+        listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                     if line.split()[3] == "0A"]  # state LISTEN
+        assert f"0100007F:{port:04X}" in listening  # 127.0.0.1 only
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert "writes: disabled" in out and f"127.0.0.1:{port}" in out
