@@ -194,6 +194,35 @@ def cmd_index(paths: list[str], cfg) -> int:
     return EXIT_FAILED_INPUTS if report.failed else EXIT_OK
 
 
+def cmd_models(action: str, version: str, db: str) -> int:
+    """`marsvision models list|activate VERSION|rollback`."""
+    db_mod, versions, rescore = (_archive_module(m) for m in ("db", "versions", "rescore"))
+    engine = db_mod.open_engine(db or None)
+    make = db_mod.sessions(engine)
+    if action == "list":
+        with make() as s:
+            rows = versions.version_rows(s)
+        for r in rows:
+            print(f"{'*' if r['active'] else ' '} {r['version']:<36} {r['created_at']}  parent {r['parent'] or '-':<36} "
+                  f"{r['corrections']:>5} corrections {r['images']:>7} images")
+        return EXIT_OK
+    with make() as s:
+        target = versions.rollback_target(s) if action == "rollback" else versions.find(s, version)
+    done = rescore.activate(make, target)
+    print(f"marsvision: {done['version']} is active; {done['rescored']} images re-scored in {done['seconds']:.1f} s")
+    return EXIT_OK
+
+
+def cmd_refit(cfg) -> int:
+    result = importlib.import_module("marsvision.curate.refit").run_refit(cfg)
+    act = result.get("activation")
+    print(f"marsvision: {result['version']} from {result['inputs']['corrections']} corrections and "
+          f"{result['inputs']['training_images']} training images (head fitted in {result['fit_seconds']:.1f} s) → "
+          f"{result['files']['onnx']}" + (f" and {result['files']['torch']}" if result["files"].get("torch") else "")
+          + (f"; active, {act['rescored']} images re-scored in {act['seconds']:.1f} s" if act else "; not activated"))
+    return EXIT_OK
+
+
 def cmd_serve(cfg) -> int:
     _archive_module("service").run_serve(cfg)
     return EXIT_OK
@@ -236,6 +265,7 @@ LAZY_COMMANDS = {
     "evaluate": ("marsvision.evaluation.evaluate", "EvaluateConfig", ""),
     "export": ("marsvision.export.onnx", "ExportConfig", "train"),
     "calibrate": ("marsvision.export.trust", "CalibrateConfig", "train"),
+    "refit": ("marsvision.curate.refit", "RefitConfig", "archive"),
 }
 SHORT_HELP = {
     "train": "Fine-tune a model on the MSL data set.",
@@ -245,6 +275,8 @@ SHORT_HELP = {
     "calibrate": "Fit a model file's calibrated confidence and unknown-image data on its training splits.",
     "index": "Classify images (files, folders, recursively) into the archive database, one row per image.",
     "serve": "Serve the archive: a web page at / and a REST API at /api (OpenAPI page at /docs).",
+    "refit": "Refit the model's head on its training images plus the curators' corrections (no image decoded).",
+    "models": "List the archive's model versions, activate one (re-scoring the archive), or roll back.",
 }
 
 
@@ -275,8 +307,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "evaluate": lambda a, cls: cmd_evaluate(config_from(a, cls)),
         "export": lambda a, cls: cmd_export(config_from(a, cls)),
         "calibrate": lambda a, cls: cmd_calibrate(config_from(a, cls)),
+        "refit": lambda a, cls: cmd_refit(config_from(a, cls)),
     }
-    for name in ("train", "probe", "evaluate", "export", "calibrate"):
+    for name in ("train", "probe", "evaluate", "export", "calibrate", "refit"):
         if name != wanted:
             sub.add_parser(name, help=SHORT_HELP[name], description=SHORT_HELP[name])
             continue
@@ -303,6 +336,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         add_config_args(p, cls)
         p.set_defaults(run=lambda a, cls=cls, run=run, name=name: run(a.paths, config_from(a, cls)) if name == "index"
                        else run(config_from(a, cls)))
+
+    p = sub.add_parser("models", help=SHORT_HELP["models"], description=SHORT_HELP["models"])
+    p.add_argument("action", choices=("list", "activate", "rollback"))
+    p.add_argument("version", nargs="?", default="", help="the version to activate")
+    p.add_argument("--db", default="", help="archive database (default: $MARSVISION_DB, then ./marsvision.db)")
+    p.set_defaults(run=lambda a: cmd_models(a.action, a.version, a.db) if a.action != "activate" or a.version
+                   else p.error("activate needs a VERSION (see `marsvision models list`)"))
 
     p = sub.add_parser("explain", help=ExplainConfig.__doc__, description=ExplainConfig.__doc__)
     p.add_argument("paths", nargs="+", metavar="IMAGE", help="image files or folders")

@@ -7,7 +7,8 @@ One schema for SQLite (the default, a file beside you) and PostgreSQL (``postgre
 - ``images``: one row per image content (SHA-256): where it was found, its file-name fields, the active
   model's output (label, calibrated confidence, unknown flag, novelty, top-k, which version), the
   feature vector and its similarity sketch, or why it could not be read; the latest curator's label;
-- ``corrections``: every curator's correction, never deleted; the model's label is never overwritten.
+- ``corrections``: every curator's correction, never deleted; the model's label is never overwritten;
+- ``training_images``: the training images' features, stored once for refits.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Image(Base):
     confidence: Mapped[float | None] = mapped_column(Float, index=True, nullable=True)
     unknown: Mapped[bool | None] = mapped_column(Boolean, index=True, nullable=True)
     novelty: Mapped[float | None] = mapped_column(Float, nullable=True)
-    margin: Mapped[float | None] = mapped_column(Float, nullable=True)  # top-1 minus top-2 probability
+    margin: Mapped[float | None] = mapped_column(Float, index=True, nullable=True)  # top-1 minus top-2 probability
     top_k: Mapped[list] = mapped_column(JSON, default=list)  # [[label, probability], ...]
     # What a re-score or a refit needs, so no image is decoded again: the pooled features (float16)
     # and the texture's coordinates in the novelty basis (float32); and a small similarity sketch.
@@ -90,6 +91,21 @@ class Correction(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), nullable=True)
     model_label: Mapped[str | None] = mapped_column(String(64), nullable=True)  # what the model said then
+
+
+class TrainingImage(Base):
+    """The training images' features (float16), computed once by the model that computes the archive's
+    features (``features_from``), so a refit never decodes an image."""
+
+    __tablename__ = "training_images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    features_from: Mapped[str] = mapped_column(String(80), index=True)
+    split: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(64))
+    sol: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    features: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 def database_url(db: str | None = None) -> str:

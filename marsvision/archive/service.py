@@ -34,7 +34,10 @@ from .db import DB_HELP, Correction, Image, ModelVersion, open_engine, sessions,
 from .queries import EXPORT_COLUMNS, Filters, SketchIndex, class_counts, export_rows, get_image, search
 from .index import insert_new
 from .records import image_row
-from .versions import active_version, ensure_active
+from ..curate.review import DEFAULT_STRATEGY, STRATEGIES
+from .rescore import activate
+from .review import review_queue
+from .versions import VersionError, active_version, ensure_active, find, version_rows
 
 STATIC = Path(__file__).with_name("static")
 TOKEN_ENV = "MARSVISION_TOKEN"
@@ -335,9 +338,30 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
     @app.get("/api/models", tags=["models"])
     def models():
         with archive.sessions() as s:
-            return {"models": [{"version": m.version, "active": m.active, "created_at": m.created_at.isoformat(),
-                                "corrections": m.corrections, "path": m.path}
-                               for m in s.scalars(select(ModelVersion).order_by(ModelVersion.id))]}
+            return {"models": version_rows(s)}
+
+    @app.post("/api/models/{version}/activate", tags=["models"])
+    def activate_version(version: str, who: Annotated[str, Depends(writer)]):
+        """Make ``version`` the active model and re-score the whole archive from stored features (no decode)."""
+        with archive.sessions() as s:
+            try:
+                mv = find(s, version)
+            except VersionError as e:
+                raise HTTPException(404, str(e)) from None
+        try:
+            return activate(archive.sessions, mv)
+        except VersionError as e:
+            raise HTTPException(409, str(e)) from None
+
+    @app.get("/api/review", tags=["curation"])
+    def review(limit: Annotated[int, Query(ge=1, le=100)] = 10, strategy: str = DEFAULT_STRATEGY):
+        """The not yet reviewed images whose labels would teach the model most, in asking order."""
+        if strategy not in STRATEGIES:
+            raise HTTPException(422, f"strategy must be one of {', '.join(STRATEGIES)}")
+        _, clf = archive.model()
+        with archive.sessions() as s:
+            items = review_queue(s, clf, strategy, limit)
+        return {"strategy": strategy, "items": items}
 
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -66,3 +66,25 @@ def find(session: Session, version: str) -> ModelVersion:
         known = ", ".join(session.scalars(select(ModelVersion.version).order_by(ModelVersion.id)))
         raise VersionError(f"no model version {version!r}; known: {known or 'none'}")
     return mv
+
+
+def version_rows(session: Session) -> list[dict]:
+    """Every version, oldest first, with how many images it labels now."""
+    from sqlalchemy import func
+
+    from .db import Image
+
+    counts = dict(session.execute(select(Image.model_id, func.count()).group_by(Image.model_id)).all())
+    versions = list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))
+    names = {m.id: m.version for m in versions}
+    return [{"version": m.version, "active": m.active, "created_at": m.created_at.isoformat(timespec="seconds"),
+             "parent": names.get(m.parent_id), "corrections": m.corrections, "images": counts.get(m.id, 0),
+             "path": m.path} for m in versions]
+
+
+def rollback_target(session: Session) -> ModelVersion:
+    """The version a rollback activates: the active version's parent."""
+    mv = active_version(session)
+    if mv is None or mv.parent_id is None:
+        raise VersionError("nothing to roll back to: the active version has no parent")
+    return session.get(ModelVersion, mv.parent_id)

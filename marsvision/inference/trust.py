@@ -103,11 +103,16 @@ class Novelty:
 
     def raw(self, texture: np.ndarray) -> np.ndarray:
         """(N, C) texture → (N,) distance to the k-th nearest reference, before the threshold."""
-        q, q_res = self.embed(texture)
+        return self.raw_from_embedding(*self.embed(texture))
+
+    def raw_from_embedding(self, q: np.ndarray, q_res: np.ndarray) -> np.ndarray:
+        """The same from the coordinates (N, D) and residual norms (N,) ``embed`` gives (the archive
+        stores them, so a re-score needs no image)."""
         # |q − r|² = |q|² + |r|² − 2 q·r in the kept directions, plus both residuals, taken as
-        # orthogonal (the residual space is where the training images barely vary). einsum: see Head.
-        d2 = ((q * q).sum(1) + q_res ** 2)[:, None] + self._reference_sq[None] \
-            - 2 * np.einsum("nd,md->nm", q, self.reference)
+        # orthogonal (the residual space is where the training images barely vary). A prediction's
+        # batch: einsum (see Head); a re-score of thousands of stored rows: BLAS, whose threads pay off.
+        qr = q @ self.reference.T if len(q) > 256 else np.einsum("nd,md->nm", q, self.reference)
+        d2 = ((q * q).sum(1) + q_res ** 2)[:, None] + self._reference_sq[None] - 2 * qr
         k = min(self.k, d2.shape[1])
         return np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
 

@@ -1,0 +1,83 @@
+"""Re-score the archive with another model version from the stored vectors: no image is decoded.
+
+A version can re-score the rows whose features its graph computes (a refit shares its parent's graph:
+``models.info["features_from"]``); rows indexed by an unrelated model need ``marsvision index
+--reclassify``. Rows are rewritten in chunks, one transaction each; a kill leaves every row labelled by
+one version or the other, never half, and rerunning the activation finishes the job.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..inference.classifier import Classifier
+from ..inference.predict import load_model
+from .db import Image, ModelVersion
+from .records import from_blob
+from .versions import VersionError, set_active
+
+
+def scores(clf: Classifier, features: np.ndarray, texture: np.ndarray | None, top_k: int = 5) -> list[dict]:
+    """The model-output columns for stored features (N, F) and texture embeddings (N, D + 1)."""
+    logits = clf.head(features)
+    novelty = None
+    if clf.trust.novelty is not None and texture is not None:
+        novelty = clf.trust.novelty.raw_from_embedding(texture[:, :-1], texture[:, -1]) / clf.trust.novelty.threshold
+    probs = clf.trust.calibration(logits, novelty) if clf.trust.calibration is not None else \
+        clf.trust.apply(logits, None)[0]
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    out = []
+    for i, row in enumerate(order):
+        p = probs[i]
+        out.append({"label": clf.class_names[row[0]], "confidence": float(p[row[0]]),
+                    "margin": float(p[row[0]] - (p[row[1]] if len(row) > 1 else 0.0)),
+                    "unknown": None if novelty is None else bool(novelty[i] > 1.0),
+                    "novelty": None if novelty is None else float(novelty[i]),
+                    "top_k": [[clf.class_names[j], round(float(p[j]), 6)] for j in row]})
+    return out
+
+
+def compatible(session: Session, mv: ModelVersion) -> int:
+    """How many rows were labelled by a version whose features ``mv`` cannot read (0: all fine)."""
+    source = mv.info.get("features_from") or mv.version
+    other = [m.id for m in session.scalars(select(ModelVersion)) if (m.info.get("features_from") or m.version) != source]
+    if not other:
+        return 0
+    return session.scalar(select(func.count(Image.id)).where(Image.model_id.in_(other), Image.features.is_not(None)))
+
+
+def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progress=None) -> dict:
+    """Make ``version`` the active one and re-score every readable row with it; returns counts and time."""
+    t0 = time.perf_counter()
+    with make.begin() as s:
+        mv = s.get(ModelVersion, version.id)
+        blocked = compatible(s, mv)
+        if blocked:
+            raise VersionError(f"{blocked} images were indexed by a model whose features {mv.version} cannot read; "
+                               f"activate it with `marsvision index PATH --reclassify` instead")
+        set_active(s, mv)
+        path = mv.path
+    clf = load_model(path, threads=None)
+    done, last = 0, 0
+    try:
+        while True:
+            with make.begin() as s:  # one transaction a chunk
+                rows = s.execute(select(Image.id, Image.features, Image.texture)
+                                 .where(Image.id > last, Image.features.is_not(None)).order_by(Image.id).limit(chunk)).all()
+                if not rows:
+                    break
+                feats = np.stack([from_blob(r.features, "f2") for r in rows])
+                tex = np.stack([from_blob(r.texture, "f4") for r in rows]) if all(r.texture for r in rows) else None
+                cols = scores(clf, feats, tex)
+                s.execute(update(Image), [{"id": r.id, "model_id": version.id, **c} for r, c in zip(rows, cols)])
+            done += len(rows)
+            last = rows[-1].id
+            if progress:
+                progress(done)
+    finally:
+        clf.close()
+    return {"version": version.version, "rescored": done, "seconds": round(time.perf_counter() - t0, 2)}

@@ -1,0 +1,44 @@
+"""The review queue over the archive: the not yet reviewed images a curator should label next.
+
+The strategies (``marsvision.curate.review``) run on the images of smallest top-2 margin (an indexed
+column), a pool of at most ``POOL`` rows whose probabilities are recomputed from their stored features
+by the active model, so a request costs the same at 10 000 or 1 000 000 images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..curate.review import choose
+from ..inference.classifier import Classifier
+from .db import Image
+from .queries import get_image
+from .records import from_blob
+
+POOL = 2000
+
+
+def review_queue(session: Session, clf: Classifier, strategy: str, limit: int, seed: int = 0) -> list[dict]:
+    open_rows = select(Image.id, Image.features, Image.texture).where(
+        Image.reviewed_label.is_(None), Image.features.is_not(None))
+    order = func.random() if strategy == "random" else Image.margin.asc()
+    rows = session.execute(open_rows.order_by(order, Image.id).limit(POOL)).all()
+    if not rows:
+        return []
+    feats = np.stack([from_blob(r.features, "f2") for r in rows])
+    logits = clf.head(feats)
+    novelty = None
+    if clf.trust.novelty is not None and all(r.texture for r in rows):
+        tex = np.stack([from_blob(r.texture, "f4") for r in rows])
+        novelty = clf.trust.novelty.raw_from_embedding(tex[:, :-1], tex[:, -1]) / clf.trust.novelty.threshold
+    probs = clf.trust.calibration(logits, novelty) if clf.trust.calibration else clf.trust.apply(logits, None)[0]
+    picked = choose(strategy, probs, feats, limit, np.random.default_rng(seed))
+    top2 = np.sort(probs[picked], axis=1)[:, -2:]
+    out = []
+    for i, (second, first) in zip(picked, top2):
+        item = get_image(session, rows[i].id)
+        item["review_margin"] = round(float(first - second), 6)
+        out.append(item)
+    return out

@@ -1,0 +1,478 @@
+/* The marsvision archive page: browse, filter and correct the archive through its REST API (/api).
+   Plain JavaScript, no framework, no build step. Other views (the Review tab) can reuse what
+   window.marsvision exposes: api, openDetail, showTab, token, reload, card and the "marsvision:tab" event. */
+"use strict";
+(() => {
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const FILTER_KEYS = ["label", "min_confidence", "sol_min", "sol_max", "instrument", "unknown", "reviewed"];
+  const VIEW_DEFAULTS = { sort: "id", descending: "false", page: "1", page_size: "48" };
+  const CONTROLS = { label: "#f-label", min_confidence: "#f-min-confidence", sol_min: "#f-sol-min", sol_max: "#f-sol-max",
+    instrument: "#f-instrument", unknown: "#f-unknown", reviewed: "#f-reviewed", sort: "#f-sort",
+    descending: "#f-descending", page_size: "#f-page-size" };
+  const TOKEN_KEY = "marsvision.token", AUTHOR_KEY = "marsvision.author";
+  const state = { params: {}, classes: [], ready: null, items: [], request: 0, detail: null, detailTicket: 0,
+    heatmap: false, openerId: null, opener: null };
+  const grid = $("#grid"), dialog = $("#detail"), img = $("#detail-img");
+
+  /** A DOM element: h("a", {href, class, text, onclick, dataset}, ...children). Text is never parsed as HTML. */
+  function h(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v == null || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k === "dataset") Object.assign(node.dataset, v);
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children.flat()) if (c != null && c !== false) node.append(c);
+    return node;
+  }
+
+  // ------------------------------------------------------------------------------------------ API, formats
+  function errorText(status, body) {
+    const d = body && (body.detail ?? body.reason);
+    if (typeof d === "string") return d;
+    if (Array.isArray(d)) return d.map((e) => `${(e.loc || []).slice(1).join(".")}: ${e.msg}`).join("; ");
+    return `HTTP ${status}`;
+  }
+
+  async function api(path, options = {}) {
+    const res = await fetch(path, { ...options, headers: { Accept: "application/json", ...(options.headers || {}) } });
+    let body = null;
+    try { body = await res.json(); } catch { /* not JSON */ }
+    if (!res.ok) throw Object.assign(new Error(errorText(res.status, body)), { status: res.status });
+    return body;
+  }
+
+  const pct = (p) => p == null ? "–" : p >= 0.9995 ? ">99.9%" : p < 0.0005 ? "<0.1%" : `${(p * 100).toFixed(1)}%`;
+  const baseName = (path) => String(path).split(/[\\/]/).pop();
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  /** An ISO time as "YYYY-MM-DD HH:MM UTC" (times without an offset are UTC: the archive stores UTC). */
+  function when(iso) {
+    if (!iso) return "";
+    const t = new Date(/(Z|[+-]\d\d:?\d\d)$/i.test(iso) ? iso : `${iso}Z`);
+    return isNaN(t) ? iso : `${t.toISOString().slice(0, 16).replace("T", " ")} UTC`;
+  }
+  const instrumentName = (code) => ({ MH: "MAHLI", ML: "Mastcam Left", MR: "Mastcam Right", MD: "MARDI" })[code] || code;
+
+  function setStatus(text) { $("#status").textContent = text; }
+  function showError(text) { const e = $("#error"); e.textContent = text; e.hidden = !text; }
+  function detailStatus(text, bad = false) {
+    const s = $("#detail-status");
+    s.textContent = text;
+    s.classList.toggle("bad", bad);
+  }
+
+  // ---------------------------------------------------------------------------------- token (session only)
+  const tokenInputs = [$("#token"), $("#detail-token")];
+  const getToken = () => sessionStorage.getItem(TOKEN_KEY) || "";
+  function setToken(value) {
+    if (value) sessionStorage.setItem(TOKEN_KEY, value); else sessionStorage.removeItem(TOKEN_KEY);
+    for (const input of tokenInputs) if (input.value !== value) input.value = value;
+  }
+  tokenInputs.forEach((input) => input.addEventListener("input", () => setToken(input.value.trim())));
+
+  // ------------------------------------------------------------------------------ filters <-> form <-> URL
+  function readUrl() {
+    const q = new URLSearchParams(location.search), p = {};
+    for (const k of [...FILTER_KEYS, ...Object.keys(VIEW_DEFAULTS)]) if (q.get(k)) p[k] = q.get(k);
+    return p;
+  }
+
+  function ensureOption(select, value) {
+    if (value && ![...select.options].some((o) => o.value === value)) select.append(h("option", { value, text: value }));
+  }
+
+  function readForm() {
+    const p = {};
+    for (const [k, sel] of Object.entries(CONTROLS)) {
+      let v = $(sel).value.trim();
+      if (k === "min_confidence") v = v === "0" ? "" : String(Number(v) / 100);
+      if (v !== "") p[k] = v;
+    }
+    return p;
+  }
+
+  function writeForm(p) {
+    for (const [k, sel] of Object.entries(CONTROLS)) {
+      const input = $(sel);
+      let v = p[k] ?? VIEW_DEFAULTS[k] ?? "";
+      if (k === "min_confidence") v = v === "" ? "0" : String(Math.round(Number(v) * 100));
+      if (input.tagName === "SELECT") ensureOption(input, v);
+      input.value = v;
+    }
+    showMinConfidence();
+  }
+
+  function showMinConfidence() {
+    const v = $("#f-min-confidence").value;
+    $("#f-min-confidence-out").textContent = v === "0" ? "any" : `≥ ${v}%`;
+  }
+
+  /** Only what differs from the defaults, so URLs stay short. */
+  function urlQuery(p) {
+    return new URLSearchParams(Object.entries(p).filter(([k, v]) => v !== "" && VIEW_DEFAULTS[k] !== v)).toString();
+  }
+
+  function apply(changes = {}) {
+    state.params = { ...readForm(), page: "1", ...changes };
+    const qs = urlQuery(state.params);
+    if (qs !== location.search.slice(1)) history.pushState(null, "", qs ? `?${qs}` : location.pathname);
+    return loadImages();
+  }
+
+  function setUrlImage(id) {
+    const q = new URLSearchParams(location.search);
+    if (id) q.set("image", id); else q.delete("image");
+    history.replaceState(null, "", q.toString() ? `?${q}` : location.pathname);
+  }
+
+  function updateExport() {
+    const q = new URLSearchParams(Object.entries(state.params).filter(([k]) => FILTER_KEYS.includes(k)));
+    for (const format of ["csv", "json"]) {
+      q.set("format", format);
+      $(`#export-${format}`).href = `/api/export?${q}`;
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------------ grid
+  async function loadImages() {
+    const ticket = ++state.request;
+    setStatus("Loading…");
+    showError("");
+    grid.setAttribute("aria-busy", "true");
+    updateExport();
+    const q = new URLSearchParams(Object.entries({ ...VIEW_DEFAULTS, ...state.params }).filter(([, v]) => v !== ""));
+    try {
+      const res = await api(`/api/images?${q}`);
+      if (ticket !== state.request) return;
+      state.items = res.items;
+      grid.replaceChildren(...res.items.map((item) => h("li", { class: "cell" }, card(item))));
+      const pages = Math.max(1, Math.ceil(res.total / res.page_size));
+      $("#page-info").textContent = `Page ${res.page} of ${pages} · ${plural(res.total, "image")}`;
+      $("#prev").disabled = res.page <= 1;
+      $("#next").disabled = res.page >= pages;
+      setStatus(!res.total ? "No images match these filters." : !res.items.length ? "No images on this page."
+        : `${plural(res.total, "image")} match; showing ${(res.page - 1) * res.page_size + 1}–${(res.page - 1) * res.page_size + res.items.length}.`);
+    } catch (e) {
+      if (ticket !== state.request) return;
+      setStatus("");
+      showError(`Could not load the images: ${e.message}`);
+    } finally {
+      if (ticket === state.request) grid.removeAttribute("aria-busy");
+    }
+  }
+
+  /** A thumbnail card (a button that opens the detail view). */
+  function card(item) {
+    const name = baseName(item.path);
+    const bad = Boolean(item.error);
+    const thumb = bad ? h("div", { class: "placeholder", "aria-hidden": "true", text: "Unreadable" })
+      : h("img", { src: `/api/images/${item.id}/thumbnail?size=192`, alt: `Thumbnail of ${name}`, loading: "lazy",
+        width: 192, height: 192, onerror: (e) => e.target.replaceWith(h("div", { class: "placeholder", text: "No preview" })) });
+    const badges = [
+      item.unknown && h("span", { class: "badge unknown", title: "Unlike the images the model was trained on", text: "unknown" }),
+      item.reviewed_label && h("span", { class: "badge reviewed", title: "The curator's label", text: `reviewed: ${item.reviewed_label}` }),
+      bad && h("span", { class: "badge error", text: "unreadable" }),
+    ];
+    const where = item.sol != null ? `Sol ${item.sol} · ${instrumentName(item.instrument)}` : name;
+    const button = h("button", { type: "button", class: `card${bad ? " unreadable" : ""}`, title: name,
+      dataset: { id: item.id, label: item.label ?? "" }, onclick: () => openDetail(item.id, button) },
+      h("span", { class: "thumb" }, thumb),
+      h("span", { class: "card-body" },
+        h("span", { class: "card-title" },
+          h("span", { class: "card-label", text: bad ? name : item.label ?? "–" }),
+          !bad && h("span", { class: "card-conf", text: pct(item.confidence) })),
+        !bad && h("span", { class: "confbar", "aria-hidden": "true" },
+          h("span", { style: `width:${Math.round((item.confidence || 0) * 100)}%` })),
+        h("span", { class: "badges" }, badges),
+        h("span", { class: "card-meta", text: bad ? item.error : where })));
+    return button;
+  }
+
+  function updateCard(detail) {
+    const i = state.items.findIndex((it) => it.id === detail.id);
+    if (i >= 0) state.items[i] = { ...state.items[i], ...detail };
+    const old = grid.querySelector(`.card[data-id="${detail.id}"]`);
+    if (old) old.replaceWith(card(i >= 0 ? state.items[i] : detail));
+  }
+
+  /** Arrow keys, Home and End move between cards. */
+  grid.addEventListener("keydown", (e) => {
+    const cards = [...grid.querySelectorAll(".card")];
+    const i = cards.indexOf(document.activeElement);
+    if (i < 0 || e.altKey || e.ctrlKey || e.metaKey) return;
+    const cols = cards.filter((c) => c.offsetTop === cards[0].offsetTop).length || 1;
+    const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: cols, ArrowUp: -cols, Home: -i, End: cards.length - 1 - i }[e.key];
+    if (step === undefined) return;
+    e.preventDefault();
+    cards[Math.min(cards.length - 1, Math.max(0, i + step))].focus();
+  });
+
+  // ---------------------------------------------------------------------------------------- detail view
+  async function openDetail(id, opener) {
+    const ticket = ++state.detailTicket;
+    if (!dialog.open) {
+      state.opener = opener || document.activeElement;
+      state.openerId = opener && opener.dataset ? opener.dataset.id : null;
+      dialog.showModal();
+    }
+    detailStatus("Loading…");
+    loadSimilar(id, ticket);
+    try {
+      const d = await api(`/api/images/${id}`);
+      if (ticket !== state.detailTicket) return;
+      showDetail(d);
+      detailStatus("");
+      setUrlImage(id);
+      $("#detail-title").focus();
+    } catch (e) {
+      if (ticket === state.detailTicket) detailStatus(`Could not load image ${id}: ${e.message}`, true);
+    }
+  }
+
+  function showDetail(d) {
+    state.heatmap = false;
+    $("#heatmap-label").replaceChildren(...(d.top_k.length ? d.top_k : [[d.label]]).filter(([l]) => l)
+      .map(([l]) => h("option", { value: l, text: l })));
+    $("#heatmap-controls").hidden = Boolean(d.error);
+    $("#detail-file").href = `/api/images/${d.id}/file`;
+    $("#correct-note").value = "";
+    renderInfo(d);
+    setPicture();
+  }
+
+  function setPicture() {
+    const d = state.detail, on = state.heatmap, label = $("#heatmap-label").value;
+    const name = baseName(d.path);
+    $("#heatmap-toggle").setAttribute("aria-pressed", String(on));
+    $("#detail-img-error").hidden = true;
+    img.hidden = false;
+    delete img.dataset.fallback;
+    if (d.error) return pictureError(`This file could not be read: ${d.error}`);
+    img.alt = on ? `Heatmap over ${name}: where the evidence for "${label}" lies` : `${name}, classified ${d.label}`;
+    if (on) detailStatus(`Computing the heatmap for "${label}"…`);
+    img.src = on ? `/api/images/${d.id}/heatmap?size=512&label=${encodeURIComponent(label)}` : `/api/images/${d.id}/file`;
+  }
+
+  function pictureError(text) {
+    img.hidden = true;
+    img.removeAttribute("src");
+    const p = $("#detail-img-error");
+    p.textContent = text;
+    p.hidden = false;
+  }
+
+  img.addEventListener("load", () => {
+    if (state.heatmap) detailStatus(`Heatmap: brighter areas carry more evidence for "${$("#heatmap-label").value}".`);
+  });
+  img.addEventListener("error", async () => {
+    const src = img.getAttribute("src");
+    if (!src || !state.detail) return;
+    if (src.endsWith("/file") && !img.dataset.fallback) {  // a format the browser cannot show: the server's JPEG
+      img.dataset.fallback = "1";
+      img.src = `/api/images/${state.detail.id}/thumbnail?size=512`;
+      return;
+    }
+    let text = "The picture could not be loaded.";
+    try { const r = await fetch(src); if (!r.ok) text = errorText(r.status, await r.json()); } catch { /* keep */ }
+    if (img.getAttribute("src") !== src) return;
+    pictureError(text);
+    detailStatus(text, true);
+  });
+
+  $("#heatmap-toggle").addEventListener("click", () => { state.heatmap = !state.heatmap; setPicture(); });
+  $("#heatmap-label").addEventListener("change", () => { if (state.heatmap) setPicture(); });
+
+  function modelClasses() {
+    const n = state.ready ? state.ready.classes : state.classes.length;
+    return state.classes.slice(0, n).map((c) => c.label);
+  }
+
+  /** Everything but the picture (so a correction does not reload it). */
+  function renderInfo(d) {
+    state.detail = d;
+    const name = baseName(d.path);
+    $("#detail-title").textContent = name;
+    const row = (term, ...value) => [h("dt", { text: term }), h("dd", {}, ...value)];
+    $("#detail-summary").replaceChildren(h("dl", {},
+      row("Model's label", h("strong", { text: d.label ?? "–" }),
+        d.unknown && h("span", { class: "badge unknown", text: "unknown" })),
+      row("Confidence", pct(d.confidence)),
+      row("Margin", d.margin == null ? "–" : pct(d.margin)),
+      row("Novelty", d.novelty == null ? "–" : d.novelty.toFixed(3)),
+      row("Curator's label", d.reviewed_label ? h("span", { class: "badge reviewed", text: d.reviewed_label }) : "not reviewed",
+        d.reviewed_at && h("span", { class: "muted", text: ` ${when(d.reviewed_at)}` })),
+      d.error && row("Error", h("span", { class: "bad", text: d.error }))));
+
+    $("#detail-topk").replaceChildren(...d.top_k.map(([label, p]) => h("li", { class: label === d.label ? "top" : null },
+      h("span", { class: "topk-label", text: label }),
+      h("span", { class: "bar", "aria-hidden": "true" }, h("span", { style: `width:${(p * 100).toFixed(1)}%` })),
+      h("span", { class: "topk-p", text: pct(p) }))));
+    if (!d.top_k.length) $("#detail-topk").append(h("li", { class: "muted", text: "No prediction." }));
+
+    const select = $("#correct-label");
+    select.replaceChildren(h("option", { value: "", text: "Choose a class…", disabled: true }),
+      ...modelClasses().map((l) => h("option", { value: l, text: l })));
+    select.value = d.reviewed_label || d.label || "";
+
+    const history = d.corrections.slice().reverse();
+    $("#detail-history").replaceChildren(history.length ? h("table", { class: "history" },
+      h("thead", {}, h("tr", {}, ["When", "Label", "Model said", "Author", "Note"].map((t) => h("th", { scope: "col", text: t })))),
+      h("tbody", {}, history.map((c) => h("tr", {},
+        [when(c.created_at), c.label, c.model_label ?? "–", c.author, c.note].map((t) => h("td", { text: t || "" }))))))
+      : h("p", { class: "muted", text: "No corrections yet." }));
+
+    const f = d.name_fields || {};
+    const meta = [["File", name], ["Path", d.path]];
+    if (f.sol != null) {
+      meta.push(["Sol", f.sol], ["Instrument", `${f.instrument_name} (${f.instrument})`], ["Sequence", f.sequence],
+        ["Command", f.command], ["CDPID counter", f.cdpid_counter], ["CDPID", f.cdpid], ["Product type", f.product_type],
+        ["GOP counter", f.gop], ["Version", f.version], ["Processing", f.processing || "–"]);
+    } else {
+      meta.push(["Name fields", "the name does not follow the MSL pattern"]);
+    }
+    meta.push(["Size", `${(d.size_bytes / 1024).toFixed(1)} KB`], ["SHA-256", d.sha256], ["Indexed", when(d.indexed_at)],
+      ["Model version", d.model_version ?? "–"]);
+    $("#detail-meta tbody").replaceChildren(...meta.map(([k, v]) =>
+      h("tr", {}, h("th", { scope: "row", text: k }), h("td", { text: String(v ?? "–") }))));
+  }
+
+  async function loadSimilar(id, ticket) {
+    const list = $("#detail-similar");
+    list.replaceChildren(h("li", { class: "muted", text: "Loading…" }));
+    try {
+      const res = await api(`/api/images/${id}/similar?k=12`);
+      if (ticket !== state.detailTicket) return;
+      list.replaceChildren(...(res.items.length ? res.items.map((it) => h("li", {},
+        h("button", { type: "button", class: "sim", title: `${baseName(it.path)}: similarity ${it.similarity.toFixed(2)}`,
+          dataset: { id: it.id }, onclick: () => openDetail(it.id) },
+          h("img", { src: `/api/images/${it.id}/thumbnail?size=128`, alt: `${baseName(it.path)}, classified ${it.label ?? "–"}`,
+            loading: "lazy", width: 96, height: 96 }),
+          h("span", { class: "sim-label", text: it.reviewed_label || it.label || "–" }),
+          h("span", { class: "sim-score", text: `sim ${it.similarity.toFixed(2)}` }))))
+        : [h("li", { class: "muted", text: "No similar images." })]));
+    } catch (e) {
+      if (ticket === state.detailTicket) list.replaceChildren(h("li", { class: "muted", text: `Could not load similar images: ${e.message}` }));
+    }
+  }
+
+  $("#correct").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const d = state.detail;
+    if (!d) return;
+    const button = $("#correct-submit"), token = getToken();
+    const body = { label: $("#correct-label").value, note: $("#correct-note").value.trim(), author: $("#correct-author").value.trim() };
+    localStorage.setItem(AUTHOR_KEY, body.author);
+    button.disabled = true;
+    detailStatus("Saving…");
+    try {
+      const updated = await api(`/api/images/${d.id}/label`, { method: "PUT", body: JSON.stringify(body),
+        headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) } });
+      if (state.detail && state.detail.id === d.id) renderInfo(updated);
+      $("#correct-note").value = "";
+      updateCard(updated);
+      detailStatus(`Saved: the curator's label is now "${updated.reviewed_label}" (the model's label stays "${updated.label}").`);
+      loadClasses();
+    } catch (err) {
+      const hint = err.status === 401 ? " Enter the write token and try again." : "";
+      detailStatus(`Not saved${err.status ? ` (${err.status})` : ""}: ${err.message}.${hint}`, true);
+      if (err.status === 401) $("#detail-token").focus();
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  $("#detail-close").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("click", (e) => { if (e.target === dialog) dialog.close(); });  // the backdrop
+  dialog.addEventListener("close", () => {
+    state.detailTicket++;
+    img.removeAttribute("src");
+    setUrlImage(null);
+    const back = (state.openerId && grid.querySelector(`.card[data-id="${state.openerId}"]`)) || state.opener;
+    if (back && back.isConnected) back.focus();
+  });
+
+  // ------------------------------------------------------------------------------------------------ tabs
+  const tabs = () => [...document.querySelectorAll('[role="tab"]')].filter((t) => !t.hidden);
+  function showTab(name) {
+    for (const tab of document.querySelectorAll('[role="tab"]')) {
+      const on = tab.id === `tab-${name}`;
+      tab.setAttribute("aria-selected", String(on));
+      tab.tabIndex = on ? 0 : -1;
+      $(`#${tab.getAttribute("aria-controls")}`).hidden = !on;
+    }
+    document.dispatchEvent(new CustomEvent("marsvision:tab", { detail: { tab: name } }));
+  }
+  $(".tabs").addEventListener("click", (e) => { const t = e.target.closest('[role="tab"]'); if (t) showTab(t.id.slice(4)); });
+  $(".tabs").addEventListener("keydown", (e) => {
+    const list = tabs(), i = list.indexOf(document.activeElement);
+    const j = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: list.length - 1 }[e.key];
+    if (i < 0 || j === undefined) return;
+    e.preventDefault();
+    const t = list[(j + list.length) % list.length];
+    t.focus();
+    showTab(t.id.slice(4));
+  });
+
+  // ------------------------------------------------------------------------------------- server metadata
+  async function loadClasses() {
+    try {
+      state.classes = (await api("/api/classes")).classes;
+      const select = $("#f-label"), keep = select.value;
+      select.replaceChildren(h("option", { value: "", text: "All classes" }),
+        ...state.classes.map((c) => h("option", { value: c.label, text: `${c.label} (${c.count})` })));
+      ensureOption(select, keep);
+      select.value = keep;
+    } catch (e) {
+      showError(`Could not load the classes: ${e.message}`);
+    }
+  }
+
+  async function loadReady() {
+    const info = $("#server-info");
+    try {
+      state.ready = await api("/readyz");
+      info.textContent = `Model ${state.ready.model} · ${state.ready.classes} classes · ${state.ready.database}`;
+    } catch (e) {
+      info.textContent = `Server not ready: ${e.message}`;
+      info.classList.add("bad");
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------- events
+  let timer = 0;
+  const form = $("#filters");
+  form.addEventListener("change", () => { clearTimeout(timer); timer = setTimeout(() => apply(), 200); });
+  form.addEventListener("submit", (e) => { e.preventDefault(); clearTimeout(timer); apply(); });
+  $("#f-min-confidence").addEventListener("input", showMinConfidence);
+  $("#reset").addEventListener("click", () => { writeForm({}); apply(); });
+  function turn(by) {
+    apply({ page: String(Math.max(1, Number(state.params.page || 1) + by)) });
+    $(".toolbar").scrollIntoView({ block: "start" });
+  }
+  $("#prev").addEventListener("click", () => turn(-1));
+  $("#next").addEventListener("click", () => turn(1));
+  window.addEventListener("popstate", () => {
+    state.params = readUrl();
+    writeForm(state.params);
+    loadImages();
+  });
+
+  async function start() {
+    setToken(getToken());
+    $("#correct-author").value = localStorage.getItem(AUTHOR_KEY) || "";
+    const ready = loadReady();
+    fetch("/api/review?limit=1").then((r) => { if (r.ok) $("#tab-review").hidden = false; }).catch(() => {});
+    await Promise.all([loadClasses(), ready]);
+    state.params = readUrl();
+    writeForm(state.params);
+    await loadImages();
+    const image = Number(new URLSearchParams(location.search).get("image"));
+    if (image) openDetail(image, grid.querySelector(`.card[data-id="${image}"]`));
+  }
+
+  window.marsvision = { api, openDetail, showTab, token: getToken, reload: loadImages, card, state };
+  start();
+})();

@@ -1,0 +1,297 @@
+"""`marsvision refit`: fit the head on the training images plus the curators' corrections, from stored
+feature vectors (no image is decoded), and write a new model version.
+
+The new version is the parent's file with new metadata: the same graph and int8 weights (the quantised
+graph ends at the features, so a new head needs no new quantisation), a new head, and refreshed trust
+data (the corrected images join the novelty references; with enough corrections the temperature is
+refitted on their held-out predictions). A torch file is written beside it when the parent has one and
+torch is installed. Corrections weigh ``DEFAULT_WEIGHT`` class-balanced training images of their class
+(chosen on val by benchmarks/active_learning.py). A bad labels CSV is a one-line error naming the line,
+and nothing is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, select
+
+from ..archive.db import DB_HELP, Correction, Image, ModelVersion, TrainingImage, open_engine, sessions
+from ..archive.records import from_blob, to_blob
+from ..archive.rescore import activate
+from ..archive.versions import VersionError, active_version, register
+from ..atomic import atomic_save, atomic_write
+from ..data.msl import DATA_HELP, sol_of
+from ..head.fit import fit_head, fold_head
+from ..inference.predict import load_model
+from ..inference.trust import Calibration, Head, Novelty, Trust
+from .review import DEFAULT_WEIGHT, sample_weights
+
+MIN_FOR_TEMPERATURE = 25  # corrections needed before the temperature is refitted on them
+CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9 _-]{0,63}$")
+
+
+class LabelsError(ValueError):
+    """A labels CSV that cannot be used: the message names the line and the reason."""
+
+
+@dataclass
+class RefitConfig:
+    """Refit the model's head on its training images plus the curators' corrections (no image decoded)."""
+
+    db: str = field(default="", metadata={"help": DB_HELP})
+    labels: str = field(default="", metadata={"help": "corrections from this CSV (columns: image (path, sha256 or archive id), label) instead of the archive's"})
+    new_classes: str = field(default="", metadata={"help": "comma-separated class names the corrections may add to the model's"})
+    data: str = field(default="", metadata={"help": f"the MSL data set, needed once per archive to compute the training images' features; {DATA_HELP}"})
+    weight: float = field(default=DEFAULT_WEIGHT, metadata={"help": "a correction weighs this many class-balanced training images of its class"})
+    out: str = field(default="runs", metadata={"help": "runs root: the new version is written to <out>/refit/<version>/"})
+    activate: bool = field(default=True, metadata={"help": "make the new version active and re-score the archive with it"})
+
+
+def refit_head(x_train: np.ndarray, y_train: np.ndarray, x_new: np.ndarray, y_new: np.ndarray, num_classes: int,
+               c: float, weight: float = DEFAULT_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
+    """(W (K, F), b (K,)) fitted on training images plus corrections, weighed by ``sample_weights``."""
+    x = np.concatenate([x_train, x_new]) if len(x_new) else x_train
+    y = np.concatenate([y_train, y_new]).astype(np.int64)
+    w = sample_weights(y_train, y_new, weight)
+    return fold_head(fit_head(x, y, c, sample_weight=w), num_classes)
+
+
+def read_labels_csv(path: str, session, classes: list[str]) -> list[tuple[int, str, int]]:
+    """(image id, label, line) per row; ``LabelsError`` naming the line of the first bad one."""
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise LabelsError(f"{path}: {e.strerror}") from None
+    with f:
+        reader = csv.DictReader(f)
+        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
+        key = next((k for k in ("image", "path", "sha256", "id") if k in cols), None)
+        if key is None or "label" not in cols:
+            raise LabelsError(f"{path}: line 1: expected columns 'image' (or path, sha256, id) and 'label', "
+                              f"got {reader.fieldnames}")
+        out, seen = [], {}
+        for line, row in enumerate(reader, 2):
+            ref, label = (row[cols[key]] or "").strip(), (row[cols["label"]] or "").strip()
+            if label not in classes:
+                raise LabelsError(f"{path}: line {line}: unknown class {label!r} (not a class of the model; "
+                                  f"a new one needs --new-classes)")
+            image_id = _find_image(session, ref)
+            if image_id is None:
+                raise LabelsError(f"{path}: line {line}: unknown image {ref!r} (not in the archive; index it first)")
+            if image_id in seen:
+                raise LabelsError(f"{path}: line {line}: image {ref!r} is already labelled on line {seen[image_id]}")
+            seen[image_id] = line
+            out.append((image_id, label, line))
+    if not out:
+        raise LabelsError(f"{path}: no labels")
+    return out
+
+
+def _find_image(session, ref: str) -> int | None:
+    if ref.isdigit():
+        found = session.get(Image, int(ref))
+        return found.id if found else None
+    column = Image.sha256 if re.fullmatch(r"[0-9a-f]{64}", ref) else Image.path
+    value = ref if column is Image.sha256 else str(Path(ref).resolve())
+    return session.scalar(select(Image.id).where(column == value))
+
+
+def archive_corrections(session) -> list[tuple[int, str, int]]:
+    """The latest correction of each corrected image: (image id, label, correction id)."""
+    latest = select(func.max(Correction.id)).group_by(Correction.image_id)
+    return [(c.image_id, c.label, c.id) for c in session.scalars(select(Correction).where(Correction.id.in_(latest)))]
+
+
+def training_features(make, parent: ModelVersion, clf, data: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The training images' features (N, F), labels and sols, computed once (with ``data``) and stored."""
+    source = parent.info.get("features_from") or parent.version
+    with make() as s:
+        rows = s.execute(select(TrainingImage.features, TrainingImage.label, TrainingImage.sol)
+                         .where(TrainingImage.features_from == source).order_by(TrainingImage.id)).all()
+    if rows:
+        return (np.stack([from_blob(r.features, "f2") for r in rows]), [r.label for r in rows],
+                np.array([r.sol if r.sol is not None else -1 for r in rows]))
+    if not data:
+        raise VersionError("the archive has no training features yet: run `marsvision refit --data DIR` once "
+                           "(it computes them from the MSL data set with the archive's model, then stores them)")
+    from ..data.msl import MSLDataset
+
+    ds = MSLDataset(data)
+    splits = (clf.meta.get("config", {}) or {}).get("train_splits") or "train"
+    split = ds.splits(splits.split("+"))
+    names = [ds.class_names[int(c)] for c in split.labels]
+    keep = [i for i, n in enumerate(names) if n in clf.class_names]
+    paths = [split.paths[i] for i in keep]
+    print(f"refit: computing the features of {len(paths)} training images ({splits}), once", file=sys.stderr)
+    preds = clf.predict(paths, batch_size=16)
+    bad = [p for p in preds if not p.ok]
+    if bad:
+        raise VersionError(f"{bad[0].source}: {bad[0].error}")
+    feats = np.stack([p.features for p in preds])
+    labels, sols = [names[i] for i in keep], np.array([sol_of(p) for p in paths])
+    with make.begin() as s:
+        s.execute(delete(TrainingImage).where(TrainingImage.features_from == source))
+        s.add_all([TrainingImage(features_from=source, split=splits, path=str(p), label=lab, sol=int(sol),
+                                 features=to_blob(f, "f2")) for p, lab, sol, f in zip(paths, labels, sols, feats)])
+    return feats.astype(np.float16).astype(np.float32), labels, sols
+
+
+def refreshed_trust(parent: Trust, head_fit, x_train, y_train, x_new, y_new, tex_new, weight: float) -> Trust:
+    """The parent's trust data with the corrected images among the novelty references, and with enough
+    corrections, the temperature refitted on their 5-fold held-out predictions (slope kept)."""
+    from ..head.trust import fit_calibration
+
+    novelty = parent.novelty
+    if novelty is not None and tex_new is not None and len(tex_new):
+        novelty = Novelty(novelty.threshold, novelty.mean, novelty.basis,
+                          np.concatenate([novelty.reference, tex_new[:, :-1].astype(np.float16).astype(np.float32)]),
+                          np.concatenate([novelty.reference_residual, tex_new[:, -1]]), novelty.k, novelty.channels,
+                          {**novelty.info, "corrections_added": len(tex_new)})
+    calibration = parent.calibration
+    if calibration is not None and novelty is not None and len(y_new) >= MIN_FOR_TEMPERATURE:
+        folds = np.arange(len(y_new)) % 5
+        logits = np.zeros((len(y_new), head_fit[0].shape[0]), np.float32)
+        for k in range(5):
+            w, b = refit_head(x_train, y_train, x_new[folds != k], y_new[folds != k], head_fit[0].shape[0],
+                              head_fit[2], weight)
+            logits[folds == k] = x_new[folds == k] @ w.T + b
+        nov = novelty.raw_from_embedding(tex_new[:, :-1], tex_new[:, -1]) / novelty.threshold
+        t = fit_calibration(logits, nov, y_new)
+        # The slope needs many images of every kind of shift; a few corrections move the level only.
+        level = fit_calibration(logits / np.exp(calibration.slope * np.log(np.clip(nov, 1e-3, 1e3)))[:, None],
+                                np.ones(len(nov)), y_new)
+        calibration = Calibration(level.log_t, calibration.slope, {
+            **calibration.info, "refitted_on": f"{len(y_new)} corrections, 5-fold held-out predictions",
+            "free_fit_for_reference": {"log_t": t.log_t, "slope": t.slope}})
+    return Trust(calibration, novelty)
+
+
+def write_version(parent_path: Path, out_dir: Path, meta_update: dict, head: Head, trust: Trust) -> dict:
+    """The parent's ONNX file with new metadata (and a torch twin when possible); returns the files."""
+    import onnx
+
+    from ..export.head import with_metadata
+    from ..model_file import parse_metadata
+
+    proto = onnx.load(str(parent_path))
+    meta = parse_metadata({p.key: p.value for p in proto.metadata_props}, str(parent_path))
+    graph = proto.graph.SerializeToString()
+    meta.update(meta_update)
+    meta["head"] = {**head.to_dict(), "maps": meta["head"].get("maps", [])}
+    meta["trust"] = trust.to_dict()
+    name = parent_path.name if parent_path.name.endswith(".onnx") else parent_path.name + ".onnx"
+    onnx_out = out_dir / name
+    proto = with_metadata(proto, meta)
+    assert proto.graph.SerializeToString() == graph  # the graph and its int8 weights are the parent's
+    atomic_save(lambda tmp: onnx.save(proto, tmp), onnx_out)
+    files = {"onnx": str(onnx_out), "torch": None}
+    source = (meta.get("source") or {}).get("file")
+    torch_src = parent_path.with_name(source) if source else None
+    if torch_src is not None and torch_src.is_file():
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            files["torch_note"] = "torch is not installed: no torch file"
+        else:
+            files["torch"] = str(write_torch_twin(torch_src, out_dir / torch_src.name, meta, head, trust))
+    return files
+
+
+def write_torch_twin(src: Path, dst: Path, meta: dict, head: Head, trust: Trust) -> Path:
+    import torch
+
+    from ..nets.checkpoint import build_model, read_model_file, save_model
+    from ..nets.models import linear_head
+
+    ckpt = read_model_file(src)
+    model = build_model({**ckpt, "class_names": meta["class_names"]}) if len(meta["class_names"]) == len(
+        ckpt["class_names"]) else _grown(ckpt, len(meta["class_names"]))
+    layer = linear_head(model)
+    layer.weight.data, layer.bias.data = torch.from_numpy(head.weight.copy()), torch.from_numpy(head.bias.copy())
+    keep = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    save_model(dst, model, {**keep, "class_names": meta["class_names"], "trust": trust.to_dict(),
+                            "config": meta.get("config", {}), "metrics": meta.get("metrics", {})}, half=True)
+    return dst
+
+
+def _grown(ckpt: dict, classes: int):
+    """The checkpoint's network with a classifier of ``classes`` outputs (new classes from corrections)."""
+    from ..nets.checkpoint import build_model
+    from ..nets.models import create_model
+
+    model = create_model(ckpt["arch"], classes, pretrained=False)
+    old = build_model(ckpt).state_dict()
+    model.load_state_dict({k: v for k, v in old.items() if k in model.state_dict()
+                           and model.state_dict()[k].shape == v.shape}, strict=False)
+    return model.eval()
+
+
+def run_refit(cfg: RefitConfig) -> dict:
+    """`marsvision refit`: returns what it wrote and measured (also in the run folder's results.json)."""
+    t0 = time.perf_counter()
+    engine = open_engine(cfg.db or None)
+    make = sessions(engine)
+    with make() as s:
+        parent = active_version(s)
+        if parent is None:
+            raise VersionError("the archive has no model yet: index images first (`marsvision index PATH`)")
+    clf = load_model(parent.path)
+    if clf.head is None:
+        raise VersionError(f"{parent.path}: refits need a features graph; run `marsvision calibrate` on it first")
+    new = [c.strip() for c in cfg.new_classes.split(",") if c.strip()]
+    for c in new:
+        if not CLASS_NAME.match(c):
+            raise LabelsError(f"--new-classes: {c!r} is not a class name (lower case letters, digits, spaces, - _)")
+    classes = list(clf.class_names) + [c for c in new if c not in clf.class_names]
+    with make() as s:
+        chosen = read_labels_csv(cfg.labels, s, classes) if cfg.labels else archive_corrections(s)
+        if not chosen:
+            raise VersionError("no corrections to refit with: correct labels in the archive, or pass --labels CSV")
+        rows = {r.id: r for r in s.execute(select(Image.id, Image.features, Image.texture)
+                                           .where(Image.id.in_([c[0] for c in chosen]))).all()}
+    missing = [c for c in chosen if rows[c[0]].features is None]
+    if missing:
+        raise VersionError(f"image {missing[0][0]} has no stored features (it could not be read)")
+    x_train, names_train, _ = training_features(make, parent, clf, cfg.data)
+    index = {n: i for i, n in enumerate(classes)}
+    y_train = np.array([index[n] for n in names_train])
+    x_new = np.stack([from_blob(rows[c[0]].features, "f2") for c in chosen])
+    y_new = np.array([index[c[1]] for c in chosen])
+    tex_new = (np.stack([from_blob(rows[c[0]].texture, "f4") for c in chosen])
+               if all(rows[c[0]].texture for c in chosen) else None)
+    c_value = float((clf.meta.get("metrics") or {}).get("C") or (clf.meta.get("config") or {}).get("c") or 1.0)
+    t_fit = time.perf_counter()
+    w, b = refit_head(x_train, y_train, x_new, y_new, len(classes), c_value, cfg.weight)
+    fit_seconds = time.perf_counter() - t_fit
+    trust = refreshed_trust(clf.trust, (w, b, c_value), x_train, y_train, x_new, y_new, tex_new, cfg.weight)
+    version = f"refit-{time.strftime('%Y%m%d-%H%M%S')}-{len(chosen)}"
+    out_dir = Path(cfg.out) / "refit" / version
+    inputs = {"parent": parent.version, "corrections": len(chosen), "training_images": len(y_train),
+              "weight": cfg.weight, "C": c_value, "new_classes": [c for c in classes if c not in clf.class_names],
+              "source": "labels CSV " + cfg.labels if cfg.labels else "archive corrections"}
+    meta_update = {"class_names": classes, "config": {**(clf.meta.get("config") or {}), "refit": inputs},
+                   "metrics": {**(clf.meta.get("metrics") or {}), "C": c_value}}
+    files = write_version(Path(parent.path), out_dir, meta_update, Head(w, b), trust)
+    with make.begin() as s:
+        mv = register(s, files["onnx"], version=version, parent=s.get(ModelVersion, parent.id),
+                      corrections=len(chosen), info={"inputs": inputs, "files": files,
+                                                      "corrections": [[c[0], c[1]] for c in chosen]})
+    result = {"version": version, "files": files, "inputs": inputs, "fit_seconds": round(fit_seconds, 2)}
+    if cfg.activate:
+        result["activation"] = activate(make, mv)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    with atomic_write(out_dir / "config.json") as f:
+        json.dump(asdict(cfg), f, indent=2)
+    with atomic_write(out_dir / "results.json") as f:
+        json.dump(result, f, indent=2)
+    engine.dispose()
+    clf.close()
+    return result
