@@ -2,11 +2,13 @@
 but their scripts must keep running against the package they import."""
 
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
 
-from conftest import MINI_DATA, REPO
+REPO = Path(__file__).resolve().parents[1]
+MINI_DATA = REPO / "tests" / "assets" / "mini-msl"
 
 sys.path.insert(0, str(REPO / "experiments"))
 sys.path.insert(0, str(REPO / "benchmarks"))

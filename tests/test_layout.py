@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 PACKAGE = REPO / "marsvision"
 # The core: top-level modules and these subpackages never import torch or training code ...
