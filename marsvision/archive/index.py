@@ -36,6 +36,8 @@ class IndexConfig:
     batch_size: int = field(default=64, metadata={"help": "images written per transaction"})
     threads: int = field(default=0, metadata={"help": "CPU threads for decoding and the model (0: all)"})
     top_k: int = field(default=5, metadata={"help": "most likely classes stored per image"})
+    engine: str = field(default="local", metadata={"help": "local: this process; ray: a Ray cluster (classify into Parquet shards, then a bulk load; the same rows; needs pip install 'marsvision[ray]'; docs/scaling.md)"})
+    ray_address: str = field(default="", metadata={"help": "Ray cluster for --engine ray, e.g. auto or ray://head:10001 (default: start a local Ray instance)"})
 
 
 @dataclass
@@ -145,7 +147,12 @@ def run_index(paths: list[str], cfg: IndexConfig, progress: bool | None = None) 
             report.failed.append((str(source), "file not found"))
     report.files = len(files)
     try:
-        index_files(engine, clf, model_id, files, cfg, report, progress)
+        if cfg.engine != "local":  # marsvision/scale/ray_engine.py; insert_new and _known passed in (no import circle)
+            from ..scale.ray_engine import index_files_ray
+
+            index_files_ray(engine, clf, model_id, model_path, files, cfg, report, progress, insert_new, _known)
+        else:
+            index_files(engine, clf, model_id, files, cfg, report, progress)
     finally:
         clf.close()
         engine.dispose()

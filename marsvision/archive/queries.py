@@ -3,6 +3,7 @@ REST API and the CLI alike, so a filter means the same everywhere."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from dataclasses import dataclass, fields
 from typing import Iterator
@@ -32,6 +33,7 @@ class Filters:
     reviewed: bool | None = None  # has a curator's label
     reviewed_label: str | None = None
     error: bool | None = None  # could not be read
+    q: str | None = None  # part of the file name
 
     def apply(self, q: Select) -> Select:
         conditions = {
@@ -41,7 +43,8 @@ class Filters:
             "instrument": lambda v: Image.instrument == v.upper(),
             "reviewed": lambda v: Image.reviewed_label.is_not(None) if v else Image.reviewed_label.is_(None),
             "reviewed_label": lambda v: Image.reviewed_label == v,
-            "error": lambda v: Image.error.is_not(None) if v else Image.error.is_(None)}
+            "error": lambda v: Image.error.is_not(None) if v else Image.error.is_(None),
+            "q": lambda v: Image.path.contains(v, autoescape=True)}
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
@@ -58,10 +61,17 @@ def _items_query() -> Select:
     return select(*ITEM_COLUMNS).outerjoin(ModelVersion, ModelVersion.id == Image.model_id)
 
 
+def isoformat(t) -> str | None:
+    """UTC, always with its offset (SQLite hands times back without one)."""
+    if t is None:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).isoformat()
+
+
 def item(row) -> dict:
     d = dict(row._mapping)
     for k in ("indexed_at", "reviewed_at"):
-        d[k] = d[k].isoformat() if d[k] else None
+        d[k] = isoformat(d[k])
     return d
 
 

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -31,7 +32,7 @@ from sqlalchemy.engine import Engine
 from ..inference.predict import load_model
 from ..preprocess import ImageError, load_image
 from .db import DB_HELP, Correction, Image, ModelVersion, open_engine, sessions, utcnow
-from .queries import EXPORT_COLUMNS, Filters, SketchIndex, class_counts, export_rows, get_image, search
+from .queries import EXPORT_COLUMNS, Filters, SketchIndex, class_counts, export_rows, get_image, isoformat, search
 from .index import insert_new
 from .records import image_row
 from ..curate.review import DEFAULT_STRATEGY, STRATEGIES
@@ -40,6 +41,7 @@ from .review import review_queue
 from .versions import VersionError, active_version, ensure_active, find, version_rows
 
 STATIC = Path(__file__).with_name("static")
+HEATMAP_CACHE = 128  # heatmap PNGs kept in memory (~60 KB each)
 TOKEN_ENV = "MARSVISION_TOKEN"
 
 
@@ -73,6 +75,7 @@ class Archive:
         self.slots = threading.BoundedSemaphore(max(1, classify_slots))
         self._lock = threading.Lock()
         self._model = (None, None)  # (version row id, Classifier)
+        self.heatmaps: OrderedDict = OrderedDict()  # (image, label, size, version) → PNG bytes, most recent last
         with self.sessions.begin() as s:
             ensure_active(s)
 
@@ -118,12 +121,13 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
                                 headers={"WWW-Authenticate": "Bearer"})
         return "token"
 
-    def filters(label: str | None = None, min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    def filters(q: Annotated[str | None, Query(max_length=200, description="part of the file name")] = None,
+                label: str | None = None, min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
                 max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None, unknown: bool | None = None,
                 sol_min: int | None = None, sol_max: int | None = None, instrument: str | None = None,
                 reviewed: bool | None = None, reviewed_label: str | None = None, error: bool | None = None) -> Filters:
         return Filters(label, min_confidence, max_confidence, unknown, sol_min, sol_max, instrument, reviewed,
-                       reviewed_label, error)
+                       reviewed_label, error, q)
 
     def image_or_404(session, image_id: int) -> Image:
         img = session.get(Image, image_id)
@@ -143,7 +147,9 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
             mv, clf = archive.model()
         except Exception as e:  # noqa: BLE001 — any failure means not ready, said in one line
             return JSONResponse({"status": "not ready", "reason": f"{type(e).__name__}: {e}"[:300]}, status_code=503)
-        return {"status": "ready", "database": engine.dialect.name, "model": mv.version, "classes": len(clf.class_names)}
+        writes = "token" if token else ("anonymous" if allow_anonymous_writes else "disabled")
+        return {"status": "ready", "database": engine.dialect.name, "model": mv.version, "classes": len(clf.class_names),
+                "writes": writes}
 
     @app.get("/api/images", tags=["images"])
     def list_images(f: Annotated[Filters, Depends(filters)], sort: str = "id", descending: bool = False,
@@ -161,7 +167,7 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
             if d is None:
                 raise HTTPException(404, f"no image {image_id}")
             d["corrections"] = [{"label": c.label, "note": c.note, "author": c.author, "model_label": c.model_label,
-                                 "created_at": c.created_at.isoformat()}
+                                 "created_at": isoformat(c.created_at)}
                                 for c in s.scalars(select(Correction).where(Correction.image_id == image_id)
                                                    .order_by(Correction.id))]
             return d
@@ -180,7 +186,7 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
         return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/images/{image_id}/thumbnail", tags=["images"], response_class=Response)
-    def thumbnail(image_id: int, size: Annotated[int, Query(ge=32, le=512)] = 192):
+    def thumbnail(image_id: int, size: Annotated[int, Query(ge=32, le=1024)] = 192):
         with archive.sessions() as s:
             img = image_or_404(s, image_id)
         return _jpeg(_open(img, size))
@@ -201,9 +207,12 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
 
         with archive.sessions() as s:
             img = image_or_404(s, image_id)
-        _, clf = archive.model()
+        mv, clf = archive.model()
         if label is not None and label not in clf.class_names:
             raise HTTPException(422, f"unknown class {label!r}")
+        key = (image_id, label, size, mv.id)
+        if key in archive.heatmaps:  # computing one takes 0.2-1 s: the page asks for the same ones again
+            return Response(archive.heatmaps[key], media_type="image/png", headers={"Cache-Control": "max-age=600"})
         if not archive.slots.acquire(blocking=False):
             raise HTTPException(503, "busy classifying; retry shortly", headers={"Retry-After": "1"})
         try:
@@ -216,6 +225,9 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
             raise HTTPException(404 if "not found" in e.prediction.error else 422, f"image {image_id}: {e.prediction.error}")
         buf = io.BytesIO()
         overlay(img.path, e.heatmaps[label or e.prediction.label], size).save(buf, format="PNG")
+        archive.heatmaps[key] = buf.getvalue()
+        while len(archive.heatmaps) > HEATMAP_CACHE:
+            archive.heatmaps.popitem(last=False)
         return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=600"})
 
     @app.get("/api/images/{image_id}/similar", tags=["images"])
@@ -235,8 +247,9 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
         with archive.sessions() as s:
             counts = {c["label"]: c for c in class_counts(s)}
         _, clf = archive.model()
-        return {"classes": [counts.get(n, {"label": n, "count": 0, "reviewed": 0, "not_reviewed": 0, "curated": 0})
-                            for n in clf.class_names] + [c for n, c in counts.items() if n not in clf.class_names]}
+        empty = {"count": 0, "reviewed": 0, "not_reviewed": 0, "curated": 0}
+        return {"classes": [{**empty, **counts.get(n, {"label": n}), "model": True} for n in clf.class_names]
+                + [{**c, "model": False} for n, c in counts.items() if n not in clf.class_names]}
 
     @app.put("/api/images/{image_id}/label", tags=["curation"])
     def correct(image_id: int, body: LabelIn, who: Annotated[str, Depends(writer)]):

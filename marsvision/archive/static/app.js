@@ -4,7 +4,9 @@
 "use strict";
 (() => {
   const $ = (sel, root = document) => root.querySelector(sel);
+  // The form's filters, then those only a URL sets (kept until Reset): e.g. ?error=true lists the unreadable.
   const FILTER_KEYS = ["label", "min_confidence", "sol_min", "sol_max", "instrument", "unknown", "reviewed"];
+  const URL_ONLY = ["max_confidence", "reviewed_label", "error"];
   const VIEW_DEFAULTS = { sort: "id", descending: "false", page: "1", page_size: "48" };
   const CONTROLS = { label: "#f-label", min_confidence: "#f-min-confidence", sol_min: "#f-sol-min", sol_max: "#f-sol-max",
     instrument: "#f-instrument", unknown: "#f-unknown", reviewed: "#f-reviewed", sort: "#f-sort",
@@ -76,7 +78,7 @@
   // ------------------------------------------------------------------------------ filters <-> form <-> URL
   function readUrl() {
     const q = new URLSearchParams(location.search), p = {};
-    for (const k of [...FILTER_KEYS, ...Object.keys(VIEW_DEFAULTS)]) if (q.get(k)) p[k] = q.get(k);
+    for (const k of [...FILTER_KEYS, ...URL_ONLY, ...Object.keys(VIEW_DEFAULTS)]) if (q.get(k)) p[k] = q.get(k);
     return p;
   }
 
@@ -115,8 +117,9 @@
     return new URLSearchParams(Object.entries(p).filter(([k, v]) => v !== "" && VIEW_DEFAULTS[k] !== v)).toString();
   }
 
-  function apply(changes = {}) {
-    state.params = { ...readForm(), page: "1", ...changes };
+  function apply(changes = {}, keepUrlOnly = true) {
+    const kept = keepUrlOnly ? Object.entries(state.params).filter(([k]) => URL_ONLY.includes(k)) : [];
+    state.params = { ...readForm(), ...Object.fromEntries(kept), page: "1", ...changes };
     const qs = urlQuery(state.params);
     if (qs !== location.search.slice(1)) history.pushState(null, "", qs ? `?${qs}` : location.pathname);
     return loadImages();
@@ -129,7 +132,7 @@
   }
 
   function updateExport() {
-    const q = new URLSearchParams(Object.entries(state.params).filter(([k]) => FILTER_KEYS.includes(k)));
+    const q = new URLSearchParams(Object.entries(state.params).filter(([k]) => !(k in VIEW_DEFAULTS)));
     for (const format of ["csv", "json"]) {
       q.set("format", format);
       $(`#export-${format}`).href = `/api/export?${q}`;
@@ -153,8 +156,11 @@
       $("#page-info").textContent = `Page ${res.page} of ${pages} · ${plural(res.total, "image")}`;
       $("#prev").disabled = res.page <= 1;
       $("#next").disabled = res.page >= pages;
-      setStatus(!res.total ? "No images match these filters." : !res.items.length ? "No images on this page."
-        : `${plural(res.total, "image")} match; showing ${(res.page - 1) * res.page_size + 1}–${(res.page - 1) * res.page_size + res.items.length}.`);
+      const first = (res.page - 1) * res.page_size + 1;
+      const also = URL_ONLY.filter((k) => state.params[k]).map((k) => `${k}=${state.params[k]}`).join(", ");
+      setStatus((!res.total ? "No images match these filters." : !res.items.length ? "No images on this page."
+        : `${plural(res.total, "image")} match; showing ${first}–${first + res.items.length - 1}.`)
+        + (also ? ` Also filtered by ${also} (from the URL; Reset clears it).` : ""));
     } catch (e) {
       if (ticket !== state.request) return;
       setStatus("");
@@ -447,7 +453,7 @@
   form.addEventListener("change", () => { clearTimeout(timer); timer = setTimeout(() => apply(), 200); });
   form.addEventListener("submit", (e) => { e.preventDefault(); clearTimeout(timer); apply(); });
   $("#f-min-confidence").addEventListener("input", showMinConfidence);
-  $("#reset").addEventListener("click", () => { writeForm({}); apply(); });
+  $("#reset").addEventListener("click", () => { writeForm({}); apply({}, false); });
   function turn(by) {
     apply({ page: String(Math.max(1, Number(state.params.page || 1) + by)) });
     $(".toolbar").scrollIntoView({ block: "start" });
