@@ -374,7 +374,7 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
         _, clf = archive.model()
         with archive.sessions() as s:
             items = review_queue(s, clf, strategy, limit)
-        return {"strategy": strategy, "items": items}
+        return {"strategy": strategy, "default": DEFAULT_STRATEGY, "strategies": list(STRATEGIES), "items": items}
 
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -1,6 +1,8 @@
 /* The marsvision archive page: browse, filter and correct the archive through its REST API (/api).
    Plain JavaScript, no framework, no build step. Other views (the Review tab) can reuse what
-   window.marsvision exposes: api, openDetail, showTab, token, reload, card and the "marsvision:tab" event. */
+   window.marsvision exposes: api, openDetail, showTab, token, reload, card, state, the formatters (h, pct, plural,
+   when, baseName, instrumentName, errorText), loadClasses, loadReady and the "marsvision:tab" event.
+   The Review tab lives in review.js. */
 "use strict";
 (() => {
   const $ = (sel, root = document) => root.querySelector(sel);
@@ -479,6 +481,7 @@
     if (image) openDetail(image, grid.querySelector(`.card[data-id="${image}"]`));
   }
 
-  window.marsvision = { api, openDetail, showTab, token: getToken, reload: loadImages, card, state };
+  window.marsvision = { api, openDetail, showTab, token: getToken, reload: loadImages, card, state,
+    h, pct, plural, when, baseName, instrumentName, errorText, loadClasses, loadReady };
   start();
 })();
