@@ -23,12 +23,14 @@ class PredictConfig:
     """Classify image files and folders (recursively); one output row per input."""
 
     model: str = field(default="", metadata={"help": "model file: .onnx (fp32 or int8) or a torch .pt checkpoint (default: the bundled int8 model)"})
-    output: str = field(default="", metadata={"help": "write results to this .csv or .json file (default: a table on a terminal, CSV when piped)"})
+    output: str = field(default="", metadata={"help": "write results to this .csv, .json or .parquet file (Parquet: with sha256, top-k and features; needs pip install 'marsvision[parquet]') (default: a table on a terminal, CSV when piped)"})
     top_k: int = field(default=1, metadata={"help": "also report the K most likely classes"})
     min_confidence: float = field(default=0.0, metadata={"help": "leave the label empty (column 'withheld' says why) when the calibrated confidence is below this or the image is flagged unknown (0: always label)"})
     batch_size: int = field(default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"})
     threads: int = field(default=0, metadata={"help": "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+    engine: str = field(default="local", metadata={"help": "local: this process; ray: a Ray cluster, writes --output FILE.parquet, resumable (needs pip install 'marsvision[ray]'; --threads and --batch-size then apply per actor; docs/scaling.md)"})
+    ray_address: str = field(default="", metadata={"help": "Ray cluster for --engine ray, e.g. auto or ray://head:10001 (default: start a local Ray instance)"})
 
 
 @dataclass
@@ -123,7 +125,12 @@ def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
 
     from .inference.classifier import expand_sources
     from .inference.predict import format_predictions, limit_cpus, load_model, write_predictions
+    from .scale import predict_engine  # checks --engine and a .parquet output's extra before any work
 
+    if predict_engine(cfg) == "ray":
+        from .scale.ray_engine import cmd_predict as cmd_predict_ray
+
+        return cmd_predict_ray(paths, cfg)
     files = list(expand_sources(paths))
     with limit_cpus(cfg.threads):
         clf = load_model(cfg.model or None, device=cfg.device, threads=cfg.threads or None)
@@ -373,6 +380,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         errors.append(sys.modules["marsvision.export.onnx"].ExportCheckError)
     if "marsvision.archive.versions" in sys.modules:
         errors.append(sys.modules["marsvision.archive.versions"].VersionError)
+    if "marsvision.scale" in sys.modules:  # a missing [ray] or [parquet] extra
+        errors.append(sys.modules["marsvision.scale"].NeedsExtraError)
     if "sqlalchemy" in sys.modules:  # an unreachable or broken database: one line, not a traceback
         errors.append(sys.modules["sqlalchemy"].exc.OperationalError)
     return tuple(errors)

@@ -5,8 +5,9 @@ One schema for SQLite (the default, a file beside you) and PostgreSQL (``postgre
 - ``models``: every model version the archive has used: file, hash, when, from which corrections, and
   which one is active;
 - ``images``: one row per image content (SHA-256): where it was found, its file-name fields, the active
-  model's output (label, calibrated confidence, unknown flag, novelty, top-k, which version), the
-  feature vector and its similarity sketch, or why it could not be read; the latest curator's label;
+  model's output (label, calibrated confidence, unknown flag, novelty, top-k, which version), or why it
+  could not be read; the latest curator's label;
+- ``image_vectors``: each readable image's feature vector, texture coordinates and similarity sketch;
 - ``corrections``: every curator's correction, never deleted; the model's label is never overwritten;
 - ``training_images``: the training images' features, stored once for refits.
 """
@@ -70,14 +71,22 @@ class Image(Base):
     novelty: Mapped[float | None] = mapped_column(Float, nullable=True)
     margin: Mapped[float | None] = mapped_column(Float, index=True, nullable=True)  # top-1 minus top-2 probability
     top_k: Mapped[list] = mapped_column(JSON, default=list)  # [[label, probability], ...]
-    # What a re-score or a refit needs, so no image is decoded again: the pooled features (float16)
-    # and the texture's coordinates in the novelty basis (float32); and a small similarity sketch.
-    features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    texture: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    sketch: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     # The latest curator's label (the corrections table keeps every one).
     reviewed_label: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
     reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ImageVectors(Base):
+    """What a re-score or a refit needs, so no image is decoded again: the pooled features (float16) and
+    the texture's coordinates in the novelty basis (float32); and a small similarity sketch (float16).
+    In their own table: 3.7 KB a row would make every search read five times the pages."""
+
+    __tablename__ = "image_vectors"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), primary_key=True)
+    features: Mapped[bytes] = mapped_column(LargeBinary)
+    texture: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    sketch: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Correction(Base):

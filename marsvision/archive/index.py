@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from ..inference.classifier import Classifier, expand_sources
 from ..inference.predict import load_model
-from .db import DB_HELP, Image, open_engine, sessions, utcnow
-from .records import image_row, prediction_columns, sha256_file
+from .db import DB_HELP, Image, ImageVectors, open_engine, sessions, utcnow
+from .records import VECTORS, image_row, prediction_columns, sha256_file
 from .versions import ensure_active
 
 
@@ -78,13 +78,36 @@ def _known(engine: Engine, hashes: list[str]) -> dict[str, int]:
     return found
 
 
-def insert_new(session, rows: list[dict]) -> None:
-    """Insert, leaving out contents another indexer wrote meanwhile (a race, never a duplicate)."""
+def _insert(session):
     if session.bind.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(Image).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+    return insert
+
+
+def insert_new(session, rows: list[dict]) -> None:
+    """Insert image rows (``records.image_row``) and their vectors, leaving out contents another indexer
+    wrote meanwhile (a race, never a duplicate)."""
+    insert = _insert(session)
+    images = [{k: v for k, v in r.items() if k not in VECTORS} for r in rows]
+    new = session.execute(insert(Image).on_conflict_do_nothing(index_elements=["sha256"])
+                          .returning(Image.id, Image.sha256), images).all()
+    ids = dict((sha, i) for i, sha in new)
+    vectors = [{"image_id": ids[r["sha256"]], **{k: r[k] for k in VECTORS}} for r in rows
+               if r["sha256"] in ids and r["features"] is not None]
+    if vectors:
+        session.execute(insert(ImageVectors), vectors)
+
+
+def replace_vectors(session, rows: list[dict]) -> None:
+    """Write the vectors of existing images (``image_id`` + ``records.VECTORS``), replacing any."""
+    insert = _insert(session)
+    rows = [r for r in rows if r["features"] is not None]
+    if rows:
+        stmt = insert(ImageVectors)
+        session.execute(stmt.on_conflict_do_update(index_elements=["image_id"],
+                                                   set_={k: stmt.excluded[k] for k in VECTORS}), rows)
 
 
 def index_files(engine: Engine, clf: Classifier, model_id: int, files: list[Path], cfg: IndexConfig,
@@ -115,13 +138,14 @@ def index_files(engine: Engine, clf: Classifier, model_id: int, files: list[Path
                     new.append(image_row(path, sha, size, p, clf, model_id))
                 else:
                     row = image_row(path, sha, size, p, clf, model_id)
-                    again.append({"id": image_id, **prediction_columns(p, clf, model_id), "indexed_at": utcnow(),
-                                  **{k: row[k] for k in ("features", "texture", "sketch")}})
+                    again.append(({"id": image_id, **prediction_columns(p, clf, model_id), "indexed_at": utcnow()},
+                                  {"image_id": image_id, **{k: row[k] for k in VECTORS}}))
             with make.begin() as session:  # one transaction a batch: all of it or none of it
                 if new:
                     insert_new(session, new)
                 if again:
-                    session.execute(update(Image), again)
+                    session.execute(update(Image), [a for a, _ in again])
+                    replace_vectors(session, [v for _, v in again])
             report.indexed += len(new)
             report.reclassified += len(again)
             bar.update(len(chunk))

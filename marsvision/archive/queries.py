@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from dataclasses import dataclass, fields
 from typing import Iterator
 
@@ -12,7 +13,7 @@ import numpy as np
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from .db import Image, ModelVersion
+from .db import Image, ImageVectors, ModelVersion
 from .records import SKETCH_DIMS, from_blob
 
 SORTS = {"id": Image.id, "sol": Image.sol, "confidence": Image.confidence, "novelty": Image.novelty,
@@ -75,16 +76,46 @@ def item(row) -> dict:
     return d
 
 
+class CountCache:
+    """Totals of recent searches for ``ttl`` seconds: paging through a filter counts its matches once,
+    not on every page (a count of a broad filter scans 100 000 index entries). Writes through the
+    server clear it; an indexer in another process shows up within ``ttl``."""
+
+    def __init__(self, ttl: float = 5.0, size: int = 256):
+        self.ttl, self.size, self._lock, self._totals = ttl, size, threading.Lock(), {}
+
+    def get(self, key, count) -> int:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._totals.get(key)
+            if hit and now - hit[1] < self.ttl:
+                return hit[0]
+        total = count()
+        with self._lock:
+            if len(self._totals) >= self.size:
+                self._totals.clear()
+            self._totals[key] = (total, now)
+        return total
+
+    def clear(self) -> None:
+        with self._lock:
+            self._totals.clear()
+
+
 def search(session: Session, filters: Filters, sort: str = "id", descending: bool = False, page: int = 1,
-           page_size: int = 50) -> dict:
+           page_size: int = 50, counts: CountCache | None = None) -> dict:
     """{total, page, page_size, items}: one page of the matching images, without their vectors."""
     if sort not in SORTS:
         raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
-    total = session.scalar(filters.apply(select(func.count(Image.id))))
+    count = lambda: session.scalar(filters.apply(select(func.count(Image.id))))  # noqa: E731
+    total = counts.get(tuple(vars(filters).items()), count) if counts else count()
     column = SORTS[sort].desc() if descending else SORTS[sort].asc()
-    q = filters.apply(_items_query()).order_by(column, Image.id.desc() if descending else Image.id.asc())
-    rows = session.execute(q.limit(page_size).offset((page - 1) * page_size)).all()
-    return {"total": total, "page": page, "page_size": page_size, "items": [item(r) for r in rows]}
+    # The page's ids first (from an index when one covers filter and sort: sorting ids is cheap), then
+    # their rows: sorting thousands of whole rows to keep 50 is what made a search slow.
+    ids = session.scalars(filters.apply(select(Image.id)).order_by(column, Image.id.desc() if descending else Image.id.asc())
+                          .limit(page_size).offset((page - 1) * page_size)).all()
+    rows = {r.id: r for r in session.execute(_items_query().where(Image.id.in_(ids))).all()} if ids else {}
+    return {"total": total, "page": page, "page_size": page_size, "items": [item(rows[i]) for i in ids]}
 
 
 def get_image(session: Session, image_id: int) -> dict | None:
@@ -96,10 +127,9 @@ def get_image(session: Session, image_id: int) -> dict | None:
 
 def class_counts(session: Session) -> list[dict]:
     """Per class: images the model gave it, of them reviewed, and images curators gave it."""
-    model = dict(session.execute(select(Image.label, func.count()).where(Image.label.is_not(None))
-                                 .group_by(Image.label)).all())
-    reviewed = dict(session.execute(select(Image.label, func.count()).where(Image.reviewed_label.is_not(None))
-                                    .group_by(Image.label)).all())
+    rows = session.execute(select(Image.label, func.count(), func.count(Image.reviewed_label))
+                           .where(Image.label.is_not(None)).group_by(Image.label)).all()
+    model, reviewed = {r[0]: r[1] for r in rows}, {r[0]: r[2] for r in rows}
     curated = dict(session.execute(select(Image.reviewed_label, func.count()).where(Image.reviewed_label.is_not(None))
                                    .group_by(Image.reviewed_label)).all())
     names = sorted(set(model) | set(curated))
@@ -136,11 +166,11 @@ class SketchIndex:
         self.matrix = np.zeros((0, SKETCH_DIMS), np.float16)
 
     def _refresh(self, session: Session) -> None:
-        key = session.execute(select(func.count(Image.id), func.max(Image.id), func.max(Image.indexed_at))
-                              .where(Image.sketch.is_not(None))).one()
+        key = session.execute(select(func.count(ImageVectors.image_id), func.max(ImageVectors.image_id),
+                                     func.max(Image.indexed_at)).join(Image, Image.id == ImageVectors.image_id)).one()
         if key == self._key:
             return
-        rows = session.execute(select(Image.id, Image.sketch).where(Image.sketch.is_not(None))).all()
+        rows = session.execute(select(ImageVectors.image_id, ImageVectors.sketch)).all()
         self.ids = np.array([r[0] for r in rows], np.int64)
         self.matrix = (np.frombuffer(b"".join(r[1] for r in rows), "<f2").reshape(len(rows), SKETCH_DIMS)
                        if rows else np.zeros((0, SKETCH_DIMS), np.float16))
@@ -148,7 +178,7 @@ class SketchIndex:
 
     def similar(self, session: Session, image_id: int, k: int) -> list[tuple[int, float]]:
         """(image id, cosine similarity of the sketches) of the ``k`` images nearest to ``image_id``."""
-        own = session.scalar(select(Image.sketch).where(Image.id == image_id))
+        own = session.scalar(select(ImageVectors.sketch).where(ImageVectors.image_id == image_id))
         if own is None:
             return []
         with self._lock:

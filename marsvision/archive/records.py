@@ -12,6 +12,7 @@ from ..inference.classifier import Classifier, Prediction
 from .filenames import parse_filename
 
 SKETCH_DIMS = 64
+VECTORS = ("features", "texture", "sketch")  # the keys of a row that go to the image_vectors table
 _SKETCH_SEED = 20261130  # fixed: every archive compares sketches made with the same projection
 
 
@@ -64,7 +65,7 @@ def prediction_columns(p: Prediction, clf: Classifier, model_id: int) -> dict:
 
 
 def image_row(path: str | Path, sha256: str, size: int, p: Prediction, clf: Classifier, model_id: int) -> dict:
-    """Every column of a new image row."""
+    """Every column of a new image, its vectors included (``index.insert_new`` splits them off)."""
     fields = parse_filename(path)
     row = {"sha256": sha256, "path": str(path), "size_bytes": size, "sol": fields.get("sol"),
            "instrument": fields.get("instrument"), "name_fields": fields, **prediction_columns(p, clf, model_id),

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..inference.classifier import Classifier
 from ..inference.predict import load_model
-from .db import Image, ModelVersion
+from .db import Image, ImageVectors, ModelVersion
 from .records import from_blob
 from .versions import VersionError, set_active
 
@@ -47,7 +47,8 @@ def compatible(session: Session, mv: ModelVersion) -> int:
     other = [m.id for m in session.scalars(select(ModelVersion)) if (m.info.get("features_from") or m.version) != source]
     if not other:
         return 0
-    return session.scalar(select(func.count(Image.id)).where(Image.model_id.in_(other), Image.features.is_not(None)))
+    return session.scalar(select(func.count(Image.id)).join(ImageVectors, ImageVectors.image_id == Image.id)
+                          .where(Image.model_id.in_(other)))
 
 
 def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progress=None) -> dict:
@@ -66,8 +67,8 @@ def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progr
     try:
         while True:
             with make.begin() as s:  # one transaction a chunk
-                rows = s.execute(select(Image.id, Image.features, Image.texture)
-                                 .where(Image.id > last, Image.features.is_not(None)).order_by(Image.id).limit(chunk)).all()
+                rows = s.execute(select(ImageVectors.image_id.label("id"), ImageVectors.features, ImageVectors.texture)
+                                 .where(ImageVectors.image_id > last).order_by(ImageVectors.image_id).limit(chunk)).all()
                 if not rows:
                     break
                 feats = np.stack([from_blob(r.features, "f2") for r in rows])

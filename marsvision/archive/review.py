@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from ..curate.review import choose
 from ..inference.classifier import Classifier
-from .db import Image
+from .db import Image, ImageVectors
 from .queries import get_image
 from .records import from_blob
 
@@ -21,8 +21,8 @@ POOL = 2000
 
 
 def review_queue(session: Session, clf: Classifier, strategy: str, limit: int, seed: int = 0) -> list[dict]:
-    open_rows = select(Image.id, Image.features, Image.texture).where(
-        Image.reviewed_label.is_(None), Image.features.is_not(None))
+    open_rows = select(Image.id, ImageVectors.features, ImageVectors.texture).join(
+        ImageVectors, ImageVectors.image_id == Image.id).where(Image.reviewed_label.is_(None))
     order = func.random() if strategy == "random" else Image.margin.asc()
     rows = session.execute(open_rows.order_by(order, Image.id).limit(POOL)).all()
     if not rows:

@@ -16,7 +16,9 @@ import hmac
 import io
 import json
 import os
+import asyncio
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,8 @@ from sqlalchemy.engine import Engine
 from ..inference.predict import load_model
 from ..preprocess import ImageError, load_image
 from .db import DB_HELP, Correction, Image, ModelVersion, open_engine, sessions, utcnow
-from .queries import EXPORT_COLUMNS, Filters, SketchIndex, class_counts, export_rows, get_image, isoformat, search
+from .queries import (EXPORT_COLUMNS, CountCache, Filters, SketchIndex, class_counts, export_rows, get_image, isoformat,
+                      search)
 from .index import insert_new
 from .records import image_row
 from ..curate.review import DEFAULT_STRATEGY, STRATEGIES
@@ -41,6 +44,8 @@ from .review import review_queue
 from .versions import VersionError, active_version, ensure_active, find, version_rows
 
 STATIC = Path(__file__).with_name("static")
+MODEL_CHECK = 2.0  # seconds between looks at which model version is active
+SLOT_WAIT = 0.25  # seconds a classification waits for a free slot (one frees about every 10 ms)
 HEATMAP_CACHE = 128  # heatmap PNGs kept in memory (~60 KB each)
 TOKEN_ENV = "MARSVISION_TOKEN"
 
@@ -76,20 +81,57 @@ class Archive:
         self._lock = threading.Lock()
         self._model = (None, None)  # (version row id, Classifier)
         self.heatmaps: OrderedDict = OrderedDict()  # (image, label, size, version) → PNG bytes, most recent last
+        self.counts = CountCache()
+        self._checked = 0.0  # when the active version was last read from the database
         with self.sessions.begin() as s:
             ensure_active(s)
 
     def model(self):
-        """(version row, Classifier) of the active version; loads it when it changed."""
+        """(version row, Classifier) of the active version; loads it when it changed. The database is
+        asked at most every ``MODEL_CHECK`` seconds (another process may activate a version)."""
+        with self._lock:
+            if self._model[0] is not None and time.monotonic() - self._checked < MODEL_CHECK:
+                return self._model_row, self._model[1]
         with self.sessions() as s:
             mv = active_version(s)
         with self._lock:
+            self._checked = time.monotonic()
             if self._model[0] != mv.id:
                 old = self._model[1]
                 self._model = (mv.id, load_model(mv.path, threads=self.threads))
                 if old is not None:
                     old.close()
+            self._model_row = mv
             return mv, self._model[1]
+
+    def changed(self) -> None:
+        """After a write: counts and the active version are read again."""
+        self.counts.clear()
+        self._checked = 0.0
+
+
+class ClassificationSlots:
+    """ASGI middleware: a classification holds one of the slots from before its upload is read. A request
+    that finds none free within ``SLOT_WAIT`` seconds gets 503 and Retry-After at once, without its body
+    going through the multipart parser first; every other request passes straight through."""
+
+    def __init__(self, app, slots: threading.BoundedSemaphore):
+        self.app, self.slots = app, slots
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/classify":
+            return await self.app(scope, receive, send)
+        deadline = time.monotonic() + SLOT_WAIT
+        while not self.slots.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                busy = JSONResponse({"detail": "busy classifying; retry shortly"}, status_code=503,
+                                    headers={"Retry-After": "1"})
+                return await busy(scope, receive, send)
+            await asyncio.sleep(0.005)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.slots.release()
 
 
 def read_token(cfg: ServeConfig) -> str | None:
@@ -156,7 +198,8 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
                     page: Annotated[int, Query(ge=1)] = 1, page_size: Annotated[int, Query(ge=1, le=500)] = 50):
         with archive.sessions() as s:
             try:
-                return search(s, f, sort, descending, page, page_size)
+                # A Response, not a dict: FastAPI's encoder would take longer than the query (2.5 ms a page).
+                return JSONResponse(search(s, f, sort, descending, page, page_size, archive.counts))
             except ValueError as e:
                 raise HTTPException(422, str(e)) from None
 
@@ -263,6 +306,7 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
             s.add(Correction(image_id=img.id, label=body.label, note=body.note, author=body.author or who,
                              created_at=now, model_id=img.model_id, model_label=img.label))
             img.reviewed_label, img.reviewed_at = body.label, now
+        archive.changed()
         return image_detail(image_id)
 
     @app.post("/api/classify", tags=["classify"])
@@ -277,15 +321,10 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
             if len(data) > max_upload_bytes:
                 raise HTTPException(413, f"{f.filename}: larger than {max_upload_bytes / 2**20:g} MB")
             payloads.append((f.filename or "upload", data))
-        if not archive.slots.acquire(blocking=False):
-            raise HTTPException(503, "busy classifying; retry shortly", headers={"Retry-After": "1"})
-        try:
-            from starlette.concurrency import run_in_threadpool
+        from starlette.concurrency import run_in_threadpool
 
-            mv, clf = archive.model()
-            preds = await run_in_threadpool(clf.predict, [d for _, d in payloads], None, 3)
-        finally:
-            archive.slots.release()
+        mv, clf = await run_in_threadpool(archive.model)
+        preds = await run_in_threadpool(clf.predict, [d for _, d in payloads], None, 3)  # a slot is held: see below
         bad = [(name, p.error) for (name, _), p in zip(payloads, preds) if not p.ok]
         if len(bad) == len(preds):
             name, why = bad[0]
@@ -298,7 +337,10 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
                             "model_version": mv.version})
         if store:
             results = await run_in_threadpool(_store, payloads, preds, results, mv, clf)
+            archive.changed()
         return {"items": results}
+
+    app.add_middleware(ClassificationSlots, slots=archive.slots)
 
     def _store(payloads, preds, results, mv, clf):
         upload_dir = Path(os.environ.get("MARSVISION_UPLOADS", "marsvision-uploads")).resolve()
@@ -365,6 +407,8 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
             return activate(archive.sessions, mv)
         except VersionError as e:
             raise HTTPException(409, str(e)) from None
+        finally:
+            archive.changed()
 
     @app.get("/api/review", tags=["curation"])
     def review(limit: Annotated[int, Query(ge=1, le=100)] = 10, strategy: str = DEFAULT_STRATEGY):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from ..archive.db import DB_HELP, Correction, Image, ModelVersion, TrainingImage, open_engine, sessions
+from ..archive.db import DB_HELP, Correction, Image, ImageVectors, ModelVersion, TrainingImage, open_engine, sessions
 from ..archive.records import from_blob, to_blob
 from ..archive.rescore import activate
 from ..archive.versions import VersionError, active_version, register
@@ -255,9 +255,10 @@ def run_refit(cfg: RefitConfig) -> dict:
         chosen = read_labels_csv(cfg.labels, s, classes) if cfg.labels else archive_corrections(s)
         if not chosen:
             raise VersionError("no corrections to refit with: correct labels in the archive, or pass --labels CSV")
-        rows = {r.id: r for r in s.execute(select(Image.id, Image.features, Image.texture)
-                                           .where(Image.id.in_([c[0] for c in chosen]))).all()}
-    missing = [c for c in chosen if rows[c[0]].features is None]
+        rows = {r.id: r for r in s.execute(select(ImageVectors.image_id.label("id"), ImageVectors.features,
+                                                  ImageVectors.texture)
+                                           .where(ImageVectors.image_id.in_([c[0] for c in chosen]))).all()}
+    missing = [c for c in chosen if c[0] not in rows]
     if missing:
         raise VersionError(f"image {missing[0][0]} has no stored features (it could not be read)")
     x_train, names_train, _ = training_features(make, parent, clf, cfg.data)

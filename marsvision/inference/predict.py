@@ -115,8 +115,13 @@ def write_predictions(results: Iterable[Prediction], path: str | os.PathLike | I
     or to an open text stream. A file is written atomically (a kill leaves the old file or none).
 
     Columns: path, label, confidence, unknown, novelty, with ``top_k`` > 1 top1_label,
-    top1_confidence, …, with ``withheld`` the reason a label was withheld, then error.
+    top1_confidence, …, with ``withheld`` the reason a label was withheld, then error. A ``.parquet``
+    path: the rows of ``marsvision.scale.parquet`` (with sha256, top-k, features; needs pyarrow).
     """
+    if isinstance(path, (str, os.PathLike)) and str(path).endswith(".parquet"):
+        from ..scale.parquet import write_parquet
+
+        return write_parquet(results, path, top_k=top_k, withheld=withheld)
     rows = prediction_rows(results, top_k, withheld)
     if path is None or isinstance(path, io.TextIOBase) or hasattr(path, "write"):
         _write_csv(rows, path or sys.stdout)

@@ -14,16 +14,18 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
 REPO = Path(__file__).resolve().parents[2]
-from marsvision.archive.db import Correction, Image, ModelVersion, open_engine
+from marsvision.archive.db import Correction, Image, ImageVectors, ModelVersion, open_engine
 from marsvision.archive.index import IndexConfig, run_index
 from marsvision.archive.records import from_blob
 from marsvision.cli import main
 
 
 def rows(db_url):
+    """Every image row, with its vectors (None for unreadable images)."""
     engine = open_engine(db_url)
     with engine.connect() as conn:
-        out = conn.execute(select(Image)).all()
+        out = conn.execute(select(Image, ImageVectors.features, ImageVectors.texture, ImageVectors.sketch)
+                           .outerjoin(ImageVectors, ImageVectors.image_id == Image.id)).all()
     engine.dispose()
     return out
 
@@ -111,7 +113,8 @@ def test_kill_9_mid_run_then_rerun_gives_every_image_exactly_once(db_url, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with engine.connect() as conn:
-        after_kill = conn.execute(select(Image.label, Image.features, Image.error)).all()
+        after_kill = conn.execute(select(Image.label, ImageVectors.features, Image.error)
+                                  .outerjoin(ImageVectors, ImageVectors.image_id == Image.id)).all()
     assert 40 <= len(after_kill) < 400 and len(after_kill) % 8 == 0  # whole batches only
     assert all(r.label and r.features for r in after_kill)  # no half rows
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -1,4 +1,4 @@
-"""The archive's first schema: models, images, corrections.
+"""The archive's first schema: models, images, image_vectors, corrections.
 
 Revision ID: 0001
 Revises:
@@ -46,14 +46,18 @@ def upgrade() -> None:
         sa.Column("novelty", sa.Float, nullable=True),
         sa.Column("margin", sa.Float, nullable=True),
         sa.Column("top_k", sa.JSON, nullable=False),
-        sa.Column("features", sa.LargeBinary, nullable=True),
-        sa.Column("texture", sa.LargeBinary, nullable=True),
-        sa.Column("sketch", sa.LargeBinary, nullable=True),
         sa.Column("reviewed_label", sa.String(64), nullable=True),
         sa.Column("reviewed_at", sa.DateTime(timezone=True), nullable=True),
     )
     for column in ("sol", "instrument", "model_id", "label", "confidence", "unknown", "reviewed_label"):
         op.create_index(f"ix_images_{column}", "images", [column])
+    op.create_table(
+        "image_vectors",
+        sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id"), primary_key=True),
+        sa.Column("features", sa.LargeBinary, nullable=False),
+        sa.Column("texture", sa.LargeBinary, nullable=True),
+        sa.Column("sketch", sa.LargeBinary, nullable=False),
+    )
     op.create_table(
         "corrections",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -70,5 +74,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("corrections")
+    op.drop_table("image_vectors")
     op.drop_table("images")
     op.drop_table("models")

@@ -1,0 +1,112 @@
+"""Parquet rows (marsvision.scale.parquet): the schema both engines write, exact round trips, crash-safe
+shards and their assembly, and one-line errors without the extras. Fast: no Ray."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from marsvision.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'marsvision[parquet]')")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from marsvision.scale import parquet as pqt  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def predictions(example_images):
+    import marsvision
+
+    with marsvision.load_model() as model:
+        preds = model.predict([*example_images[:4], REPO / "missing.jpg"], top_k=3)
+    return preds
+
+
+def test_rows_round_trip_exactly(predictions):
+    shas = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(len(predictions))]
+    sizes = list(range(len(predictions)))
+    table = pqt.records_table(predictions, shas, sizes, {"top_k": 3})
+    assert table.schema.names == ["path", "sha256", "size_bytes", "label", "confidence", "unknown", "novelty",
+                                  "withheld", "top_k", "probabilities", "features", "texture", "error"]
+    back = pqt.to_predictions(table)
+    for p, (q, sha, size) in zip(predictions, back):
+        assert (q.source, q.label, q.confidence, q.unknown, q.novelty, q.top_k, q.error) == (
+            p.source, p.label, p.confidence, p.unknown, p.novelty, p.top_k, p.error)
+        for name in ("probabilities", "features", "texture"):
+            a, b = getattr(p, name), getattr(q, name)
+            assert (a is None and b is None) or (a.dtype == b.dtype and np.array_equal(a, b)), name
+    assert back[-1][0].error == "file not found" and back[-1][0].features is None
+    assert predictions[0].features.shape == (1792,) and predictions[0].texture.shape == (1280,)
+
+
+def test_local_engine_writes_parquet(tmp_path, example_images, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    out = tmp_path / "out.parquet"
+    code = main(["predict", str(example_images[0].parent), str(broken), "--output", str(out), "--top-k", "2"])
+    assert code == 1 and "broken.jpg: not an image file" in capsys.readouterr().err
+    table = pq.read_table(out)
+    assert table.num_rows == len(example_images) + 1
+    rows = {r["path"]: r for r in table.to_pylist()}
+    first = rows[str(example_images[0])]
+    assert first["sha256"] == hashlib.sha256(example_images[0].read_bytes()).hexdigest()
+    assert first["size_bytes"] == example_images[0].stat().st_size
+    assert len(first["top_k"]) == 2 and first["top_k"][0]["label"] == first["label"]
+    assert len(first["features"]) == 1792 and first["error"] is None
+    bad = rows[str(broken)]
+    assert bad["label"] is None and bad["features"] is None and bad["sha256"] == hashlib.sha256(b"not an image").hexdigest()
+    assert not list(tmp_path.glob(".*.tmp"))  # written under a temporary name, then renamed
+
+
+def test_shards_are_whole_and_assembly_takes_each_path_once(tmp_path, predictions):
+    parts, out = tmp_path / "o.parquet.parts", tmp_path / "o.parquet"
+    parts.mkdir()
+    (parts / ".part-000009-deadbeef.parquet.x1y2.tmp").write_bytes(b"PAR1 half a shard")  # a killed writer's
+    settings = {"top_k": 3}
+    table = pqt.records_table(predictions, [None] * len(predictions), [None] * len(predictions), settings)
+    writer = pqt.ShardWriter(parts, settings, rows_per_shard=2)
+    assert not list(parts.glob(".*.tmp"))  # the half-written file is gone
+    writer.add(table)
+    writer.add(table.slice(0, 2))  # a batch delivered twice (a retried task) is stored once
+    writer.flush()
+    assert writer.written_rows == len(predictions) and writer.dropped_rows == 2
+    assert sum(pq.read_metadata(s).num_rows for s in pqt.shards(parts)) == len(predictions)
+    # A kill between renaming the output and deleting the shards: the rerun must not take them twice.
+    pqt.write_table(table.slice(0, 3).cast(pqt.schema(settings)), out)
+    assert pqt.assemble(out, parts, settings) == len(predictions)
+    assert sorted(pqt.read_paths(out)) == sorted(p.source for p in predictions)
+    assert not parts.exists() and pqt.settings_of(out) == settings
+    with pytest.raises(ValueError, match="other settings"):
+        pqt.check_settings(out, {"top_k": 5})
+
+
+def test_missing_extras_are_one_line_errors(tmp_path, example_images, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow → ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    assert main(["predict", str(example_images[0]), "--output", str(tmp_path / "o.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'marsvision[parquet]'" in err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    assert main(["predict", str(example_images[0]), "--engine", "ray", "--output", str(tmp_path / "o.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'marsvision[ray]'" in err
+    assert main(["predict", str(example_images[0]), "--engine", "ray", "--output", "o.csv"]) == 2
+    assert "--output FILE.parquet" in capsys.readouterr().err
+    assert main(["predict", str(example_images[0]), "--engine", "spark"]) == 2
+    assert "choose one of local, ray" in capsys.readouterr().err
+
+
+def test_importing_marsvision_imports_neither_ray_nor_pyarrow():
+    code = ("import sys, marsvision, marsvision.cli, marsvision.scale, marsvision.scale.parquet, "
+            "marsvision.scale.ray_engine; bad = [m for m in ('ray', 'pyarrow') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
