@@ -322,15 +322,6 @@ def _stat(pid: int | str) -> list[str]:
         return f.read().rsplit(")", 1)[1].split()
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of a live process; 0 when it is gone."""
-    try:
-        fields = _stat(pid)
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def tree_cpu(pid: int | None) -> float:
     """CPU seconds of a process, its exited children (cutime + cstime) and its live children (PostgreSQL: the
     postmaster and its backends; a backend's time moves from the live sum to cutime when it exits)."""
@@ -370,6 +361,23 @@ def wait_quiet(own_cpu, limit_s: float, below: float = 0.15) -> tuple[float, flo
     return round(share, 3), round(time.monotonic() - t0, 1)
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it (uvicorn's worker processes under its supervisor)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                children.setdefault(int(_stat(d)[1]), []).append(int(d))
+            except OSError:
+                continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS/VmHWM/... of /proc/PID/status, in kB."""
     out = {}
@@ -384,7 +392,7 @@ def proc_status(pid: int) -> dict[str, int]:
 class Server:
     """`marsvision serve` as its own process on 127.0.0.1 at a free port."""
 
-    def __init__(self, db_url: str, workdir: Path, classify_slots: int, model_threads: int = 0):
+    def __init__(self, db_url: str, workdir: Path, classify_slots: int, model_threads: int = 0, workers: int = 1):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"serve-{self.port}.log"
@@ -393,6 +401,8 @@ class Server:
                "--port", str(self.port), "--classify-slots", str(classify_slots)]
         if model_threads:
             cmd += ["--threads", str(model_threads)]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
         self.cmd = cmd
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                "MARSVISION_UPLOADS": str(workdir / "uploads")}
@@ -406,10 +416,20 @@ class Server:
 
     def _sample(self):  # a fallback should clear_refs be refused: VmRSS every 50 ms
         while not self._stop.wait(0.05):
-            try:
-                self.sampled_peak_kb = max(self.sampled_peak_kb, proc_status(self.proc.pid).get("VmRSS", 0))
-            except (OSError, ValueError):
+            if self.proc.poll() is not None:
                 return
+            self.sampled_peak_kb = max(self.sampled_peak_kb, self._sum("VmRSS"))
+
+    def _sum(self, key: str) -> int:
+        """kB summed over the server's processes (with --workers: the supervisor and its workers; each
+        worker's peak is its own, so the sum of peaks bounds the peak of the sum from above)."""
+        total = 0
+        for pid in descendants(self.proc.pid):
+            try:
+                total += proc_status(pid).get(key, 0)
+            except (OSError, ValueError):
+                continue
+        return total
 
     def wait_ready(self, timeout: float = 120.0) -> float:
         deadline = time.monotonic() + timeout
@@ -426,21 +446,22 @@ class Server:
         raise RuntimeError(f"the server was not ready in {timeout:.0f} s:\n{self.tail()}")
 
     def hwm_mb(self) -> float:
-        return proc_status(self.proc.pid)["VmHWM"] / 1024
+        return self._sum("VmHWM") / 1024
 
     def rss_mb(self) -> float:
-        return proc_status(self.proc.pid)["VmRSS"] / 1024
+        return self._sum("VmRSS") / 1024
 
     def reset_hwm(self) -> bool:
         try:
-            with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
-                f.write("5")
+            for pid in descendants(self.proc.pid):
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")
             return True
         except OSError:
             return False
 
     def cpu_seconds(self) -> float:
-        return proc_cpu(self.proc.pid)
+        return tree_cpu(self.proc.pid)
 
     def tail(self, n: int = 3000) -> str:
         self.log.flush()
@@ -630,7 +651,7 @@ def measured(args, *scenario) -> dict:
 
 def bench_backend(db_url: str, workdir: Path, args, label_weights: dict[str, int], uploads: list[Path],
                   db_pid: int | None = None) -> dict:
-    server = Server(db_url, workdir, args.classify_slots)
+    server = Server(db_url, workdir, args.classify_slots, workers=args.workers)
     out: dict = {"command": " ".join(server.cmd[1:])}
     try:
         out["ready_seconds"] = round(server.wait_ready(), 2)
@@ -681,6 +702,31 @@ def bench_backend(db_url: str, workdir: Path, args, label_weights: dict[str, int
     return out
 
 
+# ------------------------------------------------------------------------------------- index throughput
+
+
+def index_vs_predict(data: Path, workdir: Path, repeats: int = 2) -> dict:
+    """Images/s of `marsvision index` (into a fresh SQLite archive) against `marsvision predict` (CSV) on the
+    1305 test images, each a fresh process, alternated, best of ``repeats``: the target is index ≥ 0.8×."""
+    files = [str(data / line.split()[0]) for line in (data / "test-calibrated-shuffled.txt").read_text().splitlines()
+             if line.strip()]
+    listing = workdir / "test-files.txt"
+    listing.write_text("\n".join(files))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs: dict[str, list[float]] = {"predict": [], "index": []}
+    for i in range(repeats):
+        for kind in ("predict", "index"):
+            out = workdir / f"{kind}{i}"
+            extra = ["--output", f"{out}.csv"] if kind == "predict" else ["--db", f"{out}.db"]
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "marsvision.cli", kind, *files, *extra], env=env, check=True,
+                           capture_output=True)
+            runs[kind].append(len(files) / (time.perf_counter() - t0))
+    best = {k: round(max(v), 1) for k, v in runs.items()}
+    return {"images": len(files), "img_per_s": best, "all_img_per_s": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+            "ratio": round(best["index"] / best["predict"], 3)}
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 
@@ -723,7 +769,7 @@ def markdown(data: dict) -> str:
         "# `marsvision serve` under load",
         "",
         f"Server: `python -m marsvision.cli serve` on 127.0.0.1 as its own process (`--classify-slots "
-        f"{a['classify_slots']}`, model threads: all), load from a separate process on the same machine "
+        f"{a['classify_slots']}`, `--workers {a.get('workers', 1)}`, model threads: all), load from a separate process on the same machine "
         f"({data['machine']['cpu_count']} cores, {data['machine']['cpu']}), asyncio + httpx, one keep-alive "
         f"connection per client. Each scenario: at most {a['max_requests']} requests "
         f"({a['max_classify_requests']} for classify, {a['max_requests'] // 4} for classes) or {a['seconds']:g} s.",
@@ -744,7 +790,7 @@ def markdown(data: dict) -> str:
         "classify = `POST /api/classify`, one real MSL JPEG a request; a 503 (more than the classification "
         "slots at once: by design) is counted, then retried after Retry-After. Latencies are of successful "
         "(200) responses; \"end-to-end\" includes retries and their waits. Peak RSS: the server's VmHWM during "
-        "the scenario. CPU: seconds used during the scenario by the server, PostgreSQL's processes and the load "
+        "the scenario (summed over its processes with several workers). CPU: seconds used during the scenario by the server, PostgreSQL's processes and the load "
         "generator; \"other load\": the share of the machine's CPUs that other processes used meanwhile (before "
         f"each scenario the script waits up to {a['wait_quiet']:g} s for it to fall under 15 %, and runs a scenario "
         f"up to {a['rerun_noisy']} more time(s) when it did not, keeping the least disturbed run).",
@@ -778,6 +824,12 @@ def markdown(data: dict) -> str:
             lines += ["", "Search at 8 clients by query kind: " + "; ".join(
                 f"{k} p50 {fmt(v['p50_ms'])} / p95 {fmt(v['p95_ms'])} ms (n={v['n']})" for k, v in kinds.items()) + "."]
         lines.append("")
+    ivp = data.get("index_vs_predict")
+    if ivp:
+        lines += ["## Index throughput", "", f"`marsvision index` into a fresh SQLite archive against `marsvision "
+                  f"predict` (CSV) on the {ivp['images']} test images, fresh processes, best of 2: index "
+                  f"{ivp['img_per_s']['index']:.0f} img/s, predict {ivp['img_per_s']['predict']:.0f} img/s "
+                  f"(**{ivp['ratio']:.2f}×**; hashing, the file-name fields, vectors and batched transactions).", ""]
     lines += ["## Targets", "", "| target | database | measured | met |", "|---|---|---|---|"]
     for t in data["targets"]:
         met = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
@@ -789,6 +841,10 @@ def markdown(data: dict) -> str:
 
 def targets(data: dict) -> list[dict]:
     out = []
+    ivp = data.get("index_vs_predict")
+    if ivp:
+        out.append({"target": "index throughput ≥ 0.8× predict", "database": "sqlite",
+                    "measured": f"{ivp['ratio']:.2f}×", "met": ivp["ratio"] >= 0.8})
     for backend, res in data["backends"].items():
         if "skipped" in res:
             out.append({"target": "all", "database": backend, "measured": f"skipped: {res['skipped']}", "met": None})
@@ -835,13 +891,14 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="time limit per scenario")
     p.add_argument("--max-retries", type=int, default=20, help="retries of a classify request answered 503")
     p.add_argument("--classify-slots", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="server processes (`marsvision serve --workers`)")
     p.add_argument("--wait-quiet", type=float, default=60.0,
                    help="before each scenario, wait up to this long for other processes to use < 15%% of the CPUs")
     p.add_argument("--rerun-noisy", type=int, default=1,
                    help="run a scenario again (up to this many times) when other processes used >= 15%% of the CPUs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None, help="where the databases go (default: a temporary folder, removed)")
-    p.add_argument("--no-write", action="store_true", help="print, do not write benchmarks/results/serve.*")
+    p.add_argument("--no-write", action="store_true", help="print, do not write benchmarks/results/serve.* (serve-workersN.* with --workers N)")
     args = p.parse_args()
 
     t_start = time.perf_counter()
@@ -854,6 +911,10 @@ def main() -> int:
                     "machine": machine_info(), "archive": {}, "backends": {},
                     "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     "uploads": {"files": len(uploads), "mean_kb": round(np.mean([u.stat().st_size for u in uploads]) / 1024, 1)}}
+    if data_dir is not None:
+        print("index vs predict on the test split …", flush=True)
+        result["index_vs_predict"] = index_vs_predict(data_dir, workdir)
+        print(f"  {result['index_vs_predict']}", flush=True)
     real = None
     label_weights: dict[str, int] = {}
     try:
@@ -892,7 +953,7 @@ def main() -> int:
     if args.no_write:
         print(md)
     else:
-        write_results("serve", result, md)
+        write_results("serve" if args.workers == 1 else f"serve-workers{args.workers}", result, md)
     return 0
 
 

@@ -3,6 +3,7 @@ local indexer and the distributed engine, so both write the same rows for the sa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -34,13 +35,17 @@ def from_blob(b: bytes, dtype: str) -> np.ndarray:
     return np.frombuffer(b, dtype=f"<{dtype}").astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _projection(dims: int) -> np.ndarray:
+    return np.random.default_rng(_SKETCH_SEED).standard_normal((dims, SKETCH_DIMS)).astype(np.float32)
+
+
 def sketch(features: np.ndarray) -> np.ndarray:
     """(N, F) features → (N, 64) unit vectors whose dot products approximate the features' cosine
     similarity (a fixed random projection, Johnson–Lindenstrauss): similarity search reads these."""
     f = np.atleast_2d(features).astype(np.float32)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    rng = np.random.default_rng(_SKETCH_SEED)
-    s = f @ rng.standard_normal((f.shape[1], SKETCH_DIMS)).astype(np.float32)
+    s = np.einsum("nf,fd->nd", f, _projection(f.shape[1]))  # einsum: no BLAS threads (inference/trust.py)
     return s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
 
 

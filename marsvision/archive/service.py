@@ -45,7 +45,8 @@ from .versions import VersionError, active_version, ensure_active, find, version
 
 STATIC = Path(__file__).with_name("static")
 MODEL_CHECK = 2.0  # seconds between looks at which model version is active
-SLOT_WAIT = 0.25  # seconds a classification waits for a free slot (one frees about every 10 ms)
+SLOT_WAIT = 0.5  # seconds a classification may wait for a free slot (one frees about every 10 ms)
+QUEUE_PER_SLOT = 4  # classifications that may wait per slot
 HEATMAP_CACHE = 128  # heatmap PNGs kept in memory (~60 KB each)
 TOKEN_ENV = "MARSVISION_TOKEN"
 
@@ -62,6 +63,7 @@ class ServeConfig:
     max_upload_mb: float = field(default=20.0, metadata={"help": "largest upload accepted per file, in MB"})
     classify_slots: int = field(default=2, metadata={"help": "classifications at once; more answer 503 with Retry-After"})
     threads: int = field(default=0, metadata={"help": "CPU threads of the model (0: all)"})
+    workers: int = field(default=1, metadata={"help": "server processes: one Python process uses one core for requests; each loads the model (about 100 MB)"})
 
 
 class LabelIn(BaseModel):
@@ -77,7 +79,7 @@ class Archive:
     def __init__(self, engine: Engine, threads: int | None, classify_slots: int):
         self.engine, self.sessions, self.threads = engine, sessions(engine), threads
         self.sketches = SketchIndex()
-        self.slots = threading.BoundedSemaphore(max(1, classify_slots))
+        self.heatmap_slots = threading.BoundedSemaphore(max(1, classify_slots))  # heatmaps run the model too
         self._lock = threading.Lock()
         self._model = (None, None)  # (version row id, Classifier)
         self.heatmaps: OrderedDict = OrderedDict()  # (image, label, size, version) → PNG bytes, most recent last
@@ -111,27 +113,34 @@ class Archive:
 
 
 class ClassificationSlots:
-    """ASGI middleware: a classification holds one of the slots from before its upload is read. A request
-    that finds none free within ``SLOT_WAIT`` seconds gets 503 and Retry-After at once, without its body
-    going through the multipart parser first; every other request passes straight through."""
+    """ASGI middleware: a classification holds one of ``slots`` from before its upload is read. Waiting
+    requests queue in arrival order, at most ``QUEUE_PER_SLOT`` per slot and ``SLOT_WAIT`` seconds each;
+    beyond either, 503 with Retry-After at once, without the body going through the multipart parser.
+    Every other request passes straight through."""
 
-    def __init__(self, app, slots: threading.BoundedSemaphore):
-        self.app, self.slots = app, slots
+    def __init__(self, app, slots: int):
+        self.app, self.free = app, asyncio.Semaphore(slots)
+        self.limit = slots * (1 + QUEUE_PER_SLOT)  # running + waiting
+        self.admitted = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/classify":
             return await self.app(scope, receive, send)
-        deadline = time.monotonic() + SLOT_WAIT
-        while not self.slots.acquire(blocking=False):
-            if time.monotonic() >= deadline:
-                busy = JSONResponse({"detail": "busy classifying; retry shortly"}, status_code=503,
-                                    headers={"Retry-After": "1"})
-                return await busy(scope, receive, send)
-            await asyncio.sleep(0.005)
+        busy = JSONResponse({"detail": "busy classifying; retry shortly"}, status_code=503, headers={"Retry-After": "1"})
+        if self.admitted >= self.limit:
+            return await busy(scope, receive, send)
+        self.admitted += 1  # counted before any await: the event loop runs one request at a time here
         try:
-            await self.app(scope, receive, send)
+            try:
+                await asyncio.wait_for(self.free.acquire(), SLOT_WAIT)  # asyncio.Semaphore wakes waiters FIFO
+            except TimeoutError:
+                return await busy(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.free.release()
         finally:
-            self.slots.release()
+            self.admitted -= 1
 
 
 def read_token(cfg: ServeConfig) -> str | None:
@@ -256,14 +265,14 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
         key = (image_id, label, size, mv.id)
         if key in archive.heatmaps:  # computing one takes 0.2-1 s: the page asks for the same ones again
             return Response(archive.heatmaps[key], media_type="image/png", headers={"Cache-Control": "max-age=600"})
-        if not archive.slots.acquire(blocking=False):
-            raise HTTPException(503, "busy classifying; retry shortly", headers={"Retry-After": "1"})
+        if not archive.heatmap_slots.acquire(blocking=False):
+            raise HTTPException(503, "busy making heatmaps; retry shortly", headers={"Retry-After": "1"})
         try:
             e = explain(clf, [img.path], [label] if label else [])[0]
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
         finally:
-            archive.slots.release()
+            archive.heatmap_slots.release()
         if not e.prediction.ok:
             raise HTTPException(404 if "not found" in e.prediction.error else 422, f"image {image_id}: {e.prediction.error}")
         buf = io.BytesIO()
@@ -340,7 +349,7 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
             archive.changed()
         return {"items": results}
 
-    app.add_middleware(ClassificationSlots, slots=archive.slots)
+    app.add_middleware(ClassificationSlots, slots=classify_slots)
 
     def _store(payloads, preds, results, mv, clf):
         upload_dir = Path(os.environ.get("MARSVISION_UPLOADS", "marsvision-uploads")).resolve()
@@ -430,15 +439,34 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
     return app
 
 
+SERVE_ENV = "MARSVISION_SERVE"  # how run_serve hands its settings to worker processes
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process (uvicorn's factory), from the settings ``run_serve`` left in the
+    environment; the database was migrated and given its model before the workers started."""
+    cfg = json.loads(os.environ[SERVE_ENV])
+    return create_app(open_engine(cfg["db"] or None, migrate=False), cfg["token"], cfg["allow_anonymous_writes"],
+                      int(cfg["max_upload_mb"] * 2**20), cfg["classify_slots"], cfg["threads"] or None)
+
+
 def run_serve(cfg: ServeConfig) -> None:
     """`marsvision serve`: the app under uvicorn until interrupted."""
     import uvicorn
 
     token = read_token(cfg)
     engine = open_engine(cfg.db or None)
-    app = create_app(engine, token, cfg.allow_anonymous_writes, int(cfg.max_upload_mb * 2**20), cfg.classify_slots,
-                     cfg.threads or None)
+    with sessions(engine).begin() as s:
+        ensure_active(s)
     writes = "token required" if token else ("anonymous" if cfg.allow_anonymous_writes else "disabled")
     print(f"marsvision: serving {engine.url.render_as_string(hide_password=True)} on http://{cfg.host}:{cfg.port}/ "
-          f"(API docs at /docs; writes: {writes})", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+          f"(API docs at /docs; writes: {writes}; {cfg.workers} worker{'s' if cfg.workers > 1 else ''})", flush=True)
+    if cfg.workers <= 1:
+        app = create_app(engine, token, cfg.allow_anonymous_writes, int(cfg.max_upload_mb * 2**20),
+                         cfg.classify_slots, cfg.threads or None)
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+        return
+    engine.dispose()
+    os.environ[SERVE_ENV] = json.dumps({**vars(cfg), "token": token})
+    uvicorn.run("marsvision.archive.service:app_from_environment", factory=True, workers=cfg.workers,
+                host=cfg.host, port=cfg.port, log_level="warning")

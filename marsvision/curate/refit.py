@@ -56,12 +56,14 @@ class RefitConfig:
 
 
 def refit_head(x_train: np.ndarray, y_train: np.ndarray, x_new: np.ndarray, y_new: np.ndarray, num_classes: int,
-               c: float, weight: float = DEFAULT_WEIGHT) -> tuple[np.ndarray, np.ndarray]:
-    """(W (K, F), b (K,)) fitted on training images plus corrections, weighed by ``sample_weights``."""
+               c: float, weight: float = DEFAULT_WEIGHT,
+               start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(W (K, F), b (K,)) fitted on training images plus corrections, weighed by ``sample_weights``;
+    the solver starts from the head ``start`` when given (``fit_head``)."""
     x = np.concatenate([x_train, x_new]) if len(x_new) else x_train
     y = np.concatenate([y_train, y_new]).astype(np.int64)
     w = sample_weights(y_train, y_new, weight)
-    return fold_head(fit_head(x, y, c, sample_weight=w), num_classes)
+    return fold_head(fit_head(x, y, c, sample_weight=w, start=start), num_classes)
 
 
 def read_labels_csv(path: str, session, classes: list[str]) -> list[tuple[int, str, int]]:
@@ -161,7 +163,7 @@ def refreshed_trust(parent: Trust, head_fit, x_train, y_train, x_new, y_new, tex
         logits = np.zeros((len(y_new), head_fit[0].shape[0]), np.float32)
         for k in range(5):
             w, b = refit_head(x_train, y_train, x_new[folds != k], y_new[folds != k], head_fit[0].shape[0],
-                              head_fit[2], weight)
+                              head_fit[2], weight, start=head_fit[:2])
             logits[folds == k] = x_new[folds == k] @ w.T + b
         nov = novelty.raw_from_embedding(tex_new[:, :-1], tex_new[:, -1]) / novelty.threshold
         t = fit_calibration(logits, nov, y_new)
@@ -270,7 +272,9 @@ def run_refit(cfg: RefitConfig) -> dict:
                if all(rows[c[0]].texture for c in chosen) else None)
     c_value = float((clf.meta.get("metrics") or {}).get("C") or (clf.meta.get("config") or {}).get("c") or 1.0)
     t_fit = time.perf_counter()
-    w, b = refit_head(x_train, y_train, x_new, y_new, len(classes), c_value, cfg.weight)
+    parent_head = np.zeros((len(classes), clf.head.weight.shape[1]), np.float32), np.full(len(classes), -1e4, np.float32)
+    parent_head[0][:len(clf.class_names)], parent_head[1][:len(clf.class_names)] = clf.head.weight, clf.head.bias
+    w, b = refit_head(x_train, y_train, x_new, y_new, len(classes), c_value, cfg.weight, start=parent_head)
     fit_seconds = time.perf_counter() - t_fit
     trust = refreshed_trust(clf.trust, (w, b, c_value), x_train, y_train, x_new, y_new, tex_new, cfg.weight)
     version = f"refit-{time.strftime('%Y%m%d-%H%M%S')}-{len(chosen)}"

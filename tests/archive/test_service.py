@@ -151,17 +151,45 @@ def test_stored_upload_joins_the_archive(archive, tmp_path, monkeypatch, example
     assert archive.get(f"/api/images/{r.json()['items'][0]['id']}/thumbnail").status_code == 200
 
 
-def test_classification_is_capped_with_503_and_retry_after(archive, example_images):
-    slots = archive.app.state.archive.slots
-    held = [slots.acquire(blocking=False) for _ in range(2)]
-    try:
-        r = archive.post("/api/classify", files=[("files", ("a.jpg", jpeg_bytes(example_images[0]), "image/jpeg"))])
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
-    finally:
-        for ok in held:
-            if ok:
-                slots.release()
-    assert archive.post("/api/classify", files=[("files", ("a.jpg", jpeg_bytes(example_images[0]), "image/jpeg"))]).status_code == 200
+def test_classification_slots_queue_in_order_then_answer_503_with_retry_after(monkeypatch):
+    """The middleware in front of POST /api/classify: FIFO up to its queue, then 503 + Retry-After at once."""
+    import asyncio
+
+    import marsvision.archive.service as service
+
+    monkeypatch.setattr(service, "QUEUE_PER_SLOT", 2)  # one slot: one runs, two wait, more are refused
+    order, gate = [], asyncio.Event()
+
+    async def classify(scope, receive, send):  # stands in for the app: holds its slot until the gate opens
+        order.append(scope["n"])
+        await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def call(mw, n):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/api/classify", "n": n, "headers": []}
+        await mw(scope, None, send)
+        start = sent[0]
+        return start["status"], dict(start["headers"]).get(b"retry-after")
+
+    async def main():
+        mw = service.ClassificationSlots(classify, slots=1)
+        tasks = [asyncio.create_task(call(mw, n)) for n in range(4)]  # 1 runs, 2 wait, 1 is refused
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # its own thread: the browser tests keep an event loop in this one
+        results = pool.submit(asyncio.run, main()).result()
+    assert [r[0] for r in results] == [200, 200, 200, 503] and results[3][1] == b"1"
+    assert order == [0, 1, 2]  # first come, first served
 
 
 def free_port() -> int:
