@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..inference.classifier import Classifier, expand_sources
 from ..inference.predict import load_model
 from .db import DB_HELP, Image, ImageVectors, open_engine, sessions, utcnow
-from .records import VECTORS, image_row, prediction_columns, sha256_file
+from .records import VECTORS, image_rows, prediction_columns, sha256_file
 from .versions import ensure_active
 
 
@@ -87,7 +87,7 @@ def _insert(session):
 
 
 def insert_new(session, rows: list[dict]) -> None:
-    """Insert image rows (``records.image_row``) and their vectors, leaving out contents another indexer
+    """Insert image rows (``records.image_rows``) and their vectors, leaving out contents another indexer
     wrote meanwhile (a race, never a duplicate)."""
     insert = _insert(session)
     images = [{k: v for k, v in r.items() if k not in VECTORS} for r in rows]
@@ -130,16 +130,13 @@ def index_files(engine: Engine, clf: Classifier, model_id: int, files: list[Path
         preds = clf.predict_iter([t[0] for t in todo], top_k=cfg.top_k)
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start:start + cfg.batch_size]
-            new, again = [], []
-            for (path, sha, size, image_id), p in zip(chunk, preds):
-                if not p.ok:
-                    report.failed.append((str(path), p.error))
-                if image_id is None:
-                    new.append(image_row(path, sha, size, p, clf, model_id))
-                else:
-                    row = image_row(path, sha, size, p, clf, model_id)
-                    again.append(({"id": image_id, **prediction_columns(p, clf, model_id), "indexed_at": utcnow()},
-                                  {"image_id": image_id, **{k: row[k] for k in VECTORS}}))
+            got = [(path, sha, size, p) for (path, sha, size, _), p in zip(chunk, preds)]
+            report.failed += [(str(path), p.error) for path, _, _, p in got if not p.ok]
+            rows = image_rows(got, clf, model_id)
+            new = [row for row, t in zip(rows, chunk) if t[3] is None]
+            again = [({"id": t[3], **prediction_columns(p, clf, model_id), "indexed_at": utcnow()},
+                      {"image_id": t[3], **{k: row[k] for k in VECTORS}})
+                     for row, t, (*_, p) in zip(rows, chunk, got) if t[3] is not None]
             with make.begin() as session:  # one transaction a batch: all of it or none of it
                 if new:
                     insert_new(session, new)

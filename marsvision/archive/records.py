@@ -69,14 +69,28 @@ def prediction_columns(p: Prediction, clf: Classifier, model_id: int) -> dict:
             "top_k": [[n, round(float(c), 6)] for n, c in p.top_k]}
 
 
+def image_rows(items: list[tuple[str | Path, str, int, Prediction]], clf: Classifier, model_id: int) -> list[dict]:
+    """Every column of new images, their vectors included (``index.insert_new`` splits them off), from
+    (path, sha256, size, prediction) tuples. The vectors of a batch are computed together (a row's
+    values do not depend on the batch: ``tests/archive/test_records.py``)."""
+    rows = []
+    for path, sha256, size, p in items:
+        fields = parse_filename(path)
+        rows.append({"sha256": sha256, "path": str(path), "size_bytes": size, "sol": fields.get("sol"),
+                     "instrument": fields.get("instrument"), "name_fields": fields,
+                     **prediction_columns(p, clf, model_id), "features": None, "texture": None, "sketch": None})
+    have = [i for i, (*_, p) in enumerate(items) if p.ok and p.features is not None]
+    if have:
+        feats = np.stack([items[i][3].features for i in have])
+        sketches = sketch(feats)
+        textures = [items[i][3].texture for i in have]
+        emb = None if any(t is None for t in textures) else texture_embedding(clf, np.stack(textures))
+        for n, i in enumerate(have):
+            rows[i].update(features=to_blob(feats[n], "f2"), sketch=to_blob(sketches[n], "f2"),
+                           texture=None if emb is None else to_blob(emb[n], "f4"))
+    return rows
+
+
 def image_row(path: str | Path, sha256: str, size: int, p: Prediction, clf: Classifier, model_id: int) -> dict:
-    """Every column of a new image, its vectors included (``index.insert_new`` splits them off)."""
-    fields = parse_filename(path)
-    row = {"sha256": sha256, "path": str(path), "size_bytes": size, "sol": fields.get("sol"),
-           "instrument": fields.get("instrument"), "name_fields": fields, **prediction_columns(p, clf, model_id),
-           "features": None, "texture": None, "sketch": None}
-    if p.ok and p.features is not None:
-        emb = texture_embedding(clf, p.texture)
-        row.update(features=to_blob(p.features, "f2"), sketch=to_blob(sketch(p.features)[0], "f2"),
-                   texture=None if emb is None else to_blob(emb[0], "f4"))
-    return row
+    """``image_rows`` of one image."""
+    return image_rows([(path, sha256, size, p)], clf, model_id)[0]

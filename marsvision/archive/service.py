@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -47,6 +48,7 @@ STATIC = Path(__file__).with_name("static")
 MODEL_CHECK = 2.0  # seconds between looks at which model version is active
 SLOT_WAIT = 0.5  # seconds a classification may wait for a free slot (one frees about every 10 ms)
 QUEUE_PER_SLOT = 4  # classifications that may wait per slot
+SEARCH_THREADS = 2  # searches at once (the rest queue); see Archive
 HEATMAP_CACHE = 128  # heatmap PNGs kept in memory (~60 KB each)
 TOKEN_ENV = "MARSVISION_TOKEN"
 
@@ -84,6 +86,9 @@ class Archive:
         self._model = (None, None)  # (version row id, Classifier)
         self.heatmaps: OrderedDict = OrderedDict()  # (image, label, size, version) → PNG bytes, most recent last
         self.counts = CountCache()
+        # Searches run SEARCH_THREADS at a time and the rest wait their turn: 40 threads taking turns
+        # at the GIL cost more CPU and make the slowest searches slower (measured: benchmarks/serve.py).
+        self.searches = anyio.CapacityLimiter(SEARCH_THREADS)
         self._checked = 0.0  # when the active version was last read from the database
         with self.sessions.begin() as s:
             ensure_active(s)
@@ -172,7 +177,7 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
                                 headers={"WWW-Authenticate": "Bearer"})
         return "token"
 
-    def filters(q: Annotated[str | None, Query(max_length=200, description="part of the file name")] = None,
+    async def filters(q: Annotated[str | None, Query(max_length=200, description="part of the file name")] = None,
                 label: str | None = None, min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
                 max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None, unknown: bool | None = None,
                 sol_min: int | None = None, sol_max: int | None = None, instrument: str | None = None,
@@ -203,14 +208,16 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
                 "writes": writes}
 
     @app.get("/api/images", tags=["images"])
-    def list_images(f: Annotated[Filters, Depends(filters)], sort: str = "id", descending: bool = False,
-                    page: Annotated[int, Query(ge=1)] = 1, page_size: Annotated[int, Query(ge=1, le=500)] = 50):
-        with archive.sessions() as s:
-            try:
-                # A Response, not a dict: FastAPI's encoder would take longer than the query (2.5 ms a page).
-                return JSONResponse(search(s, f, sort, descending, page, page_size, archive.counts))
-            except ValueError as e:
-                raise HTTPException(422, str(e)) from None
+    async def list_images(f: Annotated[Filters, Depends(filters)], sort: str = "id", descending: bool = False,
+                          page: Annotated[int, Query(ge=1)] = 1, page_size: Annotated[int, Query(ge=1, le=500)] = 50):
+        def run():
+            with archive.sessions() as s:
+                return search(s, f, sort, descending, page, page_size, archive.counts)
+        try:
+            # A Response, not a dict: FastAPI's encoder would take longer than the query (2.5 ms a page).
+            return JSONResponse(await anyio.to_thread.run_sync(run, limiter=archive.searches))
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
 
     @app.get("/api/images/{image_id}", tags=["images"])
     def image_detail(image_id: int):

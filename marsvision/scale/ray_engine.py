@@ -5,7 +5,7 @@ becomes an error row with the local engine's message) → decode + classify (``m
 pool: each actor loads the model once, from bytes the driver ships, so nodes need no copy of the model
 file) → Arrow tables of ``parquet.schema`` rows, which the driver writes as crash-safe Parquet shards
 (``parquet.ShardWriter``). ``predict`` then assembles its ``--output FILE.parquet`` atomically;
-``index`` bulk-loads the shards into the database with ``records.image_row`` and the local indexer's
+``index`` bulk-loads the shards into the database with ``records.image_rows`` and the local indexer's
 ``insert_new``, so both engines write the same rows for the same images.
 
 Exactly once: a path enters the shards once (the writer drops repeats from a retried batch); a killed
@@ -395,12 +395,12 @@ def hash_all(paths: list[str], opts: RayOptions) -> dict[str, tuple[str | None, 
 
 
 def load_shards(engine, clf, model_id: int, folder: Path, settings: dict, cfg, report, insert_new, known) -> set[str]:
-    """Bulk-load every shard in ``folder`` into the database, then delete it: ``records.image_row`` rows,
+    """Bulk-load every shard in ``folder`` into the database, then delete it: ``records.image_rows`` rows,
     ``cfg.batch_size`` a transaction, through the local indexer's ``insert_new`` (contents already in
     the database are left out). A shard of another model or top-k is dropped (its images are classified
     again). A kill mid-shard rolls back its transaction; the shard stays. Returns the contents written."""
     from ..archive.db import sessions
-    from ..archive.records import image_row
+    from ..archive.records import image_rows
 
     make = sessions(engine)
     written: set[str] = set()
@@ -414,13 +414,10 @@ def load_shards(engine, clf, model_id: int, folder: Path, settings: dict, cfg, r
             continue
         in_db = known(engine, [sha for _, sha, _ in rows if sha])
         for start in range(0, len(rows), max(1, cfg.batch_size)):
-            new, failed = [], []
-            for p, sha, size in rows[start:start + cfg.batch_size]:
-                if sha in in_db:
-                    continue  # loaded before a kill: already in the archive
-                if not p.ok:
-                    failed.append((p.source, p.error))
-                new.append(image_row(p.source, sha, size, p, clf, model_id))
+            todo = [(p, sha, size) for p, sha, size in rows[start:start + cfg.batch_size]
+                    if sha not in in_db]  # those in it were loaded before a kill
+            failed = [(p.source, p.error) for p, _, _ in todo if not p.ok]
+            new = image_rows([(p.source, sha, size, p) for p, sha, size in todo], clf, model_id)
             if new:
                 with make.begin() as session:
                     insert_new(session, new)
