@@ -226,3 +226,39 @@ def test_real_server_binds_loopback_serves_docs_and_refuses_anonymous_writes(tmp
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert "writes: disabled" in out and f"127.0.0.1:{port}" in out
+
+
+@pytest.mark.slow
+def test_real_server_with_two_workers_shares_one_archive(tmp_path, example_images):
+    """`serve --workers 2`: two processes answer, a correction written through one is read through any."""
+    db = tmp_path / "workers.db"
+    run_index([str(example_images[0].parent)], IndexConfig(db=str(db)), progress=False)
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MARSVISION_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "marsvision.cli", "serve", "--db", str(db), "--port", str(port),
+                             "--workers", "2", "--token-file", str(tmp_path / "token")],
+                            env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).json().get("status") == "ready":
+                    break
+            except (httpx.TransportError, ValueError):
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not get ready"
+            time.sleep(0.2)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) >= 2  # uvicorn's supervisor and its worker processes
+        assert httpx.put(url + "/api/images/1/label", json={"label": "wheel"}).status_code == 401
+        r = httpx.put(url + "/api/images/1/label", json={"label": "wheel", "note": "two workers"}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        for _ in range(6):  # fresh connections: any worker may answer
+            found = httpx.get(url + "/api/images", params={"reviewed_label": "wheel"}).json()
+            assert [i["id"] for i in found["items"]] == [1]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode is not None
