@@ -356,10 +356,10 @@ def sizing(files: list[str], work: Path, settings: list, quiet_s: float, repeats
 
 def bulk_load(files: list[str], work: Path, db_url: str) -> dict:
     """Rows/s of the bulk load of ``index --engine ray``: shards of these files → the database, with
-    ``records.image_row`` and the local indexer's ``insert_new``, 64 rows a transaction."""
+    the local indexer's ``write_batch`` (``records.image_rows`` + ``insert_new``), 64 rows a transaction."""
     import marsvision
     from marsvision.archive.db import open_engine, sessions
-    from marsvision.archive.index import IndexReport, _known, insert_new
+    from marsvision.archive.index import IndexReport, _known, write_batch
     from marsvision.archive.versions import ensure_active
     from marsvision.scale import parquet as pqt
     from marsvision.scale.ray_engine import RayOptions, classify_to_shards, load_shards, settings_for
@@ -375,7 +375,7 @@ def bulk_load(files: list[str], work: Path, db_url: str) -> dict:
     cfg = SimpleNamespace(batch_size=64, reclassify=False)
     with marsvision.load_model() as clf:
         t0 = time.perf_counter()
-        load_shards(engine, clf, model_id, folder, settings, cfg, report, insert_new, _known)
+        load_shards(engine, clf, model_id, folder, settings, cfg, report, write_batch, _known)
         seconds = time.perf_counter() - t0
     engine.dispose()
     assert report.indexed == len(files), report
@@ -506,7 +506,7 @@ def markdown(res: dict) -> str:
               f"{z['full']['rows_out_ms_per_img']:.2f} ms; thumbnails {z['thumbnails']['bytes_in_ms_per_img']:.2f} + "
               f"{z['thumbnails']['rows_out_ms_per_img']:.2f} ms.", "",
               "## Database bulk load (`index --engine ray`)", "",
-              "Shards → `records.image_row` → `index.insert_new` (batched INSERT … ON CONFLICT DO NOTHING), 64 rows "
+              "Shards → `index.write_batch` (`records.image_rows`, then batched INSERT … ON CONFLICT DO NOTHING), 64 rows "
               "a transaction, in the driver after the classification: "
               + "; ".join(f"{b['database']}: {b['rows']} rows in {b['seconds']:.1f} s, **{b['rows_s']:.0f} rows/s**"
                           for b in res["bulk_load"]) + ".", "",

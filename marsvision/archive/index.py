@@ -110,6 +110,25 @@ def replace_vectors(session, rows: list[dict]) -> None:
                                                    set_={k: stmt.excluded[k] for k in VECTORS}), rows)
 
 
+def write_batch(session, items: list[tuple], clf: Classifier, model_id: int, report: IndexReport) -> None:
+    """Write one batch of classified images, ``(path, sha256, size, image id or None, prediction)`` each:
+    new contents are inserted (``insert_new``), those with an id (``--reclassify``) get the new
+    prediction columns and vectors. Both engines write through here, so their rows are the same."""
+    report.failed += [(str(path), p.error) for path, *_, p in items if not p.ok]
+    rows = image_rows([(path, sha, size, p) for path, sha, size, _, p in items], clf, model_id)
+    new = [row for row, item in zip(rows, items) if item[3] is None]
+    again = [(item[3], row, item[4]) for row, item in zip(rows, items) if item[3] is not None]
+    if new:
+        insert_new(session, new)
+    if again:
+        now = utcnow()
+        session.execute(update(Image), [{"id": i, **prediction_columns(p, clf, model_id), "indexed_at": now}
+                                        for i, _, p in again])
+        replace_vectors(session, [{"image_id": i, **{k: row[k] for k in VECTORS}} for i, row, _ in again])
+    report.indexed += len(new)
+    report.reclassified += len(again)
+
+
 def index_files(engine: Engine, clf: Classifier, model_id: int, files: list[Path], cfg: IndexConfig,
                 report: IndexReport, progress: bool) -> None:
     hashed = _hashes(files, cfg.threads or 4)
@@ -130,21 +149,9 @@ def index_files(engine: Engine, clf: Classifier, model_id: int, files: list[Path
         preds = clf.predict_iter([t[0] for t in todo], top_k=cfg.top_k)
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start:start + cfg.batch_size]
-            got = [(path, sha, size, p) for (path, sha, size, _), p in zip(chunk, preds)]
-            report.failed += [(str(path), p.error) for path, _, _, p in got if not p.ok]
-            rows = image_rows(got, clf, model_id)
-            new = [row for row, t in zip(rows, chunk) if t[3] is None]
-            again = [({"id": t[3], **prediction_columns(p, clf, model_id), "indexed_at": utcnow()},
-                      {"image_id": t[3], **{k: row[k] for k in VECTORS}})
-                     for row, t, (*_, p) in zip(rows, chunk, got) if t[3] is not None]
+            items = [(path, sha, size, image_id, p) for (path, sha, size, image_id), p in zip(chunk, preds)]
             with make.begin() as session:  # one transaction a batch: all of it or none of it
-                if new:
-                    insert_new(session, new)
-                if again:
-                    session.execute(update(Image), [a for a, _ in again])
-                    replace_vectors(session, [v for _, v in again])
-            report.indexed += len(new)
-            report.reclassified += len(again)
+                write_batch(session, items, clf, model_id, report)
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -168,10 +175,10 @@ def run_index(paths: list[str], cfg: IndexConfig, progress: bool | None = None) 
             report.failed.append((str(source), "file not found"))
     report.files = len(files)
     try:
-        if cfg.engine != "local":  # marsvision/scale/ray_engine.py; insert_new and _known passed in (no import circle)
+        if cfg.engine != "local":  # marsvision/scale/ray_engine.py; write_batch and _known passed in (no import circle)
             from ..scale.ray_engine import index_files_ray
 
-            index_files_ray(engine, clf, model_id, model_path, files, cfg, report, progress, insert_new, _known)
+            index_files_ray(engine, clf, model_id, model_path, files, cfg, report, progress, write_batch, _known)
         else:
             index_files(engine, clf, model_id, files, cfg, report, progress)
     finally:

@@ -5,8 +5,8 @@ becomes an error row with the local engine's message) → decode + classify (``m
 pool: each actor loads the model once, from bytes the driver ships, so nodes need no copy of the model
 file) → Arrow tables of ``parquet.schema`` rows, which the driver writes as crash-safe Parquet shards
 (``parquet.ShardWriter``). ``predict`` then assembles its ``--output FILE.parquet`` atomically;
-``index`` bulk-loads the shards into the database with ``records.image_rows`` and the local indexer's
-``insert_new``, so both engines write the same rows for the same images.
+``index`` bulk-loads the shards into the database through the local indexer's ``write_batch``, so both
+engines write the same rows for the same images.
 
 Exactly once: a path enters the shards once (the writer drops repeats from a retried batch); a killed
 actor is restarted by Ray and its batch run again; paths still missing after a pass (a block dropped
@@ -394,13 +394,13 @@ def hash_all(paths: list[str], opts: RayOptions) -> dict[str, tuple[str | None, 
     return out
 
 
-def load_shards(engine, clf, model_id: int, folder: Path, settings: dict, cfg, report, insert_new, known) -> set[str]:
-    """Bulk-load every shard in ``folder`` into the database, then delete it: ``records.image_rows`` rows,
-    ``cfg.batch_size`` a transaction, through the local indexer's ``insert_new`` (contents already in
-    the database are left out). A shard of another model or top-k is dropped (its images are classified
-    again). A kill mid-shard rolls back its transaction; the shard stays. Returns the contents written."""
+def load_shards(engine, clf, model_id: int, folder: Path, settings: dict, cfg, report, write_batch, known) -> set[str]:
+    """Bulk-load every shard in ``folder`` into the database, then delete it: ``cfg.batch_size`` rows a
+    transaction, through the local indexer's ``write_batch``. Contents already in the database are left
+    out (loaded before a kill), or with ``cfg.reclassify`` given the shard's prediction. A shard of
+    another model or top-k is dropped (its images are classified again). A kill mid-shard rolls back
+    its transaction; the shard stays. Returns the contents written."""
     from ..archive.db import sessions
-    from ..archive.records import image_rows
 
     make = sessions(engine)
     written: set[str] = set()
@@ -414,16 +414,12 @@ def load_shards(engine, clf, model_id: int, folder: Path, settings: dict, cfg, r
             continue
         in_db = known(engine, [sha for _, sha, _ in rows if sha])
         for start in range(0, len(rows), max(1, cfg.batch_size)):
-            todo = [(p, sha, size) for p, sha, size in rows[start:start + cfg.batch_size]
-                    if sha not in in_db]  # those in it were loaded before a kill
-            failed = [(p.source, p.error) for p, _, _ in todo if not p.ok]
-            new = image_rows([(p.source, sha, size, p) for p, sha, size in todo], clf, model_id)
-            if new:
+            items = [(p.source, sha, size, in_db.get(sha), p) for p, sha, size in rows[start:start + cfg.batch_size]
+                     if cfg.reclassify or sha not in in_db]
+            if items:
                 with make.begin() as session:
-                    insert_new(session, new)
-            report.indexed += len(new)
-            report.failed += failed
-            written.update(r["sha256"] for r in new)
+                    write_batch(session, items, clf, model_id, report)
+            written.update(sha for _, sha, *_ in items)
         shard.unlink(missing_ok=True)
     pqt.remove_stale_temporaries(folder)
     with contextlib.suppress(OSError):
@@ -432,25 +428,25 @@ def load_shards(engine, clf, model_id: int, folder: Path, settings: dict, cfg, r
 
 
 def index_files_ray(engine, clf, model_id: int, model_path: str | os.PathLike, files: list[Path], cfg, report,
-                    progress: bool, insert_new, known, opts: RayOptions | None = None) -> None:
+                    progress: bool, write_batch, known, opts: RayOptions | None = None) -> None:
     """`marsvision index --engine ray`: what ``archive.index.index_files`` does, on Ray.
 
     Leftover shards of a killed run are loaded first; then the files are hashed (Ray tasks) and, as
     locally, unreadable files are reported, repeated contents and contents already in the database
-    skipped; the rest are classified into shards, which are then bulk-loaded (``--reclassify`` stays
-    with the local engine). ``insert_new`` and ``known`` are the local indexer's (passed in: no import circle)."""
+    skipped (classified again with ``--reclassify``); the rest are classified into shards, which are then
+    bulk-loaded. ``write_batch`` and ``known`` are the local indexer's (passed in: no import circle).
+    A killed ``--reclassify`` run, run again, classifies every image again: rows are updated, never
+    duplicated."""
     check_engine(cfg.engine)
     if cfg.engine != "ray":
         raise ValueError(f"index_files_ray needs --engine ray, not {cfg.engine!r}")
-    if cfg.reclassify:
-        raise ValueError("--reclassify runs with --engine local (it relabels images already in the archive)")
     opts = opts or RayOptions()
     if cfg.threads:
         opts.actor_threads = cfg.threads
     folder = shard_folder(engine)
     settings = settings_for(model_path, cfg.top_k)
     with ray_session(cfg.ray_address):
-        resumed = load_shards(engine, clf, model_id, folder, settings, cfg, report, insert_new, known)
+        resumed = load_shards(engine, clf, model_id, folder, settings, cfg, report, write_batch, known)
         paths = [str(f) for f in files]
         hashed = hash_all(paths, opts) if paths else {}
         seen: dict[str, str] = {}
@@ -463,9 +459,10 @@ def index_files_ray(engine, clf, model_id: int, model_path: str | os.PathLike, f
             else:
                 seen[sha] = path
         in_db = known(engine, list(seen))  # a leftover shard's images count as indexed, not as skipped
-        todo = [path for sha, path in seen.items() if sha not in in_db]
-        report.skipped += sum(sha in in_db and sha not in resumed for sha in seen)
+        todo = [path for sha, path in seen.items() if cfg.reclassify or sha not in in_db]
+        if not cfg.reclassify:
+            report.skipped += sum(sha in in_db and sha not in resumed for sha in seen)
         writer = pqt.ShardWriter(folder, settings, rows_per_shard=opts.shard_rows)
         if todo:
             classify_to_shards(todo, model_path, settings, writer, opts, cfg.top_k, 0.0, "cpu", progress)
-    load_shards(engine, clf, model_id, folder, settings, cfg, report, insert_new, known)
+    load_shards(engine, clf, model_id, folder, settings, cfg, report, write_batch, known)

@@ -225,5 +225,18 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
     assert not pqt.shards(writer.folder)
     again = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False)
     assert (again.indexed, again.skipped) == (0, len(IMAGES) + 4)
-    with pytest.raises(ValueError, match="--reclassify"):
-        run_index(inputs, IndexConfig(db=ray_url, engine="ray", reclassify=True), progress=False)
+    # --reclassify: every image labelled again in place (here over labels spoiled on purpose), as locally
+    from sqlalchemy import text
+
+    from marsvision.archive.db import open_engine
+
+    engine = open_engine(ray_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE images SET label = 'spoiled', confidence = 0 WHERE error IS NULL"))
+        conn.execute(text("DELETE FROM image_vectors"))
+    engine.dispose()
+    remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray", reclassify=True), progress=False)
+    local = run_index(inputs, IndexConfig(db=local_url, reclassify=True), progress=False)
+    assert (remote.indexed, remote.reclassified, remote.skipped) == (local.indexed, local.reclassified, local.skipped) \
+        == (0, len(IMAGES) + 3, 1)
+    assert index_rows(ray_url) == index_rows(local_url) == a
