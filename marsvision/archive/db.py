@@ -146,10 +146,7 @@ def open_engine(db: str | None = None, migrate: bool = True) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
     else:
-        # No ping before each use (it cost 0.5 ms of CPU and a round trip a request, a fifth of a search):
-        # a dead connection is found on use, the pool drops them all, and the server retries reads once
-        # (archive/service.py). pool_recycle keeps connections younger than firewalls' idle timeouts.
-        engine = create_engine(url, pool_size=8, max_overflow=8, pool_recycle=1800)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
     if migrate:
         upgrade(engine)
     return engine

@@ -31,7 +31,6 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 
 from ..inference.predict import load_model
 from ..preprocess import ImageError, load_image
@@ -112,18 +111,6 @@ class Archive:
             self._model_row = mv
             return mv, self._model[1]
 
-    def read(self, work):
-        """``work(session)``, once more on a fresh connection when the pooled one had died (the database
-        restarted or dropped it). Connections are not pinged before each use (``db.open_engine``)."""
-        try:
-            with self.sessions() as s:
-                return work(s)
-        except DBAPIError as e:
-            if not e.connection_invalidated:
-                raise
-        with self.sessions() as s:
-            return work(s)
-
     def changed(self) -> None:
         """After a write: counts and the active version are read again."""
         self.counts.clear()
@@ -177,15 +164,6 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
                   description="Search, browse and correct classified Curiosity (MSL) images.")
     app.state.archive = archive
 
-    @app.exception_handler(DBAPIError)
-    async def database_reset(request: Request, e: DBAPIError):
-        # A request caught by a dropped connection (the pool has already thrown the dead ones away):
-        # "try again", not a 500. Any other database error is a real fault and stays one.
-        if not e.connection_invalidated:
-            raise e
-        return JSONResponse({"detail": "the database connection was reset; retry"}, status_code=503,
-                            headers={"Retry-After": "1"})
-
     def writer(request: Request) -> str:
         """Write access: the bearer token when one is configured; else only with anonymous writes allowed."""
         if token is None:
@@ -233,7 +211,8 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
     async def list_images(f: Annotated[Filters, Depends(filters)], sort: str = "id", descending: bool = False,
                           page: Annotated[int, Query(ge=1)] = 1, page_size: Annotated[int, Query(ge=1, le=500)] = 50):
         def run():
-            return archive.read(lambda s: search(s, f, sort, descending, page, page_size, archive.counts))
+            with archive.sessions() as s:
+                return search(s, f, sort, descending, page, page_size, archive.counts)
         try:
             # A Response, not a dict: FastAPI's encoder would take longer than the query (2.5 ms a page).
             return JSONResponse(await anyio.to_thread.run_sync(run, limiter=archive.searches))

@@ -192,30 +192,21 @@ def test_classification_slots_queue_in_order_then_answer_503_with_retry_after(mo
     assert order == [0, 1, 2]  # first come, first served
 
 
-def test_a_dropped_database_connection_is_retried_or_answered_503(archive, db_url):
-    """PostgreSQL restarted or dropped the server's connections: searches retry on a fresh connection;
-    any other request caught by it gets 503 with Retry-After (not a 500), and the next one works."""
+def test_requests_after_the_database_dropped_its_connections_succeed(archive, db_url):
+    """PostgreSQL restarted or dropped the server's pooled connections: the next requests get fresh ones."""
     if not db_url.startswith("postgresql"):
         pytest.skip("SQLite has no server connection to lose")
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
-    def drop_connections():
-        admin = create_engine(db_url, poolclass=NullPool)
-        with admin.connect() as conn:
-            dropped = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
-        admin.dispose()
-        assert dropped >= 1
-
     total = archive.get("/api/images").json()["total"]
-    drop_connections()
-    r = archive.get("/api/images", params={"sort": "confidence"})
-    assert r.status_code == 200 and r.json()["total"] == total
-    archive.get("/api/images/1")
-    drop_connections()
-    r = archive.get("/api/images/1")
-    assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "retry" in r.json()["detail"]
+    admin = create_engine(db_url, poolclass=NullPool)
+    with admin.connect() as conn:
+        dropped = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+    admin.dispose()
+    assert dropped >= 1
+    assert archive.get("/api/images", params={"sort": "confidence"}).json()["total"] == total
     assert archive.get("/api/images/1").status_code == 200
 
 
