@@ -110,12 +110,14 @@ def search(session: Session, filters: Filters, sort: str = "id", descending: boo
     count = lambda: session.scalar(filters.apply(select(func.count(Image.id))))  # noqa: E731
     total = counts.get(tuple(vars(filters).items()), count) if counts else count()
     column = SORTS[sort].desc() if descending else SORTS[sort].asc()
+    order = (column, Image.id.desc() if descending else Image.id.asc())
     # The page's ids first (from an index when one covers filter and sort: sorting ids is cheap), then
-    # their rows: sorting thousands of whole rows to keep 50 is what made a search slow.
-    ids = session.scalars(filters.apply(select(Image.id)).order_by(column, Image.id.desc() if descending else Image.id.asc())
-                          .limit(page_size).offset((page - 1) * page_size)).all()
-    rows = {r.id: r for r in session.execute(_items_query().where(Image.id.in_(ids))).all()} if ids else {}
-    return {"total": total, "page": page, "page_size": page_size, "items": [item(rows[i]) for i in ids]}
+    # their rows, in one statement: sorting thousands of whole rows to keep 50 is what made a search
+    # slow, and one statement instead of two cut a search's server CPU by a sixth (benchmarks/serve.py).
+    page_ids = (filters.apply(select(Image.id)).order_by(*order).limit(page_size).offset((page - 1) * page_size)
+                .scalar_subquery())
+    rows = session.execute(_items_query().where(Image.id.in_(page_ids)).order_by(*order)).all()
+    return {"total": total, "page": page, "page_size": page_size, "items": [item(r) for r in rows]}
 
 
 def get_image(session: Session, image_id: int) -> dict | None:
