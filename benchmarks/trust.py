@@ -229,7 +229,7 @@ def markdown(r: dict) -> str:
 
     t, o = bundled["test"], bundled["ood"]
     sel9 = next(x for x in t["selective"] if x["threshold"] == 0.9)
-    lat_b, lat_a = cost["before"]["latency_batch1_1thread"], cost["after"]["latency_batch1_1thread"]
+    lat_a = cost["after"]["latency_batch1_1thread"]
     targets = [
         ("test ECE (15 bins) ≤ 0.03", f"{t['ece_after']:.4f}", t["ece_after"] <= 0.03),
         ("confidence ≥ 0.9 and not unknown: accuracy ≥ 0.97", f"{sel9['accuracy']:.3f}", sel9["accuracy"] >= 0.97),

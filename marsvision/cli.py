@@ -231,7 +231,7 @@ def cmd_refit(cfg) -> int:
 
 
 def cmd_serve(cfg) -> int:
-    _archive_module("service").run_serve(cfg)
+    _archive_module("server").run_serve(cfg)
     return EXIT_OK
 
 
@@ -332,7 +332,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_config_args(p, PredictConfig)
     p.set_defaults(run=lambda a: cmd_predict(a.paths, config_from(a, PredictConfig)))
 
-    for name, module, config, run in (("index", "index", "IndexConfig", cmd_index), ("serve", "service", "ServeConfig", cmd_serve)):
+    for name, module, config, run in (("index", "index", "IndexConfig", cmd_index), ("serve", "server", "ServeConfig", cmd_serve)):
         if name != wanted:
             sub.add_parser(name, help=SHORT_HELP[name], description=SHORT_HELP[name])
             continue

@@ -2,16 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from marsvision.cli import main
-from marsvision.model_file import ModelFileError
 from marsvision.inference.predict import load_model
 
 REPO = Path(__file__).resolve().parents[2]
