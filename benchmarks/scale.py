@@ -362,7 +362,8 @@ def bulk_load(files: list[str], work: Path, db_url: str) -> dict:
     from marsvision.archive.index import IndexReport, _known, write_batch
     from marsvision.archive.versions import ensure_active
     from marsvision.scale import parquet as pqt
-    from marsvision.scale.ray_engine import RayOptions, classify_to_shards, load_shards, settings_for
+    from marsvision.scale.ray_engine import RayOptions, classify_to_shards, settings_for
+    from marsvision.scale.ray_index import load_shards
 
     folder = work / "bulk-shards"
     settings = settings_for(bundled_model_path(), 5)

@@ -175,8 +175,8 @@ def run_index(paths: list[str], cfg: IndexConfig, progress: bool | None = None) 
             report.failed.append((str(source), "file not found"))
     report.files = len(files)
     try:
-        if cfg.engine != "local":  # marsvision/scale/ray_engine.py; write_batch and _known passed in (no import circle)
-            from ..scale.ray_engine import index_files_ray
+        if cfg.engine != "local":  # marsvision/scale/ray_index.py; write_batch and _known passed in (no import circle)
+            from ..scale.ray_index import index_files_ray
 
             index_files_ray(engine, clf, model_id, model_path, files, cfg, report, progress, write_batch, _known)
         else:

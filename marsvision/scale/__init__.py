@@ -3,9 +3,11 @@
 - ``parquet``: the row schema (path, sha256, label, confidence, unknown, novelty, top-k, probabilities,
   features, texture, error), crash-safe shards (temporary name, then rename) and the atomic assembly
   of a final ``.parquet`` file; ``write_parquet`` is ``predict --output x.parquet`` for the local engine.
-- ``ray_engine``: ``predict --engine ray`` and ``index --engine ray``: list files → read bytes (tasks)
-  → decode + classify (``map_batches`` on an actor pool, the model loaded once per actor) → shards →
-  (index) a bulk load with the local indexer's row function. Exactly once and resumable.
+- ``ray_engine``: ``predict --engine ray``, and the classification ``index --engine ray`` runs: list
+  files → read bytes (tasks) → decode + classify (``map_batches`` on an actor pool, the model loaded
+  once per actor) → shards. Exactly once and resumable.
+- ``ray_index``: ``index --engine ray``: hashing by Ray tasks, then the shards bulk-loaded through the
+  local indexer's ``write_batch``.
 
 Needs the ``[ray]`` extra (``[parquet]`` for Parquet output alone). Nothing here imports Ray or pyarrow
 when the module is imported: ``import marsvision`` never does, and a missing extra is a one-line error.

@@ -199,7 +199,7 @@ def two_databases(request, tmp_path):
 
 def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_path, broken, monkeypatch):
     from marsvision.archive.index import IndexConfig, run_index
-    from marsvision.scale.ray_engine import shard_folder
+    from marsvision.scale.ray_index import shard_folder
 
     monkeypatch.chdir(tmp_path)  # a PostgreSQL archive keeps its shards under ./.marsvision-shards/
     local_url, ray_url = two_databases
