@@ -43,7 +43,7 @@ from marsvision.curate.review import DEFAULT_ROUND_SIZE, DEFAULT_STRATEGY  # noq
 from marsvision.data.msl import MSLDataset  # noqa: E402
 from marsvision.inference.predict import load_model  # noqa: E402
 from marsvision.inference.trust import softmax  # noqa: E402
-from marsvision.metrics import classification_metrics, expected_calibration_error  # noqa: E402
+from marsvision.metrics import classification_metrics, expected_calibration_error, selective_accuracy  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 BUDGET = 50
@@ -114,6 +114,14 @@ def quality(data: str, work: Path) -> dict:
         yk = np.array([idx[truth[i]] for i in rest])
         out[f"ece_{key}"] = round(expected_calibration_error(np.stack([p.probabilities for p in preds]), yk), 4)
         out[f"ece_{key}_softmax"] = round(expected_calibration_error(softmax(np.stack([p.logits for p in preds])), yk), 4)
+        # the trust targets' other two numbers, on the same images: labels kept at confidence ≥ 0.9 and
+        # not unknown (coverage / accuracy), and the share flagged unknown
+        conf = np.array([p.confidence for p in preds])
+        unknown = np.array([bool(p.unknown) for p in preds])
+        right = np.array([p.label == truth[i] for i, p in zip(rest, preds)])
+        sel = selective_accuracy(conf, right, keep=~unknown, thresholds=(0.9,))[0]
+        out[f"selective90_{key}"] = {"coverage": round(sel["coverage"], 4), "accuracy": round(sel["accuracy"], 4)}
+        out[f"unknown_{key}"] = round(float(unknown.mean()), 4)
     engine.dispose()
     return out
 
@@ -196,7 +204,10 @@ def markdown(r: dict) -> str:
              f"int8 vs fp32 top-1 agreement {q['int8_vs_fp32_top1_agreement']:.2%}; re-scored archive vs decoding again "
              f"{q['archive_vs_decoded_agreement']:.2%}; the refit's graph is the parent's byte for byte: "
              f"{q['same_graph_as_parent']} (no new quantisation). ECE on the rest: parent {q['ece_parent']:.3f}, "
-             f"refit {q['ece_refit']:.3f} (softmax {q['ece_refit_softmax']:.3f}). Refit rounds: "
+             f"refit {q['ece_refit']:.3f} (softmax {q['ece_refit_softmax']:.3f}); confidence ≥ 0.9 and not unknown, "
+             f"coverage / accuracy: parent {q['selective90_parent']['coverage']:.3f} / {q['selective90_parent']['accuracy']:.3f}, "
+             f"refit {q['selective90_refit']['coverage']:.3f} / {q['selective90_refit']['accuracy']:.3f}; flagged unknown: "
+             f"parent {q['unknown_parent']:.1%}, refit {q['unknown_refit']:.1%}. Refit rounds: "
              + ", ".join(f"{x['labels']} labels {x['seconds']:.1f} s" for x in q["rounds"]) + ".", "",
              f"**Time** on a {r['meta']['rows']:,}-row archive (the indexer's real rows plus synthetic copies), "
              f"{r['meta']['budget']} corrections, refit + activation (re-scoring every row), target ≤ 60 s on 2 cores:", "",
