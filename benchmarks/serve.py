@@ -77,6 +77,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from result_files import write_results  # noqa: E402
+from servers import PostgresUnavailable, throwaway_postgres  # noqa: E402  (tests/servers.py)
 
 import httpx  # noqa: E402
 from sqlalchemy import func, insert, inspect, select, text  # noqa: E402
@@ -237,65 +238,12 @@ def build_archive(db_url: str, real: list[dict] | None, target_rows: int, review
 # -------------------------------------------------------------------------------------------- PostgreSQL
 
 
-class PostgresUnavailable(RuntimeError):
-    """No throwaway PostgreSQL server could be started here (the reason is the message)."""
-
-
 @contextmanager
 def postgres_server():
-    """A throwaway PostgreSQL on 127.0.0.1 (the approach of tests/servers.py's fixture, whose helpers
-    find the programs and the account); yields (SQLAlchemy URL, version, postmaster pid), or raises
-    PostgresUnavailable."""
-    import servers  # tests/servers.py
-
-    pg_bin = servers.find_pg_bin()
-    if pg_bin is None:
-        raise PostgresUnavailable("PostgreSQL server programs not found ($PG_BIN, /usr/lib/postgresql/*/bin, PATH)")
-    try:
-        account = servers._server_account()
-    except BaseException as e:  # pytest.skip outside pytest: no account to run the server as
-        raise PostgresUnavailable(f"no account to run PostgreSQL as: {e}") from None
-    # its own folder under /tmp (the server account must reach it; a short path keeps the socket legal)
-    root = Path(tempfile.mkdtemp(prefix="marsvision-bench-pg-"))
-    data, log = root / "data", root / "server.log"
-    run_as = {}
-    if account is not None:
-        os.chown(root, account.pw_uid, account.pw_gid)
-        run_as = dict(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
-
-    def pg(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(pg_bin / args[0]), *args[1:]], cwd=root, capture_output=True, text=True, **run_as)
-
-    try:
-        done = pg("initdb", "-D", str(data), "-U", servers.PG_SUPERUSER, "--auth=trust", "--encoding=UTF8",
-                  "--locale=C", "--no-sync")
-        if done.returncode:
-            raise PostgresUnavailable(f"initdb failed: {_last_lines(done.stdout + done.stderr)}")
-        with open(data / "postgresql.conf", "a") as conf:  # durability off: a throwaway server (reads unaffected)
-            conf.write(f"\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
-                       "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
-        for _ in range(3):  # another process may take the free port first
-            port = servers._free_port()
-            done = pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", f"-p {port}", "-w", "-t", "30", "start")
-            if done.returncode == 0:
-                break
-        else:
-            raise PostgresUnavailable(f"PostgreSQL did not start: {_last_lines(done.stdout + done.stderr)}")
-        try:
-            done = pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", servers.PG_SUPERUSER, "marsvision_bench")
-            if done.returncode:
-                raise PostgresUnavailable(f"createdb failed: {_last_lines(done.stdout + done.stderr)}")
-            version = pg("postgres", "--version").stdout.strip()
-            postmaster = int((data / "postmaster.pid").read_text().split()[0])
-            yield f"postgresql+psycopg://{servers.PG_SUPERUSER}@127.0.0.1:{port}/marsvision_bench", version, postmaster
-        finally:
-            pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _last_lines(text_: str, n: int = 3) -> str:
-    return " / ".join(line.strip() for line in text_.strip().splitlines()[-n:])
+    """A throwaway PostgreSQL on 127.0.0.1 (tests/servers.py, as the tests start theirs); yields (SQLAlchemy
+    URL, version, postmaster pid), or raises PostgresUnavailable."""
+    with throwaway_postgres("marsvision_bench", "marsvision-bench-pg-") as server:
+        yield server
 
 
 # ------------------------------------------------------------------------------------------------ server

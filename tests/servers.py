@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,10 @@ def find_pg_bin() -> Path | None:
     return None
 
 
+class PostgresUnavailable(RuntimeError):
+    """No throwaway PostgreSQL server could be started here (the reason is the message)."""
+
+
 def _server_account() -> pwd.struct_passwd | None:
     """The account the server runs as: None (ourselves) unless we are root, which PostgreSQL refuses."""
     if os.geteuid() != 0:
@@ -84,7 +89,7 @@ def _server_account() -> pwd.struct_passwd | None:
             return pwd.getpwnam(name)
         except KeyError:
             pass
-    _unavailable("tests run as root and there is no `postgres` or `nobody` account to run PostgreSQL as")
+    raise PostgresUnavailable("running as root and there is no `postgres` or `nobody` account to run PostgreSQL as")
 
 
 def _free_port() -> int:
@@ -93,58 +98,77 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
+def _last_lines(text: str, n: int = 3) -> str:
+    return " / ".join(line.strip() for line in text.strip().splitlines()[-n:])
+
+
+@contextmanager
+def throwaway_postgres(database: str = PG_DATABASE, prefix: str = "marsvision-pg-"):
+    """A private PostgreSQL on 127.0.0.1 (temporary folder, free port, trust auth) with an empty
+    ``database``; yields (SQLAlchemy URL, ``postgres --version``, postmaster pid), and removes it all
+    on exit. Raises PostgresUnavailable, naming the reason, when it cannot be started. Used by the
+    ``postgres_url`` fixture and by the benchmarks."""
     pg_bin = find_pg_bin()
     if pg_bin is None:
-        _unavailable(
+        raise PostgresUnavailable(
             f"PostgreSQL server programs ({', '.join(PG_PROGRAMS)}) not found in $PG_BIN, "
-            "/usr/lib/postgresql/*/bin or PATH (Debian: apt-get install postgresql)"
-        )
+            "/usr/lib/postgresql/*/bin or PATH (Debian: apt-get install postgresql)")
     account = _server_account()
     # Not pytest's tmp_path: /tmp/pytest-of-root is mode 0700, so the server account could not reach it.
     # A short path also keeps the unix socket under the 107-byte limit.
-    root = Path(tempfile.mkdtemp(prefix="marsvision-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     data, log = root / "data", root / "server.log"
     run_as = {}
     if account is not None:
         os.chown(root, account.pw_uid, account.pw_gid)
         run_as = dict(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
 
-    def pg(*args: str, **kw) -> subprocess.CompletedProcess:
+    def pg(*args: str) -> subprocess.CompletedProcess:
         # cwd=root: initdb and pg_ctl fail ("could not identify current directory") when the server
-        # account cannot read the directory pytest was started from, e.g. /root/...
-        return subprocess.run(
-            [str(pg_bin / args[0]), *args[1:]], cwd=root, capture_output=True, text=True, **kw
-        )
+        # account cannot read the directory we were started from, e.g. /root/...
+        return subprocess.run([str(pg_bin / args[0]), *args[1:]], cwd=root, capture_output=True, text=True, **run_as)
 
     try:
         # --no-sync, fsync=off and friends: durability is worthless for a throwaway server, speed is not.
         done = pg("initdb", "-D", str(data), "-U", PG_SUPERUSER, "--auth=trust", "--encoding=UTF8",
-                  "--locale=C", "--no-sync", **run_as)
-        assert done.returncode == 0, f"initdb failed:\n{done.stdout}{done.stderr}"
+                  "--locale=C", "--no-sync")
+        if done.returncode:
+            raise PostgresUnavailable(f"initdb failed: {_last_lines(done.stdout + done.stderr)}")
         with open(data / "postgresql.conf", "a") as conf:
-            conf.write(
-                f"\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-            )
+            conf.write(f"\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
+                       "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
         for _attempt in range(3):  # another process may grab the free port before the server binds it
             port = _free_port()
-            done = pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", f"-p {port}", "-w", "-t", "30",
-                      "start", **run_as)
+            done = pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", f"-p {port}", "-w", "-t", "30", "start")
             if done.returncode == 0:
                 break
         else:
-            pytest.fail(f"PostgreSQL did not start:\n{done.stdout}{done.stderr}\n{_read(log)}")
+            raise PostgresUnavailable(f"PostgreSQL did not start: {_last_lines(done.stdout + done.stderr)} "
+                                      f"{_last_lines(_read(log))}")
         try:
-            done = pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER, PG_DATABASE)
-            assert done.returncode == 0, f"createdb failed:\n{done.stdout}{done.stderr}"
-            yield f"postgresql+psycopg://{PG_SUPERUSER}@127.0.0.1:{port}/{PG_DATABASE}"
+            done = pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER, database)
+            if done.returncode:
+                raise PostgresUnavailable(f"createdb failed: {_last_lines(done.stdout + done.stderr)}")
+            version = pg("postgres", "--version").stdout.strip()
+            postmaster = int((data / "postmaster.pid").read_text().split()[0])
+            yield f"postgresql+psycopg://{PG_SUPERUSER}@127.0.0.1:{port}/{database}", version, postmaster
         finally:
             # immediate: skip the shutdown checkpoint, nothing here is worth keeping
-            pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop", **run_as)
+            pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A URL to an empty database on a throwaway PostgreSQL server that lives for the test session."""
+    try:
+        with throwaway_postgres() as (url, _, _):
+            yield url
+    except PostgresUnavailable as e:  # raised while starting, never after the yield
+        if "not found" in str(e) or "no `postgres`" in str(e):
+            _unavailable(str(e))  # not installed here: a skip (a failure in CI)
+        pytest.fail(str(e))  # installed but broken: always a failure
 
 
 def _read(path: Path) -> str:
