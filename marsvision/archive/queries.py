@@ -120,11 +120,19 @@ def search(session: Session, filters: Filters, sort: str = "id", descending: boo
     return {"total": total, "page": page, "page_size": page_size, "items": [item(r) for r in rows]}
 
 
+def get_images(session: Session, image_ids: list[int]) -> list[dict]:
+    """The images ``image_ids`` (in that order, missing ones left out) with their file-name fields, in
+    one query: a page of similar images or of the review queue is one round trip, not one per image."""
+    if not image_ids:
+        return []
+    rows = session.execute(_items_query().add_columns(Image.name_fields).where(Image.id.in_(image_ids))).all()
+    by_id = {r.id: item(r) for r in rows}
+    return [by_id[i] for i in image_ids if i in by_id]
+
+
 def get_image(session: Session, image_id: int) -> dict | None:
-    row = session.execute(_items_query().where(Image.id == image_id)).first()
-    if row is None:
-        return None
-    return {**item(row), "name_fields": session.scalar(select(Image.name_fields).where(Image.id == image_id))}
+    found = get_images(session, [image_id])
+    return found[0] if found else None
 
 
 def class_counts(session: Session) -> list[dict]:

@@ -23,12 +23,7 @@ from .versions import VersionError, set_active
 
 def scores(clf: Classifier, features: np.ndarray, texture: np.ndarray | None, top_k: int = 5) -> list[dict]:
     """The model-output columns for stored features (N, F) and texture embeddings (N, D + 1)."""
-    logits = clf.head(features)
-    novelty = None
-    if clf.trust.novelty is not None and texture is not None:
-        novelty = clf.trust.novelty.raw_from_embedding(texture[:, :-1], texture[:, -1]) / clf.trust.novelty.threshold
-    probs = clf.trust.calibration(logits, novelty) if clf.trust.calibration is not None else \
-        clf.trust.apply(logits, None)[0]
+    probs, novelty = clf.trust.apply_embedded(clf.head(features), texture)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
     out = []
     for i, row in enumerate(order):

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from ..curate.review import choose
 from ..inference.classifier import Classifier
 from .db import Image, ImageVectors
-from .queries import get_image
+from .queries import get_images
 from .records import from_blob
 
 POOL = 2000
@@ -28,17 +28,11 @@ def review_queue(session: Session, clf: Classifier, strategy: str, limit: int, s
     if not rows:
         return []
     feats = np.stack([from_blob(r.features, "f2") for r in rows])
-    logits = clf.head(feats)
-    novelty = None
-    if clf.trust.novelty is not None and all(r.texture for r in rows):
-        tex = np.stack([from_blob(r.texture, "f4") for r in rows])
-        novelty = clf.trust.novelty.raw_from_embedding(tex[:, :-1], tex[:, -1]) / clf.trust.novelty.threshold
-    probs = clf.trust.calibration(logits, novelty) if clf.trust.calibration else clf.trust.apply(logits, None)[0]
+    tex = np.stack([from_blob(r.texture, "f4") for r in rows]) if all(r.texture for r in rows) else None
+    probs, _ = clf.trust.apply_embedded(clf.head(feats), tex)
     picked = choose(strategy, probs, feats, limit, np.random.default_rng(seed))
     top2 = np.sort(probs[picked], axis=1)[:, -2:]
-    out = []
-    for i, (second, first) in zip(picked, top2):
-        item = get_image(session, rows[i].id)
+    out = get_images(session, [rows[i].id for i in picked])
+    for item, (second, first) in zip(out, top2):
         item["review_margin"] = round(float(first - second), 6)
-        out.append(item)
     return out

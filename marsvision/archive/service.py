@@ -32,10 +32,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
+from ..atomic import atomic_write
 from ..inference.predict import load_model
 from ..preprocess import ImageError, load_image
 from .db import Correction, Image, sessions, utcnow
-from .queries import (EXPORT_COLUMNS, CountCache, Filters, SketchIndex, class_counts, export_rows, get_image, isoformat,
+from .queries import (EXPORT_COLUMNS, CountCache, Filters, SketchIndex, class_counts, export_rows, get_image, get_images, isoformat,
                       search)
 from .index import insert_new
 from .records import image_row
@@ -271,12 +272,10 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
     def similar(image_id: int, k: Annotated[int, Query(ge=1, le=100)] = 12):
         with archive.sessions() as s:
             image_or_404(s, image_id)
-            near = archive.sketches.similar(s, image_id, k)
-            items = []
-            for other, score in near:
-                d = get_image(s, other)
-                d["similarity"] = round(score, 4)
-                items.append(d)
+            near = dict(archive.sketches.similar(s, image_id, k))
+            items = get_images(s, list(near))
+            for d in items:
+                d["similarity"] = round(near[d["id"]], 4)
             return {"image": image_id, "items": items}
 
     @app.get("/api/classes", tags=["classes"])
@@ -345,8 +344,9 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
                     continue
                 sha = hashlib.sha256(data).hexdigest()
                 path = upload_dir / f"{sha[:16]}_{Path(name).name}"
-                if not path.exists():
-                    path.write_bytes(data)
+                if not path.exists():  # atomically: a crash never leaves half an upload the row points to
+                    with atomic_write(path, "wb") as f:
+                        f.write(data)
                 insert_new(s, [image_row(path, sha, len(data), p, clf, mv.id)])
                 r["id"] = s.scalar(select(Image.id).where(Image.sha256 == sha))
         return results

@@ -28,10 +28,11 @@ from ..archive.records import from_blob, to_blob
 from ..archive.rescore import activate
 from ..archive.versions import VersionError, active_version, register
 from ..atomic import atomic_save, atomic_write
-from ..data.msl import DATA_HELP, sol_of
+from ..data.msl import DATA_HELP
 from ..head.fit import fit_head, fold_head
 from ..inference.predict import load_model
 from ..inference.trust import Calibration, Head, Novelty, Trust
+from ..model_file import ModelFileError
 from .review import DEFAULT_WEIGHT, sample_weights
 
 MIN_FOR_TEMPERATURE = 25  # corrections needed before the temperature is refitted on them
@@ -125,20 +126,15 @@ def training_features(make, parent: ModelVersion, clf, data: str) -> tuple[np.nd
         raise VersionError("the archive has no training features yet: run `marsvision refit --data DIR` once "
                            "(it computes them from the MSL data set with the archive's model, then stores them)")
     from ..data.msl import MSLDataset
+    from ..export.trust import embed_split
 
-    ds = MSLDataset(data)
     splits = (clf.meta.get("config", {}) or {}).get("train_splits") or "train"
-    split = ds.splits(splits.split("+"))
-    names = [ds.class_names[int(c)] for c in split.labels]
-    keep = [i for i, n in enumerate(names) if n in clf.class_names]
-    paths = [split.paths[i] for i in keep]
-    print(f"refit: computing the features of {len(paths)} training images ({splits}), once", file=sys.stderr)
-    preds = clf.predict(paths, batch_size=16)
-    bad = [p for p in preds if not p.ok]
-    if bad:
-        raise VersionError(f"{bad[0].source}: {bad[0].error}")
-    feats = np.stack([p.features for p in preds])
-    labels, sols = [names[i] for i in keep], np.array([sol_of(p) for p in paths])
+    print(f"refit: computing the features of the training images ({splits}), once", file=sys.stderr)
+    try:
+        feats, _, classes, sols, paths = embed_split(clf, MSLDataset(data), splits)
+    except ModelFileError as e:  # an unreadable training image
+        raise VersionError(str(e)) from None
+    labels = [clf.class_names[i] for i in classes]
     with make.begin() as s:
         s.execute(delete(TrainingImage).where(TrainingImage.features_from == source))
         s.add_all([TrainingImage(features_from=source, split=splits, path=str(p), label=lab, sol=int(sol),
@@ -165,7 +161,7 @@ def refreshed_trust(parent: Trust, head_fit, x_train, y_train, x_new, y_new, tex
             w, b = refit_head(x_train, y_train, x_new[folds != k], y_new[folds != k], head_fit[0].shape[0],
                               head_fit[2], weight, start=head_fit[:2])
             logits[folds == k] = x_new[folds == k] @ w.T + b
-        nov = novelty.raw_from_embedding(tex_new[:, :-1], tex_new[:, -1]) / novelty.threshold
+        nov = novelty.from_embedding(tex_new)
         t = fit_calibration(logits, nov, y_new)
         # The slope needs many images of every kind of shift; a few corrections move the level only.
         level = fit_calibration(logits / np.exp(calibration.slope * np.log(np.clip(nov, 1e-3, 1e3)))[:, None],

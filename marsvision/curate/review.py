@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..head.fit import balanced_weights
+
 STRATEGIES = ("random", "margin", "entropy", "margin_balanced", "margin_kcenter", "cluster_margin", "badge")
 DEFAULT_STRATEGY = "cluster_margin"
 DEFAULT_ROUND_SIZE = 10  # images asked per refit
@@ -164,8 +166,7 @@ def sample_weights(y_train: np.ndarray, y_new: np.ndarray, weight: float | str =
     y_all = np.concatenate([y_train, y_new])
     n_classes = int(y_all.max()) + 1 if len(y_all) else 0
     if weight == "union":
-        count = np.bincount(y_all, minlength=n_classes)
-        return len(y_all) / (np.count_nonzero(count) * count[y_all])
+        return balanced_weights(y_all)
     count = np.bincount(y_train, minlength=n_classes)
     only_new = count == 0
     count[only_new] = np.bincount(y_new, minlength=n_classes)[only_new]

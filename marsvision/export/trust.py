@@ -37,8 +37,8 @@ class CalibrateConfig:
 
 
 def embed_split(clf: Classifier, dataset: MSLDataset, splits: str, progress: bool = False):
-    """Features (N, F), texture (N, C), class indices (N,) into ``clf.class_names`` and sols (N,) of the
-    images of ``splits`` whose class the model knows. An unreadable image stops it (training data)."""
+    """Features (N, F), texture (N, C), class indices (N,) into ``clf.class_names``, sols (N,) and paths
+    of the images of ``splits`` whose class the model knows. An unreadable image stops it (training data)."""
     from tqdm import tqdm
 
     split = dataset.splits(splits.split("+"))
@@ -53,13 +53,13 @@ def embed_split(clf: Classifier, dataset: MSLDataset, splits: str, progress: boo
         feats.append(p.features)
         textures.append(p.texture)
     labels = np.array([clf.class_names.index(names[i]) for i in keep])
-    return np.stack(feats), np.stack(textures), labels, np.array([sol_of(p) for p in paths])
+    return np.stack(feats), np.stack(textures), labels, np.array([sol_of(p) for p in paths]), paths
 
 
 def fit_model_trust(clf: Classifier, dataset: MSLDataset, splits: str, c: float, progress: bool = False) -> Trust:
     from ..head.trust import fit_trust
 
-    features, texture, labels, sols = embed_split(clf, dataset, splits, progress)
+    features, texture, labels, sols, _ = embed_split(clf, dataset, splits, progress)
     trust = fit_trust(features, texture, labels, sols, len(clf.class_names), c)
     trust.novelty.info["fitted_on_splits"] = splits
     trust.calibration.info["fitted_on_splits"] = splits

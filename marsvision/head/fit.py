@@ -51,11 +51,3 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
     (scikit-learn's ``class_weight="balanced"``)."""
     count = np.bincount(y)
     return len(y) / (np.count_nonzero(count) * count[y])
-
-
-def forward_blocks(sols: np.ndarray, blocks: int) -> np.ndarray:
-    """Block index 0..blocks-1 of each image: its sol's place in time, cut into blocks of about equal
-    image count (images of one sol stay together). Block k is predicted from blocks < k."""
-    order = np.argsort(sols, kind="stable")
-    cuts = [sols[order[round(i * len(sols) / blocks)]] for i in range(1, blocks)]
-    return np.searchsorted(np.asarray(cuts), sols, side="right")

@@ -48,13 +48,17 @@ class TorchClassifier(Classifier):
     def feature_maps(self, batch_u8: np.ndarray) -> np.ndarray:
         return self._maps(batch_u8).cpu().numpy()
 
+    def _pooled(self, maps) -> tuple[np.ndarray, np.ndarray]:
+        from ..nets.models import pooled_and_texture
+
+        return tuple(t.cpu().numpy() for t in pooled_and_texture(maps, self.last_map_channels))
+
     def embed(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.embed_with_maps(batch_u8)[:2]
+        return self._pooled(self._maps(batch_u8))  # the maps themselves stay on the device
 
     def embed_with_maps(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         maps = self._maps(batch_u8)
-        last = maps[:, :self.last_map_channels]
-        return maps.mean((2, 3)).cpu().numpy(), last.std((2, 3), correction=0).cpu().numpy(), maps.cpu().numpy()
+        return (*self._pooled(maps), maps.cpu().numpy())
 
 
 def load_torch_model(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> TorchClassifier:

@@ -119,6 +119,11 @@ class Novelty:
     def __call__(self, texture: np.ndarray) -> np.ndarray:
         return self.raw(texture) / self.threshold
 
+    def from_embedding(self, embedding: np.ndarray) -> np.ndarray:
+        """Novelty from stored (N, D + 1) embeddings: ``embed``'s coordinates with the residual norm last
+        (what the archive keeps, so a re-score needs no image)."""
+        return self.raw_from_embedding(embedding[:, :-1], embedding[:, -1]) / self.threshold
+
     def to_dict(self) -> dict:
         return {"method": "knn-texture", "threshold": float(self.threshold), "k": int(self.k),
                 "channels": int(self.channels), "mean": encode_array(self.mean), "basis": encode_array(self.basis),
@@ -189,5 +194,13 @@ class Trust:
     def apply(self, logits: np.ndarray, texture: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (N, K), novelty (N,) or None) from the logits and the texture descriptor."""
         novelty = self.novelty(texture) if self.novelty is not None and texture is not None else None
-        probs = self.calibration(logits, novelty) if self.calibration is not None else softmax(logits)
-        return probs, novelty
+        return self.probabilities(logits, novelty), novelty
+
+    def apply_embedded(self, logits: np.ndarray, embedding: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``apply`` from stored texture embeddings (``Novelty.from_embedding``) instead of the texture."""
+        novelty = self.novelty.from_embedding(embedding) if self.novelty is not None and embedding is not None else None
+        return self.probabilities(logits, novelty), novelty
+
+    def probabilities(self, logits: np.ndarray, novelty: np.ndarray | None) -> np.ndarray:
+        """Calibrated probabilities, or the plain softmax for a model without calibration."""
+        return self.calibration(logits, novelty) if self.calibration is not None else softmax(logits)

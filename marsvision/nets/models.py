@@ -135,6 +135,13 @@ def feature_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_features(x)  # timm EfficientNet-Lite: the head convolution's output
 
 
+def pooled_and_texture(maps: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, F, H, W) maps → the pooled features (N, F), the head's input, and the texture (N, C): the
+    spatial standard deviation of the first ``channels`` maps (the last feature map), which novelty
+    reads. One definition for the fit (``training.probe``) and the torch runtime."""
+    return maps.mean((2, 3)), maps[:, :channels].std((2, 3), correction=0)
+
+
 def last_map_channels(model: nn.Module) -> int:
     """Channels of the last feature map (the head convolution's), the leading ones of ``feature_maps``."""
     if isinstance(model, MultiLevelLite):

@@ -55,7 +55,7 @@ def extract_embedding(backbone, images_u8: torch.Tensor, preset, batch_size: int
     """(N, S, S, 3) uint8 → pooled features (N, F) and texture (N, C), the spatial standard deviation of
     each channel of the last feature map, as every runtime computes them (``Classifier.embed``)."""
     from ..nets.device import autocast
-    from ..nets.models import feature_maps, last_map_channels
+    from ..nets.models import feature_maps, last_map_channels, pooled_and_texture
 
     backbone.eval()
     channels, cpu, feats, texture = last_map_channels(backbone), torch.device("cpu"), [], []
@@ -63,8 +63,9 @@ def extract_embedding(backbone, images_u8: torch.Tensor, preset, batch_size: int
         x = preset(chunk).contiguous(memory_format=torch.channels_last)
         with autocast(cpu):
             maps = feature_maps(backbone, x).float()
-        feats.append(maps.mean((2, 3)))
-        texture.append(maps[:, :channels].std((2, 3), correction=0))
+        pooled, tex = pooled_and_texture(maps, channels)
+        feats.append(pooled)
+        texture.append(tex)
     return torch.cat(feats).numpy(), torch.cat(texture).numpy()
 
 
