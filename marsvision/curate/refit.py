@@ -161,7 +161,9 @@ def refreshed_trust(parent: Trust, head_fit, x_train, y_train, x_new, y_new, tex
             w, b = refit_head(x_train, y_train, x_new[folds != k], y_new[folds != k], head_fit[0].shape[0],
                               head_fit[2], weight, start=head_fit[:2])
             logits[folds == k] = x_new[folds == k] @ w.T + b
-        nov = novelty.from_embedding(tex_new)
+        # Held out, like the logits: against the parent's references, which do not hold these images
+        # (``novelty`` now does, and each correction would find itself at distance 0).
+        nov = parent.novelty.from_embedding(tex_new)
         t = fit_calibration(logits, nov, y_new)
         # The slope needs many images of every kind of shift; a few corrections move the level only.
         level = fit_calibration(logits / np.exp(calibration.slope * np.log(np.clip(nov, 1e-3, 1e3)))[:, None],
