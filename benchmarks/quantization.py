@@ -25,11 +25,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from result_files import RESULTS, write_results  # noqa: E402
-from marsvision.nets.checkpoint import build_model, read_model_file  # noqa: E402
+
 from marsvision.data.msl import MSLDataset, balanced_subset, decode_many  # noqa: E402
-from marsvision.export.onnx import (ExportConfig, export_fp32, onnx_logits, quant_options, split_scores,  # noqa: E402
-                                    tune_and_export, tuning_images)
+from marsvision.export.onnx import (  # noqa: E402
+    ExportConfig,
+    export_fp32,
+    onnx_logits,
+    quant_options,
+    split_scores,
+    tune_and_export,
+    tuning_images,
+)
 from marsvision.export.quantize import quantize_int8  # noqa: E402
+from marsvision.nets.checkpoint import build_model, read_model_file  # noqa: E402
 
 # (label, ExportConfig overrides). Baselines first, then the variations around the chosen default.
 MM = dict(calib_method="minmax")
@@ -49,23 +57,36 @@ CANDIDATES = [
     ("per-channel U8S8 Percentile 99.999, first 3 convs float", dict(keep_float="first:3")),
     ("per-channel U8S8 Percentile 99.999, first 3 convs + classifier float", dict()),
     ("per-channel U8S8 Percentile 99.999, first 3 + last conv float", dict(keep_float="first:3,last:1")),
-    ("per-channel U8S8 Percentile 99.999, first 3 + last conv + classifier float",
-     dict(keep_float="first:3,last:1,classifier")),
-    ("per-channel U8S8 Percentile 99.999 1000 images, first 3 convs float", dict(keep_float="first:3", calib_images=1000)),
-    ("per-channel U8S8 Percentile 99.999, first 3 + last 4 convs + classifier float",
-     dict(keep_float="first:3,last:4,classifier")),
-    ("per-channel U8S8 Percentile 99.999, first 3 + last 8 convs + classifier float",
-     dict(keep_float="first:3,last:8,classifier")),
-    ("per-channel U8S8 Percentile 99.999, first 3 + last 16 convs + classifier float",
-     dict(keep_float="first:3,last:16,classifier")),
+    (
+        "per-channel U8S8 Percentile 99.999, first 3 + last conv + classifier float",
+        dict(keep_float="first:3,last:1,classifier"),
+    ),
+    (
+        "per-channel U8S8 Percentile 99.999 1000 images, first 3 convs float",
+        dict(keep_float="first:3", calib_images=1000),
+    ),
+    (
+        "per-channel U8S8 Percentile 99.999, first 3 + last 4 convs + classifier float",
+        dict(keep_float="first:3,last:4,classifier"),
+    ),
+    (
+        "per-channel U8S8 Percentile 99.999, first 3 + last 8 convs + classifier float",
+        dict(keep_float="first:3,last:8,classifier"),
+    ),
+    (
+        "per-channel U8S8 Percentile 99.999, first 3 + last 16 convs + classifier float",
+        dict(keep_float="first:3,last:16,classifier"),
+    ),
     ("per-channel U8S8 Percentile 99.999, first 6 convs + classifier float", dict(keep_float="first:6,classifier")),
     ("per-channel U8S8 Percentile 99.999, first 9 convs + classifier float", dict(keep_float="first:9,classifier")),
     # Weight tuning (int8_tuning.py) before quantising, on all train images; the rows above have none.
     ("first 3 convs + classifier float, weight tuning 1 epoch, lr 2e-5", dict(tune_epochs=1)),
     ("first 3 convs + classifier float, weight tuning 2 epochs, lr 2e-5 (default)", dict(tune_epochs=2)),
     ("first 3 convs + classifier float, weight tuning 2 epochs, lr 5e-5", dict(tune_epochs=2, tune_lr=5e-5)),
-    ("first 6 convs + classifier float, weight tuning 1 epoch, lr 2e-5",
-     dict(keep_float="first:6,classifier", tune_epochs=1)),
+    (
+        "first 6 convs + classifier float, weight tuning 1 epoch, lr 2e-5",
+        dict(keep_float="first:6,classifier", tune_epochs=1),
+    ),
 ]
 
 
@@ -77,7 +98,7 @@ def speed(path: Path, images: np.ndarray) -> float:
     clf.logits(images[:32])
     t0 = time.perf_counter()
     for i in range(0, len(images), 32):
-        clf.logits(images[i:i + 32])
+        clf.logits(images[i : i + 32])
     return len(images) / (time.perf_counter() - t0)
 
 
@@ -101,22 +122,38 @@ def load_inputs(model: str, data: str, n_calib: int) -> Inputs:
     size = int(meta["input_size"])
     train = ds.split("train")
     calib_idx = balanced_subset(train.labels, n_calib)
-    return Inputs(ckpt, meta, ds, decode_many(ds.split("val").paths, size, workers=1), train.labels, calib_idx,
-                  decode_many([train.paths[i] for i in calib_idx], size, workers=1))
+    return Inputs(
+        ckpt,
+        meta,
+        ds,
+        decode_many(ds.split("val").paths, size, workers=1),
+        train.labels,
+        calib_idx,
+        decode_many([train.paths[i] for i in calib_idx], size, workers=1),
+    )
 
 
 def fidelity(q: np.ndarray, ref: np.ndarray) -> dict:
     """int8 logits against fp32 logits, both (N, C): top-1 agreement and RMS logit error."""
-    return {"agreement": round(float((q.argmax(1) == ref.argmax(1)).mean()), 4),
-            "rms_logit_error": round(float(np.sqrt(((q - ref) ** 2).mean())), 4)}
+    return {
+        "agreement": round(float((q.argmax(1) == ref.argmax(1)).mean()), 4),
+        "rms_logit_error": round(float(np.sqrt(((q - ref) ** 2).mean())), 4),
+    }
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| options | val agreement with fp32 | val acc | val macro-F1 | RMS logit error | img/s (1 thread, model only) | MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| options | val agreement with fp32 | val acc | val macro-F1 | RMS "
+            "logit error | img/s (1 thread, model only) | MB |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['options']} | {r['agreement']:.2%} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
-                     f"{r['rms_logit_error']:.3f} | {r['img_s_1thread']:.0f} | {r.get('mb', '–')} |")
+        lines.append(
+            f"| {r['options']} | {r['agreement']:.2%} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
+            f"{r['rms_logit_error']:.3f} | {r['img_s_1thread']:.0f} | {r.get('mb', '–')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -141,8 +178,15 @@ def main() -> None:
         export_fp32(build_model(inp.ckpt), meta, fp32)
         ref = onnx_logits(fp32, val_u8, threads=1)
         base = split_scores(ref, val_true, names)
-        rows.append({"options": "fp32 ONNX (reference)", **base, "agreement": 1.0, "rms_logit_error": 0.0,
-                     "img_s_1thread": round(speed(fp32, val_u8[:256]), 1)})
+        rows.append(
+            {
+                "options": "fp32 ONNX (reference)",
+                **base,
+                "agreement": 1.0,
+                "rms_logit_error": 0.0,
+                "img_s_1thread": round(speed(fp32, val_u8[:256]), 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         for number, (label, overrides) in enumerate(CANDIDATES, 1):
             if picked and number not in picked:
@@ -161,19 +205,33 @@ def main() -> None:
             quantize_int8(source, out, inp.calib_u8[subset], meta, quant_options(cfg))
             seconds = time.perf_counter() - t0
             q = onnx_logits(out, val_u8, threads=1)
-            rows.append({"options": label, **split_scores(q, val_true, names), **fidelity(q, ref),
-                         "img_s_1thread": round(speed(out, val_u8[:256]), 1), "quantise_s": round(seconds, 1),
-                         **({"tune_s": tuning["seconds"], "tune_loss": [tuning["loss_first"], tuning["loss_last"]]}
-                            if tuning else {}),
-                         "mb": round(out.stat().st_size / 2**20, 2)})
+            rows.append(
+                {
+                    "options": label,
+                    **split_scores(q, val_true, names),
+                    **fidelity(q, ref),
+                    "img_s_1thread": round(speed(out, val_u8[:256]), 1),
+                    "quantise_s": round(seconds, 1),
+                    **(
+                        {"tune_s": tuning["seconds"], "tune_loss": [tuning["loss_first"], tuning["loss_last"]]}
+                        if tuning
+                        else {}
+                    ),
+                    "mb": round(out.stat().st_size / 2**20, 2),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     json_path = RESULTS / f"{args.results}.json"
     previous = json.loads(json_path.read_text()) if picked and json_path.is_file() else {}
     if previous.get("model") == str(args.model):  # a partial rerun on the same model updates its rows only
         new = {r["options"]: r for r in rows}
         rows = [new.pop(r["options"], r) for r in previous["rows"]] + list(new.values())
-    result = {"model": str(args.model), "val_images": len(val_u8), "calibration": "class-balanced train images",
-              "rows": rows}
+    result = {
+        "model": str(args.model),
+        "val_images": len(val_u8),
+        "calibration": "class-balanced train images",
+        "rows": rows,
+    }
     write_results(args.results, result, markdown(rows))
 
 

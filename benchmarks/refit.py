@@ -35,6 +35,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from result_files import write_results  # noqa: E402
 from serve import PostgresUnavailable, build_archive, postgres_server  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
 from marsvision.archive.db import Correction, Image, ImageVectors, open_engine, sessions, utcnow  # noqa: E402
 from marsvision.archive.index import IndexConfig, run_index  # noqa: E402
 from marsvision.archive.review import review_queue  # noqa: E402
@@ -44,7 +46,6 @@ from marsvision.data.msl import MSLDataset  # noqa: E402
 from marsvision.inference.predict import load_model  # noqa: E402
 from marsvision.inference.trust import softmax  # noqa: E402
 from marsvision.metrics import classification_metrics, expected_calibration_error, selective_accuracy  # noqa: E402
-from sqlalchemy import select  # noqa: E402
 
 BUDGET = 50
 
@@ -53,8 +54,16 @@ def correct(make, image_ids: list[int], truth: dict[int, str]) -> None:
     with make.begin() as s:
         for i in image_ids:
             img = s.get(Image, i)
-            s.add(Correction(image_id=i, label=truth[i], note="benchmark curator", author="benchmark",
-                             model_id=img.model_id, model_label=img.label))
+            s.add(
+                Correction(
+                    image_id=i,
+                    label=truth[i],
+                    note="benchmark curator",
+                    author="benchmark",
+                    model_id=img.model_id,
+                    model_label=img.label,
+                )
+            )
             img.reviewed_label, img.reviewed_at = truth[i], utcnow()
 
 
@@ -73,20 +82,26 @@ def quality(data: str, work: Path) -> dict:
     make = sessions(engine)
     with make() as s:
         rows = s.execute(select(Image.id, Image.path, Image.label, Image.confidence)).all()
-    true_by_path = {str(p.resolve()): ds.class_names[int(c)] for p, c in zip(test.paths, test.labels)}
+    true_by_path = {str(p.resolve()): ds.class_names[int(c)] for p, c in zip(test.paths, test.labels, strict=True)}
     truth = {r.id: true_by_path[r.path] for r in rows}
     parent_labels = {r.id: r.label for r in rows}
     parent = load_model()
     asked, rounds = [], []
     while len(asked) < BUDGET:
         with make() as s:
-            picked = [i["id"] for i in review_queue(s, load_model_cached(make), DEFAULT_STRATEGY,
-                                                    min(DEFAULT_ROUND_SIZE, BUDGET - len(asked)))]
+            picked = [
+                i["id"]
+                for i in review_queue(
+                    s, load_model_cached(make), DEFAULT_STRATEGY, min(DEFAULT_ROUND_SIZE, BUDGET - len(asked))
+                )
+            ]
         correct(make, picked, truth)
         asked += picked
         t0 = time.perf_counter()
         result = run_refit(RefitConfig(db=db, data=data, out=str(work / "runs")))
-        rounds.append({"labels": len(asked), "version": result["version"], "seconds": round(time.perf_counter() - t0, 2)})
+        rounds.append(
+            {"labels": len(asked), "version": result["version"], "seconds": round(time.perf_counter() - t0, 2)}
+        )
         _CACHE.clear()
     rest = [r.id for r in rows if r.id not in set(asked)]
     with make() as s:
@@ -95,30 +110,39 @@ def quality(data: str, work: Path) -> dict:
     twin = load_model(result["files"]["torch"])
     twin.autocast = False  # fp32, the reference the int8 file is compared with
     by_id = {r.id: r.path for r in rows}
-    twin_preds = {i: p for i, p in zip(rest, twin.predict([by_id[i] for i in rest]))}
-    int8_direct = {i: p for i, p in zip(rest, final.predict([by_id[i] for i in rest]))}
+    twin_preds = {i: p for i, p in zip(rest, twin.predict([by_id[i] for i in rest]), strict=True)}
+    int8_direct = {i: p for i, p in zip(rest, final.predict([by_id[i] for i in rest]), strict=True)}
     names = final.class_names
     y = [truth[i] for i in rest]
     out = {
-        "rounds": rounds, "labels": len(asked), "rest": len(rest),
+        "rounds": rounds,
+        "labels": len(asked),
+        "rest": len(rest),
         "parent": scores(names, y, [parent_labels[i] for i in rest]),
         "refit_int8_archive": scores(names, y, [now[i] for i in rest]),
         "refit_int8_decoded": scores(names, y, [int8_direct[i].label for i in rest]),
         "refit_fp32_torch": scores(names, y, [twin_preds[i].label for i in rest]),
-        "int8_vs_fp32_top1_agreement": round(float(np.mean([int8_direct[i].label == twin_preds[i].label for i in rest])), 4),
+        "int8_vs_fp32_top1_agreement": round(
+            float(np.mean([int8_direct[i].label == twin_preds[i].label for i in rest])), 4
+        ),
         "archive_vs_decoded_agreement": round(float(np.mean([now[i] == int8_direct[i].label for i in rest])), 4),
         "same_graph_as_parent": graph_bytes(final.path) == graph_bytes(parent.path),
     }
     idx = {n: k for k, n in enumerate(names)}
-    for key, clf, preds in (("parent", parent, parent.predict([by_id[i] for i in rest])), ("refit", final, list(int8_direct.values()))):
+    for key, _clf, preds in (
+        "parent",
+        "refit",
+    ):
         yk = np.array([idx[truth[i]] for i in rest])
         out[f"ece_{key}"] = round(expected_calibration_error(np.stack([p.probabilities for p in preds]), yk), 4)
-        out[f"ece_{key}_softmax"] = round(expected_calibration_error(softmax(np.stack([p.logits for p in preds])), yk), 4)
+        out[f"ece_{key}_softmax"] = round(
+            expected_calibration_error(softmax(np.stack([p.logits for p in preds])), yk), 4
+        )
         # the trust targets' other two numbers, on the same images: labels kept at confidence ≥ 0.9 and
         # not unknown (coverage / accuracy), and the share flagged unknown
         conf = np.array([p.confidence for p in preds])
         unknown = np.array([bool(p.unknown) for p in preds])
-        right = np.array([p.label == truth[i] for i, p in zip(rest, preds)])
+        right = np.array([p.label == truth[i] for i, p in zip(rest, preds, strict=True)])
         sel = selective_accuracy(conf, right, keep=~unknown, thresholds=(0.9,))[0]
         out[f"selective90_{key}"] = {"coverage": round(sel["coverage"], 4), "accuracy": round(sel["accuracy"], 4)}
         out[f"unknown_{key}"] = round(float(unknown.mean()), 4)
@@ -159,9 +183,14 @@ def timing(db: str, data: str, work: Path, rows: int, real: list | None) -> tupl
     result = run_refit(RefitConfig(db=db, out=str(work / "runs")))
     total = time.perf_counter() - t0
     engine.dispose()
-    return {"archive": info, "first_refit_with_feature_extraction_s": first["seconds"], "refit_and_rescore_s": round(total, 2),
-            "fit_s": result["fit_seconds"], "rescore_s": result["activation"]["seconds"],
-            "rescored": result["activation"]["rescored"]}, real
+    return {
+        "archive": info,
+        "first_refit_with_feature_extraction_s": first["seconds"],
+        "refit_and_rescore_s": round(total, 2),
+        "fit_s": result["fit_seconds"],
+        "rescore_s": result["activation"]["seconds"],
+        "rescored": result["activation"]["rescored"],
+    }, real
 
 
 def main() -> None:
@@ -170,8 +199,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    result: dict = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M"), "rows": args.rows, "budget": BUDGET,
-                             "strategy": DEFAULT_STRATEGY, "round_size": DEFAULT_ROUND_SIZE}}
+    result: dict = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "rows": args.rows,
+            "budget": BUDGET,
+            "strategy": DEFAULT_STRATEGY,
+            "round_size": DEFAULT_ROUND_SIZE,
+        }
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         result["quality"] = quality(args.data, work / "q")
@@ -191,34 +227,49 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     q = r["quality"]
-    lines = [f"Refits as the product runs them (`python benchmarks/refit.py`, {r['meta']['seconds']:.0f} s).", "",
-             f"**Quality**: the test split indexed with the bundled model; a simulated curator answered the review "
-             f"queue ({r['meta']['strategy']}, rounds of {r['meta']['round_size']}) with true labels, a refit after "
-             f"each round, {q['labels']} labels; scored on the {q['rest']} test images not labelled.", "",
-             "| model | accuracy | macro-F1 |", "|---|---|---|",
-             f"| parent (bundled int8) | {q['parent']['accuracy']:.3f} | {q['parent']['macro_f1']:.3f} |",
-             f"| refit, int8: the archive's labels after activation (re-scored from stored vectors) | "
-             f"{q['refit_int8_archive']['accuracy']:.3f} | {q['refit_int8_archive']['macro_f1']:.3f} |",
-             f"| refit, int8, decoding the images again | {q['refit_int8_decoded']['accuracy']:.3f} | {q['refit_int8_decoded']['macro_f1']:.3f} |",
-             f"| refit, its torch twin in fp32 | {q['refit_fp32_torch']['accuracy']:.3f} | {q['refit_fp32_torch']['macro_f1']:.3f} |", "",
-             f"int8 vs fp32 top-1 agreement {q['int8_vs_fp32_top1_agreement']:.2%}; re-scored archive vs decoding again "
-             f"{q['archive_vs_decoded_agreement']:.2%}; the refit's graph is the parent's byte for byte: "
-             f"{q['same_graph_as_parent']} (no new quantisation). ECE on the rest: parent {q['ece_parent']:.3f}, "
-             f"refit {q['ece_refit']:.3f} (softmax {q['ece_refit_softmax']:.3f}); confidence ≥ 0.9 and not unknown, "
-             f"coverage / accuracy: parent {q['selective90_parent']['coverage']:.3f} / {q['selective90_parent']['accuracy']:.3f}, "
-             f"refit {q['selective90_refit']['coverage']:.3f} / {q['selective90_refit']['accuracy']:.3f}; flagged unknown: "
-             f"parent {q['unknown_parent']:.1%}, refit {q['unknown_refit']:.1%}. Refit rounds: "
-             + ", ".join(f"{x['labels']} labels {x['seconds']:.1f} s" for x in q["rounds"]) + ".", "",
-             f"**Time** on a {r['meta']['rows']:,}-row archive (the indexer's real rows plus synthetic copies), "
-             f"{r['meta']['budget']} corrections, refit + activation (re-scoring every row), target ≤ 60 s on 2 cores:", "",
-             "| database | refit + re-score s | of which head fit s | re-score s | rows re-scored | met |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Refits as the product runs them (`python benchmarks/refit.py`, {r['meta']['seconds']:.0f} s).",
+        "",
+        f"**Quality**: the test split indexed with the bundled model; a simulated curator answered the review "
+        f"queue ({r['meta']['strategy']}, rounds of {r['meta']['round_size']}) with true labels, a refit after "
+        f"each round, {q['labels']} labels; scored on the {q['rest']} test images not labelled.",
+        "",
+        "| model | accuracy | macro-F1 |",
+        "|---|---|---|",
+        f"| parent (bundled int8) | {q['parent']['accuracy']:.3f} | {q['parent']['macro_f1']:.3f} |",
+        f"| refit, int8: the archive's labels after activation (re-scored from stored vectors) | "
+        f"{q['refit_int8_archive']['accuracy']:.3f} | {q['refit_int8_archive']['macro_f1']:.3f} |",
+        f"| refit, int8, decoding the images again | {q['refit_int8_decoded']['accuracy']:.3f} | "
+        f"{q['refit_int8_decoded']['macro_f1']:.3f} |",
+        f"| refit, its torch twin in fp32 | {q['refit_fp32_torch']['accuracy']:.3f} | "
+        f"{q['refit_fp32_torch']['macro_f1']:.3f} |",
+        "",
+        f"int8 vs fp32 top-1 agreement {q['int8_vs_fp32_top1_agreement']:.2%}; re-scored archive vs decoding again "
+        f"{q['archive_vs_decoded_agreement']:.2%}; the refit's graph is the parent's byte for byte: "
+        f"{q['same_graph_as_parent']} (no new quantisation). ECE on the rest: parent {q['ece_parent']:.3f}, "
+        f"refit {q['ece_refit']:.3f} (softmax {q['ece_refit_softmax']:.3f}); confidence ≥ 0.9 and not unknown, "
+        f"coverage / accuracy: parent {q['selective90_parent']['coverage']:.3f} / "
+        f"{q['selective90_parent']['accuracy']:.3f}, "
+        f"refit {q['selective90_refit']['coverage']:.3f} / {q['selective90_refit']['accuracy']:.3f}; flagged unknown: "
+        f"parent {q['unknown_parent']:.1%}, refit {q['unknown_refit']:.1%}. Refit rounds: "
+        + ", ".join(f"{x['labels']} labels {x['seconds']:.1f} s" for x in q["rounds"])
+        + ".",
+        "",
+        f"**Time** on a {r['meta']['rows']:,}-row archive (the indexer's real rows plus synthetic copies), "
+        f"{r['meta']['budget']} corrections, refit + activation (re-scoring every row), target ≤ 60 s on 2 cores:",
+        "",
+        "| database | refit + re-score s | of which head fit s | re-score s | rows re-scored | met |",
+        "|---|---|---|---|---|---|",
+    ]
     for db in ("sqlite", "postgresql"):
         t = r[db]
         if "skipped" in t:
             lines.append(f"| {db} | skipped: {t['skipped']} | | | | |")
             continue
-        lines.append(f"| {db} | {t['refit_and_rescore_s']:.1f} | {t['fit_s']:.1f} | {t['rescore_s']:.1f} | {t['rescored']:,} | "
-                     f"{'yes' if t['refit_and_rescore_s'] <= 60 else '**no**'} |")
+        lines.append(
+            f"| {db} | {t['refit_and_rescore_s']:.1f} | {t['fit_s']:.1f} | {t['rescore_s']:.1f} | {t['rescored']:,} | "
+            f"{'yes' if t['refit_and_rescore_s'] <= 60 else '**no**'} |"
+        )
     return "\n".join(lines)
 
 

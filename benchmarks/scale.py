@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from result_files import write_results  # noqa: E402
+
 from marsvision.data.msl import resolve_data_dir  # noqa: E402
 from marsvision.model_file import bundled_model_path  # noqa: E402
 from marsvision.preprocess import decode  # noqa: E402
@@ -122,7 +123,7 @@ def _session(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat[stat.rindex(")") + 2:].split()[3])
+    return int(stat[stat.rindex(")") + 2 :].split()[3])
 
 
 def _proc_table() -> dict[int, tuple[int, float, str]]:
@@ -137,7 +138,7 @@ def _proc_table() -> dict[int, tuple[int, float, str]]:
             title = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         out[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, title or stat.split()[1])
     return out
 
@@ -231,13 +232,27 @@ def run_local(files: list[str], out: Path) -> dict:
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
     assert len(preds) == len(files)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    return {"images": len(files), "seconds": seconds, "classify_seconds": t_classify, "cpu_s": {"process": cpu},
-            "foreign_share": sampler.foreign_share()}
+    return {
+        "images": len(files),
+        "seconds": seconds,
+        "classify_seconds": t_classify,
+        "cpu_s": {"process": cpu},
+        "foreign_share": sampler.foreign_share(),
+    }
 
 
 def predict_cfg(out: Path) -> SimpleNamespace:
-    return SimpleNamespace(engine="ray", output=str(out), model="", top_k=1, min_confidence=0.0, batch_size=0,
-                           threads=0, device="cpu", ray_address="")
+    return SimpleNamespace(
+        engine="ray",
+        output=str(out),
+        model="",
+        top_k=1,
+        min_confidence=0.0,
+        batch_size=0,
+        threads=0,
+        device="cpu",
+        ray_address="",
+    )
 
 
 def run_ray(files: list[str], out: Path, opts=None) -> dict:
@@ -250,8 +265,13 @@ def run_ray(files: list[str], out: Path, opts=None) -> dict:
         report = run_predict(files, predict_cfg(out), opts, progress=False)
         seconds = time.perf_counter() - t0
     assert report.rows == len(files) and report.classified == len(files), report
-    return {"images": len(files), "seconds": seconds, "first_row_s": opts.stats["first_row_s"],
-            "cpu_s": dict(sorted(cpu.by_kind().items())), "foreign_share": cpu.foreign_share()}
+    return {
+        "images": len(files),
+        "seconds": seconds,
+        "first_row_s": opts.stats["first_row_s"],
+        "cpu_s": dict(sorted(cpu.by_kind().items())),
+        "foreign_share": cpu.foreign_share(),
+    }
 
 
 def clean(out: Path) -> None:
@@ -271,12 +291,20 @@ def pair(run, files: list[str], small: int, out: Path) -> dict:
     marginal = extra / max(b["seconds"] - a["seconds"], 1e-9)
     kinds = sorted(set(a["cpu_s"]) | set(b["cpu_s"]))
     cpu_ms = {k: max(0.0, b["cpu_s"].get(k, 0.0) - a["cpu_s"].get(k, 0.0)) / extra * 1000 for k in kinds}
-    return {"images": b["images"], "small": a["images"], "img_s": b["images"] / b["seconds"], "marginal_img_s": marginal,
-            "fixed_s": a["seconds"] - a["images"] / marginal, "first_row_s": b.get("first_row_s"),
-            "classify_img_s": b["images"] / b["classify_seconds"] if "classify_seconds" in b else None,
-            "cpu_ms_per_img": cpu_ms, "cpu_ms_per_img_total": sum(cpu_ms.values()),
-            "fixed_cpu_s": {k: a["cpu_s"].get(k, 0.0) - cpu_ms[k] * a["images"] / 1000 for k in kinds},
-            "foreign_share": max(a["foreign_share"], b["foreign_share"]), "runs": [a, b]}
+    return {
+        "images": b["images"],
+        "small": a["images"],
+        "img_s": b["images"] / b["seconds"],
+        "marginal_img_s": marginal,
+        "fixed_s": a["seconds"] - a["images"] / marginal,
+        "first_row_s": b.get("first_row_s"),
+        "classify_img_s": b["images"] / b["classify_seconds"] if "classify_seconds" in b else None,
+        "cpu_ms_per_img": cpu_ms,
+        "cpu_ms_per_img_total": sum(cpu_ms.values()),
+        "fixed_cpu_s": {k: a["cpu_s"].get(k, 0.0) - cpu_ms[k] * a["images"] / 1000 for k in kinds},
+        "foreign_share": max(a["foreign_share"], b["foreign_share"]),
+        "runs": [a, b],
+    }
 
 
 def median_of(rows: list[dict]) -> dict:
@@ -303,25 +331,45 @@ def side_by_side(name: str, files: list[str], work: Path, repeats: int, quiet_s:
             floors[p].append(decode_rate(files, p))
         local.append(pair(lambda f: run_local(f, out), files, small, out))
         remote.append(pair(lambda f: run_ray(f, out), files, small, out))
-        print(f"  {name} rep {r + 1}: local {local[-1]['img_s']:.1f} img/s (marginal {local[-1]['marginal_img_s']:.1f}), "
-              f"ray {remote[-1]['img_s']:.1f} (marginal {remote[-1]['marginal_img_s']:.1f}), decode floor "
-              f"{floors[2][-1]:.1f}; others used {max(local[-1]['foreign_share'], remote[-1]['foreign_share']):.0%}",
-              flush=True)
-    return {"images": len(files), "repeats": repeats,
-            "decode_img_s": {"1 process": statistics.median(floors[1]), "2 processes": statistics.median(floors[2])},
-            "local": median_of(local), "ray": median_of(remote)}
+        print(
+            f"  {name} rep {r + 1}: local {local[-1]['img_s']:.1f} img/s (marginal {local[-1]['marginal_img_s']:.1f}), "
+            f"ray {remote[-1]['img_s']:.1f} (marginal {remote[-1]['marginal_img_s']:.1f}), decode floor "
+            f"{floors[2][-1]:.1f}; others used {max(local[-1]['foreign_share'], remote[-1]['foreign_share']):.0%}",
+            flush=True,
+        )
+    return {
+        "images": len(files),
+        "repeats": repeats,
+        "decode_img_s": {"1 process": statistics.median(floors[1]), "2 processes": statistics.median(floors[2])},
+        "local": median_of(local),
+        "ray": median_of(remote),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- sizing
 
 
 SIZING = [  # (actors, CPUs each, threads each, batch (actor and read task), read-task CPUs)
-    (2, 0.5, 1, 16, 0.5), (1, 0.5, 2, 16, 0.5), (1, 0.5, 2, 32, 0.5), (2, 0.5, 1, 32, 0.5), (1, 0.5, 1, 16, 0.5),
-    (3, 0.5, 1, 16, 0.5), (2, 0.5, 2, 16, 0.5), (2, 0.5, 1, 4, 0.5), (2, 0.5, 1, 64, 0.5), (2, 0.5, 1, 16, 0.25),
+    (2, 0.5, 1, 16, 0.5),
+    (1, 0.5, 2, 16, 0.5),
+    (1, 0.5, 2, 32, 0.5),
+    (2, 0.5, 1, 32, 0.5),
+    (1, 0.5, 1, 16, 0.5),
+    (3, 0.5, 1, 16, 0.5),
+    (2, 0.5, 2, 16, 0.5),
+    (2, 0.5, 1, 4, 0.5),
+    (2, 0.5, 1, 64, 0.5),
+    (2, 0.5, 1, 16, 0.25),
     (2, 0.5, 1, 16, 1.0),
 ]
-SIZING_THUMBS = [(2, 0.5, 1, 16, 0.5), (1, 0.5, 2, 32, 0.5), (2, 0.5, 1, 32, 0.5), (2, 0.5, 1, 64, 0.5),
-                 (1, 0.5, 2, 64, 0.5), (2, 0.5, 1, 256, 0.5)]
+SIZING_THUMBS = [
+    (2, 0.5, 1, 16, 0.5),
+    (1, 0.5, 2, 32, 0.5),
+    (2, 0.5, 1, 32, 0.5),
+    (2, 0.5, 1, 64, 0.5),
+    (1, 0.5, 2, 64, 0.5),
+    (2, 0.5, 1, 256, 0.5),
+]
 STALL = (2, 1.0, 1, 16, 0.5)
 
 
@@ -329,8 +377,9 @@ def options(setting):
     from marsvision.scale.ray_engine import RayOptions
 
     actors, cpus, threads, batch, read_cpus = setting
-    return RayOptions(actors=actors, actor_cpus=cpus, actor_threads=threads, batch_size=batch, read_batch=batch,
-                      read_cpus=read_cpus)
+    return RayOptions(
+        actors=actors, actor_cpus=cpus, actor_threads=threads, batch_size=batch, read_batch=batch, read_cpus=read_cpus
+    )
 
 
 def sizing(files: list[str], work: Path, settings: list, quiet_s: float, repeats: int, small: int = 32) -> list[dict]:
@@ -340,17 +389,31 @@ def sizing(files: list[str], work: Path, settings: list, quiet_s: float, repeats
     for rep in range(repeats):
         for setting in settings:
             wait_quiet(quiet_s)
-            r = pair(lambda f: run_ray(f, out, options(setting)), files, small, out)
+            r = pair(lambda f, s=setting: run_ray(f, out, options(s)), files, small, out)
             runs[setting].append(r)
-            print(f"  sizing {setting} rep {rep + 1}: {r['img_s']:.1f} img/s (marginal {r['marginal_img_s']:.1f}, "
-                  f"fixed {r['fixed_s']:.1f} s, {r['cpu_ms_per_img_total']:.1f} CPU ms/img; others used "
-                  f"{r['foreign_share']:.0%})", flush=True)
+            print(
+                f"  sizing {setting} rep {rep + 1}: {r['img_s']:.1f} img/s (marginal {r['marginal_img_s']:.1f}, "
+                f"fixed {r['fixed_s']:.1f} s, {r['cpu_ms_per_img_total']:.1f} CPU ms/img; others used "
+                f"{r['foreign_share']:.0%})",
+                flush=True,
+            )
     rows = []
     for setting, rs in runs.items():
-        rows.append({"actors": setting[0], "actor_cpus": setting[1], "actor_threads": setting[2],
-                     "batch_size": setting[3], "read_cpus": setting[4], "images": len(files), "repeats": len(rs),
-                     **{k: statistics.median(r[k] for r in rs)
-                        for k in ("img_s", "marginal_img_s", "fixed_s", "cpu_ms_per_img_total", "foreign_share")}})
+        rows.append(
+            {
+                "actors": setting[0],
+                "actor_cpus": setting[1],
+                "actor_threads": setting[2],
+                "batch_size": setting[3],
+                "read_cpus": setting[4],
+                "images": len(files),
+                "repeats": len(rs),
+                **{
+                    k: statistics.median(r[k] for r in rs)
+                    for k in ("img_s", "marginal_img_s", "fixed_s", "cpu_ms_per_img_total", "foreign_share")
+                },
+            }
+        )
     return rows
 
 
@@ -380,8 +443,12 @@ def bulk_load(files: list[str], work: Path, db_url: str) -> dict:
         seconds = time.perf_counter() - t0
     engine.dispose()
     assert report.indexed == len(files), report
-    return {"database": db_url.split(":")[0], "rows": report.indexed, "seconds": seconds,
-            "rows_s": report.indexed / seconds}
+    return {
+        "database": db_url.split(":")[0],
+        "rows": report.indexed,
+        "seconds": seconds,
+        "rows_s": report.indexed / seconds,
+    }
 
 
 def stall_check(files: list[str], work: Path, limit_s: int) -> dict:
@@ -402,9 +469,17 @@ def stall_check(files: list[str], work: Path, limit_s: int) -> dict:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         proc.communicate()
-    return {"actors": STALL[0], "actor_cpus": STALL[1], "actor_threads": STALL[2], "batch_size": STALL[3],
-            "read_cpus": STALL[4], "images": len(files), "finished": finished, "seconds": time.perf_counter() - t0,
-            "detail": detail}
+    return {
+        "actors": STALL[0],
+        "actor_cpus": STALL[1],
+        "actor_threads": STALL[2],
+        "batch_size": STALL[3],
+        "read_cpus": STALL[4],
+        "images": len(files),
+        "finished": finished,
+        "seconds": time.perf_counter() - t0,
+        "detail": detail,
+    }
 
 
 def child_stall(listing: Path, work: Path) -> None:
@@ -450,8 +525,12 @@ def serialization(files: list[str], n: int = 64) -> dict:
         pqt.to_predictions(ray.get(ref))
         del ref
     rows_ms = (time.perf_counter() - t0) / 5 / n * 1000
-    return {"bytes_in_ms_per_img": bytes_ms, "rows_out_ms_per_img": rows_ms,
-            "file_kb": table.column("data").nbytes / n / 1024, "row_kb": rows.nbytes / n / 1024}
+    return {
+        "bytes_in_ms_per_img": bytes_ms,
+        "rows_out_ms_per_img": rows_ms,
+        "file_kb": table.column("data").nbytes / n / 1024,
+        "row_kb": rows.nbytes / n / 1024,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -459,85 +538,129 @@ def serialization(files: list[str], n: int = 64) -> dict:
 
 def markdown(res: dict) -> str:
     e = res["engines"]
-    lines = ["# Archive scale: local vs Ray engine (2 CPUs)", "",
-             f"Machine: {res['machine']}. One run, {res['date']}; per data set the engines ran interleaved "
-             f"(local, Ray) {res['repeats']} times, medians shown. Full-resolution frames are **synthetic** "
-             f"({res['full_frames']['note']}).", "",
-             "| data | images | decode floor, 1 / 2 proc | local: whole run | local: steady | Ray: whole run | "
-             "Ray: steady | Ray / local, whole run | Ray / local, steady |", "|---|---|---|---|---|---|---|---|---|"]
-    for key, label in (("thumbnails", "MSL test thumbnails (~256x192, 8 KB)"),
-                       ("full", f"full-res 1600x1200 (synthetic, {res['full_frames']['mean_kb']:.0f} KB)")):
+    lines = [
+        "# Archive scale: local vs Ray engine (2 CPUs)",
+        "",
+        f"Machine: {res['machine']}. One run, {res['date']}; per data set the engines ran interleaved "
+        f"(local, Ray) {res['repeats']} times, medians shown. Full-resolution frames are **synthetic** "
+        f"({res['full_frames']['note']}).",
+        "",
+        "| data | images | decode floor, 1 / 2 proc | local: whole run | local: steady | Ray: whole run | "
+        "Ray: steady | Ray / local, whole run | Ray / local, steady |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, label in (
+        ("thumbnails", "MSL test thumbnails (~256x192, 8 KB)"),
+        ("full", f"full-res 1600x1200 (synthetic, {res['full_frames']['mean_kb']:.0f} KB)"),
+    ):
         r = e[key]
         d, lo, ra = r["decode_img_s"], r["local"], r["ray"]
-        lines.append(f"| {label} | {r['images']} | {d['1 process']:.0f} / {d['2 processes']:.0f} | {lo['img_s']:.1f} | "
-                     f"{lo['marginal_img_s']:.1f} | {ra['img_s']:.1f} | {ra['marginal_img_s']:.1f} | "
-                     f"{ra['img_s'] / lo['img_s']:.2f} | {ra['marginal_img_s'] / lo['marginal_img_s']:.2f} |")
+        lines.append(
+            f"| {label} | {r['images']} | {d['1 process']:.0f} / {d['2 processes']:.0f} | {lo['img_s']:.1f} | "
+            f"{lo['marginal_img_s']:.1f} | {ra['img_s']:.1f} | {ra['marginal_img_s']:.1f} | "
+            f"{ra['img_s'] / lo['img_s']:.2f} | {ra['marginal_img_s'] / lo['marginal_img_s']:.2f} |"
+        )
     s = res["startup"]
     kinds = list(e["full"]["ray"]["cpu_ms_per_img"])
-    lines += ["", "Images/s on 2 CPUs; both engines write the same Parquet rows (path, sha256, label, confidence, "
-              "unknown, novelty, top-k, probabilities, features, texture, error). Whole run: local = model load + "
-              "classify + Parquet written (`predict --output x.parquet`); Ray = `run_predict` (`predict --engine ray`) "
-              f"on a running cluster: pipeline start, read tasks, actors, shards, assembly. Steady = the marginal rate "
-              f"(N - n) / (t_N - t_n) between a run of n = {e['full']['ray']['small']} images and one of all N: what "
-              "each further image costs, the fixed start left out. Decode floor: `preprocess.decode` alone.", "",
-              "## Where Ray's time goes", "",
-              f"- **Start-up, once per cluster**: `ray.init(num_cpus=2)` {s['ray_init_s']:.1f} s; the first pipeline "
-              f"of a fresh cluster {s['first_pipeline_s']:.1f} s for {s['first_pipeline_images']} images (Ray Data's "
-              "helper actors start too).",
-              f"- **Start-up, every run** (fixed cost from the two run sizes): {e['full']['ray']['fixed_s']:.1f} s "
-              f"(full-res) / {e['thumbnails']['ray']['fixed_s']:.1f} s (thumbnails) against "
-              f"{e['full']['local']['fixed_s']:.1f} / {e['thumbnails']['local']['fixed_s']:.1f} s locally: actor "
-              "processes start, import marsvision and ONNX Runtime, fetch the model from the object store, load it; "
-              "read-task workers start; CPU seconds of that start by process: "
-              + ", ".join(f"{k} {v:.1f}" for k, v in e["full"]["ray"]["fixed_cpu_s"].items() if v > 0.05) + ".",
-              "- **Per image** (marginal CPU ms per image, by process, from /proc; local: the whole process):", "",
-              "| data | local | Ray: total | " + " | ".join(f"Ray: {k}" for k in kinds) + " |",
-              "|---|---|---|" + "---|" * len(kinds)]
+    lines += [
+        "",
+        "Images/s on 2 CPUs; both engines write the same Parquet rows (path, sha256, label, confidence, "
+        "unknown, novelty, top-k, probabilities, features, texture, error). Whole run: local = model load + "
+        "classify + Parquet written (`predict --output x.parquet`); Ray = `run_predict` (`predict --engine ray`) "
+        f"on a running cluster: pipeline start, read tasks, actors, shards, assembly. Steady = the marginal rate "
+        f"(N - n) / (t_N - t_n) between a run of n = {e['full']['ray']['small']} images and one of all N: what "
+        "each further image costs, the fixed start left out. Decode floor: `preprocess.decode` alone.",
+        "",
+        "## Where Ray's time goes",
+        "",
+        f"- **Start-up, once per cluster**: `ray.init(num_cpus=2)` {s['ray_init_s']:.1f} s; the first pipeline "
+        f"of a fresh cluster {s['first_pipeline_s']:.1f} s for {s['first_pipeline_images']} images (Ray Data's "
+        "helper actors start too).",
+        f"- **Start-up, every run** (fixed cost from the two run sizes): {e['full']['ray']['fixed_s']:.1f} s "
+        f"(full-res) / {e['thumbnails']['ray']['fixed_s']:.1f} s (thumbnails) against "
+        f"{e['full']['local']['fixed_s']:.1f} / {e['thumbnails']['local']['fixed_s']:.1f} s locally: actor "
+        "processes start, import marsvision and ONNX Runtime, fetch the model from the object store, load it; "
+        "read-task workers start; CPU seconds of that start by process: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in e["full"]["ray"]["fixed_cpu_s"].items() if v > 0.05)
+        + ".",
+        "- **Per image** (marginal CPU ms per image, by process, from /proc; local: the whole process):",
+        "",
+        "| data | local | Ray: total | " + " | ".join(f"Ray: {k}" for k in kinds) + " |",
+        "|---|---|---|" + "---|" * len(kinds),
+    ]
     for key in ("thumbnails", "full"):
         lo, ra = e[key]["local"], e[key]["ray"]
-        lines.append(f"| {key} | {lo['cpu_ms_per_img_total']:.1f} | {ra['cpu_ms_per_img_total']:.1f} | "
-                     + " | ".join(f"{ra['cpu_ms_per_img'].get(k, 0):.1f}" for k in kinds) + " |")
+        lines.append(
+            f"| {key} | {lo['cpu_ms_per_img_total']:.1f} | {ra['cpu_ms_per_img_total']:.1f} | "
+            + " | ".join(f"{ra['cpu_ms_per_img'].get(k, 0):.1f}" for k in kinds)
+            + " |"
+        )
     z = res["serialization"]
-    lines += ["", "  'actors' decode and classify (the local engine's work); 'task workers' run the read tasks (read "
-              "and hash the bytes); 'driver' receives the rows, writes the shards and the output; 'ray system' is "
-              "GCS, raylet, agents and Ray Data's helper actors (scheduling, bookkeeping).",
-              f"- **Serialization** (measured alone, per image): a full frame's bytes ({z['full']['file_kb']:.0f} KB) "
-              f"as an Arrow table into the object store and out {z['full']['bytes_in_ms_per_img']:.2f} ms; its result "
-              f"row ({z['full']['row_kb']:.1f} KB, features and texture) built, stored and read back "
-              f"{z['full']['rows_out_ms_per_img']:.2f} ms; thumbnails {z['thumbnails']['bytes_in_ms_per_img']:.2f} + "
-              f"{z['thumbnails']['rows_out_ms_per_img']:.2f} ms.", "",
-              "## Database bulk load (`index --engine ray`)", "",
-              "Shards → `index.write_batch` (`records.image_rows`, then batched INSERT … ON CONFLICT DO NOTHING), 64 rows "
-              "a transaction, in the driver after the classification: "
-              + "; ".join(f"{b['database']}: {b['rows']} rows in {b['seconds']:.1f} s, **{b['rows_s']:.0f} rows/s**"
-                          for b in res["bulk_load"]) + ".", "",
-              "## Actor sizing (measured; the `RayOptions` defaults are the row marked default)", "",
-              f"Each row: the median of {res['sizing']['full'][0]['repeats']} interleaved repeats of a run of "
-              f"{e['full']['ray']['small']} images and one of N, as above.", "",
-              "| data | actors | CPUs each | threads each | batch | read-task CPUs | img/s whole run | img/s steady | "
-              "fixed s | CPU ms/img | others' CPU share |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "  'actors' decode and classify (the local engine's work); 'task workers' run the read tasks (read "
+        "and hash the bytes); 'driver' receives the rows, writes the shards and the output; 'ray system' is "
+        "GCS, raylet, agents and Ray Data's helper actors (scheduling, bookkeeping).",
+        f"- **Serialization** (measured alone, per image): a full frame's bytes ({z['full']['file_kb']:.0f} KB) "
+        f"as an Arrow table into the object store and out {z['full']['bytes_in_ms_per_img']:.2f} ms; its result "
+        f"row ({z['full']['row_kb']:.1f} KB, features and texture) built, stored and read back "
+        f"{z['full']['rows_out_ms_per_img']:.2f} ms; thumbnails {z['thumbnails']['bytes_in_ms_per_img']:.2f} + "
+        f"{z['thumbnails']['rows_out_ms_per_img']:.2f} ms.",
+        "",
+        "## Database bulk load (`index --engine ray`)",
+        "",
+        "Shards → `index.write_batch` (`records.image_rows`, then batched INSERT … ON CONFLICT DO NOTHING), 64 rows "
+        "a transaction, in the driver after the classification: "
+        + "; ".join(
+            f"{b['database']}: {b['rows']} rows in {b['seconds']:.1f} s, **{b['rows_s']:.0f} rows/s**"
+            for b in res["bulk_load"]
+        )
+        + ".",
+        "",
+        "## Actor sizing (measured; the `RayOptions` defaults are the row marked default)",
+        "",
+        f"Each row: the median of {res['sizing']['full'][0]['repeats']} interleaved repeats of a run of "
+        f"{e['full']['ray']['small']} images and one of N, as above.",
+        "",
+        "| data | actors | CPUs each | threads each | batch | read-task CPUs | img/s whole run | img/s steady | "
+        "fixed s | CPU ms/img | others' CPU share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     from marsvision.scale.ray_engine import RayOptions
 
     d = RayOptions()
     default = (d.actors or 2, d.actor_cpus, d.actor_threads, d.batch_size, d.read_cpus)  # actors 0: 1 a CPU, 2 here
     for key in ("full", "thumbnails"):
         for r in res["sizing"][key]:
-            mark = " (default)" if (r["actors"], r["actor_cpus"], r["actor_threads"], r["batch_size"],
-                                    r["read_cpus"]) == default else ""
-            lines.append(f"| {key} ({r['images']}){mark} | {r['actors']} | {r['actor_cpus']} | {r['actor_threads']} | "
-                         f"{r['batch_size']} | {r['read_cpus']} | {r['img_s']:.1f} | {r['marginal_img_s']:.1f} | "
-                         f"{r['fixed_s']:.1f} | {r['cpu_ms_per_img_total']:.1f} | {r['foreign_share']:.0%} |")
+            mark = (
+                " (default)"
+                if (r["actors"], r["actor_cpus"], r["actor_threads"], r["batch_size"], r["read_cpus"]) == default
+                else ""
+            )
+            lines.append(
+                f"| {key} ({r['images']}){mark} | {r['actors']} | {r['actor_cpus']} | {r['actor_threads']} | "
+                f"{r['batch_size']} | {r['read_cpus']} | {r['img_s']:.1f} | {r['marginal_img_s']:.1f} | "
+                f"{r['fixed_s']:.1f} | {r['cpu_ms_per_img_total']:.1f} | {r['foreign_share']:.0%} |"
+            )
     st = res["sizing"]["stall"]
     if st:
-        lines.append(f"| full ({st['images']}) | {st['actors']} | {st['actor_cpus']} | {st['actor_threads']} | "
-                     f"{st['batch_size']} | {st['read_cpus']} | {'finished' if st['finished'] else '**stalled**'} "
-                     "| – | – | – | – |")
-        lines += ["", f"2 actors of a whole CPU each on 2 CPUs: {st['detail']} (a child process with its own "
-                  "cluster, ended at the limit)."]
-    lines += ["", f"The machine was shared with other work: before each measure the script waited (up to "
-              f"{res['wait_quiet_s']:.0f} s) for other processes to use < 15 % of the CPUs; the share they used during "
-              f"each measure is in scale.json (engine runs: median {res['median_foreign_share']:.0%}, max "
-              f"{res['max_foreign_share']:.0%})."]
+        lines.append(
+            f"| full ({st['images']}) | {st['actors']} | {st['actor_cpus']} | {st['actor_threads']} | "
+            f"{st['batch_size']} | {st['read_cpus']} | {'finished' if st['finished'] else '**stalled**'} "
+            "| – | – | – | – |"
+        )
+        lines += [
+            "",
+            f"2 actors of a whole CPU each on 2 CPUs: {st['detail']} (a child process with its own "
+            "cluster, ended at the limit).",
+        ]
+    lines += [
+        "",
+        f"The machine was shared with other work: before each measure the script waited (up to "
+        f"{res['wait_quiet_s']:.0f} s) for other processes to use < 15 % of the CPUs; the share they used during "
+        f"each measure is in scale.json (engine runs: median {res['median_foreign_share']:.0%}, max "
+        f"{res['max_foreign_share']:.0%}).",
+    ]
     return "\n".join(lines)
 
 
@@ -550,8 +673,15 @@ def main() -> None:
     ap.add_argument("--sizing-images", type=int, default=320, help="full frames per sizing run")
     ap.add_argument("--sizing-repeats", type=int, default=2)
     ap.add_argument("--pg", default="", help="also measure the bulk load into this PostgreSQL database (an empty one)")
-    ap.add_argument("--stall-limit", type=int, default=90, help="seconds before the whole-CPU actor setting counts as stalled")
-    ap.add_argument("--wait-quiet", type=float, default=120, help="before each measure, wait up to this long for other processes to use < 15 %% of the CPUs")
+    ap.add_argument(
+        "--stall-limit", type=int, default=90, help="seconds before the whole-CPU actor setting counts as stalled"
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120,
+        help="before each measure, wait up to this long for other processes to use < 15 %% of the CPUs",
+    )
     ap.add_argument("--work", default="", help="scratch folder (default: a temporary one)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--child-stall", default="", help=argparse.SUPPRESS)
@@ -561,15 +691,17 @@ def main() -> None:
 
     import ray
 
-    root = resolve_data_dir(args.data or (str(REPO.parent / "shared" / "data" / "msl-images")
-                                          if not os.environ.get("MARSVISION_DATA") else None))
+    root = resolve_data_dir(
+        args.data
+        or (str(REPO.parent / "shared" / "data" / "msl-images") if not os.environ.get("MARSVISION_DATA") else None)
+    )
     tests = test_images(root)
-    thumbs = [str(p) for p in tests[:args.thumbs]]
+    thumbs = [str(p) for p in tests[: args.thumbs]]
     with tempfile.TemporaryDirectory(prefix="marsvision-scale-", dir=args.work or None) as tmp:
         work = Path(tmp)
         (work / "full").mkdir()
         t0 = time.perf_counter()
-        full = [str(p) for p in make_full_frames(tests[:args.full], work / "full")]
+        full = [str(p) for p in make_full_frames(tests[: args.full], work / "full")]
         gen_s = time.perf_counter() - t0
         mean_kb = sum(os.path.getsize(f) for f in full) / len(full) / 1024
         print(f"{len(full)} synthetic full frames in {gen_s:.0f} s, {mean_kb:.0f} KB each", flush=True)
@@ -582,32 +714,49 @@ def main() -> None:
         print(f"ray.init {init_s:.1f} s, first pipeline {warm['seconds']:.1f} s", flush=True)
 
         serial = {"full": serialization(full), "thumbnails": serialization(thumbs)}
-        sizing_full = sizing(full[:args.sizing_images], work, SIZING, args.wait_quiet, args.sizing_repeats)
+        sizing_full = sizing(full[: args.sizing_images], work, SIZING, args.wait_quiet, args.sizing_repeats)
         sizing_thumbs = sizing(thumbs[:640], work, SIZING_THUMBS, args.wait_quiet, args.sizing_repeats)
-        engines = {"thumbnails": side_by_side("thumbnails", thumbs, work, args.repeats, args.wait_quiet),
-                   "full": side_by_side("full", full, work, args.repeats, args.wait_quiet)}
+        engines = {
+            "thumbnails": side_by_side("thumbnails", thumbs, work, args.repeats, args.wait_quiet),
+            "full": side_by_side("full", full, work, args.repeats, args.wait_quiet),
+        }
         loads = [bulk_load(full, work, f"sqlite:///{work / 'bulk.db'}")]
         if args.pg:
             loads.append(bulk_load(full, work, args.pg))
         print("  bulk load: " + ", ".join(f"{b['database']} {b['rows_s']:.0f} rows/s" for b in loads), flush=True)
         ray.shutdown()
         wait_quiet(args.wait_quiet)
-        stall = stall_check(full[:args.sizing_images], work, args.stall_limit)
+        stall = stall_check(full[: args.sizing_images], work, args.stall_limit)
         print(f"  stall check: {stall['detail']}", flush=True)
 
-    shares = [run["foreign_share"] for e in engines.values() for k in ("local", "ray") for runs in e[k]["runs"]
-              for run in runs]
+    shares = [
+        run["foreign_share"]
+        for e in engines.values()
+        for k in ("local", "ray")
+        for runs in e[k]["runs"]
+        for run in runs
+    ]
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-                   f"{platform.python_version()}, ray {ray.__version__}",
-        "date": time.strftime("%Y-%m-%d %H:%M"), "repeats": args.repeats, "model": bundled_model_path().name,
-        "full_frames": {"images": len(full), "size": list(FULL_SIZE), "mean_kb": mean_kb, "generate_s": gen_s,
-                        "note": f"{len(full)} MSL test images upscaled to {FULL_SIZE[0]}x{FULL_SIZE[1]}, noise sigma 6, "
-                                f"JPEG q90, {mean_kb:.0f} KB mean, generated by this script in a temporary folder"},
+        f"{platform.python_version()}, ray {ray.__version__}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "repeats": args.repeats,
+        "model": bundled_model_path().name,
+        "full_frames": {
+            "images": len(full),
+            "size": list(FULL_SIZE),
+            "mean_kb": mean_kb,
+            "generate_s": gen_s,
+            "note": f"{len(full)} MSL test images upscaled to {FULL_SIZE[0]}x{FULL_SIZE[1]}, noise sigma 6, "
+            f"JPEG q90, {mean_kb:.0f} KB mean, generated by this script in a temporary folder",
+        },
         "startup": {"ray_init_s": init_s, "first_pipeline_s": warm["seconds"], "first_pipeline_images": 32},
-        "serialization": serial, "engines": engines,
-        "sizing": {"full": sizing_full, "thumbnails": sizing_thumbs, "stall": stall}, "bulk_load": loads,
-        "median_foreign_share": statistics.median(shares), "max_foreign_share": max(shares),
+        "serialization": serial,
+        "engines": engines,
+        "sizing": {"full": sizing_full, "thumbnails": sizing_thumbs, "stall": stall},
+        "bulk_load": loads,
+        "median_foreign_share": statistics.median(shares),
+        "max_foreign_share": max(shares),
         "wait_quiet_s": args.wait_quiet,
     }
     md = markdown(res)

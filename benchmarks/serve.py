@@ -66,7 +66,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 
@@ -76,15 +76,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+import httpx  # noqa: E402
 from result_files import write_results  # noqa: E402
 from servers import PostgresUnavailable, throwaway_postgres  # noqa: E402  (tests/servers.py)
-
-import httpx  # noqa: E402
 from sqlalchemy import func, insert, inspect, select, text  # noqa: E402
 
 from marsvision.archive.db import Image, ImageVectors, open_engine, sessions  # noqa: E402
-from marsvision.archive.records import VECTORS  # noqa: E402
 from marsvision.archive.index import IndexConfig, run_index  # noqa: E402
+from marsvision.archive.records import VECTORS  # noqa: E402
 from marsvision.archive.versions import ensure_active  # noqa: E402
 
 SEARCH_P95_MS = 50.0
@@ -107,19 +106,41 @@ def index_real(db_url: str, data: Path | None, n_real: int, seed: int) -> dict:
         sources += files[:n_real]
     t0 = time.perf_counter()
     report = run_index(sources, IndexConfig(db=db_url), progress=False)
-    return {"sources": len(sources), "indexed": report.indexed, "failed": len(report.failed),
-            "seconds": round(time.perf_counter() - t0, 2), "model": report.model}
+    return {
+        "sources": len(sources),
+        "indexed": report.indexed,
+        "failed": len(report.failed),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "model": report.model,
+    }
 
 
-COPY_COLUMNS = ("path", "size_bytes", "name_fields", "error", "label", "confidence", "unknown", "novelty", "margin",
-                "top_k", "features", "texture", "sketch")
+COPY_COLUMNS = (
+    "path",
+    "size_bytes",
+    "name_fields",
+    "error",
+    "label",
+    "confidence",
+    "unknown",
+    "novelty",
+    "margin",
+    "top_k",
+    "features",
+    "texture",
+    "sketch",
+)
 
 
 def real_rows(engine) -> list[dict]:
     cols = [getattr(ImageVectors if c in VECTORS else Image, c) for c in ("sha256", "sol", "instrument", *COPY_COLUMNS)]
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(
-            select(*cols).outerjoin(ImageVectors, ImageVectors.image_id == Image.id).order_by(Image.id))]
+        return [
+            dict(r._mapping)
+            for r in conn.execute(
+                select(*cols).outerjoin(ImageVectors, ImageVectors.image_id == Image.id).order_by(Image.id)
+            )
+        ]
 
 
 def synthetic_rows(real: list[dict], n: int, model_id: int, reviewed_fraction: float, seed: int) -> list[dict]:
@@ -137,8 +158,14 @@ def synthetic_rows(real: list[dict], n: int, model_id: int, reviewed_fraction: f
     now = dt.datetime.now(dt.timezone.utc)
     age_s = rng.uniform(0, 365 * 86400, n)
     # sketches: the real row's plus noise, renormalised (similar search stays meaningful, not degenerate)
-    sketches = np.stack([np.frombuffer(real[i]["sketch"], "<f2").astype(np.float32) if real[i]["sketch"]
-                         else np.zeros(64, np.float32) for i in src])
+    sketches = np.stack(
+        [
+            np.frombuffer(real[i]["sketch"], "<f2").astype(np.float32)
+            if real[i]["sketch"]
+            else np.zeros(64, np.float32)
+            for i in src
+        ]
+    )
     sketches += rng.normal(0.0, 0.05, sketches.shape).astype(np.float32)
     sketches /= np.maximum(np.linalg.norm(sketches, axis=1, keepdims=True), 1e-12)
     sketch_bytes = sketches.astype("<f2")
@@ -151,14 +178,22 @@ def synthetic_rows(real: list[dict], n: int, model_id: int, reviewed_fraction: f
         indexed_at = now - dt.timedelta(seconds=float(age_s[i]))
         row.update(
             sha256=hashlib.sha256(f"marsvision-benchmark-synthetic-{seed}-{i}".encode()).hexdigest(),
-            sol=int(sols[i]), instrument=inst, model_id=model_id, indexed_at=indexed_at,
-            name_fields={**(r["name_fields"] or {}), "sol": int(sols[i]), "instrument": inst,
-                         "instrument_name": INSTRUMENT_NAMES[inst]},
+            sol=int(sols[i]),
+            instrument=inst,
+            model_id=model_id,
+            indexed_at=indexed_at,
+            name_fields={
+                **(r["name_fields"] or {}),
+                "sol": int(sols[i]),
+                "instrument": inst,
+                "instrument_name": INSTRUMENT_NAMES[inst],
+            },
             confidence=float(np.clip(r["confidence"] + conf_jitter[i], 0.0, 1.0)) if ok else None,
             novelty=float(max(0.0, r["novelty"] + nov_jitter[i])) if ok and r["novelty"] is not None else r["novelty"],
             sketch=sketch_bytes[i].tobytes() if r["sketch"] else None,
             reviewed_label=(r["label"] if agree[i] else labels[other[i]]) if ok and reviewed[i] else None,
-            reviewed_at=indexed_at + dt.timedelta(hours=1) if ok and reviewed[i] else None)
+            reviewed_at=indexed_at + dt.timedelta(hours=1) if ok and reviewed[i] else None,
+        )
         rows.append(row)
     return rows
 
@@ -170,19 +205,30 @@ def bulk_insert(engine, rows: list[dict], chunk: int = 5000) -> float:
     with engine.connect() as conn:
         next_id = (conn.scalar(select(func.max(Image.id))) or 0) + 1
     for i in range(0, len(rows), chunk):
-        part = rows[i:i + chunk]
+        part = rows[i : i + chunk]
         ids = range(next_id + i, next_id + i + len(part))
         with engine.begin() as conn:
-            conn.execute(insert(Image), [{"id": n, **{k: v for k, v in r.items() if k not in VECTORS}}
-                                         for n, r in zip(ids, part)])
-            vectors = [{"image_id": n, **{k: r[k] for k in VECTORS}} for n, r in zip(ids, part) if r["features"]]
+            conn.execute(
+                insert(Image),
+                [{"id": n, **{k: v for k, v in r.items() if k not in VECTORS}} for n, r in zip(ids, part, strict=True)],
+            )
+            vectors = [
+                {"image_id": n, **{k: r[k] for k in VECTORS}} for n, r in zip(ids, part, strict=True) if r["features"]
+            ]
             if vectors:
                 conn.execute(insert(ImageVectors), vectors)
     return time.perf_counter() - t0
 
 
-def build_archive(db_url: str, real: list[dict] | None, target_rows: int, reviewed_fraction: float, seed: int,
-                  data: Path | None, n_real: int) -> tuple[dict, list[dict]]:
+def build_archive(
+    db_url: str,
+    real: list[dict] | None,
+    target_rows: int,
+    reviewed_fraction: float,
+    seed: int,
+    data: Path | None,
+    n_real: int,
+) -> tuple[dict, list[dict]]:
     """An archive of ``target_rows`` rows at ``db_url``: the indexer's real rows (indexed here when
     ``real`` is None, else copied), then synthetic copies. Returns (what it took, the real rows)."""
     info: dict = {}
@@ -221,8 +267,9 @@ def build_archive(db_url: str, real: list[dict] | None, target_rows: int, review
             info["unknown_rows"] = conn.scalar(text("SELECT count(*) FROM images WHERE unknown"))
             info["schema_revision"] = conn.scalar(text("SELECT version_num FROM alembic_version"))
             info["image_indexes"] = sorted(inspect(conn).get_indexes("images"), key=lambda i: i["name"] or "")
-            info["image_indexes"] = [f"{i['name']}({', '.join(c or '?' for c in i['column_names'])})"
-                                     for i in info["image_indexes"]]
+            info["image_indexes"] = [
+                f"{i['name']}({', '.join(c or '?' for c in i['column_names'])})" for i in info["image_indexes"]
+            ]
             info["reviewed_rows"] = conn.scalar(text("SELECT count(*) FROM images WHERE reviewed_label IS NOT NULL"))
             if engine.dialect.name == "postgresql":
                 info["size_mb"] = round(conn.scalar(text("SELECT pg_database_size(current_database())")) / 2**20, 1)
@@ -344,16 +391,31 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"serve-{self.port}.log"
-        self.log = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "marsvision.cli", "serve", "--db", db_url, "--host", "127.0.0.1",
-               "--port", str(self.port), "--classify-slots", str(classify_slots)]
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        cmd = [
+            sys.executable,
+            "-m",
+            "marsvision.cli",
+            "serve",
+            "--db",
+            db_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--classify-slots",
+            str(classify_slots),
+        ]
         if model_threads:
             cmd += ["--threads", str(model_threads)]
         if workers > 1:
             cmd += ["--workers", str(workers)]
         self.cmd = cmd
-        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "MARSVISION_UPLOADS": str(workdir / "uploads")}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "MARSVISION_UPLOADS": str(workdir / "uploads"),
+        }
         env.pop("MARSVISION_TOKEN", None)
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -443,9 +505,18 @@ def search_requests(labels: list[str], weights: list[float], seed: int):
     kinds = [
         (3, "label by confidence", lambda: {"label": label(), "sort": "confidence", "descending": "true"}),
         (2, "min_confidence by sol", lambda: {"min_confidence": rng.choice([0.5, 0.8, 0.9, 0.95]), "sort": "sol"}),
-        (2, "sol range + instrument", lambda: (lambda a: {"sol_min": a, "sol_max": a + rng.randint(20, 300),
-                                                          "instrument": rng.choice(INSTRUMENTS), "sort": "sol"})(
-            rng.randint(0, 1000))),
+        (
+            2,
+            "sol range + instrument",
+            lambda: (
+                lambda a: {
+                    "sol_min": a,
+                    "sol_max": a + rng.randint(20, 300),
+                    "instrument": rng.choice(INSTRUMENTS),
+                    "sort": "sol",
+                }
+            )(rng.randint(0, 1000)),
+        ),
         (2, "unknown by novelty", lambda: {"unknown": "true", "sort": "novelty", "descending": "true"}),
         (2, "not reviewed, least confident", lambda: {"reviewed": "false", "sort": "confidence"}),
         (1, "label + not reviewed", lambda: {"label": label(), "reviewed": "false", "sort": "confidence"}),
@@ -467,8 +538,16 @@ def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
 
-async def drive(base_url: str, clients: int, make_request, max_attempts: int, seconds: float, max_retries: int,
-                timeout: float = 60.0, keep_log: bool = False) -> dict:
+async def drive(
+    base_url: str,
+    clients: int,
+    make_request,
+    max_attempts: int,
+    seconds: float,
+    max_retries: int,
+    timeout: float = 60.0,
+    keep_log: bool = False,
+) -> dict:
     """``clients`` workers over one AsyncClient; each takes the next request, sends it (and, on 503, waits
     Retry-After and sends it again, at most ``max_retries`` times). Bounded by attempts and time."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -483,6 +562,7 @@ async def drive(base_url: str, clients: int, make_request, max_attempts: int, se
     deadline = t_start + seconds
 
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+
         async def worker(w: int):
             nonlocal gave_up, abandoned
             while state["sent"] < max_attempts and time.perf_counter() < deadline:
@@ -528,27 +608,50 @@ async def drive(base_url: str, clients: int, make_request, max_attempts: int, se
         statuses[str(st)] = statuses.get(str(st), 0) + 1
     errors = {k: v for k, v in statuses.items() if k != "200"}
     return {
-        "clients": clients, "attempts": len(attempts), "ok": len(ok_ms), "seconds": round(wall, 2),
-        "ok_per_s": round(len(ok_ms) / wall, 1), "attempts_per_s": round(len(attempts) / wall, 1),
-        "p50_ms": pct(ok_ms, 50), "p95_ms": pct(ok_ms, 95), "p99_ms": pct(ok_ms, 99),
-        "mean_ms": round(float(np.mean(ok_ms)), 2) if ok_ms else None, "max_ms": round(max(ok_ms), 2) if ok_ms else None,
-        "statuses": statuses, "errors": errors,
+        "clients": clients,
+        "attempts": len(attempts),
+        "ok": len(ok_ms),
+        "seconds": round(wall, 2),
+        "ok_per_s": round(len(ok_ms) / wall, 1),
+        "attempts_per_s": round(len(attempts) / wall, 1),
+        "p50_ms": pct(ok_ms, 50),
+        "p95_ms": pct(ok_ms, 95),
+        "p99_ms": pct(ok_ms, 99),
+        "mean_ms": round(float(np.mean(ok_ms)), 2) if ok_ms else None,
+        "max_ms": round(max(ok_ms), 2) if ok_ms else None,
+        "statuses": statuses,
+        "errors": errors,
         "rate_503": round(statuses.get("503", 0) / max(1, len(attempts)), 4),
-        "p50_503_ms": pct(busy_ms, 50), "p95_503_ms": pct(busy_ms, 95),
-
+        "p50_503_ms": pct(busy_ms, 50),
+        "p95_503_ms": pct(busy_ms, 95),
         "transport_errors": transport_errors,
-        "e2e_p50_ms": pct([s * 1000 for s in e2e_ok], 50), "e2e_p95_ms": pct([s * 1000 for s in e2e_ok], 95),
+        "e2e_p50_ms": pct([s * 1000 for s in e2e_ok], 50),
+        "e2e_p95_ms": pct([s * 1000 for s in e2e_ok], 95),
         "e2e_p99_ms": pct([s * 1000 for s in e2e_ok], 99),
-        "gave_up_after_retries": gave_up, "abandoned_at_limit": abandoned,
-        "by_kind": {k: {"n": len(v), "p50_ms": pct([s * 1000 for s in v], 50), "p95_ms": pct([s * 1000 for s in v], 95)}
-                    for k, v in sorted(by_kind.items())} if len(by_kind) > 1 else {},
+        "gave_up_after_retries": gave_up,
+        "abandoned_at_limit": abandoned,
+        "by_kind": {
+            k: {"n": len(v), "p50_ms": pct([s * 1000 for s in v], 50), "p95_ms": pct([s * 1000 for s in v], 95)}
+            for k, v in sorted(by_kind.items())
+        }
+        if len(by_kind) > 1
+        else {},
         "client_cpu_s": round(cpu, 2),
         **({"log": log} if keep_log else {}),
     }
 
 
-def run_scenario(server: Server, name: str, clients: int, make_request, max_attempts: int, seconds: float,
-                 max_retries: int, db_pid: int | None, quiet_s: float) -> dict:
+def run_scenario(
+    server: Server,
+    name: str,
+    clients: int,
+    make_request,
+    max_attempts: int,
+    seconds: float,
+    max_retries: int,
+    db_pid: int | None,
+    quiet_s: float,
+) -> dict:
     def own_cpu():
         return time.process_time() + server.cpu_seconds() + tree_cpu(db_pid)
 
@@ -572,9 +675,13 @@ def run_scenario(server: Server, name: str, clients: int, make_request, max_atte
     if server.proc.poll() is not None:
         raise RuntimeError(f"the server died during {name}:\n{server.tail()}")
     e = res["errors"]
-    print(f"  {name:9s} c={clients:<3d} {res['attempts']:5d} req in {res['seconds']:5.1f} s  {res['ok_per_s']:7.1f} ok/s  "
-          f"p50 {res['p50_ms']} p95 {res['p95_ms']} p99 {res['p99_ms']} ms  errors {e or '-'}  "
-          f"rss {res['server_peak_rss_mb']} MB  other load {res['other_load_share']:.0%}", flush=True)
+    print(
+        f"{name:9s} c={clients:<3d} {res['attempts']:5d} req in {res['seconds']:5.1f} s  "
+        f"{res['ok_per_s']:7.1f} ok/s  "
+        f"p50 {res['p50_ms']} p95 {res['p95_ms']} p99 {res['p99_ms']} ms  errors {e or '-'}  "
+        f"rss {res['server_peak_rss_mb']} MB  other load {res['other_load_share']:.0%}",
+        flush=True,
+    )
     return res
 
 
@@ -597,8 +704,9 @@ def measured(args, *scenario) -> dict:
     return best
 
 
-def bench_backend(db_url: str, workdir: Path, args, label_weights: dict[str, int], uploads: list[Path],
-                  db_pid: int | None = None) -> dict:
+def bench_backend(
+    db_url: str, workdir: Path, args, label_weights: dict[str, int], uploads: list[Path], db_pid: int | None = None
+) -> dict:
     server = Server(db_url, workdir, args.classify_slots, workers=args.workers)
     out: dict = {"command": " ".join(server.cmd[1:])}
     try:
@@ -624,24 +732,63 @@ def bench_backend(db_url: str, workdir: Path, args, label_weights: dict[str, int
 
         # warm-up: the model and caches (and the OS page cache of the database)
         t0 = time.perf_counter()
-        warm = [asyncio.run(drive(server.url, 2, search_req, 100, 30, 0)),
-                asyncio.run(drive(server.url, 1, classes_req, 3, 30, 0)),
-                asyncio.run(drive(server.url, 1, classify_req, 10, 30, 3))]
-        out["warmup"] = {"seconds": round(time.perf_counter() - t0, 2),
-                         "statuses": [w["statuses"] for w in warm]}
+        warm = [
+            asyncio.run(drive(server.url, 2, search_req, 100, 30, 0)),
+            asyncio.run(drive(server.url, 1, classes_req, 3, 30, 0)),
+            asyncio.run(drive(server.url, 1, classify_req, 10, 30, 3)),
+        ]
+        out["warmup"] = {"seconds": round(time.perf_counter() - t0, 2), "statuses": [w["statuses"] for w in warm]}
         out["rss_after_warmup_mb"] = round(server.rss_mb(), 1)
         out["peak_rss_startup_warmup_mb"] = round(server.hwm_mb(), 1)
         scenarios = []
         for clients in args.clients:
-            scenarios.append(measured(args, server, "search", clients, search_req, args.max_requests, args.seconds, 0,
-                                          db_pid, args.wait_quiet))
-        scenarios.append(measured(args, server, "classes", 8, classes_req, args.max_requests // 4, args.seconds, 0,
-                                      db_pid, args.wait_quiet))
+            scenarios.append(
+                measured(
+                    args,
+                    server,
+                    "search",
+                    clients,
+                    search_req,
+                    args.max_requests,
+                    args.seconds,
+                    0,
+                    db_pid,
+                    args.wait_quiet,
+                )
+            )
+        scenarios.append(
+            measured(
+                args,
+                server,
+                "classes",
+                8,
+                classes_req,
+                args.max_requests // 4,
+                args.seconds,
+                0,
+                db_pid,
+                args.wait_quiet,
+            )
+        )
         for clients in args.clients:
-            scenarios.append(measured(args, server, "classify", clients, classify_req, args.max_classify_requests,
-                                          args.seconds, args.max_retries, db_pid, args.wait_quiet))
+            scenarios.append(
+                measured(
+                    args,
+                    server,
+                    "classify",
+                    clients,
+                    classify_req,
+                    args.max_classify_requests,
+                    args.seconds,
+                    args.max_retries,
+                    db_pid,
+                    args.wait_quiet,
+                )
+            )
         out["scenarios"] = scenarios
-        out["server_peak_rss_mb"] = max([out["peak_rss_startup_warmup_mb"]] + [s["server_peak_rss_mb"] for s in scenarios])
+        out["server_peak_rss_mb"] = max(
+            [out["peak_rss_startup_warmup_mb"]] + [s["server_peak_rss_mb"] for s in scenarios]
+        )
         log = server.tail(20000)
         out["server_log_tail"] = log[-2000:]
         out["server_tracebacks"] = log.count("Traceback")
@@ -656,8 +803,11 @@ def bench_backend(db_url: str, workdir: Path, args, label_weights: dict[str, int
 def index_vs_predict(data: Path, workdir: Path, repeats: int = 2) -> dict:
     """Images/s of `marsvision index` (into a fresh SQLite archive) against `marsvision predict` (CSV) on the
     1305 test images, each a fresh process, alternated, best of ``repeats``: the target is index ≥ 0.8×."""
-    files = [str(data / line.split()[0]) for line in (data / "test-calibrated-shuffled.txt").read_text().splitlines()
-             if line.strip()]
+    files = [
+        str(data / line.split()[0])
+        for line in (data / "test-calibrated-shuffled.txt").read_text().splitlines()
+        if line.strip()
+    ]
     listing = workdir / "test-files.txt"
     listing.write_text("\n".join(files))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -667,12 +817,17 @@ def index_vs_predict(data: Path, workdir: Path, repeats: int = 2) -> dict:
             out = workdir / f"{kind}{i}"
             extra = ["--output", f"{out}.csv"] if kind == "predict" else ["--db", f"{out}.db"]
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "marsvision.cli", kind, *files, *extra], env=env, check=True,
-                           capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "marsvision.cli", kind, *files, *extra], env=env, check=True, capture_output=True
+            )
             runs[kind].append(len(files) / (time.perf_counter() - t0))
     best = {k: round(max(v), 1) for k, v in runs.items()}
-    return {"images": len(files), "img_per_s": best, "all_img_per_s": {k: [round(x, 1) for x in v] for k, v in runs.items()},
-            "ratio": round(best["index"] / best["predict"], 3)}
+    return {
+        "images": len(files),
+        "img_per_s": best,
+        "all_img_per_s": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+        "ratio": round(best["index"] / best["predict"], 3),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -680,31 +835,41 @@ def index_vs_predict(data: Path, workdir: Path, repeats: int = 2) -> dict:
 
 def machine_info() -> dict:
     cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     mem = ""
-    try:
-        mem = next(line.split(":", 1)[1].strip() for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    except (OSError, StopIteration):
-        pass
+    with suppress(OSError, StopIteration):
+        mem = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
     versions = {}
     for pkg in ("fastapi", "uvicorn", "starlette", "SQLAlchemy", "psycopg", "httpx", "onnxruntime", "numpy"):
-        try:
+        with suppress(metadata.PackageNotFoundError):
             versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "marsvision"], cwd=REPO, capture_output=True,
-                               text=True).stdout.split("\n")
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "marsvision"], cwd=REPO, capture_output=True, text=True
+        ).stdout.split("\n")
     except OSError:
         commit, dirty = "", []
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "memory": mem,
-            "packages": versions, "git_commit": commit,
-            "uncommitted_product_files": [line[3:] for line in dirty if line.strip()]}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "memory": mem,
+        "packages": versions,
+        "git_commit": commit,
+        "uncommitted_product_files": [line[3:] for line in dirty if line.strip()],
+    }
 
 
 def fmt(v) -> str:
@@ -717,7 +882,8 @@ def markdown(data: dict) -> str:
         "# `marsvision serve` under load",
         "",
         f"Server: `python -m marsvision.cli serve` on 127.0.0.1 as its own process (`--classify-slots "
-        f"{a['classify_slots']}`, `--workers {a.get('workers', 1)}`, model threads: all), load from a separate process on the same machine "
+        f"{a['classify_slots']}`, `--workers {a.get('workers', 1)}`, model threads: all), load from "
+        f"a separate process on the same machine "
         f"({data['machine']['cpu_count']} cores, {data['machine']['cpu']}), asyncio + httpx, one keep-alive "
         f"connection per client. Each scenario: at most {a['max_requests']} requests "
         f"({a['max_classify_requests']} for classify, {a['max_requests'] // 4} for classes) or {a['seconds']:g} s.",
@@ -728,18 +894,23 @@ def markdown(data: dict) -> str:
         f"jitter, {a['reviewed']:.0%} with a curator's label; paths are the real files).",
         "",
         f"Product: commit {data['machine']['git_commit'][:10]}"
-        + (f" plus uncommitted changes to {', '.join(data['machine']['uncommitted_product_files'])}"
-           if data["machine"]["uncommitted_product_files"] else "")
+        + (
+            f" plus uncommitted changes to {', '.join(data['machine']['uncommitted_product_files'])}"
+            if data["machine"]["uncommitted_product_files"]
+            else ""
+        )
         + f"; schema revision {data['archive']['sqlite'].get('schema_revision')}, indexes on images: "
-        + ", ".join(data["archive"]["sqlite"].get("image_indexes", [])) + ".",
+        + ", ".join(data["archive"]["sqlite"].get("image_indexes", []))
+        + ".",
         "",
         "search = a mix of `GET /api/images` queries (label, min_confidence, sol range + instrument, unknown, "
         "not reviewed; sorted by confidence/sol/novelty/id; pages 1-20 of 50). classes = `GET /api/classes`. "
         "classify = `POST /api/classify`, one real MSL JPEG a request; a 503 (more than the classification "
         "slots at once: by design) is counted, then retried after Retry-After. Latencies are of successful "
-        "(200) responses; \"end-to-end\" includes retries and their waits. Peak RSS: the server's VmHWM during "
-        "the scenario (summed over its processes with several workers). CPU: seconds used during the scenario by the server, PostgreSQL's processes and the load "
-        "generator; \"other load\": the share of the machine's CPUs that other processes used meanwhile (before "
+        '(200) responses; "end-to-end" includes retries and their waits. Peak RSS: the server\'s VmHWM during '
+        "the scenario (summed over its processes with several workers). CPU: seconds used during "
+        "the scenario by the server, PostgreSQL's processes and the load "
+        'generator; "other load": the share of the machine\'s CPUs that other processes used meanwhile (before '
         f"each scenario the script waits up to {a['wait_quiet']:g} s for it to fall under 15 %, and runs a scenario "
         f"up to {a['rerun_noisy']} more time(s) when it did not, keeping the least disturbed run).",
         "",
@@ -749,41 +920,74 @@ def markdown(data: dict) -> str:
         if "skipped" in res:
             lines += [f"## {backend}", "", f"Skipped: {res['skipped']}", ""]
             continue
-        lines += [f"## {backend} ({arch.get('rows', 0):,} rows, {fmt(arch.get('size_mb'))} MB; "
-                  f"server ready in {res['ready_seconds']} s, peak RSS {res['server_peak_rss_mb']} MB)", "",
-                  "| scenario | clients | requests | ok/s | p50 ms | p95 ms | p99 ms | errors by status | 503 rate "
-                  "| end-to-end p95 ms | server / DB / client CPU s | other load | server peak RSS MB |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {backend} ({arch.get('rows', 0):,} rows, {fmt(arch.get('size_mb'))} MB; "
+            f"server ready in {res['ready_seconds']} s, peak RSS {res['server_peak_rss_mb']} MB)",
+            "",
+            "| scenario | clients | requests | ok/s | p50 ms | p95 ms | p99 ms | errors by status | 503 rate "
+            "| end-to-end p95 ms | server / DB / client CPU s | other load | server peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
         for s in res["scenarios"]:
-            errs = ", ".join(f"{k}: {v}" + (f" (p50 {fmt(s['p50_503_ms'])} / p95 {fmt(s['p95_503_ms'])} ms)" if k == "503" else "")
-                             for k, v in sorted(s["errors"].items())) or "none"
-            lines.append(f"| {s['scenario']} | {s['clients']} | {s['attempts']} | {fmt(s['ok_per_s'])} | "
-                         f"{fmt(s['p50_ms'])} | {fmt(s['p95_ms'])} | {fmt(s['p99_ms'])} | {errs} | "
-                         f"{s['rate_503']:.1%} | {fmt(s['e2e_p95_ms'])} | {fmt(s['server_cpu_s'])} / "
-                         f"{fmt(s['db_cpu_s']) if s['db_cpu_s'] is not None else 'in-process'} / {fmt(s['client_cpu_s'])} | "
-                         f"{s['other_load_share']:.0%} | {fmt(s['server_peak_rss_mb'])} |")
-        noisy = [f"{s['scenario']}/{s['clients']} ({s['other_load_share']:.0%})" for s in res["scenarios"]
-                 if s["other_load_share"] >= 0.15]
+            errs = (
+                ", ".join(
+                    f"{k}: {v}"
+                    + (f" (p50 {fmt(s['p50_503_ms'])} / p95 {fmt(s['p95_503_ms'])} ms)" if k == "503" else "")
+                    for k, v in sorted(s["errors"].items())
+                )
+                or "none"
+            )
+            lines.append(
+                f"| {s['scenario']} | {s['clients']} | {s['attempts']} | {fmt(s['ok_per_s'])} | "
+                f"{fmt(s['p50_ms'])} | {fmt(s['p95_ms'])} | {fmt(s['p99_ms'])} | {errs} | "
+                f"{s['rate_503']:.1%} | {fmt(s['e2e_p95_ms'])} | {fmt(s['server_cpu_s'])} / "
+                f"{fmt(s['db_cpu_s']) if s['db_cpu_s'] is not None else 'in-process'} / {fmt(s['client_cpu_s'])} | "
+                f"{s['other_load_share']:.0%} | {fmt(s['server_peak_rss_mb'])} |"
+            )
+        noisy = [
+            f"{s['scenario']}/{s['clients']} ({s['other_load_share']:.0%})"
+            for s in res["scenarios"]
+            if s["other_load_share"] >= 0.15
+        ]
         if noisy:
-            lines += ["", "Other processes used ≥ 15 % of the CPUs during: " + ", ".join(noisy) + " (those numbers "
-                      "are pessimistic)."]
+            lines += [
+                "",
+                "Other processes used ≥ 15 % of the CPUs during: " + ", ".join(noisy) + " (those numbers "
+                "are pessimistic).",
+            ]
         kinds = next((s["by_kind"] for s in res["scenarios"] if s["scenario"] == "search" and s["clients"] == 8), {})
         if kinds:
-            lines += ["", "Search at 8 clients by query kind: " + "; ".join(
-                f"{k} p50 {fmt(v['p50_ms'])} / p95 {fmt(v['p95_ms'])} ms (n={v['n']})" for k, v in kinds.items()) + "."]
+            lines += [
+                "",
+                "Search at 8 clients by query kind: "
+                + "; ".join(
+                    f"{k} p50 {fmt(v['p50_ms'])} / p95 {fmt(v['p95_ms'])} ms (n={v['n']})" for k, v in kinds.items()
+                )
+                + ".",
+            ]
         lines.append("")
     ivp = data.get("index_vs_predict")
     if ivp:
-        lines += ["## Index throughput", "", f"`marsvision index` into a fresh SQLite archive against `marsvision "
-                  f"predict` (CSV) on the {ivp['images']} test images, fresh processes, best of 2: index "
-                  f"{ivp['img_per_s']['index']:.0f} img/s, predict {ivp['img_per_s']['predict']:.0f} img/s "
-                  f"(**{ivp['ratio']:.2f}×**; hashing, the file-name fields, vectors and batched transactions).", ""]
+        lines += [
+            "## Index throughput",
+            "",
+            f"`marsvision index` into a fresh SQLite archive against `marsvision "
+            f"predict` (CSV) on the {ivp['images']} test images, fresh processes, best of 2: index "
+            f"{ivp['img_per_s']['index']:.0f} img/s, predict {ivp['img_per_s']['predict']:.0f} img/s "
+            f"(**{ivp['ratio']:.2f}×**; hashing, the file-name fields, vectors and batched transactions).",
+            "",
+        ]
     lines += ["## Targets", "", "| target | database | measured | met |", "|---|---|---|---|"]
     for t in data["targets"]:
         met = "not measured" if t["met"] is None else ("met" if t["met"] else "**not met**")
         lines.append(f"| {t['target']} | {t['database']} | {t['measured']} | {met} |")
-    lines += ["", f"Wall time {data['wall_seconds'] / 60:.1f} min (archive builds: "
-              + ", ".join(f"{k} {v.get('build_seconds', 0):.0f} s" for k, v in data["archive"].items()) + ").", ""]
+    lines += [
+        "",
+        f"Wall time {data['wall_seconds'] / 60:.1f} min (archive builds: "
+        + ", ".join(f"{k} {v.get('build_seconds', 0):.0f} s" for k, v in data["archive"].items())
+        + ").",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -791,8 +995,14 @@ def targets(data: dict) -> list[dict]:
     out = []
     ivp = data.get("index_vs_predict")
     if ivp:
-        out.append({"target": "index throughput ≥ 0.8× predict", "database": "sqlite",
-                    "measured": f"{ivp['ratio']:.2f}×", "met": ivp["ratio"] >= 0.8})
+        out.append(
+            {
+                "target": "index throughput ≥ 0.8× predict",
+                "database": "sqlite",
+                "measured": f"{ivp['ratio']:.2f}×",
+                "met": ivp["ratio"] >= 0.8,
+            }
+        )
     for backend, res in data["backends"].items():
         if "skipped" in res:
             out.append({"target": "all", "database": backend, "measured": f"skipped: {res['skipped']}", "met": None})
@@ -800,25 +1010,48 @@ def targets(data: dict) -> list[dict]:
         sc = {(s["scenario"], s["clients"]): s for s in res["scenarios"]}
         s = sc.get(("search", 8))
         if s:
-            out.append({"target": f"search p95 ≤ {SEARCH_P95_MS:g} ms at 8 clients", "database": backend,
-                        "measured": f"{s['p95_ms']} ms", "met": s["p95_ms"] is not None and s["p95_ms"] <= SEARCH_P95_MS})
+            out.append(
+                {
+                    "target": f"search p95 ≤ {SEARCH_P95_MS:g} ms at 8 clients",
+                    "database": backend,
+                    "measured": f"{s['p95_ms']} ms",
+                    "met": s["p95_ms"] is not None and s["p95_ms"] <= SEARCH_P95_MS,
+                }
+            )
         c = sc.get(("classify", 8))
         if c:
-            out.append({"target": f"classify p95 ≤ {CLASSIFY_P95_MS:g} ms at 8 clients (successful requests)",
-                        "database": backend,
-                        "measured": f"{c['p95_ms']} ms ({c['rate_503']:.0%} of attempts 503, end-to-end p95 {c['e2e_p95_ms']} ms)",
-                        "met": c["p95_ms"] is not None and c["p95_ms"] <= CLASSIFY_P95_MS})
+            out.append(
+                {
+                    "target": f"classify p95 ≤ {CLASSIFY_P95_MS:g} ms at 8 clients (successful requests)",
+                    "database": backend,
+                    "measured": (
+                        f"{c['p95_ms']} ms ({c['rate_503']:.0%} of attempts 503, end-to-end p95 {c['e2e_p95_ms']} ms)"
+                    ),
+                    "met": c["p95_ms"] is not None and c["p95_ms"] <= CLASSIFY_P95_MS,
+                }
+            )
         bad = {}
         for s in res["scenarios"]:
             for k, v in s["errors"].items():
                 if int(k) not in DESIGNED.get(s["scenario"], set()):
                     bad[f"{s['scenario']}/{s['clients']}: {k}"] = v
-        out.append({"target": "no errors except the designed 503s", "database": backend,
-                    "measured": ", ".join(f"{k} ×{v}" for k, v in bad.items()) or
-                    f"none ({sum(s['statuses'].get('503', 0) for s in res['scenarios'])} designed 503s)",
-                    "met": not bad and res.get("server_tracebacks", 0) == 0})
-        out.append({"target": f"server RSS ≤ {RSS_MB:g} MB", "database": backend,
-                    "measured": f"{res['server_peak_rss_mb']} MB peak", "met": res["server_peak_rss_mb"] <= RSS_MB})
+        out.append(
+            {
+                "target": "no errors except the designed 503s",
+                "database": backend,
+                "measured": ", ".join(f"{k} ×{v}" for k, v in bad.items())
+                or f"none ({sum(s['statuses'].get('503', 0) for s in res['scenarios'])} designed 503s)",
+                "met": not bad and res.get("server_tracebacks", 0) == 0,
+            }
+        )
+        out.append(
+            {
+                "target": f"server RSS ≤ {RSS_MB:g} MB",
+                "database": backend,
+                "measured": f"{res['server_peak_rss_mb']} MB peak",
+                "met": res["server_peak_rss_mb"] <= RSS_MB,
+            }
+        )
     return out
 
 
@@ -827,8 +1060,12 @@ def targets(data: dict) -> list[dict]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=Path("/work/shared/data/msl-images"),
-                   help="the MSL data set folder (calibrated/): real images to index and upload")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path("/work/shared/data/msl-images"),
+        help="the MSL data set folder (calibrated/): real images to index and upload",
+    )
     p.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--real", type=int, default=1000, help="calibrated images indexed for real")
@@ -840,13 +1077,27 @@ def main() -> int:
     p.add_argument("--max-retries", type=int, default=20, help="retries of a classify request answered 503")
     p.add_argument("--classify-slots", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="server processes (`marsvision serve --workers`)")
-    p.add_argument("--wait-quiet", type=float, default=60.0,
-                   help="before each scenario, wait up to this long for other processes to use < 15%% of the CPUs")
-    p.add_argument("--rerun-noisy", type=int, default=1,
-                   help="run a scenario again (up to this many times) when other processes used >= 15%% of the CPUs")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        help="before each scenario, wait up to this long for other processes to use < 15%% of the CPUs",
+    )
+    p.add_argument(
+        "--rerun-noisy",
+        type=int,
+        default=1,
+        help="run a scenario again (up to this many times) when other processes used >= 15%% of the CPUs",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", type=Path, default=None, help="where the databases go (default: a temporary folder, removed)")
-    p.add_argument("--no-write", action="store_true", help="print, do not write benchmarks/results/serve.* (serve-workersN.* with --workers N)")
+    p.add_argument(
+        "--workdir", type=Path, default=None, help="where the databases go (default: a temporary folder, removed)"
+    )
+    p.add_argument(
+        "--no-write",
+        action="store_true",
+        help="print, do not write benchmarks/results/serve.* (serve-workersN.* with --workers N)",
+    )
     args = p.parse_args()
 
     t_start = time.perf_counter()
@@ -855,10 +1106,14 @@ def main() -> int:
     data_dir = args.data if (args.data / "calibrated").is_dir() else None
     uploads = sorted(Path(data_dir, "calibrated").glob("*.JPG"))[-200:] if data_dir else []
     uploads = uploads or sorted((REPO / "examples" / "images").glob("*.JPG"))
-    result: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                    "machine": machine_info(), "archive": {}, "backends": {},
-                    "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "uploads": {"files": len(uploads), "mean_kb": round(np.mean([u.stat().st_size for u in uploads]) / 1024, 1)}}
+    result: dict = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": machine_info(),
+        "archive": {},
+        "backends": {},
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "uploads": {"files": len(uploads), "mean_kb": round(np.mean([u.stat().st_size for u in uploads]) / 1024, 1)},
+    }
     if data_dir is not None:
         print("index vs predict on the test split …", flush=True)
         result["index_vs_predict"] = index_vs_predict(data_dir, workdir)
@@ -887,8 +1142,9 @@ def main() -> int:
                     result["archive"]["postgresql"] = info
                     print(f"  {json.dumps({k: v for k, v in info.items() if k != 'labels'})}", flush=True)
                     print("load on PostgreSQL:", flush=True)
-                    result["backends"]["postgresql"] = bench_backend(url, workdir, args, label_weights, uploads,
-                                                                     postmaster)
+                    result["backends"]["postgresql"] = bench_backend(
+                        url, workdir, args, label_weights, uploads, postmaster
+                    )
             except PostgresUnavailable as e:
                 print(f"PostgreSQL skipped: {e}", flush=True)
                 result["backends"]["postgresql"] = {"skipped": str(e)}

@@ -57,14 +57,15 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from probe_forward import compare, replaces_shipped, selectors, train_val_by_sol  # noqa: E402
+from probe_tuning import ProbeTail, average, frozen_stage_maps, interpolate, probe_features, tail_outputs, tune_tail  # noqa: E402
 from result_files import EXPERIMENT_RESULTS, write_results  # noqa: E402
+
 from marsvision.data.msl import decode_many  # noqa: E402
 from marsvision.training.probe import fit_head, fold_head, frozen_backbone  # noqa: E402
-from probe_tuning import (ProbeTail, average, frozen_stage_maps, interpolate,  # noqa: E402
-                                     probe_features, tail_outputs, tune_tail)
 
-SETTINGS = ([{"balance": "sampler", "lr": lr} for lr in (3e-5, 1e-4, 3e-4, 1e-3)]
-            + [{"balance": "loss", "lr": lr} for lr in (3e-5, 1e-4, 3e-4)])
+SETTINGS = [{"balance": "sampler", "lr": lr} for lr in (3e-5, 1e-4, 3e-4, 1e-3)] + [
+    {"balance": "loss", "lr": lr} for lr in (3e-5, 1e-4, 3e-4)
+]
 ALPHAS = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -77,8 +78,10 @@ def run_fold(backbone, maps, feats, y, fit, scored, settings, alphas, epochs, se
     held = maps[0, scored]
     preds, rates = {}, {}
     for s in settings:
-        members, member_rates = zip(*[tune_tail(probe, maps, fit, y[fit], s["lr"], epochs, s["balance"], seed=seed)
-                                      for seed in range(seeds)])
+        members, member_rates = zip(
+            *[tune_tail(probe, maps, fit, y[fit], s["lr"], epochs, s["balance"], seed=seed) for seed in range(seeds)],
+            strict=True,
+        )
         rates[label(s, seeds)] = float(np.mean(member_rates))
         tuned = {label(s, seeds): average(list(members))}
         if seeds > 1:
@@ -113,11 +116,16 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=3, help="cached training views per image")
     ap.add_argument("--blocks", default="4,5,6", help="forward chainings (time blocks of train+val), comma-separated")
     ap.add_argument("--settings", default="all", help="'all' or comma-separated balance:lr, e.g. sampler:0.001")
-    ap.add_argument("--seeds", type=int, default=1, help="tunings per candidate; more than 1: their weight average (soup)")
+    ap.add_argument(
+        "--seeds", type=int, default=1, help="tunings per candidate; more than 1: their weight average (soup)"
+    )
     ap.add_argument("--name", default="partial_finetune", help="results file name under experiments/results/")
     args = ap.parse_args()
-    settings = SETTINGS if args.settings == "all" else [
-        {"balance": b, "lr": float(lr)} for b, lr in (item.split(":") for item in args.settings.split(","))]
+    settings = (
+        SETTINGS
+        if args.settings == "all"
+        else [{"balance": b, "lr": float(lr)} for b, lr in (item.split(":") for item in args.settings.split(","))]
+    )
     start_time = time.perf_counter()
 
     paths, y, names, sols, n_train = train_val_by_sol(args.data)
@@ -128,7 +136,7 @@ def main() -> None:
     print(f"cached maps {tuple(maps.shape)}: {time.perf_counter() - start_time:.0f} s", flush=True)
 
     # Stage 1, val (fitted on train): every setting and alpha.
-    (fit, scored), = sels["val"]
+    ((fit, scored),) = sels["val"]
     base, preds, rates = run_fold(backbone, maps, feats, y, fit, scored, settings, ALPHAS, args.epochs, args.seeds)
     val = {key: compare(y[scored], p, base, names) for key, p in preds.items()}
     probe = {"val": compare(y[scored], base, base, names)}
@@ -142,8 +150,10 @@ def main() -> None:
         for sel, folds in sels.items():
             if sel == "val":
                 continue
-            runs = [run_fold(backbone, maps, feats, y, fit, scored, [setting], alphas, args.epochs, args.seeds)
-                    for fit, scored in folds]
+            runs = [
+                run_fold(backbone, maps, feats, y, fit, scored, [setting], alphas, args.epochs, args.seeds)
+                for fit, scored in folds
+            ]
             truth = np.concatenate([y[scored] for _, scored in folds])
             fold_base = np.concatenate([r[0] for r in runs])
             probe[sel] = compare(truth, fold_base, fold_base, names)  # the same for every setting
@@ -157,35 +167,75 @@ def main() -> None:
         scores = {"val": sc, **forward.get((setting, alpha), {})}
         candidate = (setting, alpha) in forward and not is_member((setting, alpha))
         verdict = replaces_shipped(scores) if candidate else None
-        rows.append({"setting": setting, "alpha": alpha, "tune_img_per_s": round(rates[setting], 1),
-                     "through_val_gate": (setting, alpha) in passed, "scores": scores, "replaces_shipped": verdict})
+        rows.append(
+            {
+                "setting": setting,
+                "alpha": alpha,
+                "tune_img_per_s": round(rates[setting], 1),
+                "through_val_gate": (setting, alpha) in passed,
+                "scores": scores,
+                "replaces_shipped": verdict,
+            }
+        )
     minutes = (time.perf_counter() - start_time) / 60
 
     def cell(sc: dict) -> str:
-        return (f"{sc['acc']:.3f} / {sc['macro_f1']:.3f} ({100 * sc['acc_diff_ci95'][0]:+.1f}..{100 * sc['acc_diff_ci95'][1]:+.1f})"
-                f" / ({100 * sc['macro_f1_diff_ci95'][0]:+.1f}..{100 * sc['macro_f1_diff_ci95'][1]:+.1f})")
+        return (
+            f"{sc['acc']:.3f} / {sc['macro_f1']:.3f} "
+            f"({100 * sc['acc_diff_ci95'][0]:+.1f}..{100 * sc['acc_diff_ci95'][1]:+.1f})"
+            f" / ({100 * sc['macro_f1_diff_ci95'][0]:+.1f}..{100 * sc['macro_f1_diff_ci95'][1]:+.1f})"
+        )
 
     cols = list(sels)
-    md = ["# Partial fine-tuning (last two stages + head) from the probe, WiSE-FT interpolation", "",
-          f"Lite0 multi-level at {args.img_size} px, {args.epochs} epochs on {args.views} cached views. Cells: "
-          "accuracy / macro-F1, then the paired 95 % bootstrap intervals (points) of the differences to the "
-          "frozen C = 1 probe fitted on the same images. Forward columns score held-out images of seen classes "
-          "(probe_forward.py's chainings); only settings through the val gate (no interval below 0, one above) "
-          "are run there." + (f" A soup averages the weights of {args.seeds} tunings that differ only in their seed "
-                              "before the interpolation; its members (rows '…, seed i') are shown for the seed spread "
-                              "and are not candidates." if args.seeds > 1 else ""), "",
-          "| setting | alpha | " + " | ".join(cols) + " | replaces the probe |", "|---|---|" + "---|" * (len(cols) + 1),
-          "| frozen probe, C = 1 | 0 | " + " | ".join(f"{probe[c]['acc']:.3f} / {probe[c]['macro_f1']:.3f}" if c in probe else "–"
-                                                   for c in cols) + " | – |"]
-    md += [f"| {r['setting']} | {r['alpha']:g} | " + " | ".join(cell(r["scores"][c]) if c in r["scores"] else "–" for c in cols)
-           + f" | {'–' if r['replaces_shipped'] is None else 'yes' if r['replaces_shipped'] else 'no'} |" for r in rows]
-    md += ["", "Rule (probe_forward.py's): replace the probe only if every forward macro-F1 interval is above 0 "
-           "and no interval of any column is below 0.",
-           f"Tuning speed on cached maps: {', '.join(f'{k}: {v:.0f} img/s' for k, v in rates.items())}. "
-           f"Total run {minutes:.1f} min on this machine."]
-    write_results(args.name, {"img_size": args.img_size, "epochs": args.epochs, "views": args.views, "seeds": args.seeds,
-                              "probe": probe, "rows": rows, "minutes": round(minutes, 1)}, "\n".join(md),
-                  folder=EXPERIMENT_RESULTS)
+    md = [
+        "# Partial fine-tuning (last two stages + head) from the probe, WiSE-FT interpolation",
+        "",
+        f"Lite0 multi-level at {args.img_size} px, {args.epochs} epochs on {args.views} cached views. Cells: "
+        "accuracy / macro-F1, then the paired 95 % bootstrap intervals (points) of the differences to the "
+        "frozen C = 1 probe fitted on the same images. Forward columns score held-out images of seen classes "
+        "(probe_forward.py's chainings); only settings through the val gate (no interval below 0, one above) "
+        "are run there."
+        + (
+            f" A soup averages the weights of {args.seeds} tunings that differ only in their seed "
+            "before the interpolation; its members (rows '…, seed i') are shown for the seed spread "
+            "and are not candidates."
+            if args.seeds > 1
+            else ""
+        ),
+        "",
+        "| setting | alpha | " + " | ".join(cols) + " | replaces the probe |",
+        "|---|---|" + "---|" * (len(cols) + 1),
+        "| frozen probe, C = 1 | 0 | "
+        + " | ".join(f"{probe[c]['acc']:.3f} / {probe[c]['macro_f1']:.3f}" if c in probe else "–" for c in cols)
+        + " | – |",
+    ]
+    md += [
+        f"| {r['setting']} | {r['alpha']:g} | "
+        + " | ".join(cell(r["scores"][c]) if c in r["scores"] else "–" for c in cols)
+        + f" | {'–' if r['replaces_shipped'] is None else 'yes' if r['replaces_shipped'] else 'no'} |"
+        for r in rows
+    ]
+    md += [
+        "",
+        "Rule (probe_forward.py's): replace the probe only if every forward macro-F1 interval is above 0 "
+        "and no interval of any column is below 0.",
+        f"Tuning speed on cached maps: {', '.join(f'{k}: {v:.0f} img/s' for k, v in rates.items())}. "
+        f"Total run {minutes:.1f} min on this machine.",
+    ]
+    write_results(
+        args.name,
+        {
+            "img_size": args.img_size,
+            "epochs": args.epochs,
+            "views": args.views,
+            "seeds": args.seeds,
+            "probe": probe,
+            "rows": rows,
+            "minutes": round(minutes, 1),
+        },
+        "\n".join(md),
+        folder=EXPERIMENT_RESULTS,
+    )
 
 
 if __name__ == "__main__":

@@ -27,14 +27,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from result_files import EXPERIMENT_RESULTS, write_results  # noqa: E402
+
 from marsvision.data.msl import MSLDataset, decode_many  # noqa: E402
 from marsvision.metrics import paired_scores  # noqa: E402
 from marsvision.training.probe import extract_features, fit_head, frozen_backbone  # noqa: E402
 
 SHIPPED = {"features": "multi-level", "power": 1.0, "C": 1.0, "flip": False}
-SETTINGS = ([{"features": "multi-level", "power": 1.0, "C": c, "flip": False} for c in (0.3, 1.0, 3.0, 10.0)]
-            + [{"features": "head", "power": p, "C": c, "flip": f}
-               for f in (False, True) for p in (1.0, 0.75, 0.5) for c in (1.0, 3.0, 10.0)])
+SETTINGS = [{"features": "multi-level", "power": 1.0, "C": c, "flip": False} for c in (0.3, 1.0, 3.0, 10.0)] + [
+    {"features": "head", "power": p, "C": c, "flip": f}
+    for f in (False, True)
+    for p in (1.0, 0.75, 0.5)
+    for c in (1.0, 3.0, 10.0)
+]
 HEAD = 1280  # the multi-level features start with the head's
 
 
@@ -71,19 +75,36 @@ def main() -> None:
     for s in SETTINGS:
         p = preds[json.dumps(s)]
         sc = paired_scores(y_va, p, ref, names)
-        rows.append({**s, "val_acc": round(sc["accuracy"], 4), "val_macro_f1": round(sc["macro_f1"], 4),
-                     "val_acc_diff_ci95": [round(v, 4) for v in sc["accuracy_diff"]],
-                     "val_macro_f1_diff_ci95": [round(v, 4) for v in sc["macro_f1_diff"]]})
+        rows.append(
+            {
+                **s,
+                "val_acc": round(sc["accuracy"], 4),
+                "val_macro_f1": round(sc["macro_f1"], 4),
+                "val_acc_diff_ci95": [round(v, 4) for v in sc["accuracy_diff"]],
+                "val_macro_f1_diff_ci95": [round(v, 4) for v in sc["macro_f1_diff"]],
+            }
+        )
+
     def span(v: list[float]) -> str:
         return f"{v[0]:+.3f} to {v[1]:+.3f}"
 
-    lines = ["| features | class weight | C | flipped copies | val acc | val macro-F1 | acc − shipped, 95% CI | "
-             "macro-F1 − shipped, 95% CI |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['features']} | count^-{r['power']:g} | {r['C']:g} | {'yes' if r['flip'] else 'no'} | "
-              f"{r['val_acc']:.4f} | {r['val_macro_f1']:.4f} | {span(r['val_acc_diff_ci95'])} | "
-              f"{span(r['val_macro_f1_diff_ci95'])} |" for r in rows]
-    write_results("probe_ablation", {"img_size": args.img_size, "shipped": SHIPPED, "rows": rows}, "\n".join(lines),
-                  folder=EXPERIMENT_RESULTS)
+    lines = [
+        "| features | class weight | C | flipped copies | val acc | val macro-F1 | acc − shipped, 95% CI | "
+        "macro-F1 − shipped, 95% CI |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['features']} | count^-{r['power']:g} | {r['C']:g} | {'yes' if r['flip'] else 'no'} | "
+        f"{r['val_acc']:.4f} | {r['val_macro_f1']:.4f} | {span(r['val_acc_diff_ci95'])} | "
+        f"{span(r['val_macro_f1_diff_ci95'])} |"
+        for r in rows
+    ]
+    write_results(
+        "probe_ablation",
+        {"img_size": args.img_size, "shipped": SHIPPED, "rows": rows},
+        "\n".join(lines),
+        folder=EXPERIMENT_RESULTS,
+    )
 
 
 if __name__ == "__main__":

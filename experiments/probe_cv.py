@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from result_files import EXPERIMENT_RESULTS, write_results  # noqa: E402
+
 from marsvision.data.msl import MSLDataset, decode_many, sol_of  # noqa: E402
 from marsvision.metrics import bootstrap_ci, classification_metrics  # noqa: E402
 from marsvision.training.probe import extract_features, fit_head, frozen_backbone  # noqa: E402
@@ -70,21 +71,36 @@ def main() -> None:
     rows = []
     for (fname, c), pred in oof.items():
         m = classification_metrics(y, pred, names)
-        rows.append({"features": fname, "C": c, "oof_acc": round(m["accuracy"], 4),
-                     "oof_macro_f1": round(m["macro_f1"], 4)})
+        rows.append(
+            {"features": fname, "C": c, "oof_acc": round(m["accuracy"], 4), "oof_macro_f1": round(m["macro_f1"], 4)}
+        )
     best = {f: max((r for r in rows if r["features"] == f), key=lambda r: r["oof_macro_f1"])["C"] for f in FEATURES}
     ci = bootstrap_ci(y, oof["multi-level", best["multi-level"]], baseline=oof["head", best["head"]])
-    result = {"images": len(y), "sols": int(len(set(groups))), "folds": args.folds, "img_size": args.img_size,
-              "best_C": best, "rows": rows,
-              "multi_level_minus_head_ci95": {"accuracy": [round(v, 4) for v in ci["accuracy_diff"]],
-                                              "macro_f1": [round(v, 4) for v in ci["macro_f1_diff"]]}}
+    result = {
+        "images": len(y),
+        "sols": int(len(set(groups))),
+        "folds": args.folds,
+        "img_size": args.img_size,
+        "best_C": best,
+        "rows": rows,
+        "multi_level_minus_head_ci95": {
+            "accuracy": [round(v, 4) for v in ci["accuracy_diff"]],
+            "macro_f1": [round(v, 4) for v in ci["macro_f1_diff"]],
+        },
+    }
     lines = ["| features | C | out-of-fold acc | out-of-fold macro-F1 |", "|---|---|---|---|"]
-    lines += [f"| {r['features']}{' (best C)' if best[r['features']] == r['C'] else ''} | {r['C']:g} | "
-              f"{r['oof_acc']:.4f} | {r['oof_macro_f1']:.4f} |" for r in rows]
+    lines += [
+        f"| {r['features']}{' (best C)' if best[r['features']] == r['C'] else ''} | {r['C']:g} | "
+        f"{r['oof_acc']:.4f} | {r['oof_macro_f1']:.4f} |"
+        for r in rows
+    ]
     d = result["multi_level_minus_head_ci95"]
-    lines += ["", f"Multi-level − head at their best C, paired 95 % bootstrap over the {len(y)} images: accuracy "
-              f"{d['accuracy'][0]:+.3f} to {d['accuracy'][1]:+.3f}, macro-F1 {d['macro_f1'][0]:+.3f} to "
-              f"{d['macro_f1'][1]:+.3f} ({args.folds} folds grouped by sol, {result['sols']} sols)."]
+    lines += [
+        "",
+        f"Multi-level − head at their best C, paired 95 % bootstrap over the {len(y)} images: accuracy "
+        f"{d['accuracy'][0]:+.3f} to {d['accuracy'][1]:+.3f}, macro-F1 {d['macro_f1'][0]:+.3f} to "
+        f"{d['macro_f1'][1]:+.3f} ({args.folds} folds grouped by sol, {result['sols']} sols).",
+    ]
     write_results("probe_cv", result, "\n".join(lines), folder=EXPERIMENT_RESULTS)
 
 

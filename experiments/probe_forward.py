@@ -64,14 +64,17 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from result_files import EXPERIMENT_RESULTS, write_results  # noqa: E402
+from self_training import self_train  # noqa: E402
+
 from marsvision.data.msl import MSLDataset, decode_many, sol_of  # noqa: E402
 from marsvision.metrics import paired_scores  # noqa: E402
-from marsvision.training.probe import fit_head, frozen_backbone  # noqa: E402
-from self_training import self_train  # noqa: E402
 from marsvision.nets.device import autocast  # noqa: E402
 from marsvision.training.augment import TrainPreset  # noqa: E402
+from marsvision.training.probe import fit_head, frozen_backbone  # noqa: E402
 
 HEAD = 1280  # the multi-level features start with the head's
+
+
 @dataclass
 class SolDrift:
     """Directions in which the features of a class move from one period of sols to the next, projected out.
@@ -120,14 +123,20 @@ SHIPPED = {"features": "multi-level", "C": 1.0, "views": 1, "sol_balance": False
 CANDIDATES = [
     SHIPPED,
     {"features": "head", "C": 3.0},  # the bundled setting before the multi-level model
-    {"C": 0.1}, {"C": 0.3}, {"C": 3.0},
-    {"views": 2}, {"views": 5}, {"C": 0.1, "views": 5},
+    {"C": 0.1},
+    {"C": 0.3},
+    {"C": 3.0},
+    {"views": 2},
+    {"views": 5},
+    {"C": 0.1, "views": 5},
     {"sol_balance": True},
-    {"features": "top/bottom halves"}, {"features": "top/bottom halves", "C": 0.1},
+    {"features": "top/bottom halves"},
+    {"features": "top/bottom halves", "C": 0.1},
     {"features": "L2-normalised"},
     # Added for the second run (see the docstring): the two closest inductive settings together, and
     # self-training on the held-out images (transductive).
-    {"sol_balance": True, "C": 0.3}, {"self_train": True},
+    {"sol_balance": True, "C": 0.3},
+    {"self_train": True},
     # Added for the third run: sol-drift directions removed (see the docstring).
     {"drift": 8},
 ]
@@ -173,9 +182,9 @@ def sample_weights(y: np.ndarray, sols: np.ndarray, sol_balance: bool) -> np.nda
     count, k = Counter(y.tolist()), len(set(y.tolist()))
     if not sol_balance:
         return np.array([len(y) / (k * count[c]) for c in y])
-    per_sol = Counter(zip(y.tolist(), sols.tolist()))
+    per_sol = Counter(zip(y.tolist(), sols.tolist(), strict=True))
     sols_of_class = Counter(c for c, _ in per_sol)
-    return np.array([len(y) / (k * sols_of_class[c] * per_sol[c, s]) for c, s in zip(y, sols)])
+    return np.array([len(y) / (k * sols_of_class[c] * per_sol[c, s]) for c, s in zip(y, sols, strict=True)])
 
 
 def fit_predict(x: np.ndarray, y, sols, fit, pool, held, cand: dict, views: int) -> np.ndarray:
@@ -211,17 +220,21 @@ def selectors(y, sols, n_train: int, blocks: list[int], pool: bool = False) -> d
     out = {"val": [(idx[:n_train], idx[n_train:], idx[n_train:])]}
     for b in blocks:
         # Score only held-out images whose class the fitted blocks contain (see the module docstring).
-        out[f"forward, {b} blocks"] = [(idx[fit], idx[held], idx[held][np.isin(y[held], y[fit])])
-                                       for fit, held in forward_folds(sols, b)]
+        out[f"forward, {b} blocks"] = [
+            (idx[fit], idx[held], idx[held][np.isin(y[held], y[fit])]) for fit, held in forward_folds(sols, b)
+        ]
     return out if pool else {sel: [(f, s) for f, _, s in folds] for sel, folds in out.items()}
 
 
 def compare(truth: np.ndarray, pred: np.ndarray, base: np.ndarray, names) -> dict:
     """Accuracy and macro-F1, and their paired 95 % intervals against the shipped setting's predictions."""
     s = paired_scores(truth, pred, base, names)
-    return {"acc": round(s["accuracy"], 4), "macro_f1": round(s["macro_f1"], 4),
-            "acc_diff_ci95": [round(v, 4) for v in s["accuracy_diff"]],
-            "macro_f1_diff_ci95": [round(v, 4) for v in s["macro_f1_diff"]]}
+    return {
+        "acc": round(s["accuracy"], 4),
+        "macro_f1": round(s["macro_f1"], 4),
+        "acc_diff_ci95": [round(v, 4) for v in s["accuracy_diff"]],
+        "macro_f1_diff_ci95": [round(v, 4) for v in s["macro_f1_diff"]],
+    }
 
 
 def replaces_shipped(scores: dict) -> bool:
@@ -244,7 +257,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="", help="data set folder")
     ap.add_argument("--img-size", type=int, default=192, help="input size in pixels")
-    ap.add_argument("--blocks", default="4,5,6", help="time blocks of train+val (blocks - 1 forward folds each), comma-separated")
+    ap.add_argument(
+        "--blocks", default="4,5,6", help="time blocks of train+val (blocks - 1 forward folds each), comma-separated"
+    )
     args = ap.parse_args()
     start = time.perf_counter()
     paths, y, names, sols, n_train = train_val_by_sol(args.data)
@@ -259,9 +274,12 @@ def main() -> None:
     for cand in cands:
         x = features(cand["features"], rows, pooled)
         views = min(cand["views"], len(x))
-        preds[label(cand)] = {sel: np.concatenate([
-            fit_predict(x, y, sols, fit, pool, scored, cand, views) for fit, pool, scored in folds])
-            for sel, folds in sels.items()}
+        preds[label(cand)] = {
+            sel: np.concatenate(
+                [fit_predict(x, y, sols, fit, pool, scored, cand, views) for fit, pool, scored in folds]
+            )
+            for sel, folds in sels.items()
+        }
         print(label(cand), f"{time.perf_counter() - start:.0f} s", flush=True)
 
     truth = {sel: np.concatenate([y[scored] for *_, scored in folds]) for sel, folds in sels.items()}
@@ -269,27 +287,52 @@ def main() -> None:
     table = []
     for cand in cands:
         scores = {sel: compare(truth[sel], preds[label(cand)][sel], base[sel], names) for sel in sels}
-        table.append({"candidate": label(cand), **cand, "scores": scores,
-                      "replaces_shipped": None if cand is cands[0] else replaces_shipped(scores)})
-    result = {"img_size": args.img_size, "seconds": round(time.perf_counter() - start, 1),
-              "selectors": {sel: {"fitted_scored_per_fold": [[len(f), len(s)] for f, _, s in folds]}
-                            for sel, folds in sels.items()},
-              "rows": table}
+        table.append(
+            {
+                "candidate": label(cand),
+                **cand,
+                "scores": scores,
+                "replaces_shipped": None if cand is cands[0] else replaces_shipped(scores),
+            }
+        )
+    result = {
+        "img_size": args.img_size,
+        "seconds": round(time.perf_counter() - start, 1),
+        "selectors": {
+            sel: {"fitted_scored_per_fold": [[len(f), len(s)] for f, _, s in folds]} for sel, folds in sels.items()
+        },
+        "rows": table,
+    }
+
     def cell(sc: dict, first: bool) -> str:
-        diff = "" if first else (f" ({sc['acc_diff_ci95'][0]:+.3f}..{sc['acc_diff_ci95'][1]:+.3f}) / "
-                                 f"({sc['macro_f1_diff_ci95'][0]:+.3f}..{sc['macro_f1_diff_ci95'][1]:+.3f})")
+        diff = (
+            ""
+            if first
+            else (
+                f" ({sc['acc_diff_ci95'][0]:+.3f}..{sc['acc_diff_ci95'][1]:+.3f}) / "
+                f"({sc['macro_f1_diff_ci95'][0]:+.3f}..{sc['macro_f1_diff_ci95'][1]:+.3f})"
+            )
+        )
         return f"{sc['acc']:.3f} / {sc['macro_f1']:.3f}{diff}"
 
     lines = ["| candidate | " + " | ".join(sels) + " | replaces shipped |", "|---|" + "---|" * (len(sels) + 1)]
-    lines += [f"| {r['candidate']}{' (shipped)' if i == 0 else ''} | "
-              + " | ".join(cell(sc, i == 0) for sc in r["scores"].values())
-              + f" | {'–' if i == 0 else 'yes' if r['replaces_shipped'] else 'no'} |" for i, r in enumerate(table)]
-    sizes = "; ".join(f"{sel}: " + ", ".join(f"{a}/{b}" for a, b in v["fitted_scored_per_fold"])
-                      for sel, v in result["selectors"].items())
-    lines += ["", "Cells: accuracy / macro-F1, then in brackets the paired 95 % bootstrap intervals of the "
-              "differences to the shipped setting (accuracy / macro-F1). Forward columns score held-out "
-              f"images of seen classes only. Images fitted/scored per fold: {sizes}. "
-              f"{result['seconds']:.0f} s on this machine."]
+    lines += [
+        f"| {r['candidate']}{' (shipped)' if i == 0 else ''} | "
+        + " | ".join(cell(sc, i == 0) for sc in r["scores"].values())
+        + f" | {'–' if i == 0 else 'yes' if r['replaces_shipped'] else 'no'} |"
+        for i, r in enumerate(table)
+    ]
+    sizes = "; ".join(
+        f"{sel}: " + ", ".join(f"{a}/{b}" for a, b in v["fitted_scored_per_fold"])
+        for sel, v in result["selectors"].items()
+    )
+    lines += [
+        "",
+        "Cells: accuracy / macro-F1, then in brackets the paired 95 % bootstrap intervals of the "
+        "differences to the shipped setting (accuracy / macro-F1). Forward columns score held-out "
+        f"images of seen classes only. Images fitted/scored per fold: {sizes}. "
+        f"{result['seconds']:.0f} s on this machine.",
+    ]
     write_results("probe_forward", result, "\n".join(lines), folder=EXPERIMENT_RESULTS)
 
 

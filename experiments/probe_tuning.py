@@ -7,7 +7,8 @@ Distort Pretrained Features", ICLR 2022). The tuned weights are then interpolate
 (1 - alpha) * probe + alpha * tuned (Wortsman et al., "Robust fine-tuning of zero-shot models",
 CVPR 2022), optionally after averaging several tunings that differ only in their seed (``average``).
 The first five stages stay frozen, so their outputs are computed once per training view and tuning
-runs on those cached maps: ~130 img/s on 2 CPU cores against ~25 for full fine-tuning. experiments/partial_finetune.py chose the settings, on val and forward in time.
+runs on those cached maps: ~130 img/s on 2 CPU cores against ~25 for full fine-tuning.
+experiments/partial_finetune.py chose the settings, on val and forward in time.
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ class ProbeTail(torch.nn.Module):
     def fold_into(self, multilevel) -> None:
         """Copy these weights into ``multilevel`` (its classifier must have this one's shape)."""
         net = multilevel.net
-        for dst, src in ((net.blocks[5], self.stage6), (net.blocks[6], self.stage7), (net.conv_head, self.conv_head),
-                         (net.bn2, self.bn2), (multilevel.get_classifier(), self.classifier)):
+        for dst, src in (
+            (net.blocks[5], self.stage6),
+            (net.blocks[6], self.stage7),
+            (net.conv_head, self.conv_head),
+            (net.bn2, self.bn2),
+            (multilevel.get_classifier(), self.classifier),
+        ):
             dst.load_state_dict(src.state_dict())
 
 
@@ -105,8 +111,17 @@ def probe_features(multilevel, maps: torch.Tensor) -> np.ndarray:
     return _in_batches(frozen.features, maps).numpy()
 
 
-def tune_tail(start: ProbeTail, maps: torch.Tensor, rows: np.ndarray, y: np.ndarray, lr: float, epochs: int,
-              balance: str = "sampler", seed: int = 0, progress: bool = False) -> tuple[ProbeTail, float]:
+def tune_tail(
+    start: ProbeTail,
+    maps: torch.Tensor,
+    rows: np.ndarray,
+    y: np.ndarray,
+    lr: float,
+    epochs: int,
+    balance: str = "sampler",
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[ProbeTail, float]:
     """Fine-tune a copy of ``start`` on the cached maps (V, N, ...) of images ``rows`` (labels ``y``).
 
     Square-root-balanced sampling ("sampler", as ``train``) or a fully balanced loss ("loss"), AdamW,
@@ -131,7 +146,7 @@ def tune_tail(start: ProbeTail, maps: torch.Tensor, rows: np.ndarray, y: np.ndar
     for epoch in range(epochs):
         order = epoch_order(y, sampler, epoch, seed)
         for i in range(per_epoch):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             view = torch.randint(0, maps.shape[0], (len(idx),), generator=g)
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * per_epoch + i, total, total // 10, lr, "cosine")
@@ -152,8 +167,12 @@ def average(models: list[ProbeTail], weights: list[float] | None = None) -> Prob
     tunings from one start, Wortsman et al., ICML 2022); other tensors come from the last model."""
     weights = weights or [1 / len(models)] * len(models)
     out, states = copy.deepcopy(models[0]), [m.state_dict() for m in models]
-    out.load_state_dict({k: sum(w * s[k] for w, s in zip(weights, states)) if v.is_floating_point() else states[-1][k]
-                         for k, v in states[0].items()})
+    out.load_state_dict(
+        {
+            k: sum(w * s[k] for w, s in zip(weights, states, strict=True)) if v.is_floating_point() else states[-1][k]
+            for k, v in states[0].items()
+        }
+    )
     return out
 
 

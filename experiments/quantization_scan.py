@@ -22,12 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from result_files import EXPERIMENT_RESULTS, write_results  # noqa: E402
-from marsvision.nets.checkpoint import build_model  # noqa: E402
-from marsvision.export.onnx import ExportConfig, export_fp32, onnx_logits  # noqa: E402
-from marsvision.export.onnx import quant_options  # noqa: E402
-from marsvision.export.quantize import quantize_int8, resolve_nodes  # noqa: E402
 from quantization import fidelity, load_inputs  # noqa: E402  (beside this script)
+from result_files import EXPERIMENT_RESULTS, write_results  # noqa: E402
+
+from marsvision.export.onnx import (  # noqa: E402
+    ExportConfig,
+    export_fp32,
+    onnx_logits,
+    quant_options,  # noqa: E402
+)
+from marsvision.export.quantize import quantize_int8, resolve_nodes  # noqa: E402
+from marsvision.nets.checkpoint import build_model  # noqa: E402
 
 
 def main() -> None:
@@ -62,13 +67,24 @@ def main() -> None:
                 rows.append({"node": name, "index": i, **score([name])})
                 print(json.dumps(rows[-1]), flush=True)
     rows.sort(key=lambda r: (-r["agreement"], r["rms_logit_error"]))
-    data = {"model": args.model, "calibration": "minmax, class-balanced train images",
-            "always_float": always, "baseline": baseline, "rows": rows}
-    lines = [f"Default float set alone: agreement {baseline['agreement']:.2%}, RMS logit error "
-             f"{baseline['rms_logit_error']:.3f}, {baseline['mb']} MB.", "",
-             "| conv (graph order) | node | val agreement with fp32 | RMS logit error | MB |", "|---|---|---|---|---|"]
-    lines += [f"| {r['index']} | `{r['node']}` | {r['agreement']:.2%} | {r['rms_logit_error']:.3f} | {r['mb']} |"
-              for r in rows]
+    data = {
+        "model": args.model,
+        "calibration": "minmax, class-balanced train images",
+        "always_float": always,
+        "baseline": baseline,
+        "rows": rows,
+    }
+    lines = [
+        f"Default float set alone: agreement {baseline['agreement']:.2%}, RMS logit error "
+        f"{baseline['rms_logit_error']:.3f}, {baseline['mb']} MB.",
+        "",
+        "| conv (graph order) | node | val agreement with fp32 | RMS logit error | MB |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['index']} | `{r['node']}` | {r['agreement']:.2%} | {r['rms_logit_error']:.3f} | {r['mb']} |"
+        for r in rows
+    ]
     write_results("quantization_scan", data, "\n".join(lines), show=20, folder=EXPERIMENT_RESULTS)
 
 

@@ -33,8 +33,16 @@ from marsvision.nets.models import model_defaults  # noqa: E402
 from marsvision.training.probe import ProbeConfig, extract_features, fit_head, fold_head, frozen_backbone  # noqa: E402
 
 
-def self_train(x: np.ndarray, y: np.ndarray, pool: np.ndarray, c: float, threshold: float = 0.9,
-               weight: float = 0.5, sample_weight: np.ndarray | None = None, first=None) -> tuple:
+def self_train(
+    x: np.ndarray,
+    y: np.ndarray,
+    pool: np.ndarray,
+    c: float,
+    threshold: float = 0.9,
+    weight: float = 0.5,
+    sample_weight: np.ndarray | None = None,
+    first=None,
+) -> tuple:
     """Adapt ``fit_head`` to unlabelled images of a later period by one round of pseudo-labels (Lee, 2013).
 
     Fit on (x, y); label the ``pool`` images (M, F) whose top probability is ≥ ``threshold``; refit on
@@ -42,6 +50,7 @@ def self_train(x: np.ndarray, y: np.ndarray, pool: np.ndarray, c: float, thresho
     part keeps ``sample_weight`` (default: class-balanced, mean 1). ``first``: that first fit, if the
     caller already made it. Returns (pipeline, kept mask (M,)).
     """
+
     def balanced(labels):
         count = np.bincount(labels)
         return len(labels) / (np.count_nonzero(count) * count[labels])
@@ -112,13 +121,37 @@ def main(argv: list[str] | None = None) -> Path:
     head.weight.data, head.bias.data = torch.from_numpy(w), torch.from_numpy(b)
     d = model_defaults(args.model)
     run = Path(args.out) / "experiments" / args.name
-    cfg = {**asdict(ProbeConfig(model=args.model, data=args.data, train_splits=args.train_splits,
-                                img_size=args.img_size, c=args.c, limit=args.limit)), **vars(args)}
-    save_model(run / "best.pt", backbone, model_meta(args.model, [ds.class_names[c] for c in class_ids], args.img_size,
-                                                     d["mean"], d["std"], config=cfg, metrics={"adapted": adapted}))
+    cfg = {
+        **asdict(
+            ProbeConfig(
+                model=args.model,
+                data=args.data,
+                train_splits=args.train_splits,
+                img_size=args.img_size,
+                c=args.c,
+                limit=args.limit,
+            )
+        ),
+        **vars(args),
+    }
+    save_model(
+        run / "best.pt",
+        backbone,
+        model_meta(
+            args.model,
+            [ds.class_names[c] for c in class_ids],
+            args.img_size,
+            d["mean"],
+            d["std"],
+            config=cfg,
+            metrics={"adapted": adapted},
+        ),
+    )
     with atomic_write(run / "config.json") as f:
         json.dump({**cfg, "adapted": adapted}, f, indent=2)
-    print(f"self-trained on {adapted['pseudo_labelled']} of {adapted['images']} {args.adapt} images → {run / 'best.pt'}")
+    print(
+        f"self-trained on {adapted['pseudo_labelled']} of {adapted['images']} {args.adapt} images → {run / 'best.pt'}"
+    )
     return run / "best.pt"
 
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "experiments"))
 
 from probe_tuning import ProbeTail, average, frozen_stage_maps, interpolate, probe_features, tail_outputs, tune_tail  # noqa: E402
+
 from marsvision.atomic import atomic_write  # noqa: E402
 from marsvision.data.msl import MSLDataset, decode_many  # noqa: E402
 from marsvision.metrics import classification_metrics, paired_scores  # noqa: E402
@@ -41,9 +42,12 @@ def tuning_on_val(probe: ProbeTail, tuned: ProbeTail, maps: torch.Tensor, y: np.
     base, pred = (tail_outputs(m, maps).argmax(1).numpy() for m in (probe, tuned))
     scores = paired_scores(y, pred, base, names)
     own = classification_metrics(y, base, names)
-    return {"probe": {"accuracy": own["accuracy"], "macro_f1": own["macro_f1"]},
-            "tuned": {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]},
-            "accuracy_diff": scores["accuracy_diff"], "macro_f1_diff": scores["macro_f1_diff"]}
+    return {
+        "probe": {"accuracy": own["accuracy"], "macro_f1": own["macro_f1"]},
+        "tuned": {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]},
+        "accuracy_diff": scores["accuracy_diff"],
+        "macro_f1_diff": scores["macro_f1_diff"],
+    }
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -79,21 +83,36 @@ def main(argv: list[str] | None = None) -> Path:
     head = backbone.get_classifier()
     head.weight.data, head.bias.data = torch.from_numpy(w), torch.from_numpy(b)
     probe = ProbeTail(backbone, head.weight.data, head.bias.data)
-    members, rates = zip(*[tune_tail(probe, maps_tr, np.arange(len(y_tr)), y_tr, args.lr, args.epochs, seed=seed)
-                           for seed in range(args.seeds)])
+    members, rates = zip(
+        *[
+            tune_tail(probe, maps_tr, np.arange(len(y_tr)), y_tr, args.lr, args.epochs, seed=seed)
+            for seed in range(args.seeds)
+        ],
+        strict=True,
+    )
     tuned = interpolate(probe, average(list(members)), args.alpha)
     tuned.fold_into(backbone)
     tune_val = None
     if args.val_split not in args.train_splits.split("+"):
         val = ds.split(args.val_split).subset(args.limit or None)
         keep = [i for i, c in enumerate(val.labels) if c in to_index]
-        tune_val = tuning_on_val(probe, tuned, maps_of([val.paths[i] for i in keep])[0],
-                                 np.array([to_index[c] for c in val.labels[keep]]), names)
+        tune_val = tuning_on_val(
+            probe,
+            tuned,
+            maps_of([val.paths[i] for i in keep])[0],
+            np.array([to_index[c] for c in val.labels[keep]]),
+            names,
+        )
     d = model_defaults(MODEL)
     run = Path(args.out) / "experiments" / args.name
     cfg = {"model": MODEL, **vars(args), "tune_img_per_s": round(float(np.mean(rates)), 1), "tune_val": tune_val}
-    save_model(run / "best.pt", backbone, model_meta(MODEL, names, args.img_size, d["mean"], d["std"], config=cfg,
-                                                     metrics={"C": args.c, "tune_val": tune_val}))
+    save_model(
+        run / "best.pt",
+        backbone,
+        model_meta(
+            MODEL, names, args.img_size, d["mean"], d["std"], config=cfg, metrics={"C": args.c, "tune_val": tune_val}
+        ),
+    )
     with atomic_write(run / "config.json") as f:
         json.dump(cfg, f, indent=2)
     print(f"tuned probe → {run / 'best.pt'}; on {args.val_split}: {json.dumps(tune_val)}")

@@ -22,15 +22,61 @@ EXIT_OK, EXIT_FAILED_INPUTS, EXIT_ERROR = 0, 1, 2
 class PredictConfig:
     """Classify image files and folders (recursively); one output row per input."""
 
-    model: str = field(default="", metadata={"help": "model file: .onnx (fp32 or int8) or a torch .pt checkpoint (default: the bundled int8 model)"})
-    output: str = field(default="", metadata={"help": "write results to this .csv, .json or .parquet file (Parquet: with sha256, top-k and features; needs pip install 'marsvision[parquet]') (default: a table on a terminal, CSV when piped)"})
+    model: str = field(
+        default="",
+        metadata={
+            "help": "model file: .onnx (fp32 or int8) or a torch .pt checkpoint (default: the bundled int8 model)"
+        },
+    )
+    output: str = field(
+        default="",
+        metadata={
+            "help": (
+                "write results to this .csv, .json or .parquet file (Parquet: with "
+                "sha256, top-k and features; needs pip install 'marsvision[parquet]') "
+                "(default: a table on a terminal, CSV when piped)"
+            )
+        },
+    )
     top_k: int = field(default=1, metadata={"help": "also report the K most likely classes"})
-    min_confidence: float = field(default=0.0, metadata={"help": "leave the label empty (column 'withheld' says why) when the calibrated confidence is below this or the image is flagged unknown (0: always label)"})
-    batch_size: int = field(default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"})
-    threads: int = field(default=0, metadata={"help": "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"})
+    min_confidence: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "leave the label empty (column 'withheld' says why) when the calibrated "
+                "confidence is below this or the image is flagged unknown (0: always "
+                "label)"
+            )
+        },
+    )
+    batch_size: int = field(
+        default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"}
+    )
+    threads: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"
+            )
+        },
+    )
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    engine: str = field(default="local", metadata={"help": "local: this process; ray: a Ray cluster, writes --output FILE.parquet, resumable (needs pip install 'marsvision[ray]'; --threads and --batch-size then apply per actor; docs/scaling.md)"})
-    ray_address: str = field(default="", metadata={"help": "Ray cluster for --engine ray, e.g. auto or ray://head:10001 (default: start a local Ray instance)"})
+    engine: str = field(
+        default="local",
+        metadata={
+            "help": (
+                "local: this process; ray: a Ray cluster, writes --output FILE.parquet, "
+                "resumable (needs pip install 'marsvision[ray]'; --threads and "
+                "--batch-size then apply per actor; docs/scaling.md)"
+            )
+        },
+    )
+    ray_address: str = field(
+        default="",
+        metadata={
+            "help": "Ray cluster for --engine ray, e.g. auto or ray://head:10001 (default: start a local Ray instance)"
+        },
+    )
 
 
 @dataclass
@@ -38,7 +84,9 @@ class ExplainConfig:
     """Write, per image, a heatmap of where the evidence for its predicted class (and any --classes) lies."""
 
     output: str = field(metadata={"help": "folder for <image>.<class>.png overlays and explanations.json"})
-    classes: str = field(default="", metadata={"help": "comma-separated classes to explain too (default: only the predicted one)"})
+    classes: str = field(
+        default="", metadata={"help": "comma-separated classes to explain too (default: only the predicted one)"}
+    )
     model: str = field(default="", metadata={"help": "model file (default: the bundled int8 model)"})
     top_k: int = field(default=3, metadata={"help": "most likely classes listed per image"})
     size: int = field(default=384, metadata={"help": "longer side of the overlay images in pixels"})
@@ -134,8 +182,15 @@ def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
     files = list(expand_sources(paths))
     with limit_cpus(cfg.threads):
         clf = load_model(cfg.model or None, device=cfg.device, threads=cfg.threads or None)
-        preds = list(tqdm(clf.predict_iter(files, batch_size=cfg.batch_size or None, top_k=cfg.top_k),
-                          total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty()))
+        preds = list(
+            tqdm(
+                clf.predict_iter(files, batch_size=cfg.batch_size or None, top_k=cfg.top_k),
+                total=len(files),
+                desc="predict",
+                unit="img",
+                disable=not sys.stderr.isatty(),
+            )
+        )
     for p in preds:
         if not p.ok:
             print(f"marsvision: {p.source}: {p.error}", file=sys.stderr)
@@ -148,10 +203,13 @@ def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
     failed = sum(not p.ok for p in preds)
     withheld = sum(p.withheld is not None for p in preds)
     unknown = sum(bool(p.unknown) for p in preds)
-    print(f"marsvision: {len(preds) - failed} classified, {failed} failed"
-          + (f", {unknown} flagged unknown" if unknown else "")
-          + (f", {withheld} left unlabelled (confidence below {cfg.min_confidence:g} or unknown)" if withheld else "")
-          + (f"; results in {cfg.output}" if cfg.output else ""), file=sys.stderr)
+    print(
+        f"marsvision: {len(preds) - failed} classified, {failed} failed"
+        + (f", {unknown} flagged unknown" if unknown else "")
+        + (f", {withheld} left unlabelled (confidence below {cfg.min_confidence:g} or unknown)" if withheld else "")
+        + (f"; results in {cfg.output}" if cfg.output else ""),
+        file=sys.stderr,
+    )
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
@@ -174,8 +232,11 @@ def cmd_explain(paths: list[str], cfg: ExplainConfig) -> int:
         if r["error"]:
             print(f"marsvision: {r['path']}: {r['error']}", file=sys.stderr)
         else:
-            top = ", ".join(f"{r[f'top{i}_label']} {r[f'top{i}_confidence']:.3f}" for i in range(1, cfg.top_k + 1)
-                            if r.get(f"top{i}_label"))
+            top = ", ".join(
+                f"{r[f'top{i}_label']} {r[f'top{i}_confidence']:.3f}"
+                for i in range(1, cfg.top_k + 1)
+                if r.get(f"top{i}_label")
+            )
             print(f"{r['path']}: {top}" + ("  [unknown image]" if r["unknown"] else ""))
     failed = sum(bool(r["error"]) for r in rows)
     print(f"marsvision: {len(rows) - failed} explained, {failed} failed; heatmaps in {cfg.output}", file=sys.stderr)
@@ -210,8 +271,10 @@ def cmd_models(action: str, version: str, db: str) -> int:
         with make() as s:
             rows = versions.version_rows(s)
         for r in rows:
-            print(f"{'*' if r['active'] else ' '} {r['version']:<36} {r['created_at']}  parent {r['parent'] or '-':<36} "
-                  f"{r['corrections']:>5} corrections {r['images']:>7} images")
+            print(
+                f"{'*' if r['active'] else ' '} {r['version']:<36} {r['created_at']}  parent {r['parent'] or '-':<36} "
+                f"{r['corrections']:>5} corrections {r['images']:>7} images"
+            )
         return EXIT_OK
     with make() as s:
         target = versions.rollback_target(s) if action == "rollback" else versions.find(s, version)
@@ -223,10 +286,13 @@ def cmd_models(action: str, version: str, db: str) -> int:
 def cmd_refit(cfg) -> int:
     result = importlib.import_module("marsvision.curate.refit").run_refit(cfg)
     act = result.get("activation")
-    print(f"marsvision: {result['version']} from {result['inputs']['corrections']} corrections and "
-          f"{result['inputs']['training_images']} training images (head fitted in {result['fit_seconds']:.1f} s) → "
-          f"{result['files']['onnx']}" + (f" and {result['files']['torch']}" if result["files"].get("torch") else "")
-          + (f"; active, {act['rescored']} images re-scored in {act['seconds']:.1f} s" if act else "; not activated"))
+    print(
+        f"marsvision: {result['version']} from {result['inputs']['corrections']} corrections and "
+        f"{result['inputs']['training_images']} training images (head fitted in {result['fit_seconds']:.1f} s) → "
+        f"{result['files']['onnx']}"
+        + (f" and {result['files']['torch']}" if result["files"].get("torch") else "")
+        + (f"; active, {act['rescored']} images re-scored in {act['seconds']:.1f} s" if act else "; not activated")
+    )
     return EXIT_OK
 
 
@@ -298,8 +364,9 @@ def _config_class(command: str):
     except ImportError as e:
         if not extra or (e.name or "").startswith("marsvision"):
             raise
-        raise MissingExtraError(f"`marsvision {command}` needs {e.name or 'more packages'}: "
-                                f"pip install 'marsvision[{extra}]'") from None
+        raise MissingExtraError(
+            f"`marsvision {command}` needs {e.name or 'more packages'}: pip install 'marsvision[{extra}]'"
+        ) from None
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -324,7 +391,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=cls.__doc__, description=cls.__doc__)
         add_config_args(p, cls)
         if name == "train":
-            p.add_argument("--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+            p.add_argument(
+                "--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped"
+            )
         p.set_defaults(run=lambda a, cls=cls, name=name: runners[name](a, cls))
 
     p = sub.add_parser("predict", help=PredictConfig.__doc__, description=PredictConfig.__doc__)
@@ -332,7 +401,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_config_args(p, PredictConfig)
     p.set_defaults(run=lambda a: cmd_predict(a.paths, config_from(a, PredictConfig)))
 
-    for name, module, config, run in (("index", "index", "IndexConfig", cmd_index), ("serve", "server", "ServeConfig", cmd_serve)):
+    for name, module, config, run in (
+        ("index", "index", "IndexConfig", cmd_index),
+        ("serve", "server", "ServeConfig", cmd_serve),
+    ):
         if name != wanted:
             sub.add_parser(name, help=SHORT_HELP[name], description=SHORT_HELP[name])
             continue
@@ -341,22 +413,32 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         if name == "index":
             p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
         add_config_args(p, cls)
-        p.set_defaults(run=lambda a, cls=cls, run=run, name=name: run(a.paths, config_from(a, cls)) if name == "index"
-                       else run(config_from(a, cls)))
+        p.set_defaults(
+            run=lambda a, cls=cls, run=run, name=name: (
+                run(a.paths, config_from(a, cls)) if name == "index" else run(config_from(a, cls))
+            )
+        )
 
     p = sub.add_parser("models", help=SHORT_HELP["models"], description=SHORT_HELP["models"])
     p.add_argument("action", choices=("list", "activate", "rollback"))
     p.add_argument("version", nargs="?", default="", help="the version to activate")
     p.add_argument("--db", default="", help="archive database (default: $MARSVISION_DB, then ./marsvision.db)")
-    p.set_defaults(run=lambda a: cmd_models(a.action, a.version, a.db) if a.action != "activate" or a.version
-                   else p.error("activate needs a VERSION (see `marsvision models list`)"))
+    p.set_defaults(
+        run=lambda a: (
+            cmd_models(a.action, a.version, a.db)
+            if a.action != "activate" or a.version
+            else p.error("activate needs a VERSION (see `marsvision models list`)")
+        )
+    )
 
     p = sub.add_parser("explain", help=ExplainConfig.__doc__, description=ExplainConfig.__doc__)
     p.add_argument("paths", nargs="+", metavar="IMAGE", help="image files or folders")
     add_config_args(p, ExplainConfig)
     p.set_defaults(run=lambda a: cmd_explain(a.paths, config_from(a, ExplainConfig)))
 
-    data = sub.add_parser("data", help="download or verify the MSL data set").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="download or verify the MSL data set").add_subparsers(
+        dest="data_command", required=True
+    )
     p = data.add_parser("download", help=DownloadConfig.__doc__, description=DownloadConfig.__doc__)
     add_config_args(p, DownloadConfig)
     p.set_defaults(run=lambda a: cmd_download(config_from(a, DownloadConfig)))
@@ -372,8 +454,15 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .model_file import ModelFileError
     from .preprocess import ImageError
 
-    errors: list[type[BaseException]] = [DataError, ModelFileError, ImageError, MissingExtraError,
-                                         FileExistsError, FileNotFoundError, ValueError]
+    errors: list[type[BaseException]] = [
+        DataError,
+        ModelFileError,
+        ImageError,
+        MissingExtraError,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+    ]
     if "marsvision.data.download" in sys.modules:  # imported only by the data commands (needs pooch)
         errors.append(sys.modules["marsvision.data.download"].DownloadError)
     if "marsvision.export.onnx" in sys.modules:
@@ -399,8 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(e, _expected_errors()):
             raise
         # One line: some libraries' messages (a database driver's) run over several.
-        print(f"marsvision: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
-              file=sys.stderr)
+        print(
+            f"marsvision: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

@@ -7,7 +7,7 @@ A test compares every number against scikit-learn when it is installed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,8 +28,7 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
-                           class_names: Sequence[str]) -> dict:
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict:
     """Accuracy, macro/weighted F1 and a per-class table; labels are indices into ``class_names``."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
@@ -49,15 +48,20 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
         "macro_f1": float(f1.mean()) if len(labels) else 0.0,
         "weighted_f1": float((f1 * support).sum() / support.sum()) if support.sum() else 0.0,
         "per_class": [
-            {"class": class_names[c], "precision": float(pi), "recall": float(ri), "f1": float(fi),
-             "support": int(si)}
-            for c, pi, ri, fi, si in zip(labels.tolist(), precision, recall, f1, support)
+            {"class": class_names[c], "precision": float(pi), "recall": float(ri), "f1": float(fi), "support": int(si)}
+            for c, pi, ri, fi, si in zip(labels.tolist(), precision, recall, f1, support, strict=True)
         ],
     }
 
 
-def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], baseline: Sequence[int] | None = None,
-                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+def bootstrap_ci(
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    baseline: Sequence[int] | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict:
     """Percentile-bootstrap intervals for accuracy and macro-F1 (images resampled with replacement).
 
     With ``baseline`` (another model's predictions for the same images), also the interval of the
@@ -88,8 +92,8 @@ def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], baseline: Sequenc
             predicted = np.bincount((offset + p).ravel(), minlength=b * k).reshape(b, k)
             present = (support + predicted) > 0  # (b, K) union of true and predicted labels
             f1 = 2 * tp / np.maximum(support + predicted, 1)
-            scores[name]["accuracy"][lo:lo + b] = hit.mean(1)
-            scores[name]["macro_f1"][lo:lo + b] = f1.sum(1) / present.sum(1)
+            scores[name]["accuracy"][lo : lo + b] = hit.mean(1)
+            scores[name]["macro_f1"][lo : lo + b] = f1.sum(1) / present.sum(1)
     q = [50 * (1 - level), 50 * (1 + level)]
 
     def interval(x: np.ndarray) -> list[float]:
@@ -101,14 +105,19 @@ def bootstrap_ci(y_true: Sequence[int], y_pred: Sequence[int], baseline: Sequenc
     return out
 
 
-def paired_scores(y_true: Sequence[int], y_pred: Sequence[int], baseline: Sequence[int],
-                  class_names: Sequence[str]) -> dict:
+def paired_scores(
+    y_true: Sequence[int], y_pred: Sequence[int], baseline: Sequence[int], class_names: Sequence[str]
+) -> dict:
     """Accuracy and macro-F1 of ``y_pred``, and the paired 95 % bootstrap intervals of their differences
     to ``baseline``, another model's predictions for the same images."""
     m = classification_metrics(y_true, y_pred, class_names)
     ci = bootstrap_ci(y_true, y_pred, baseline=baseline)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-            "accuracy_diff": ci["accuracy_diff"], "macro_f1_diff": ci["macro_f1_diff"]}
+    return {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "accuracy_diff": ci["accuracy_diff"],
+        "macro_f1_diff": ci["macro_f1_diff"],
+    }
 
 
 def full_confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
@@ -122,9 +131,16 @@ def most_confused_pairs(cm: np.ndarray, class_names: list[str], k: int = 10) -> 
     if cm.ndim != 2 or cm.shape != (len(class_names), len(class_names)):
         raise ValueError(f"confusion matrix shape {cm.shape} does not match {len(class_names)} class names")
     totals = cm.sum(axis=1)
-    pairs = [{"true": class_names[i], "pred": class_names[j], "count": int(cm[i, j]),
-              "rate": int(cm[i, j]) / float(totals[i])}
-             for i, j in zip(*np.nonzero(cm)) if i != j]
+    pairs = [
+        {
+            "true": class_names[i],
+            "pred": class_names[j],
+            "count": int(cm[i, j]),
+            "rate": int(cm[i, j]) / float(totals[i]),
+        }
+        for i, j in zip(*np.nonzero(cm), strict=True)
+        if i != j
+    ]
     pairs.sort(key=lambda p: (-p["count"], p["true"], p["pred"]))
     return pairs[: max(0, k)]
 
@@ -138,8 +154,10 @@ def format_table(metrics: dict) -> str:
     ]
     if "ci95" in metrics:
         ci = metrics["ci95"]
-        lines.append(f"95% bootstrap interval: accuracy {ci['accuracy'][0]:.4f}–{ci['accuracy'][1]:.4f}   "
-                     f"macro-F1 {ci['macro_f1'][0]:.4f}–{ci['macro_f1'][1]:.4f}")
+        lines.append(
+            f"95% bootstrap interval: accuracy {ci['accuracy'][0]:.4f}–{ci['accuracy'][1]:.4f}   "
+            f"macro-F1 {ci['macro_f1'][0]:.4f}–{ci['macro_f1'][1]:.4f}"
+        )
     lines += [
         "",
         f"{'class':<{w}}  precision  recall     f1  support",
@@ -159,9 +177,15 @@ def calibration_bins(probs: np.ndarray, y_true: Sequence[int], bins: int = 15) -
     out = []
     for b in range(bins):
         s = which == b
-        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(s.sum()),
-                    "confidence": float(conf[s].mean()) if s.any() else None,
-                    "accuracy": float(hit[s].mean()) if s.any() else None})
+        out.append(
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "n": int(s.sum()),
+                "confidence": float(conf[s].mean()) if s.any() else None,
+                "accuracy": float(hit[s].mean()) if s.any() else None,
+            }
+        )
     return out
 
 
@@ -172,8 +196,12 @@ def expected_calibration_error(probs: np.ndarray, y_true: Sequence[int], bins: i
     return float(sum(r["n"] * abs(r["accuracy"] - r["confidence"]) for r in rows if r["n"]) / max(n, 1))
 
 
-def selective_accuracy(confidence: np.ndarray, correct: np.ndarray, keep: np.ndarray | None = None,
-                       thresholds: Sequence[float] = (0.5, 0.8, 0.9, 0.95)) -> list[dict]:
+def selective_accuracy(
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    keep: np.ndarray | None = None,
+    thresholds: Sequence[float] = (0.5, 0.8, 0.9, 0.95),
+) -> list[dict]:
     """Coverage (share of images labelled) and accuracy among them when a label is given only at
     confidence ≥ each threshold (and where ``keep``, e.g. not flagged unknown)."""
     confidence, correct = np.asarray(confidence), np.asarray(correct, bool)
@@ -181,13 +209,19 @@ def selective_accuracy(confidence: np.ndarray, correct: np.ndarray, keep: np.nda
     out = []
     for t in thresholds:
         s = keep & (confidence >= t)
-        out.append({"threshold": float(t), "coverage": float(s.mean()) if len(s) else 0.0,
-                    "accuracy": float(correct[s].mean()) if s.any() else None})
+        out.append(
+            {
+                "threshold": float(t),
+                "coverage": float(s.mean()) if len(s) else 0.0,
+                "accuracy": float(correct[s].mean()) if s.any() else None,
+            }
+        )
     return out
 
 
-def coverage_accuracy_curve(confidence: np.ndarray, correct: np.ndarray, keep: np.ndarray | None = None,
-                            points: int = 101) -> list[tuple[float, float]]:
+def coverage_accuracy_curve(
+    confidence: np.ndarray, correct: np.ndarray, keep: np.ndarray | None = None, points: int = 101
+) -> list[tuple[float, float]]:
     """(coverage, accuracy) when the most confident images are labelled first, at ``points`` coverages;
     images outside ``keep`` are never labelled, so the curve ends at their share."""
     confidence, correct = np.asarray(confidence), np.asarray(correct, bool)

@@ -23,8 +23,10 @@ ONNX_FORMAT = "marsvision-onnx/2"
 ONNX_FORMATS = ("marsvision-onnx/1", ONNX_FORMAT)
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 PICKLE_MAGIC = b"\x80"  # legacy torch.save (pickle protocol 2+)
-PREPROCESSING = ("RGB; whole frame resized to input_size x input_size (PIL bilinear, JPEG draft >= 2x); "
-                 "x / 255; (x - mean) / std per channel; NCHW float32")
+PREPROCESSING = (
+    "RGB; whole frame resized to input_size x input_size (PIL bilinear, JPEG draft >= 2x); "
+    "x / 255; (x - mean) / std per channel; NCHW float32"
+)
 
 
 BUNDLED_MODEL = "marsvision-lite0.int8.onnx"
@@ -61,13 +63,27 @@ def model_kind(path: str | os.PathLike) -> str:
     return "onnx"  # protobuf has no magic number; ONNX Runtime names the problem if it is not ONNX
 
 
-def model_meta(arch: str, class_names: list[str], input_size: int, mean, std,
-               drop_rate: float = 0.0, config: dict | None = None, metrics: dict | None = None) -> dict:
+def model_meta(
+    arch: str,
+    class_names: list[str],
+    input_size: int,
+    mean,
+    std,
+    drop_rate: float = 0.0,
+    config: dict | None = None,
+    metrics: dict | None = None,
+) -> dict:
     """The JSON-able description stored beside the weights of a torch model file."""
     return {
-        "format": TORCH_FORMAT, "arch": arch, "class_names": list(class_names), "input_size": int(input_size),
-        "mean": [float(m) for m in mean], "std": [float(s) for s in std], "drop_rate": float(drop_rate),
-        "config": dict(config or {}), "metrics": dict(metrics or {}),
+        "format": TORCH_FORMAT,
+        "arch": arch,
+        "class_names": list(class_names),
+        "input_size": int(input_size),
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "drop_rate": float(drop_rate),
+        "config": dict(config or {}),
+        "metrics": dict(metrics or {}),
     }
 
 
@@ -97,13 +113,21 @@ def metadata_props(meta: dict, precision: str) -> dict[str, str]:
 def parse_metadata(props: dict[str, str], where: str) -> dict:
     """ONNX ``metadata_props`` → the same ``meta`` dict a torch checkpoint has; ``ModelFileError`` if foreign."""
     if props.get("marsvision_format") not in ONNX_FORMATS:
-        raise ModelFileError(f"{where}: an ONNX model without marsvision metadata (class names, input size, "
-                             f"normalisation); export one with `marsvision export`")
+        raise ModelFileError(
+            f"{where}: an ONNX model without marsvision metadata (class names, input size, "
+            f"normalisation); export one with `marsvision export`"
+        )
     try:
         meta = dict(json.loads(props.get("marsvision_meta", "{}")))
-        meta.update(format=props["marsvision_format"], arch=props["arch"], class_names=json.loads(props["class_names"]),
-                    input_size=int(props["input_size"]), mean=json.loads(props["mean"]),
-                    std=json.loads(props["std"]), precision=props.get("precision", "fp32"))
+        meta.update(
+            format=props["marsvision_format"],
+            arch=props["arch"],
+            class_names=json.loads(props["class_names"]),
+            input_size=int(props["input_size"]),
+            mean=json.loads(props["mean"]),
+            std=json.loads(props["std"]),
+            precision=props.get("precision", "fp32"),
+        )
         meta.update({k: json.loads(props[k]) for k in ("head", "trust") if k in props})
         if meta["format"] == ONNX_FORMAT and "head" not in meta:
             raise ValueError("a features graph without its head")

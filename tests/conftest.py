@@ -66,8 +66,10 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height pixels (a decompression bomb) with no real data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
@@ -110,9 +112,21 @@ def tiny_onnx(tiny_model, tmp_path_factory) -> dict:
     from marsvision.export.onnx import ExportConfig, run_export
 
     root = tmp_path_factory.mktemp("onnx")
-    report = run_export(ExportConfig(model=str(tiny_model), output=str(root / "out"), work=str(root / "work"),
-                                     int8=True, data=str(MINI_DATA), calib_images=8, tune_epochs=1, trust=False,
-                                     min_agreement=0.0, max_accuracy_drop=1.0, threads=1))
+    report = run_export(
+        ExportConfig(
+            model=str(tiny_model),
+            output=str(root / "out"),
+            work=str(root / "work"),
+            int8=True,
+            data=str(MINI_DATA),
+            calib_images=8,
+            tune_epochs=1,
+            trust=False,
+            min_agreement=0.0,
+            max_accuracy_drop=1.0,
+            threads=1,
+        )
+    )
     return {"fp32": root / "work" / "tiny.onnx", "int8": root / "out" / "tiny.int8.onnx", "report": report}
 
 
@@ -122,5 +136,9 @@ def tiny_calibrated(tiny_onnx, tmp_path_factory) -> Path:
     from marsvision.export.trust import CalibrateConfig, run_calibrate
 
     out = tmp_path_factory.mktemp("calibrated") / "tiny.int8.onnx"
-    return run_calibrate(CalibrateConfig(model=str(tiny_onnx["int8"]), data=str(MINI_DATA), splits="train+val+test",
-                                         output=str(out), threads=1), progress=False)
+    return run_calibrate(
+        CalibrateConfig(
+            model=str(tiny_onnx["int8"]), data=str(MINI_DATA), splits="train+val+test", output=str(out), threads=1
+        ),
+        progress=False,
+    )

@@ -112,7 +112,8 @@ def throwaway_postgres(database: str = PG_DATABASE, prefix: str = "marsvision-pg
     if pg_bin is None:
         raise PostgresUnavailable(
             f"PostgreSQL server programs ({', '.join(PG_PROGRAMS)}) not found in $PG_BIN, "
-            "/usr/lib/postgresql/*/bin or PATH (Debian: apt-get install postgresql)")
+            "/usr/lib/postgresql/*/bin or PATH (Debian: apt-get install postgresql)"
+        )
     account = _server_account()
     # Not pytest's tmp_path: /tmp/pytest-of-root is mode 0700, so the server account could not reach it.
     # A short path also keeps the unix socket under the 107-byte limit.
@@ -130,21 +131,25 @@ def throwaway_postgres(database: str = PG_DATABASE, prefix: str = "marsvision-pg
 
     try:
         # --no-sync, fsync=off and friends: durability is worthless for a throwaway server, speed is not.
-        done = pg("initdb", "-D", str(data), "-U", PG_SUPERUSER, "--auth=trust", "--encoding=UTF8",
-                  "--locale=C", "--no-sync")
+        done = pg(
+            "initdb", "-D", str(data), "-U", PG_SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"
+        )
         if done.returncode:
             raise PostgresUnavailable(f"initdb failed: {_last_lines(done.stdout + done.stderr)}")
         with open(data / "postgresql.conf", "a") as conf:
-            conf.write(f"\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
-                       "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+            conf.write(
+                f"\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            )
         for _attempt in range(3):  # another process may grab the free port before the server binds it
             port = _free_port()
             done = pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", f"-p {port}", "-w", "-t", "30", "start")
             if done.returncode == 0:
                 break
         else:
-            raise PostgresUnavailable(f"PostgreSQL did not start: {_last_lines(done.stdout + done.stderr)} "
-                                      f"{_last_lines(_read(log))}")
+            raise PostgresUnavailable(
+                f"PostgreSQL did not start: {_last_lines(done.stdout + done.stderr)} {_last_lines(_read(log))}"
+            )
         try:
             done = pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER, database)
             if done.returncode:
@@ -187,8 +192,9 @@ def chromium_path() -> str:
         found = shutil.which(name, path="/usr/bin" + os.pathsep + os.environ.get("PATH", ""))
         if found:
             return found
-    _unavailable("Chromium not found as /usr/bin/chromium, chromium-browser or on PATH "
-                 "(Debian: apt-get install chromium)")
+    _unavailable(
+        "Chromium not found as /usr/bin/chromium, chromium-browser or on PATH (Debian: apt-get install chromium)"
+    )
 
 
 @pytest.fixture(scope="session")

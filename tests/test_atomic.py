@@ -8,10 +8,9 @@ from marsvision.atomic import atomic_write, move_into_place
 def test_failed_write_keeps_the_old_file(tmp_path):
     target = tmp_path / "results.csv"
     target.write_text("old\n")
-    with pytest.raises(RuntimeError):
-        with atomic_write(target) as f:
-            f.write("half a fi")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_write(target) as f:
+        f.write("half a fi")
+        raise RuntimeError("killed")
     assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
     with atomic_write(target) as f:
         f.write("new\n")

@@ -1,10 +1,11 @@
-
 import pytest
 
 from marsvision.cli import main
 
 
-@pytest.mark.parametrize("argv", [[], ["train"], ["probe"], ["evaluate"], ["predict"], ["data", "download"], ["data", "verify"]])
+@pytest.mark.parametrize(
+    "argv", [[], ["train"], ["probe"], ["evaluate"], ["predict"], ["data", "download"], ["data", "verify"]]
+)
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])

@@ -2,8 +2,8 @@
 but their scripts must keep running against the package they import."""
 
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +16,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 def test_tail_reproduces_the_multilevel_network_and_interpolation_ends():
     import torch
+    from probe_tuning import FROZEN_STAGES, ProbeTail, average, interpolate
 
     from marsvision.nets.models import create_model
-    from probe_tuning import FROZEN_STAGES, ProbeTail, average, interpolate
 
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0_multilevel", 5, pretrained=False).eval()
@@ -36,16 +36,19 @@ def test_tail_reproduces_the_multilevel_network_and_interpolation_ends():
         torch.testing.assert_close(interpolate(tail, other, 1.0)(h), other(h))
         # A soup of two is their midpoint, and a soup of one model is that model, bit for bit.
         torch.testing.assert_close(average([tail, other])(h), interpolate(tail, other, 0.5)(h))
-        assert all(torch.equal(a, b) for a, b in zip(average([other]).state_dict().values(), other.state_dict().values()))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(average([other]).state_dict().values(), other.state_dict().values(), strict=True)
+        )
         other.fold_into(model)
         torch.testing.assert_close(model(x), other(h))
 
 
 def test_self_training_adds_only_confident_pseudo_labels():
     import numpy as np
+    from self_training import self_train
 
     from marsvision.training.probe import fit_head
-    from self_training import self_train
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 30)
@@ -69,15 +72,36 @@ def test_self_training_adds_only_confident_pseudo_labels():
 def test_experiment_scripts_write_ordinary_model_files(script, tmp_path):
     from marsvision.inference.predict import load_model
 
-    extra = ["--epochs", "1", "--seeds", "1", "--views", "1", "--img-size", "64"] if script == "tuned_probe.py" else \
-        ["--adapt", "test", "--img-size", "64"]
-    r = subprocess.run([sys.executable, str(REPO / "experiments" / script), "--data", str(MINI_DATA), "--out",
-                        str(tmp_path), "--name", "x", *extra], capture_output=True, text=True, timeout=300)
+    extra = (
+        ["--epochs", "1", "--seeds", "1", "--views", "1", "--img-size", "64"]
+        if script == "tuned_probe.py"
+        else ["--adapt", "test", "--img-size", "64"]
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "experiments" / script),
+            "--data",
+            str(MINI_DATA),
+            "--out",
+            str(tmp_path),
+            "--name",
+            "x",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    preds = load_model(tmp_path / "experiments" / "x" / "best.pt").predict(sorted((MINI_DATA / "images").glob("*.JPG"))[:3])
+    preds = load_model(tmp_path / "experiments" / "x" / "best.pt").predict(
+        sorted((MINI_DATA / "images").glob("*.JPG"))[:3]
+    )
     assert all(p.ok and p.label for p in preds)
 
 
-@pytest.mark.parametrize("script", ["probe_forward", "probe_cv", "probe_ablation", "partial_finetune", "quantization_scan"])
+@pytest.mark.parametrize(
+    "script", ["probe_forward", "probe_cv", "probe_ablation", "partial_finetune", "quantization_scan"]
+)
 def test_experiment_modules_import(script):
     __import__(script)

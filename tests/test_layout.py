@@ -53,15 +53,16 @@ def test_no_import_circles():
     # Every import counts, inside functions and under TYPE_CHECKING too: a lazy circle is still a circle.
     graph = {m: {t for t, _ in imports(p) if t in MODULES and t != m} for m, p in MODULES.items()}
     # A package's __init__ re-exporting its children is how packages work, not a circle.
-    graph = {m: {t for t in ts if not m.startswith(t + ".") or not MODULES[t].name == "__init__.py"}
-             for m, ts in graph.items()}
+    graph = {
+        m: {t for t in ts if not m.startswith(t + ".") or MODULES[t].name != "__init__.py"} for m, ts in graph.items()
+    }
     state: dict[str, int] = {}
 
     def visit(m, path):
         state[m] = 1
         for t in sorted(graph[m]):
             if state.get(t) == 1:
-                pytest.fail("import circle: " + " → ".join(path[path.index(t):] + [t]))
+                pytest.fail("import circle: " + " → ".join(path[path.index(t) :] + [t]))
             if not state.get(t):
                 visit(t, path + [t])
         state[m] = 2

@@ -65,7 +65,7 @@ def test_bootstrap_matches_a_plain_loop_and_pairs_the_resamples():
     names = [str(i) for i in range(7)]
     acc = [classification_metrics(y[i], a[i], names)["accuracy"] for i in idx]
     mf1 = [classification_metrics(y[i], a[i], names)["macro_f1"] for i in idx]
-    diff = [m - classification_metrics(y[i], b[i], names)["macro_f1"] for m, i in zip(mf1, idx)]
+    diff = [m - classification_metrics(y[i], b[i], names)["macro_f1"] for m, i in zip(mf1, idx, strict=True)]
     assert ci["accuracy"] == pytest.approx(list(np.percentile(acc, [2.5, 97.5])))
     assert ci["macro_f1"] == pytest.approx(list(np.percentile(mf1, [2.5, 97.5])))
     assert ci["macro_f1_diff"] == pytest.approx(list(np.percentile(diff, [2.5, 97.5])))
@@ -80,5 +80,9 @@ def test_paired_scores_are_the_metrics_and_the_paired_intervals():
     y, pred, base = [0, 1, 2, 2, 1, 0, 2], [0, 1, 2, 1, 1, 0, 2], [0, 2, 2, 1, 1, 1, 2]
     sc = paired_scores(y, pred, base, ["a", "b", "c"])
     m, ci = classification_metrics(y, pred, ["a", "b", "c"]), bootstrap_ci(y, pred, baseline=base)
-    assert sc == {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                  "accuracy_diff": ci["accuracy_diff"], "macro_f1_diff": ci["macro_f1_diff"]}
+    assert sc == {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "accuracy_diff": ci["accuracy_diff"],
+        "macro_f1_diff": ci["macro_f1_diff"],
+    }

@@ -4,8 +4,8 @@ import torch
 
 from marsvision.data.msl import decode_many
 from marsvision.inference.predict import load_model
-from marsvision.training.augment import EvalPreset, TrainPreset
 from marsvision.preprocess import ImageError, decode, load_image, to_model_input
+from marsvision.training.augment import EvalPreset, TrainPreset
 
 IMG = "images/0077ML0005780000102730I01_DRCL.JPG"
 HALF = (0.5, 0.5, 0.5)
@@ -50,8 +50,14 @@ def test_train_preset_is_batched_and_seeded(mini_data):
     assert a.min() >= -1.0001 and a.max() <= 1.0001
 
 
-@pytest.mark.parametrize("content,reason", [(b"", "empty file"), (b"hello", "not an image"),
-                                            (b"\xff\xd8\xff\xe0" + b"\0" * 20, "corrupt|truncated|cannot decode|not an image")])
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"", "empty file"),
+        (b"hello", "not an image"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 20, "corrupt|truncated|cannot decode|not an image"),
+    ],
+)
 def test_bad_bytes_give_image_error(tmp_path, content, reason):
     p = tmp_path / "x.jpg"
     p.write_bytes(content)

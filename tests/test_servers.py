@@ -27,7 +27,8 @@ def test_postgres_round_trip(postgres_url):  # noqa: F811
         assert engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
         meta = sa.MetaData()
         rovers = sa.Table(
-            "rovers", meta,
+            "rovers",
+            meta,
             sa.Column("id", sa.Integer, primary_key=True),
             sa.Column("name", sa.String(40), nullable=False),
             sa.Column("landed", sa.Date),

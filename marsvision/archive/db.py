@@ -18,14 +18,29 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine,
-                        event)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 DEFAULT_DB = "marsvision.db"
 DB_ENV = "MARSVISION_DB"
-DB_HELP = f"database: a SQLAlchemy URL (sqlite:///file.db, postgresql://user@host/db) or a file path (default: ${DB_ENV}, then ./{DEFAULT_DB})"
+DB_HELP = (
+    f"database: a SQLAlchemy URL (sqlite:///file.db, "
+    f"postgresql://user@host/db) or a file path (default: ${DB_ENV}, then "
+    f"./{DEFAULT_DB})"
+)
 
 
 def utcnow() -> dt.datetime:

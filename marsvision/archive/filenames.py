@@ -26,9 +26,12 @@ import re
 from pathlib import PurePath
 
 INSTRUMENTS = {"MH": "MAHLI", "ML": "Mastcam Left", "MR": "Mastcam Right", "MD": "MARDI"}
-PATTERN = re.compile(r"^(?P<sol>\d{4})(?P<instrument>MH|ML|MR|MD)(?P<sequence>\d{6})(?P<command>\d{3})"
-                     r"(?P<cdpid_counter>\d{2})(?P<cdpid>\d{5})(?P<product_type>[A-Z])(?P<gop>[0-9A-Z])"
-                     r"(?P<version>[0-9A-Z])(?:_(?P<processing>[A-Z0-9]{4}))?$", re.IGNORECASE)
+PATTERN = re.compile(
+    r"^(?P<sol>\d{4})(?P<instrument>MH|ML|MR|MD)(?P<sequence>\d{6})(?P<command>\d{3})"
+    r"(?P<cdpid_counter>\d{2})(?P<cdpid>\d{5})(?P<product_type>[A-Z])(?P<gop>[0-9A-Z])"
+    r"(?P<version>[0-9A-Z])(?:_(?P<processing>[A-Z0-9]{4}))?$",
+    re.IGNORECASE,
+)
 
 
 def parse_filename(path: str | PurePath) -> dict:
@@ -36,8 +39,10 @@ def parse_filename(path: str | PurePath) -> dict:
     m = PATTERN.match(PurePath(path).stem)
     if not m:
         return {}
-    f = {k: v.upper() if isinstance(v, str) and k in ("instrument", "product_type", "processing") else v
-         for k, v in m.groupdict().items()}
+    f = {
+        k: v.upper() if isinstance(v, str) and k in ("instrument", "product_type", "processing") else v
+        for k, v in m.groupdict().items()
+    }
     f["sol"] = int(f["sol"])
     f["instrument_name"] = INSTRUMENTS[f["instrument"]]
     return f

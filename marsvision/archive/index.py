@@ -31,13 +31,34 @@ class IndexConfig:
     """Classify images (files, folders, recursively) into the archive database, one row per image."""
 
     db: str = field(default="", metadata={"help": DB_HELP})
-    model: str = field(default="", metadata={"help": "model for a new archive (default: the bundled model); later runs use the archive's active model"})
-    reclassify: bool = field(default=False, metadata={"help": "label images already in the archive again with the active model"})
+    model: str = field(
+        default="",
+        metadata={
+            "help": "model for a new archive (default: the bundled model); later runs use the archive's active model"
+        },
+    )
+    reclassify: bool = field(
+        default=False, metadata={"help": "label images already in the archive again with the active model"}
+    )
     batch_size: int = field(default=64, metadata={"help": "images written per transaction"})
     threads: int = field(default=0, metadata={"help": "CPU threads for decoding and the model (0: all)"})
     top_k: int = field(default=5, metadata={"help": "most likely classes stored per image"})
-    engine: str = field(default="local", metadata={"help": "local: this process; ray: a Ray cluster (classify into Parquet shards, then a bulk load; the same rows; needs pip install 'marsvision[ray]'; docs/scaling.md)"})
-    ray_address: str = field(default="", metadata={"help": "Ray cluster for --engine ray, e.g. auto or ray://head:10001 (default: start a local Ray instance)"})
+    engine: str = field(
+        default="local",
+        metadata={
+            "help": (
+                "local: this process; ray: a Ray cluster (classify into Parquet shards, "
+                "then a bulk load; the same rows; needs pip install 'marsvision[ray]'; "
+                "docs/scaling.md)"
+            )
+        },
+    )
+    ray_address: str = field(
+        default="",
+        metadata={
+            "help": "Ray cluster for --engine ray, e.g. auto or ray://head:10001 (default: start a local Ray instance)"
+        },
+    )
 
 
 @dataclass
@@ -52,12 +73,15 @@ class IndexReport:
 
     def summary(self) -> str:
         rate = (self.indexed + self.reclassified) / max(self.seconds, 1e-9)
-        return (f"{self.files} files: {self.indexed} indexed, {self.reclassified} reclassified, {self.skipped} "
-                f"already in the archive, {len(self.failed)} unreadable ({rate:.0f} img/s, model {self.model})")
+        return (
+            f"{self.files} files: {self.indexed} indexed, {self.reclassified} reclassified, {self.skipped} "
+            f"already in the archive, {len(self.failed)} unreadable ({rate:.0f} img/s, model {self.model})"
+        )
 
 
 def _hashes(files: list[Path], threads: int) -> list[tuple[str, int] | str]:
     """(sha256, size) per file, or the reason it could not be read."""
+
     def one(f):
         try:
             return sha256_file(f)
@@ -73,7 +97,7 @@ def _known(engine: Engine, hashes: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     with engine.connect() as conn:
         for i in range(0, len(hashes), 500):
-            rows = conn.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(hashes[i:i + 500])))
+            rows = conn.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(hashes[i : i + 500])))
             found.update(dict(rows.all()))
     return found
 
@@ -91,11 +115,15 @@ def insert_new(session, rows: list[dict]) -> None:
     wrote meanwhile (a race, never a duplicate)."""
     insert = _insert(session)
     images = [{k: v for k, v in r.items() if k not in VECTORS} for r in rows]
-    new = session.execute(insert(Image).on_conflict_do_nothing(index_elements=["sha256"])
-                          .returning(Image.id, Image.sha256), images).all()
+    new = session.execute(
+        insert(Image).on_conflict_do_nothing(index_elements=["sha256"]).returning(Image.id, Image.sha256), images
+    ).all()
     ids = dict((sha, i) for i, sha in new)
-    vectors = [{"image_id": ids[r["sha256"]], **{k: r[k] for k in VECTORS}} for r in rows
-               if r["sha256"] in ids and r["features"] is not None]
+    vectors = [
+        {"image_id": ids[r["sha256"]], **{k: r[k] for k in VECTORS}}
+        for r in rows
+        if r["sha256"] in ids and r["features"] is not None
+    ]
     if vectors:
         session.execute(insert(ImageVectors), vectors)
 
@@ -106,8 +134,9 @@ def replace_vectors(session, rows: list[dict]) -> None:
     rows = [r for r in rows if r["features"] is not None]
     if rows:
         stmt = insert(ImageVectors)
-        session.execute(stmt.on_conflict_do_update(index_elements=["image_id"],
-                                                   set_={k: stmt.excluded[k] for k in VECTORS}), rows)
+        session.execute(
+            stmt.on_conflict_do_update(index_elements=["image_id"], set_={k: stmt.excluded[k] for k in VECTORS}), rows
+        )
 
 
 def write_batch(session, items: list[tuple], clf: Classifier, model_id: int, report: IndexReport) -> None:
@@ -116,24 +145,32 @@ def write_batch(session, items: list[tuple], clf: Classifier, model_id: int, rep
     prediction columns and vectors. Both engines write through here, so their rows are the same."""
     report.failed += [(str(path), p.error) for path, *_, p in items if not p.ok]
     rows = image_rows([(path, sha, size, p) for path, sha, size, _, p in items], clf, model_id)
-    new = [row for row, item in zip(rows, items) if item[3] is None]
-    again = [(item[3], row, item[4]) for row, item in zip(rows, items) if item[3] is not None]
+    new = [row for row, item in zip(rows, items, strict=True) if item[3] is None]
+    again = [(item[3], row, item[4]) for row, item in zip(rows, items, strict=True) if item[3] is not None]
     if new:
         insert_new(session, new)
     if again:
         now = utcnow()
-        session.execute(update(Image), [{"id": i, **prediction_columns(p, clf, model_id), "indexed_at": now}
-                                        for i, _, p in again])
+        session.execute(
+            update(Image), [{"id": i, **prediction_columns(p, clf, model_id), "indexed_at": now} for i, _, p in again]
+        )
         replace_vectors(session, [{"image_id": i, **{k: row[k] for k in VECTORS}} for i, row, _ in again])
     report.indexed += len(new)
     report.reclassified += len(again)
 
 
-def index_files(engine: Engine, clf: Classifier, model_id: int, files: list[Path], cfg: IndexConfig,
-                report: IndexReport, progress: bool) -> None:
+def index_files(
+    engine: Engine,
+    clf: Classifier,
+    model_id: int,
+    files: list[Path],
+    cfg: IndexConfig,
+    report: IndexReport,
+    progress: bool,
+) -> None:
     hashed = _hashes(files, cfg.threads or 4)
     todo, seen = [], {}
-    for f, h in zip(files, hashed):
+    for f, h in zip(files, hashed, strict=True):
         if isinstance(h, str):
             report.failed.append((str(f), h))
         elif h[0] in seen:
@@ -148,8 +185,10 @@ def index_files(engine: Engine, clf: Classifier, model_id: int, files: list[Path
     try:
         preds = clf.predict_iter([t[0] for t in todo], top_k=cfg.top_k)
         for start in range(0, len(todo), cfg.batch_size):
-            chunk = todo[start:start + cfg.batch_size]
-            items = [(path, sha, size, image_id, p) for (path, sha, size, image_id), p in zip(chunk, preds)]
+            chunk = todo[start : start + cfg.batch_size]
+            items = [
+                (path, sha, size, image_id, p) for (path, sha, size, image_id), p in zip(chunk, preds, strict=True)
+            ]
             with make.begin() as session:  # one transaction a batch: all of it or none of it
                 write_batch(session, items, clf, model_id, report)
             bar.update(len(chunk))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Iterator
 
 import numpy as np
 from sqlalchemy import Select, func, select
@@ -16,8 +16,15 @@ from sqlalchemy.orm import Session
 from .db import Image, ImageVectors, ModelVersion
 from .records import SKETCH_DIMS, from_blob
 
-SORTS = {"id": Image.id, "sol": Image.sol, "confidence": Image.confidence, "novelty": Image.novelty,
-         "label": Image.label, "indexed_at": Image.indexed_at, "margin": Image.margin}
+SORTS = {
+    "id": Image.id,
+    "sol": Image.sol,
+    "confidence": Image.confidence,
+    "novelty": Image.novelty,
+    "label": Image.label,
+    "indexed_at": Image.indexed_at,
+    "margin": Image.margin,
+}
 
 
 @dataclass
@@ -38,14 +45,18 @@ class Filters:
 
     def apply(self, q: Select) -> Select:
         conditions = {
-            "label": lambda v: Image.label == v, "min_confidence": lambda v: Image.confidence >= v,
-            "max_confidence": lambda v: Image.confidence < v, "unknown": lambda v: Image.unknown.is_(v),
-            "sol_min": lambda v: Image.sol >= v, "sol_max": lambda v: Image.sol <= v,
+            "label": lambda v: Image.label == v,
+            "min_confidence": lambda v: Image.confidence >= v,
+            "max_confidence": lambda v: Image.confidence < v,
+            "unknown": lambda v: Image.unknown.is_(v),
+            "sol_min": lambda v: Image.sol >= v,
+            "sol_max": lambda v: Image.sol <= v,
             "instrument": lambda v: Image.instrument == v.upper(),
             "reviewed": lambda v: Image.reviewed_label.is_not(None) if v else Image.reviewed_label.is_(None),
             "reviewed_label": lambda v: Image.reviewed_label == v,
             "error": lambda v: Image.error.is_not(None) if v else Image.error.is_(None),
-            "q": lambda v: Image.path.contains(v, autoescape=True)}
+            "q": lambda v: Image.path.contains(v, autoescape=True),
+        }
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
@@ -53,9 +64,25 @@ class Filters:
         return q
 
 
-ITEM_COLUMNS = (Image.id, Image.path, Image.sha256, Image.sol, Image.instrument, Image.label, Image.confidence,
-                Image.unknown, Image.novelty, Image.margin, Image.top_k, Image.reviewed_label, Image.reviewed_at,
-                Image.error, Image.indexed_at, Image.size_bytes, ModelVersion.version.label("model_version"))
+ITEM_COLUMNS = (
+    Image.id,
+    Image.path,
+    Image.sha256,
+    Image.sol,
+    Image.instrument,
+    Image.label,
+    Image.confidence,
+    Image.unknown,
+    Image.novelty,
+    Image.margin,
+    Image.top_k,
+    Image.reviewed_label,
+    Image.reviewed_at,
+    Image.error,
+    Image.indexed_at,
+    Image.size_bytes,
+    ModelVersion.version.label("model_version"),
+)
 
 
 def _items_query() -> Select:
@@ -102,8 +129,15 @@ class CountCache:
             self._totals.clear()
 
 
-def search(session: Session, filters: Filters, sort: str = "id", descending: bool = False, page: int = 1,
-           page_size: int = 50, counts: CountCache | None = None) -> dict:
+def search(
+    session: Session,
+    filters: Filters,
+    sort: str = "id",
+    descending: bool = False,
+    page: int = 1,
+    page_size: int = 50,
+    counts: CountCache | None = None,
+) -> dict:
     """{total, page, page_size, items}: one page of the matching images, without their vectors."""
     if sort not in SORTS:
         raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
@@ -114,8 +148,13 @@ def search(session: Session, filters: Filters, sort: str = "id", descending: boo
     # The page's ids first (from an index when one covers filter and sort: sorting ids is cheap), then
     # their rows, in one statement: sorting thousands of whole rows to keep 50 is what made a search
     # slow, and one statement instead of two cut a search's server CPU by a sixth (benchmarks/serve.py).
-    page_ids = (filters.apply(select(Image.id)).order_by(*order).limit(page_size).offset((page - 1) * page_size)
-                .scalar_subquery())
+    page_ids = (
+        filters.apply(select(Image.id))
+        .order_by(*order)
+        .limit(page_size)
+        .offset((page - 1) * page_size)
+        .scalar_subquery()
+    )
     rows = session.execute(_items_query().where(Image.id.in_(page_ids)).order_by(*order)).all()
     return {"total": total, "page": page, "page_size": page_size, "items": [item(r) for r in rows]}
 
@@ -137,26 +176,60 @@ def get_image(session: Session, image_id: int) -> dict | None:
 
 def class_counts(session: Session) -> list[dict]:
     """Per class: images the model gave it, of them reviewed, and images curators gave it."""
-    rows = session.execute(select(Image.label, func.count(), func.count(Image.reviewed_label))
-                           .where(Image.label.is_not(None)).group_by(Image.label)).all()
+    rows = session.execute(
+        select(Image.label, func.count(), func.count(Image.reviewed_label))
+        .where(Image.label.is_not(None))
+        .group_by(Image.label)
+    ).all()
     model, reviewed = {r[0]: r[1] for r in rows}, {r[0]: r[2] for r in rows}
-    curated = dict(session.execute(select(Image.reviewed_label, func.count()).where(Image.reviewed_label.is_not(None))
-                                   .group_by(Image.reviewed_label)).all())
+    curated = dict(
+        session.execute(
+            select(Image.reviewed_label, func.count())
+            .where(Image.reviewed_label.is_not(None))
+            .group_by(Image.reviewed_label)
+        ).all()
+    )
     names = sorted(set(model) | set(curated))
-    return [{"label": n, "count": model.get(n, 0), "reviewed": reviewed.get(n, 0),
-             "not_reviewed": model.get(n, 0) - reviewed.get(n, 0), "curated": curated.get(n, 0)} for n in names]
+    return [
+        {
+            "label": n,
+            "count": model.get(n, 0),
+            "reviewed": reviewed.get(n, 0),
+            "not_reviewed": model.get(n, 0) - reviewed.get(n, 0),
+            "curated": curated.get(n, 0),
+        }
+        for n in names
+    ]
 
 
-EXPORT_COLUMNS = ("path", "label", "confidence", "unknown", "novelty", "top_k", "error",  # as `predict` writes
-                  "id", "sha256", "size_bytes", "sol", "instrument", "model_version", "reviewed_label",
-                  "reviewed_at", "indexed_at", "margin")
+EXPORT_COLUMNS = (
+    "path",
+    "label",
+    "confidence",
+    "unknown",
+    "novelty",
+    "top_k",
+    "error",  # as `predict` writes
+    "id",
+    "sha256",
+    "size_bytes",
+    "sol",
+    "instrument",
+    "model_version",
+    "reviewed_label",
+    "reviewed_at",
+    "indexed_at",
+    "margin",
+)
 
 
 def export_rows(session: Session, filters: Filters, chunk: int = 2000) -> Iterator[dict]:
     """Every matching image in id order, streamed in chunks (keyset paging: flat memory)."""
     last = 0
     while True:
-        rows = session.execute(filters.apply(_items_query()).where(Image.id > last).order_by(Image.id).limit(chunk)).all()
+        rows = session.execute(
+            filters.apply(_items_query()).where(Image.id > last).order_by(Image.id).limit(chunk)
+        ).all()
         for r in rows:
             d = item(r)
             yield {k: d[k] for k in EXPORT_COLUMNS}
@@ -176,14 +249,20 @@ class SketchIndex:
         self.matrix = np.zeros((0, SKETCH_DIMS), np.float16)
 
     def _refresh(self, session: Session) -> None:
-        key = session.execute(select(func.count(ImageVectors.image_id), func.max(ImageVectors.image_id),
-                                     func.max(Image.indexed_at)).join(Image, Image.id == ImageVectors.image_id)).one()
+        key = session.execute(
+            select(func.count(ImageVectors.image_id), func.max(ImageVectors.image_id), func.max(Image.indexed_at)).join(
+                Image, Image.id == ImageVectors.image_id
+            )
+        ).one()
         if key == self._key:
             return
         rows = session.execute(select(ImageVectors.image_id, ImageVectors.sketch)).all()
         self.ids = np.array([r[0] for r in rows], np.int64)
-        self.matrix = (np.frombuffer(b"".join(r[1] for r in rows), "<f2").reshape(len(rows), SKETCH_DIMS)
-                       if rows else np.zeros((0, SKETCH_DIMS), np.float16))
+        self.matrix = (
+            np.frombuffer(b"".join(r[1] for r in rows), "<f2").reshape(len(rows), SKETCH_DIMS)
+            if rows
+            else np.zeros((0, SKETCH_DIMS), np.float16)
+        )
         self._key = key
 
     def similar(self, session: Session, image_id: int, k: int) -> list[tuple[int, float]]:

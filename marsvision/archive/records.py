@@ -61,12 +61,27 @@ def texture_embedding(clf: Classifier, texture: np.ndarray) -> np.ndarray | None
 def prediction_columns(p: Prediction, clf: Classifier, model_id: int) -> dict:
     """The model-output columns of an image row (what a re-score rewrites)."""
     if not p.ok:
-        return {"error": p.error, "model_id": model_id, "label": None, "confidence": None, "unknown": None,
-                "novelty": None, "margin": None, "top_k": []}
+        return {
+            "error": p.error,
+            "model_id": model_id,
+            "label": None,
+            "confidence": None,
+            "unknown": None,
+            "novelty": None,
+            "margin": None,
+            "top_k": [],
+        }
     probs = np.sort(p.probabilities)[::-1]
-    return {"error": None, "model_id": model_id, "label": p.label, "confidence": float(p.confidence),
-            "unknown": p.unknown, "novelty": p.novelty, "margin": float(probs[0] - (probs[1] if len(probs) > 1 else 0.0)),
-            "top_k": [[n, round(float(c), 6)] for n, c in p.top_k]}
+    return {
+        "error": None,
+        "model_id": model_id,
+        "label": p.label,
+        "confidence": float(p.confidence),
+        "unknown": p.unknown,
+        "novelty": p.novelty,
+        "margin": float(probs[0] - (probs[1] if len(probs) > 1 else 0.0)),
+        "top_k": [[n, round(float(c), 6)] for n, c in p.top_k],
+    }
 
 
 def image_rows(items: list[tuple[str | Path, str, int, Prediction]], clf: Classifier, model_id: int) -> list[dict]:
@@ -76,9 +91,20 @@ def image_rows(items: list[tuple[str | Path, str, int, Prediction]], clf: Classi
     rows = []
     for path, sha256, size, p in items:
         fields = parse_filename(path)
-        rows.append({"sha256": sha256, "path": str(path), "size_bytes": size, "sol": fields.get("sol"),
-                     "instrument": fields.get("instrument"), "name_fields": fields,
-                     **prediction_columns(p, clf, model_id), "features": None, "texture": None, "sketch": None})
+        rows.append(
+            {
+                "sha256": sha256,
+                "path": str(path),
+                "size_bytes": size,
+                "sol": fields.get("sol"),
+                "instrument": fields.get("instrument"),
+                "name_fields": fields,
+                **prediction_columns(p, clf, model_id),
+                "features": None,
+                "texture": None,
+                "sketch": None,
+            }
+        )
     have = [i for i, (*_, p) in enumerate(items) if p.ok and p.features is not None]
     if have:
         feats = np.stack([items[i][3].features for i in have])
@@ -86,8 +112,11 @@ def image_rows(items: list[tuple[str | Path, str, int, Prediction]], clf: Classi
         textures = [items[i][3].texture for i in have]
         emb = None if any(t is None for t in textures) else texture_embedding(clf, np.stack(textures))
         for n, i in enumerate(have):
-            rows[i].update(features=to_blob(feats[n], "f2"), sketch=to_blob(sketches[n], "f2"),
-                           texture=None if emb is None else to_blob(emb[n], "f4"))
+            rows[i].update(
+                features=to_blob(feats[n], "f2"),
+                sketch=to_blob(sketches[n], "f2"),
+                texture=None if emb is None else to_blob(emb[n], "f4"),
+            )
     return rows
 
 

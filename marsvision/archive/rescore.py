@@ -28,22 +28,32 @@ def scores(clf: Classifier, features: np.ndarray, texture: np.ndarray | None, to
     out = []
     for i, row in enumerate(order):
         p = probs[i]
-        out.append({"label": clf.class_names[row[0]], "confidence": float(p[row[0]]),
-                    "margin": float(p[row[0]] - (p[row[1]] if len(row) > 1 else 0.0)),
-                    "unknown": None if novelty is None else bool(novelty[i] > 1.0),
-                    "novelty": None if novelty is None else float(novelty[i]),
-                    "top_k": [[clf.class_names[j], round(float(p[j]), 6)] for j in row]})
+        out.append(
+            {
+                "label": clf.class_names[row[0]],
+                "confidence": float(p[row[0]]),
+                "margin": float(p[row[0]] - (p[row[1]] if len(row) > 1 else 0.0)),
+                "unknown": None if novelty is None else bool(novelty[i] > 1.0),
+                "novelty": None if novelty is None else float(novelty[i]),
+                "top_k": [[clf.class_names[j], round(float(p[j]), 6)] for j in row],
+            }
+        )
     return out
 
 
 def compatible(session: Session, mv: ModelVersion) -> int:
     """How many rows were labelled by a version whose features ``mv`` cannot read (0: all fine)."""
     source = mv.info.get("features_from") or mv.version
-    other = [m.id for m in session.scalars(select(ModelVersion)) if (m.info.get("features_from") or m.version) != source]
+    other = [
+        m.id for m in session.scalars(select(ModelVersion)) if (m.info.get("features_from") or m.version) != source
+    ]
     if not other:
         return 0
-    return session.scalar(select(func.count(Image.id)).join(ImageVectors, ImageVectors.image_id == Image.id)
-                          .where(Image.model_id.in_(other)))
+    return session.scalar(
+        select(func.count(Image.id))
+        .join(ImageVectors, ImageVectors.image_id == Image.id)
+        .where(Image.model_id.in_(other))
+    )
 
 
 def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progress=None) -> dict:
@@ -53,8 +63,10 @@ def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progr
         mv = s.get(ModelVersion, version.id)
         blocked = compatible(s, mv)
         if blocked:
-            raise VersionError(f"{blocked} images were indexed by a model whose features {mv.version} cannot read; "
-                               f"activate it with `marsvision index PATH --reclassify` instead")
+            raise VersionError(
+                f"{blocked} images were indexed by a model whose features {mv.version} cannot read; "
+                f"activate it with `marsvision index PATH --reclassify` instead"
+            )
         set_active(s, mv)
         path = mv.path
     clf = load_model(path, threads=None)
@@ -62,14 +74,20 @@ def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progr
     try:
         while True:
             with make.begin() as s:  # one transaction a chunk
-                rows = s.execute(select(ImageVectors.image_id.label("id"), ImageVectors.features, ImageVectors.texture)
-                                 .where(ImageVectors.image_id > last).order_by(ImageVectors.image_id).limit(chunk)).all()
+                rows = s.execute(
+                    select(ImageVectors.image_id.label("id"), ImageVectors.features, ImageVectors.texture)
+                    .where(ImageVectors.image_id > last)
+                    .order_by(ImageVectors.image_id)
+                    .limit(chunk)
+                ).all()
                 if not rows:
                     break
                 feats = np.stack([from_blob(r.features, "f2") for r in rows])
                 tex = np.stack([from_blob(r.texture, "f4") for r in rows]) if all(r.texture for r in rows) else None
                 cols = scores(clf, feats, tex)
-                s.execute(update(Image), [{"id": r.id, "model_id": version.id, **c} for r, c in zip(rows, cols)])
+                s.execute(
+                    update(Image), [{"id": r.id, "model_id": version.id, **c} for r, c in zip(rows, cols, strict=True)]
+                )
             done += len(rows)
             last = rows[-1].id
             if progress:

@@ -21,8 +21,11 @@ POOL = 2000
 
 
 def review_queue(session: Session, clf: Classifier, strategy: str, limit: int, seed: int = 0) -> list[dict]:
-    open_rows = select(Image.id, ImageVectors.features, ImageVectors.texture).join(
-        ImageVectors, ImageVectors.image_id == Image.id).where(Image.reviewed_label.is_(None))
+    open_rows = (
+        select(Image.id, ImageVectors.features, ImageVectors.texture)
+        .join(ImageVectors, ImageVectors.image_id == Image.id)
+        .where(Image.reviewed_label.is_(None))
+    )
     order = func.random() if strategy == "random" else Image.margin.asc()
     rows = session.execute(open_rows.order_by(order, Image.id).limit(POOL)).all()
     if not rows:
@@ -33,6 +36,6 @@ def review_queue(session: Session, clf: Classifier, strategy: str, limit: int, s
     picked = choose(strategy, probs, feats, limit, np.random.default_rng(seed))
     top2 = np.sort(probs[picked], axis=1)[:, -2:]
     out = get_images(session, [rows[i].id for i in picked])
-    for item, (second, first) in zip(out, top2):
+    for item, (second, first) in zip(out, top2, strict=True):
         item["review_margin"] = round(float(first - second), 6)
     return out

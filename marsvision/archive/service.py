@@ -5,19 +5,20 @@ Reads are open; writes (corrections, stored uploads, activating a model version)
 when one is configured and are refused (403) when none is, unless anonymous writes are allowed.
 Uploads are capped in size (413), decoded with the decompression-bomb guard (422) and refused with a
 message when they are not images (415); classification runs at most ``classify_slots`` at a time, a few more
-wait their turn, and beyond that the answer is 503 with Retry-After. Images are served by id, never by a path from the request.
+wait their turn, and beyond that the answer is 503 with Retry-After. Images are served by id, never by a
+path from the request.
 """
 
 # No "from __future__ import annotations": FastAPI reads the endpoints' annotations at run time,
 # and they refer to names local to create_app.
 
+import asyncio
 import csv
 import hashlib
 import hmac
 import io
 import json
 import os
-import asyncio
 import threading
 import time
 from collections import OrderedDict
@@ -33,14 +34,24 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from ..atomic import atomic_write
+from ..curate.review import DEFAULT_STRATEGY, STRATEGIES
 from ..inference.predict import load_model
 from ..preprocess import ImageError, load_image
 from .db import Correction, Image, sessions, utcnow
-from .queries import (EXPORT_COLUMNS, CountCache, Filters, SketchIndex, class_counts, export_rows, get_image, get_images, isoformat,
-                      search)
 from .index import insert_new
+from .queries import (
+    EXPORT_COLUMNS,
+    CountCache,
+    Filters,
+    SketchIndex,
+    class_counts,
+    export_rows,
+    get_image,
+    get_images,
+    isoformat,
+    search,
+)
 from .records import image_row
-from ..curate.review import DEFAULT_STRATEGY, STRATEGIES
 from .rescore import activate
 from .review import review_queue
 from .versions import VersionError, active_version, ensure_active, find, version_rows
@@ -117,7 +128,9 @@ class ClassificationSlots:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/classify":
             return await self.app(scope, receive, send)
-        busy = JSONResponse({"detail": "busy classifying; retry shortly"}, status_code=503, headers={"Retry-After": "1"})
+        busy = JSONResponse(
+            {"detail": "busy classifying; retry shortly"}, status_code=503, headers={"Retry-After": "1"}
+        )
         if self.admitted >= self.limit:
             return await busy(scope, receive, send)
         self.admitted += 1  # counted before any await: the event loop runs one request at a time here
@@ -134,35 +147,68 @@ class ClassificationSlots:
             self.admitted -= 1
 
 
-def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes: bool = False,
-               max_upload_bytes: int = 20 * 2**20, classify_slots: int = 2, threads: int | None = None) -> FastAPI:
+def create_app(
+    engine: Engine,
+    token: str | None = None,
+    allow_anonymous_writes: bool = False,
+    max_upload_bytes: int = 20 * 2**20,
+    classify_slots: int = 2,
+    threads: int | None = None,
+) -> FastAPI:
     archive = Archive(engine, threads, classify_slots)
-    app = FastAPI(title="marsvision archive", version="1",
-                  description="Search, browse and correct classified Curiosity (MSL) images.")
+    app = FastAPI(
+        title="marsvision archive",
+        version="1",
+        description="Search, browse and correct classified Curiosity (MSL) images.",
+    )
     app.state.archive = archive
 
     def writer(request: Request) -> str:
         """Write access: the bearer token when one is configured; else only with anonymous writes allowed."""
         if token is None:
             if not allow_anonymous_writes:
-                raise HTTPException(403, "writes are disabled: start the server with --token-file or $MARSVISION_TOKEN "
-                                         "(or --allow-anonymous-writes)")
+                raise HTTPException(
+                    403,
+                    "writes are disabled: start the server with --token-file or $MARSVISION_TOKEN "
+                    "(or --allow-anonymous-writes)",
+                )
             return "anonymous"
         sent = request.headers.get("authorization", "")
         if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].strip(), token)):
-            raise HTTPException(401, "this write needs the header 'Authorization: Bearer <token>'",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "this write needs the header 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return "token"
 
-    async def filters(q: Annotated[str | None, Query(max_length=200, description="part of the file name")] = None,
-                      label: str | None = None, min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
-                      max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None, unknown: bool | None = None,
-                      sol_min: int | None = None, sol_max: int | None = None, instrument: str | None = None,
-                      reviewed: bool | None = None, reviewed_label: str | None = None,
-                      error: bool | None = None) -> Filters:
+    async def filters(
+        q: Annotated[str | None, Query(max_length=200, description="part of the file name")] = None,
+        label: str | None = None,
+        min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+        max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+        unknown: bool | None = None,
+        sol_min: int | None = None,
+        sol_max: int | None = None,
+        instrument: str | None = None,
+        reviewed: bool | None = None,
+        reviewed_label: str | None = None,
+        error: bool | None = None,
+    ) -> Filters:
         # async: plain parsing, so no hop to a worker thread and back (measured: 0.8 ms of a search)
-        return Filters(label, min_confidence, max_confidence, unknown, sol_min, sol_max, instrument, reviewed,
-                       reviewed_label, error, q)
+        return Filters(
+            label,
+            min_confidence,
+            max_confidence,
+            unknown,
+            sol_min,
+            sol_max,
+            instrument,
+            reviewed,
+            reviewed_label,
+            error,
+            q,
+        )
 
     def image_or_404(session, image_id: int) -> Image:
         img = session.get(Image, image_id)
@@ -183,15 +229,26 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
         except Exception as e:  # noqa: BLE001 — any failure means not ready, said in one line
             return JSONResponse({"status": "not ready", "reason": f"{type(e).__name__}: {e}"[:300]}, status_code=503)
         writes = "token" if token else ("anonymous" if allow_anonymous_writes else "disabled")
-        return {"status": "ready", "database": engine.dialect.name, "model": mv.version, "classes": len(clf.class_names),
-                "writes": writes}
+        return {
+            "status": "ready",
+            "database": engine.dialect.name,
+            "model": mv.version,
+            "classes": len(clf.class_names),
+            "writes": writes,
+        }
 
     @app.get("/api/images", tags=["images"])
-    async def list_images(f: Annotated[Filters, Depends(filters)], sort: str = "id", descending: bool = False,
-                          page: Annotated[int, Query(ge=1)] = 1, page_size: Annotated[int, Query(ge=1, le=500)] = 50):
+    async def list_images(
+        f: Annotated[Filters, Depends(filters)],
+        sort: str = "id",
+        descending: bool = False,
+        page: Annotated[int, Query(ge=1)] = 1,
+        page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+    ):
         def run():
             with archive.sessions() as s:
                 return search(s, f, sort, descending, page, page_size, archive.counts)
+
         try:
             # A Response, not a dict: FastAPI's encoder would take longer than the query (2.5 ms a page).
             return JSONResponse(await anyio.to_thread.run_sync(run, limiter=archive.searches))
@@ -204,10 +261,16 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
             d = get_image(s, image_id)
             if d is None:
                 raise HTTPException(404, f"no image {image_id}")
-            d["corrections"] = [{"label": c.label, "note": c.note, "author": c.author, "model_label": c.model_label,
-                                 "created_at": isoformat(c.created_at)}
-                                for c in s.scalars(select(Correction).where(Correction.image_id == image_id)
-                                                   .order_by(Correction.id))]
+            d["corrections"] = [
+                {
+                    "label": c.label,
+                    "note": c.note,
+                    "author": c.author,
+                    "model_label": c.model_label,
+                    "created_at": isoformat(c.created_at),
+                }
+                for c in s.scalars(select(Correction).where(Correction.image_id == image_id).order_by(Correction.id))
+            ]
             return d
 
     def _open(img: Image, size: int):
@@ -260,7 +323,9 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
         finally:
             archive.heatmap_slots.release()
         if not e.prediction.ok:
-            raise HTTPException(404 if "not found" in e.prediction.error else 422, f"image {image_id}: {e.prediction.error}")
+            raise HTTPException(
+                404 if "not found" in e.prediction.error else 422, f"image {image_id}: {e.prediction.error}"
+            )
         buf = io.BytesIO()
         overlay(img.path, e.heatmaps[label or e.prediction.label], size).save(buf, format="PNG")
         archive.heatmaps[key] = buf.getvalue()
@@ -284,8 +349,10 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
             counts = {c["label"]: c for c in class_counts(s)}
         _, clf = archive.model()
         empty = {"count": 0, "reviewed": 0, "not_reviewed": 0, "curated": 0}
-        return {"classes": [{**empty, **counts.get(n, {"label": n}), "model": True} for n in clf.class_names]
-                + [{**c, "model": False} for n, c in counts.items() if n not in clf.class_names]}
+        return {
+            "classes": [{**empty, **counts.get(n, {"label": n}), "model": True} for n in clf.class_names]
+            + [{**c, "model": False} for n, c in counts.items() if n not in clf.class_names]
+        }
 
     @app.put("/api/images/{image_id}/label", tags=["curation"])
     def correct(image_id: int, body: LabelIn, who: Annotated[str, Depends(writer)]):
@@ -296,15 +363,27 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
         with archive.sessions.begin() as s:
             img = image_or_404(s, image_id)
             now = utcnow()
-            s.add(Correction(image_id=img.id, label=body.label, note=body.note, author=body.author or who,
-                             created_at=now, model_id=img.model_id, model_label=img.label))
+            s.add(
+                Correction(
+                    image_id=img.id,
+                    label=body.label,
+                    note=body.note,
+                    author=body.author or who,
+                    created_at=now,
+                    model_id=img.model_id,
+                    model_label=img.label,
+                )
+            )
             img.reviewed_label, img.reviewed_at = body.label, now
         archive.changed()
         return image_detail(image_id)
 
     @app.post("/api/classify", tags=["classify"])
-    async def classify(files: Annotated[list[UploadFile], File(description="one or more images")],
-                       store: bool = False, request: Request = None):
+    async def classify(
+        files: Annotated[list[UploadFile], File(description="one or more images")],
+        store: bool = False,
+        request: Request = None,
+    ):
         """Classify uploaded images; ``store=true`` also adds them to the archive (a write)."""
         if store:
             writer(request)
@@ -318,16 +397,25 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
 
         mv, clf = await run_in_threadpool(archive.model)
         preds = await run_in_threadpool(clf.predict, [d for _, d in payloads], None, 3)  # a slot is held: see below
-        bad = [(name, p.error) for (name, _), p in zip(payloads, preds) if not p.ok]
+        bad = [(name, p.error) for (name, _), p in zip(payloads, preds, strict=True) if not p.ok]
         if len(bad) == len(preds):
             name, why = bad[0]
             status = 422 if ("bomb" in why or "truncated" in why or "corrupt" in why or why == "empty file") else 415
             raise HTTPException(status, f"{name}: {why}")
         results = []
-        for (name, data), p in zip(payloads, preds):
-            results.append({"filename": name, "label": p.label, "confidence": p.confidence, "unknown": p.unknown,
-                            "novelty": p.novelty, "top_k": [[n, c] for n, c in p.top_k], "error": p.error,
-                            "model_version": mv.version})
+        for (name, _data), p in zip(payloads, preds, strict=True):
+            results.append(
+                {
+                    "filename": name,
+                    "label": p.label,
+                    "confidence": p.confidence,
+                    "unknown": p.unknown,
+                    "novelty": p.novelty,
+                    "top_k": [[n, c] for n, c in p.top_k],
+                    "error": p.error,
+                    "model_version": mv.version,
+                }
+            )
         if store:
             results = await run_in_threadpool(_store, payloads, preds, results, mv, clf)
             archive.changed()
@@ -339,7 +427,7 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
         upload_dir = Path(os.environ.get("MARSVISION_UPLOADS", "marsvision-uploads")).resolve()
         upload_dir.mkdir(parents=True, exist_ok=True)
         with archive.sessions.begin() as s:
-            for (name, data), p, r in zip(payloads, preds, results):
+            for (name, data), p, r in zip(payloads, preds, results, strict=True):
                 if not p.ok:
                     continue
                 sha = hashlib.sha256(data).hexdigest()
@@ -354,21 +442,29 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
     @app.get("/api/export", tags=["images"])
     def export(f: Annotated[Filters, Depends(filters)], format: Literal["csv", "json"] = "csv"):
         """Every matching image (streamed): the columns begin with `predict`'s, then the archive's own."""
+
         def rows():
             with archive.sessions() as s:
                 yield from export_rows(s, f)
 
         def cell(v):
-            return "" if v is None else (int(v) if isinstance(v, bool) else (json.dumps(v) if isinstance(v, list) else v))
+            return (
+                "" if v is None else (int(v) if isinstance(v, bool) else (json.dumps(v) if isinstance(v, list) else v))
+            )
 
         if format == "json":
+
             def body():
                 yield "["
                 for i, r in enumerate(rows()):
                     yield ("," if i else "") + "\n" + json.dumps(r, ensure_ascii=False)
                 yield "\n]\n"
-            return StreamingResponse(body(), media_type="application/json",
-                                     headers={"Content-Disposition": "attachment; filename=marsvision-export.json"})
+
+            return StreamingResponse(
+                body(),
+                media_type="application/json",
+                headers={"Content-Disposition": "attachment; filename=marsvision-export.json"},
+            )
 
         def body_csv():
             buf = io.StringIO()
@@ -381,8 +477,12 @@ def create_app(engine: Engine, token: str | None = None, allow_anonymous_writes:
                     buf.seek(0)
                     buf.truncate()
             yield buf.getvalue()
-        return StreamingResponse(body_csv(), media_type="text/csv",
-                                 headers={"Content-Disposition": "attachment; filename=marsvision-export.csv"})
+
+        return StreamingResponse(
+            body_csv(),
+            media_type="text/csv",
+            headers={"Content-Disposition": "attachment; filename=marsvision-export.csv"},
+        )
 
     @app.get("/api/models", tags=["models"])
     def models():

@@ -20,8 +20,14 @@ def active_version(session: Session) -> ModelVersion | None:
     return session.scalars(select(ModelVersion).where(ModelVersion.active)).first()
 
 
-def register(session: Session, path: str | Path, version: str = "", parent: ModelVersion | None = None,
-             corrections: int = 0, info: dict | None = None) -> ModelVersion:
+def register(
+    session: Session,
+    path: str | Path,
+    version: str = "",
+    parent: ModelVersion | None = None,
+    corrections: int = 0,
+    info: dict | None = None,
+) -> ModelVersion:
     """The row of the model file at ``path`` (added when its content is new)."""
     path = Path(path).resolve()
     if not path.is_file():
@@ -30,10 +36,17 @@ def register(session: Session, path: str | Path, version: str = "", parent: Mode
     found = session.scalars(select(ModelVersion).where(ModelVersion.sha256 == sha)).first()
     if found:
         return found
-    mv = ModelVersion(version=version or f"{path.stem.split('.')[0]}-{sha[:8]}", path=str(path), sha256=sha,
-                      parent_id=parent.id if parent else None, corrections=corrections,
-                      info={"features_from": (parent.info.get("features_from") or parent.version) if parent else None,
-                            **(info or {})})
+    mv = ModelVersion(
+        version=version or f"{path.stem.split('.')[0]}-{sha[:8]}",
+        path=str(path),
+        sha256=sha,
+        parent_id=parent.id if parent else None,
+        corrections=corrections,
+        info={
+            "features_from": (parent.info.get("features_from") or parent.version) if parent else None,
+            **(info or {}),
+        },
+    )
     session.add(mv)
     session.flush()
     if mv.info.get("features_from") is None:  # a model that computed its own features
@@ -55,8 +68,10 @@ def ensure_active(session: Session, model: str | Path | None = None) -> ModelVer
         set_active(session, mv)
         return mv
     if model and register(session, model).id != current.id:
-        raise VersionError(f"the archive's active model is {current.version}; switch with "
-                           f"`marsvision models activate VERSION` (or leave out --model)")
+        raise VersionError(
+            f"the archive's active model is {current.version}; switch with "
+            f"`marsvision models activate VERSION` (or leave out --model)"
+        )
     return current
 
 
@@ -77,9 +92,18 @@ def version_rows(session: Session) -> list[dict]:
     counts = dict(session.execute(select(Image.model_id, func.count()).group_by(Image.model_id)).all())
     versions = list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))
     names = {m.id: m.version for m in versions}
-    return [{"version": m.version, "active": m.active, "created_at": m.created_at.isoformat(timespec="seconds"),
-             "parent": names.get(m.parent_id), "corrections": m.corrections, "images": counts.get(m.id, 0),
-             "path": m.path} for m in versions]
+    return [
+        {
+            "version": m.version,
+            "active": m.active,
+            "created_at": m.created_at.isoformat(timespec="seconds"),
+            "parent": names.get(m.parent_id),
+            "corrections": m.corrections,
+            "images": counts.get(m.id, 0),
+            "path": m.path,
+        }
+        for m in versions
+    ]
 
 
 def rollback_target(session: Session) -> ModelVersion:

@@ -48,17 +48,46 @@ class RefitConfig:
     """Refit the model's head on its training images plus the curators' corrections (no image decoded)."""
 
     db: str = field(default="", metadata={"help": DB_HELP})
-    labels: str = field(default="", metadata={"help": "corrections from this CSV (columns: image (path, sha256 or archive id), label) instead of the archive's"})
-    new_classes: str = field(default="", metadata={"help": "comma-separated class names the corrections may add to the model's"})
-    data: str = field(default="", metadata={"help": f"the MSL data set, needed once per archive to compute the training images' features; {DATA_HELP}"})
-    weight: float = field(default=DEFAULT_WEIGHT, metadata={"help": "a correction weighs this many class-balanced training images of its class"})
-    out: str = field(default="runs", metadata={"help": "runs root: the new version is written to <out>/refit/<version>/"})
-    activate: bool = field(default=True, metadata={"help": "make the new version active and re-score the archive with it"})
+    labels: str = field(
+        default="",
+        metadata={
+            "help": (
+                "corrections from this CSV (columns: image (path, sha256 or archive "
+                "id), label) instead of the archive's"
+            )
+        },
+    )
+    new_classes: str = field(
+        default="", metadata={"help": "comma-separated class names the corrections may add to the model's"}
+    )
+    data: str = field(
+        default="",
+        metadata={
+            "help": f"the MSL data set, needed once per archive to compute the training images' features; {DATA_HELP}"
+        },
+    )
+    weight: float = field(
+        default=DEFAULT_WEIGHT,
+        metadata={"help": "a correction weighs this many class-balanced training images of its class"},
+    )
+    out: str = field(
+        default="runs", metadata={"help": "runs root: the new version is written to <out>/refit/<version>/"}
+    )
+    activate: bool = field(
+        default=True, metadata={"help": "make the new version active and re-score the archive with it"}
+    )
 
 
-def refit_head(x_train: np.ndarray, y_train: np.ndarray, x_new: np.ndarray, y_new: np.ndarray, num_classes: int,
-               c: float, weight: float = DEFAULT_WEIGHT,
-               start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def refit_head(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_new: np.ndarray,
+    y_new: np.ndarray,
+    num_classes: int,
+    c: float,
+    weight: float = DEFAULT_WEIGHT,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(W (K, F), b (K,)) fitted on training images plus corrections, weighed by ``sample_weights``;
     the solver starts from the head ``start`` when given (``fit_head``)."""
     x = np.concatenate([x_train, x_new]) if len(x_new) else x_train
@@ -70,7 +99,7 @@ def refit_head(x_train: np.ndarray, y_train: np.ndarray, x_new: np.ndarray, y_ne
 def read_labels_csv(path: str, session, classes: list[str]) -> list[tuple[int, str, int]]:
     """(image id, label, line) per row; ``LabelsError`` naming the line of the first bad one."""
     try:
-        f = open(path, newline="", encoding="utf-8-sig")
+        f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 (the with below; open's error named alone)
     except OSError as e:
         raise LabelsError(f"{path}: {e.strerror}") from None
     with f:
@@ -78,14 +107,17 @@ def read_labels_csv(path: str, session, classes: list[str]) -> list[tuple[int, s
         cols = {c.strip().lower(): c for c in reader.fieldnames or []}
         key = next((k for k in ("image", "path", "sha256", "id") if k in cols), None)
         if key is None or "label" not in cols:
-            raise LabelsError(f"{path}: line 1: expected columns 'image' (or path, sha256, id) and 'label', "
-                              f"got {reader.fieldnames}")
+            raise LabelsError(
+                f"{path}: line 1: expected columns 'image' (or path, sha256, id) and 'label', got {reader.fieldnames}"
+            )
         out, seen = [], {}
         for line, row in enumerate(reader, 2):
             ref, label = (row[cols[key]] or "").strip(), (row[cols["label"]] or "").strip()
             if label not in classes:
-                raise LabelsError(f"{path}: line {line}: unknown class {label!r} (not a class of the model; "
-                                  f"a new one needs --new-classes)")
+                raise LabelsError(
+                    f"{path}: line {line}: unknown class {label!r} (not a class of the model; "
+                    f"a new one needs --new-classes)"
+                )
             image_id = _find_image(session, ref)
             if image_id is None:
                 raise LabelsError(f"{path}: line {line}: unknown image {ref!r} (not in the archive; index it first)")
@@ -117,14 +149,22 @@ def training_features(make, parent: ModelVersion, clf, data: str) -> tuple[np.nd
     """The training images' features (N, F), labels and sols, computed once (with ``data``) and stored."""
     source = parent.info.get("features_from") or parent.version
     with make() as s:
-        rows = s.execute(select(TrainingImage.features, TrainingImage.label, TrainingImage.sol)
-                         .where(TrainingImage.features_from == source).order_by(TrainingImage.id)).all()
+        rows = s.execute(
+            select(TrainingImage.features, TrainingImage.label, TrainingImage.sol)
+            .where(TrainingImage.features_from == source)
+            .order_by(TrainingImage.id)
+        ).all()
     if rows:
-        return (np.stack([from_blob(r.features, "f2") for r in rows]), [r.label for r in rows],
-                np.array([r.sol if r.sol is not None else -1 for r in rows]))
+        return (
+            np.stack([from_blob(r.features, "f2") for r in rows]),
+            [r.label for r in rows],
+            np.array([r.sol if r.sol is not None else -1 for r in rows]),
+        )
     if not data:
-        raise VersionError("the archive has no training features yet: run `marsvision refit --data DIR` once "
-                           "(it computes them from the MSL data set with the archive's model, then stores them)")
+        raise VersionError(
+            "the archive has no training features yet: run `marsvision refit --data DIR` once "
+            "(it computes them from the MSL data set with the archive's model, then stores them)"
+        )
     from ..data.msl import MSLDataset
     from ..export.trust import embed_split
 
@@ -137,8 +177,14 @@ def training_features(make, parent: ModelVersion, clf, data: str) -> tuple[np.nd
     labels = [clf.class_names[i] for i in classes]
     with make.begin() as s:
         s.execute(delete(TrainingImage).where(TrainingImage.features_from == source))
-        s.add_all([TrainingImage(features_from=source, split=splits, path=str(p), label=lab, sol=int(sol),
-                                 features=to_blob(f, "f2")) for p, lab, sol, f in zip(paths, labels, sols, feats)])
+        s.add_all(
+            [
+                TrainingImage(
+                    features_from=source, split=splits, path=str(p), label=lab, sol=int(sol), features=to_blob(f, "f2")
+                )
+                for p, lab, sol, f in zip(paths, labels, sols, feats, strict=True)
+            ]
+        )
     return feats.astype(np.float16).astype(np.float32), labels, sols
 
 
@@ -149,28 +195,49 @@ def refreshed_trust(parent: Trust, head_fit, x_train, y_train, x_new, y_new, tex
 
     novelty = parent.novelty
     if novelty is not None and tex_new is not None and len(tex_new):
-        novelty = Novelty(novelty.threshold, novelty.mean, novelty.basis,
-                          np.concatenate([novelty.reference, tex_new[:, :-1].astype(np.float16).astype(np.float32)]),
-                          np.concatenate([novelty.reference_residual, tex_new[:, -1]]), novelty.k, novelty.channels,
-                          {**novelty.info, "corrections_added": len(tex_new)})
+        novelty = Novelty(
+            novelty.threshold,
+            novelty.mean,
+            novelty.basis,
+            np.concatenate([novelty.reference, tex_new[:, :-1].astype(np.float16).astype(np.float32)]),
+            np.concatenate([novelty.reference_residual, tex_new[:, -1]]),
+            novelty.k,
+            novelty.channels,
+            {**novelty.info, "corrections_added": len(tex_new)},
+        )
     calibration = parent.calibration
     if calibration is not None and novelty is not None and len(y_new) >= MIN_FOR_TEMPERATURE:
         folds = np.arange(len(y_new)) % 5
         logits = np.zeros((len(y_new), head_fit[0].shape[0]), np.float32)
         for k in range(5):
-            w, b = refit_head(x_train, y_train, x_new[folds != k], y_new[folds != k], head_fit[0].shape[0],
-                              head_fit[2], weight, start=head_fit[:2])
+            w, b = refit_head(
+                x_train,
+                y_train,
+                x_new[folds != k],
+                y_new[folds != k],
+                head_fit[0].shape[0],
+                head_fit[2],
+                weight,
+                start=head_fit[:2],
+            )
             logits[folds == k] = x_new[folds == k] @ w.T + b
         # Held out, like the logits: against the parent's references, which do not hold these images
         # (``novelty`` now does, and each correction would find itself at distance 0).
         nov = parent.novelty.from_embedding(tex_new)
         t = fit_calibration(logits, nov, y_new)
         # The slope needs many images of every kind of shift; a few corrections move the level only.
-        level = fit_calibration(logits / np.exp(calibration.slope * np.log(np.clip(nov, 1e-3, 1e3)))[:, None],
-                                np.ones(len(nov)), y_new)
-        calibration = Calibration(level.log_t, calibration.slope, {
-            **calibration.info, "refitted_on": f"{len(y_new)} corrections, 5-fold held-out predictions",
-            "free_fit_for_reference": {"log_t": t.log_t, "slope": t.slope}})
+        level = fit_calibration(
+            logits / np.exp(calibration.slope * np.log(np.clip(nov, 1e-3, 1e3)))[:, None], np.ones(len(nov)), y_new
+        )
+        calibration = Calibration(
+            level.log_t,
+            calibration.slope,
+            {
+                **calibration.info,
+                "refitted_on": f"{len(y_new)} corrections, 5-fold held-out predictions",
+                "free_fit_for_reference": {"log_t": t.log_t, "slope": t.slope},
+            },
+        )
     return Trust(calibration, novelty)
 
 
@@ -212,13 +279,26 @@ def write_torch_twin(src: Path, dst: Path, meta: dict, head: Head, trust: Trust)
     from ..nets.models import linear_head
 
     ckpt = read_model_file(src)
-    model = build_model({**ckpt, "class_names": meta["class_names"]}) if len(meta["class_names"]) == len(
-        ckpt["class_names"]) else _grown(ckpt, len(meta["class_names"]))
+    model = (
+        build_model({**ckpt, "class_names": meta["class_names"]})
+        if len(meta["class_names"]) == len(ckpt["class_names"])
+        else _grown(ckpt, len(meta["class_names"]))
+    )
     layer = linear_head(model)
     layer.weight.data, layer.bias.data = torch.from_numpy(head.weight.copy()), torch.from_numpy(head.bias.copy())
     keep = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    save_model(dst, model, {**keep, "class_names": meta["class_names"], "trust": trust.to_dict(),
-                            "config": meta.get("config", {}), "metrics": meta.get("metrics", {})}, half=True)
+    save_model(
+        dst,
+        model,
+        {
+            **keep,
+            "class_names": meta["class_names"],
+            "trust": trust.to_dict(),
+            "config": meta.get("config", {}),
+            "metrics": meta.get("metrics", {}),
+        },
+        half=True,
+    )
     return dst
 
 
@@ -229,8 +309,10 @@ def _grown(ckpt: dict, classes: int):
 
     model = create_model(ckpt["arch"], classes, pretrained=False)
     old = build_model(ckpt).state_dict()
-    model.load_state_dict({k: v for k, v in old.items() if k in model.state_dict()
-                           and model.state_dict()[k].shape == v.shape}, strict=False)
+    model.load_state_dict(
+        {k: v for k, v in old.items() if k in model.state_dict() and model.state_dict()[k].shape == v.shape},
+        strict=False,
+    )
     return model.eval()
 
 
@@ -255,9 +337,14 @@ def run_refit(cfg: RefitConfig) -> dict:
         chosen = read_labels_csv(cfg.labels, s, classes) if cfg.labels else archive_corrections(s)
         if not chosen:
             raise VersionError("no corrections to refit with: correct labels in the archive, or pass --labels CSV")
-        rows = {r.id: r for r in s.execute(select(ImageVectors.image_id.label("id"), ImageVectors.features,
-                                                  ImageVectors.texture)
-                                           .where(ImageVectors.image_id.in_([c[0] for c in chosen]))).all()}
+        rows = {
+            r.id: r
+            for r in s.execute(
+                select(ImageVectors.image_id.label("id"), ImageVectors.features, ImageVectors.texture).where(
+                    ImageVectors.image_id.in_([c[0] for c in chosen])
+                )
+            ).all()
+        }
     missing = [c for c in chosen if c[0] not in rows]
     if missing:
         raise VersionError(f"image {missing[0][0]} has no stored features (it could not be read)")
@@ -266,27 +353,47 @@ def run_refit(cfg: RefitConfig) -> dict:
     y_train = np.array([index[n] for n in names_train])
     x_new = np.stack([from_blob(rows[c[0]].features, "f2") for c in chosen])
     y_new = np.array([index[c[1]] for c in chosen])
-    tex_new = (np.stack([from_blob(rows[c[0]].texture, "f4") for c in chosen])
-               if all(rows[c[0]].texture for c in chosen) else None)
+    tex_new = (
+        np.stack([from_blob(rows[c[0]].texture, "f4") for c in chosen])
+        if all(rows[c[0]].texture for c in chosen)
+        else None
+    )
     c_value = float((clf.meta.get("metrics") or {}).get("C") or (clf.meta.get("config") or {}).get("c") or 1.0)
     t_fit = time.perf_counter()
-    parent_head = np.zeros((len(classes), clf.head.weight.shape[1]), np.float32), np.full(len(classes), -1e4, np.float32)
-    parent_head[0][:len(clf.class_names)], parent_head[1][:len(clf.class_names)] = clf.head.weight, clf.head.bias
+    parent_head = (
+        np.zeros((len(classes), clf.head.weight.shape[1]), np.float32),
+        np.full(len(classes), -1e4, np.float32),
+    )
+    parent_head[0][: len(clf.class_names)], parent_head[1][: len(clf.class_names)] = clf.head.weight, clf.head.bias
     w, b = refit_head(x_train, y_train, x_new, y_new, len(classes), c_value, cfg.weight, start=parent_head)
     fit_seconds = time.perf_counter() - t_fit
     trust = refreshed_trust(clf.trust, (w, b, c_value), x_train, y_train, x_new, y_new, tex_new, cfg.weight)
     version = f"refit-{time.strftime('%Y%m%d-%H%M%S')}-{len(chosen)}"
     out_dir = Path(cfg.out) / "refit" / version
-    inputs = {"parent": parent.version, "corrections": len(chosen), "training_images": len(y_train),
-              "weight": cfg.weight, "C": c_value, "new_classes": [c for c in classes if c not in clf.class_names],
-              "source": "labels CSV " + cfg.labels if cfg.labels else "archive corrections"}
-    meta_update = {"class_names": classes, "config": {**(clf.meta.get("config") or {}), "refit": inputs},
-                   "metrics": {**(clf.meta.get("metrics") or {}), "C": c_value}}
+    inputs = {
+        "parent": parent.version,
+        "corrections": len(chosen),
+        "training_images": len(y_train),
+        "weight": cfg.weight,
+        "C": c_value,
+        "new_classes": [c for c in classes if c not in clf.class_names],
+        "source": "labels CSV " + cfg.labels if cfg.labels else "archive corrections",
+    }
+    meta_update = {
+        "class_names": classes,
+        "config": {**(clf.meta.get("config") or {}), "refit": inputs},
+        "metrics": {**(clf.meta.get("metrics") or {}), "C": c_value},
+    }
     files = write_version(Path(parent.path), out_dir, meta_update, Head(w, b), trust)
     with make.begin() as s:
-        mv = register(s, files["onnx"], version=version, parent=s.get(ModelVersion, parent.id),
-                      corrections=len(chosen), info={"inputs": inputs, "files": files,
-                                                      "corrections": [[c[0], c[1]] for c in chosen]})
+        mv = register(
+            s,
+            files["onnx"],
+            version=version,
+            parent=s.get(ModelVersion, parent.id),
+            corrections=len(chosen),
+            info={"inputs": inputs, "files": files, "corrections": [[c[0], c[1]] for c in chosen]},
+        )
     result = {"version": version, "files": files, "inputs": inputs, "fit_seconds": round(fit_seconds, 2)}
     if cfg.activate:
         result["activation"] = activate(make, mv)

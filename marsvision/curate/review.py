@@ -80,8 +80,11 @@ def _kmeanspp(gram: np.ndarray, k: int, rng: np.random.Generator, first: int | N
     for _ in range(k - 1):
         d2[picked] = 0
         total = d2.sum()
-        j = int(rng.choice(len(d2), p=d2 / total)) if total > 1e-12 else \
-            int(np.flatnonzero(~np.isin(np.arange(len(d2)), picked))[0])
+        j = (
+            int(rng.choice(len(d2), p=d2 / total))
+            if total > 1e-12
+            else int(np.flatnonzero(~np.isin(np.arange(len(d2)), picked))[0])
+        )
         picked.append(j)
         d2 = np.minimum(d2, np.maximum(sq + sq[j] - 2 * gram[:, j], 0))
     return np.asarray(picked)
@@ -96,7 +99,7 @@ def _cluster_lowest(gram: np.ndarray, k: int, rng: np.random.Generator, iters: i
         onehot[np.arange(len(gram)), assign] = 1.0
         n = np.maximum(onehot.sum(0), 1.0)
         gh = gram @ onehot  # <x_i, sum of cluster c>
-        score = gh / n - 0.5 * (onehot * gh).sum(0) / n ** 2  # <x_i, centre_c> - |centre_c|² / 2
+        score = gh / n - 0.5 * (onehot * gh).sum(0) / n**2  # <x_i, centre_c> - |centre_c|² / 2
         score[:, onehot.sum(0) == 0] = -np.inf
         new = np.argmax(score, axis=1)
         if np.array_equal(new, assign):
@@ -108,8 +111,14 @@ def _cluster_lowest(gram: np.ndarray, k: int, rng: np.random.Generator, iters: i
     return np.concatenate([first, rest])[:k]
 
 
-def choose(strategy: str, probs: np.ndarray, features: np.ndarray | None, k: int,
-           rng: np.random.Generator | None = None, exclude: np.ndarray | None = None) -> np.ndarray:
+def choose(
+    strategy: str,
+    probs: np.ndarray,
+    features: np.ndarray | None,
+    k: int,
+    rng: np.random.Generator | None = None,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
     """Up to ``k`` distinct row indices not in ``exclude``, in asking order (see the module docstring).
 
     ``features`` may be None for random, margin, entropy and margin_balanced. ``rng`` (random, the

@@ -95,12 +95,19 @@ def build_manifest(root: str | Path, out_path: str | Path, progress: bool = Fals
     if missing:
         raise FileNotFoundError(f"{len(missing)} labelled images missing under {root}, e.g. {missing[0]}")
     with ThreadPoolExecutor() as pool:  # hashlib releases the GIL, so threads hash in parallel
-        digests = list(tqdm(pool.map(lambda p: sha256_file(root / p), paths), total=len(paths),
-                            desc="hashing", unit="file", disable=not progress))
+        digests = list(
+            tqdm(
+                pool.map(lambda p: sha256_file(root / p), paths),
+                total=len(paths),
+                desc="hashing",
+                unit="file",
+                disable=not progress,
+            )
+        )
     with atomic_write(out_path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")  # LF keeps the committed file diff-friendly
         writer.writerow(["path", "sha256", "size"])
-        for p, digest in zip(paths, digests):
+        for p, digest in zip(paths, digests, strict=True):
             writer.writerow([p, digest, (root / p).stat().st_size])
     os.chmod(out_path, 0o644)  # atomic_write's mkstemp makes 0600; the asset must be readable by all
     return out_path
@@ -139,8 +146,9 @@ def _image_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
 
 
-def verify(root: str | Path, manifest: str | Path | None = None, check_hashes: bool = True,
-           progress: bool = True) -> VerifyReport:
+def verify(
+    root: str | Path, manifest: str | Path | None = None, check_hashes: bool = True, progress: bool = True
+) -> VerifyReport:
     """Compare a local copy (Zenodo or Kaggle layout) with the manifest: missing, corrupt and extra files."""
     root = Path(root)
     if not root.is_dir():
@@ -158,8 +166,12 @@ def verify(root: str | Path, manifest: str | Path | None = None, check_hashes: b
         located = {e.path: root / e.path for e in entries}
         known = {e.path for e in entries}
         image_dirs = {Path(e.path).parts[0] for e in entries if len(Path(e.path).parts) > 1} or {"calibrated"}
-        report.extra = sorted(rel for d in image_dirs for p in _image_files(root / d)
-                              if (rel := p.relative_to(root).as_posix()) not in known)
+        report.extra = sorted(
+            rel
+            for d in image_dirs
+            for p in _image_files(root / d)
+            if (rel := p.relative_to(root).as_posix()) not in known
+        )
 
     def check(entry: ManifestEntry) -> str:
         path = located[entry.path]
@@ -173,9 +185,10 @@ def verify(root: str | Path, manifest: str | Path | None = None, check_hashes: b
             return "corrupt"
 
     with ThreadPoolExecutor() as pool:  # hashlib releases the GIL, so threads hash in parallel
-        results = tqdm(pool.map(check, entries), total=len(entries), desc="verifying", unit="file",
-                       disable=not progress)
-        for entry, status in zip(entries, results):
+        results = tqdm(
+            pool.map(check, entries), total=len(entries), desc="verifying", unit="file", disable=not progress
+        )
+        for entry, status in zip(entries, results, strict=True):
             if status == "missing":
                 report.missing.append(entry.path)
             else:
@@ -190,8 +203,13 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'no details'}"
 
 
-def download(dest: str | Path, url: str = ZENODO_URL, known_hash: str | None = None, progress: bool = True,
-             manifest: str | Path | None = None) -> Path:
+def download(
+    dest: str | Path,
+    url: str = ZENODO_URL,
+    known_hash: str | None = None,
+    progress: bool = True,
+    manifest: str | Path | None = None,
+) -> Path:
     """Fetch and unpack the data set into ``dest``; return the data root (``dest/msl-images``).
 
     Does nothing if ``dest`` (or ``dest/msl-images``) already verifies against ``manifest``.
@@ -209,8 +227,14 @@ def download(dest: str | Path, url: str = ZENODO_URL, known_hash: str | None = N
     shutil.rmtree(staging, ignore_errors=True)
     archive = dest / ARCHIVE_NAME
     try:
-        pooch.retrieve(url, known_hash=known_hash, fname=ARCHIVE_NAME, path=dest,
-                       processor=pooch.Unzip(extract_dir=str(staging)), progressbar=progress)
+        pooch.retrieve(
+            url,
+            known_hash=known_hash,
+            fname=ARCHIVE_NAME,
+            path=dest,
+            processor=pooch.Unzip(extract_dir=str(staging)),
+            progressbar=progress,
+        )
     except Exception as exc:  # pooch surfaces requests, zipfile, hash and OS errors alike
         # A cached archive that fails to unpack would be reused forever by pooch: drop it
         archive.unlink(missing_ok=True)
@@ -219,13 +243,17 @@ def download(dest: str | Path, url: str = ZENODO_URL, known_hash: str | None = N
     root = find_root(staging)
     if root is None:
         shutil.rmtree(staging, ignore_errors=True)
-        raise DownloadError(f"download of {url} failed: archive holds no MSL data set "
-                            "(neither calibrated/ + split files nor images/ + CSVs)")
+        raise DownloadError(
+            f"download of {url} failed: archive holds no MSL data set "
+            "(neither calibrated/ + split files nor images/ + CSVs)"
+        )
     report = verify(root, manifest, progress=progress)
     if not report.ok:
         archive.unlink(missing_ok=True)  # so a retry fetches a fresh archive instead of reusing this one
-        raise DownloadError(f"download of {url} failed: unpacked copy does not verify "
-                            f"({len(report.missing)} missing, {len(report.corrupt)} corrupt; kept in {staging})")
+        raise DownloadError(
+            f"download of {url} failed: unpacked copy does not verify "
+            f"({len(report.missing)} missing, {len(report.corrupt)} corrupt; kept in {staging})"
+        )
     shutil.rmtree(final, ignore_errors=True)  # a stale copy that failed verification above
     os.replace(root, final)
     shutil.rmtree(staging, ignore_errors=True)

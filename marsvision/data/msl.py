@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, n: int | None, seed: int = 0) -> "Split":
+    def subset(self, n: int | None, seed: int = 0) -> Split:
         """A class-stratified-ish random subset of ``n`` images (all when n is None), for tests."""
         if n is None or n >= len(self):
             return self
@@ -168,8 +168,9 @@ class MSLDataset:
         return self.root / "images" / Path(rel).name  # Kaggle CSVs may name the file alone
 
 
-def decode_many(paths: Sequence[Path], size: int, workers: int | None = None,
-                progress: bool = False, errors: list | None = None) -> np.ndarray:
+def decode_many(
+    paths: Sequence[Path], size: int, workers: int | None = None, progress: bool = False, errors: list | None = None
+) -> np.ndarray:
     """Decode and resize images in parallel threads (PIL releases the GIL) → (N, size, size, 3) uint8.
 
     Training data must be clean: the first unreadable image raises ``DataError`` naming it. With an

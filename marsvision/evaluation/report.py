@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -53,9 +54,7 @@ def _check_square(cm: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     return cm
 
 
-def plot_confusion_matrix(
-    cm: np.ndarray, class_names: list[str], path: PathLike, title: str = ""
-) -> None:
+def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: PathLike, title: str = "") -> None:
     """Plot the row-normalised confusion matrix (rows = true, cols = predicted) to a PNG."""
     cm = _check_square(cm, class_names)
     n = len(class_names)
@@ -77,7 +76,7 @@ def plot_confusion_matrix(
     ax.set_yticks(ticks)
     ax.set_xticklabels(class_names, rotation=50, ha="right", rotation_mode="anchor", fontsize=fs)
     support = cm.sum(axis=1)
-    ax.set_yticklabels([f"{c} (n={int(s)})" for c, s in zip(class_names, support)], fontsize=fs)
+    ax.set_yticklabels([f"{c} (n={int(s)})" for c, s in zip(class_names, support, strict=True)], fontsize=fs)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     # Thin grid between cells for easier reading of rows/columns.
@@ -91,7 +90,12 @@ def plot_confusion_matrix(
             v = norm[i, j]
             if v >= 0.01:
                 ax.text(
-                    j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=cell_fs,
+                    j,
+                    i,
+                    f"{100 * v:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=cell_fs,
                     color="white" if v > 0.5 else "black",
                 )
     total = int(cm.sum())
@@ -115,9 +119,7 @@ def _thumbnail(path: Any, size: int = 160) -> np.ndarray | None:
         return None
 
 
-def plot_error_gallery(
-    errors: list[dict], path: PathLike, max_items: int = 24, cols: int = 6
-) -> None:
+def plot_error_gallery(errors: list[dict], path: PathLike, max_items: int = 24, cols: int = 6) -> None:
     """Grid of misclassified images, most confident mistakes first."""
     items = sorted(errors, key=lambda e: -float(e.get("confidence") or 0.0))[: max(0, max_items)]
     if not items:
@@ -134,8 +136,7 @@ def plot_error_gallery(
         ax = fig.add_subplot(rows, cols, k + 1)
         thumb = err["image"] if err.get("image") is not None else _thumbnail(err.get("path"))
         if thumb is None:
-            ax.text(0.5, 0.5, "unreadable", ha="center", va="center", color="0.4",
-                    transform=ax.transAxes)
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center", color="0.4", transform=ax.transAxes)
             ax.set_xticks([])
             ax.set_yticks([])
         else:
@@ -145,7 +146,8 @@ def plot_error_gallery(
         conf_s = f" ({float(conf):.2f})" if conf is not None else ""
         ax.set_title(
             f"true: {err.get('true', '?')}\npred: {err.get('pred', '?')}{conf_s}",
-            color="red", fontsize=8,
+            color="red",
+            fontsize=8,
         )
     heat = " (heatmap: evidence for the predicted class)" if any(e.get("image") is not None for e in items) else ""
     fig.suptitle(f"Most confident errors (top {len(items)} of {len(errors)}){heat}")
@@ -199,8 +201,7 @@ def plot_curves(history: list[dict], path: PathLike) -> None:
                 if min(lr) > 0 and max(lr) / min(lr) > 20:
                     ax.set_yscale("log")
         else:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", color="0.5",
-                    transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", color="0.5", transform=ax.transAxes)
     fig.tight_layout()
     _save(fig, path)
 
@@ -213,10 +214,21 @@ def plot_reliability(calibration: dict, path: PathLike, title: str = "") -> None
         ax = fig.add_subplot(1, 2, i + 1)
         bins = [b for b in calibration[f"bins_{key}"] if b["n"]]
         width = bins[0]["hi"] - bins[0]["lo"] if bins else 0.1
-        ax.bar([(b["lo"] + b["hi"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=width * 0.9,
-               color="#4c72b0", label="accuracy in bin")
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", ms=3, color="#dd8452",
-                label="at the bin's mean confidence")
+        ax.bar(
+            [(b["lo"] + b["hi"]) / 2 for b in bins],
+            [b["accuracy"] for b in bins],
+            width=width * 0.9,
+            color="#4c72b0",
+            label="accuracy in bin",
+        )
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            "o",
+            ms=3,
+            color="#dd8452",
+            label="at the bin's mean confidence",
+        )
         ax.plot([0, 1], [0, 1], "--", color="0.5", label="calibrated")
         for b in bins:
             ax.text((b["lo"] + b["hi"]) / 2, 0.02, str(b["n"]), ha="center", fontsize=6, rotation=90, color="white")
@@ -230,8 +242,9 @@ def plot_reliability(calibration: dict, path: PathLike, title: str = "") -> None
     _save(fig, path)
 
 
-def plot_coverage_accuracy(curve: Sequence[Sequence[float]], selective: Sequence[dict], path: PathLike,
-                           title: str = "") -> None:
+def plot_coverage_accuracy(
+    curve: Sequence[Sequence[float]], selective: Sequence[dict], path: PathLike, title: str = ""
+) -> None:
     """Accuracy of the labels given against the share of images labelled, most confident first (images
     flagged unknown never labelled), with the confidence thresholds marked."""
     fig = Figure(figsize=(5.5, 4.2))
@@ -241,8 +254,13 @@ def plot_coverage_accuracy(curve: Sequence[Sequence[float]], selective: Sequence
     for s in selective:
         if s["accuracy"] is not None:
             ax.plot(s["coverage"], s["accuracy"], "o", color="#dd8452")
-            ax.annotate(f"≥ {s['threshold']:g}", (s["coverage"], s["accuracy"]), textcoords="offset points",
-                        xytext=(4, -10), fontsize=8)
+            ax.annotate(
+                f"≥ {s['threshold']:g}",
+                (s["coverage"], s["accuracy"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=8,
+            )
     ax.set_xlim(0, 1)
     ax.set_xlabel("coverage (share of images labelled)")
     ax.set_ylabel("accuracy of the labels given")

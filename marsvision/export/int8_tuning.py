@@ -60,9 +60,20 @@ def quantised_convs(model: torch.nn.Module, float_convs: Sequence[int]) -> list[
     return [c for i, c in enumerate(convs) if i not in set(float_convs)]
 
 
-def tune_for_int8(model: torch.nn.Module, paths: Sequence[Path], size: int, mean, std, float_convs: Sequence[int],
-                  epochs: int = 2, lr: float = 2e-5, batch_size: int = 32, threads: int = 0, seed: int = 0,
-                  progress: bool = False) -> dict:
+def tune_for_int8(
+    model: torch.nn.Module,
+    paths: Sequence[Path],
+    size: int,
+    mean,
+    std,
+    float_convs: Sequence[int],
+    epochs: int = 2,
+    lr: float = 2e-5,
+    batch_size: int = 32,
+    threads: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     """Tune ``model``'s quantised conv weights in place; returns a summary (steps, losses, img/s).
 
     Loss: mean squared difference of the logits of the classes the model can predict, between the
@@ -93,8 +104,9 @@ def tune_for_int8(model: torch.nn.Module, paths: Sequence[Path], size: int, mean
             for i in range(per_epoch):
                 # Decoded per batch (again each epoch): a few % of the step time, and no ~400 MB array
                 # of every train image held beside the calibration and check sets.
-                batch = decode_many([paths[j] for j in order[i * batch_size:(i + 1) * batch_size]], size,
-                                    workers=threads or None)  # (B, S, S, 3) uint8
+                batch = decode_many(
+                    [paths[j] for j in order[i * batch_size : (i + 1) * batch_size]], size, workers=threads or None
+                )  # (B, S, S, 3) uint8
                 flip = rng.random(len(batch)) < 0.5
                 batch[flip] = batch[flip, :, ::-1]
                 x = torch.from_numpy(normalize(batch, mean, std))  # (B, 3, S, S)
@@ -117,7 +129,14 @@ def tune_for_int8(model: torch.nn.Module, paths: Sequence[Path], size: int, mean
             p.requires_grad_(False)
     seconds = time.perf_counter() - t0
     k = max(1, min(len(losses), per_epoch) // 10)
-    return {"epochs": epochs, "lr": lr, "images": len(paths), "steps": steps, "tuned_convs": len(convs),
-            "loss_first": float(np.mean(losses[:k])) if losses else None,
-            "loss_last": float(np.mean(losses[-k:])) if losses else None,
-            "seconds": round(seconds, 1), "img_per_s": round(steps * batch_size / max(seconds, 1e-9), 1)}
+    return {
+        "epochs": epochs,
+        "lr": lr,
+        "images": len(paths),
+        "steps": steps,
+        "tuned_convs": len(convs),
+        "loss_first": float(np.mean(losses[:k])) if losses else None,
+        "loss_last": float(np.mean(losses[-k:])) if losses else None,
+        "seconds": round(seconds, 1),
+        "img_per_s": round(steps * batch_size / max(seconds, 1e-9), 1),
+    }

@@ -30,10 +30,10 @@ import torch
 from ..atomic import atomic_write, move_into_place
 from ..data.msl import DATA_HELP, MSLDataset, balanced_subset, decode_many
 from ..inference.classifier import available_cpus
+from ..inference.onnx_runtime import OnnxClassifier
 from ..model_file import BUNDLED_SOURCE, bundled_source_path
 from ..nets.checkpoint import build_model, read_model_file
 from ..preprocess import normalize
-from ..inference.onnx_runtime import OnnxClassifier
 from .head import features_model
 from .quantize import float_conv_indices, quantize_int8, set_metadata
 
@@ -49,11 +49,17 @@ class ExportConfig:
     """Export a model file to ONNX (fp32) and, with --int8, a statically quantised int8 ONNX model."""
 
     model: str = _f("", f"torch model file to export (default: the bundled model's source, {BUNDLED_SOURCE})")
-    output: str = _f("", "folder for the exported model: <name>.int8.onnx with --int8, else <name>.onnx "
-                         "(default: beside the model file)")
+    output: str = _f(
+        "",
+        "folder for the exported model: <name>.int8.onnx with --int8, else <name>.onnx "
+        "(default: beside the model file)",
+    )
     int8: bool = _f(False, "also write the int8 model (static QDQ quantisation, calibrated on train images)")
-    work: str = _f("", "run folder for the fp32 file when --int8 is given, config.json and export.json with "
-                       "every check (default: runs/export/<name>)")
+    work: str = _f(
+        "",
+        "run folder for the fp32 file when --int8 is given, config.json and export.json with "
+        "every check (default: runs/export/<name>)",
+    )
     data: str = _f("", DATA_HELP)
     calib_images: int = _f(300, "train images to calibrate activation ranges on (class-balanced)")
     calib_method: str = _f("percentile", "calibration: minmax, entropy or percentile")
@@ -61,19 +67,28 @@ class ExportConfig:
     per_channel: bool = _f(True, "per-output-channel weight scales (essential for depthwise convolutions)")
     activation_type: str = _f("uint8", "activation type: uint8 or int8")
     weight_type: str = _f("int8", "weight type: int8 or uint8")
-    keep_float: str = _f("first:3,classifier", "comma-separated nodes left in float: 'first:K' / 'last:K' (the first / last K "
-                                    "convs), 'stem' (= first:1), 'classifier' (the last Gemm) or node names of the "
-                                    "pre-processed graph")
+    keep_float: str = _f(
+        "first:3,classifier",
+        "comma-separated nodes left in float: 'first:K' / 'last:K' (the first / last K "
+        "convs), 'stem' (= first:1), 'classifier' (the last Gemm) or node names of the "
+        "pre-processed graph",
+    )
     check_images: int = _f(0, "val and test images used by the checks (0: all)")
     max_logit_diff: float = _f(1e-3, "fail if fp32 ONNX and torch logits differ by more than this")
     min_agreement: float = _f(0.97, "fail if int8 and fp32 top-1 agree on less than this fraction of val")
     max_accuracy_drop: float = _f(0.01, "fail if int8 val or test accuracy is below fp32 by more than this")
-    tune_epochs: int = _f(2, "epochs of int8 weight tuning before quantising: the conv weights are nudged so their "
-                             "int8 rounding reproduces the fp32 logits on train images (0: plain post-training)")
+    tune_epochs: int = _f(
+        2,
+        "epochs of int8 weight tuning before quantising: the conv weights are nudged so their "
+        "int8 rounding reproduces the fp32 logits on train images (0: plain post-training)",
+    )
     tune_lr: float = _f(2e-5, "Adam learning rate of the int8 weight tuning")
     tune_images: int = _f(0, "train images for the weight tuning, class-balanced (0: all)")
-    trust: bool = _f(True, "fit each file's calibrated confidence and unknown-image data on the model's training "
-                           "splits (as `marsvision calibrate` does)")
+    trust: bool = _f(
+        True,
+        "fit each file's calibrated confidence and unknown-image data on the model's training "
+        "splits (as `marsvision calibrate` does)",
+    )
     threads: int = _f(0, "CPU threads (0: all)")
 
 
@@ -83,12 +98,21 @@ class ExportCheckError(RuntimeError):
 
 def quant_options(cfg: ExportConfig) -> dict:
     """The int8 options as plain data: what ``quantize_int8`` takes and the int8 file and export.json record."""
-    return {"format": "QDQ", "activation_type": cfg.activation_type, "weight_type": cfg.weight_type,
-            "per_channel": cfg.per_channel, "calib_method": cfg.calib_method, "calib_images": cfg.calib_images,
-            **({"percentile": cfg.percentile} if cfg.calib_method == "percentile" else {}),
-            "keep_float": [n for n in cfg.keep_float.split(",") if n],
-            **({"weight_tuning": {"epochs": cfg.tune_epochs, "lr": cfg.tune_lr, "images": cfg.tune_images or "all train"}}
-               if cfg.tune_epochs > 0 else {})}
+    return {
+        "format": "QDQ",
+        "activation_type": cfg.activation_type,
+        "weight_type": cfg.weight_type,
+        "per_channel": cfg.per_channel,
+        "calib_method": cfg.calib_method,
+        "calib_images": cfg.calib_images,
+        **({"percentile": cfg.percentile} if cfg.calib_method == "percentile" else {}),
+        "keep_float": [n for n in cfg.keep_float.split(",") if n],
+        **(
+            {"weight_tuning": {"epochs": cfg.tune_epochs, "lr": cfg.tune_lr, "images": cfg.tune_images or "all train"}}
+            if cfg.tune_epochs > 0
+            else {}
+        ),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,8 +131,11 @@ def freeze_same_padding(model, input_size: int) -> int:
     from torch import nn
 
     sizes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: sizes.__setitem__(name, tuple(a[0].shape[-2:])))
-             for name, m in model.named_modules() if type(m).__name__ == "Conv2dSame"]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a, name=name: sizes.__setitem__(name, tuple(a[0].shape[-2:])))
+        for name, m in model.named_modules()
+        if type(m).__name__ == "Conv2dSame"
+    ]
     with torch.no_grad():
         model(torch.zeros(1, 3, input_size, input_size))
     for h in hooks:
@@ -121,12 +148,23 @@ def freeze_same_padding(model, input_size: int) -> int:
         old = model.get_submodule(name)
         ph = same(ih, old.kernel_size[0], old.stride[0], old.dilation[0])
         pw = same(iw, old.kernel_size[1], old.stride[1], old.dilation[1])
-        conv = nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, 0, old.dilation,
-                         old.groups, old.bias is not None)
+        conv = nn.Conv2d(
+            old.in_channels,
+            old.out_channels,
+            old.kernel_size,
+            old.stride,
+            0,
+            old.dilation,
+            old.groups,
+            old.bias is not None,
+        )
         conv.load_state_dict(old.state_dict())
         parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf,
-                nn.Sequential(nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), conv))
+        setattr(
+            model.get_submodule(parent) if parent else model,
+            leaf,
+            nn.Sequential(nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), conv),
+        )
     return len(sizes)
 
 
@@ -138,9 +176,16 @@ def export_fp32(model, meta: dict, path: Path) -> None:
     freeze_same_padding(model, size)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, torch.zeros(2, 3, size, size), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            torch.zeros(2, 3, size, size),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     set_metadata(path, meta, "fp32")
 
 
@@ -151,8 +196,9 @@ def tuning_images(dataset, cfg: ExportConfig) -> list[Path]:
     return [train.paths[i] for i in idx]
 
 
-def tune_and_export(ckpt: dict, meta: dict, fp32: Path, out: Path, paths: list[Path], cfg: ExportConfig,
-                    threads: int) -> dict:
+def tune_and_export(
+    ckpt: dict, meta: dict, fp32: Path, out: Path, paths: list[Path], cfg: ExportConfig, threads: int
+) -> dict:
     """Weight-tune a copy of the model for int8 (int8_tuning.py) and export it to ``out``: the quantiser's
     input instead of ``fp32`` (whose graph names the convs kept in float). Returns the tuning summary."""
     from .int8_tuning import quantised_convs, tune_for_int8
@@ -161,11 +207,21 @@ def tune_and_export(ckpt: dict, meta: dict, fp32: Path, out: Path, paths: list[P
     n_model = len(quantised_convs(model, []))
     n_graph = sum(n.op_type == "Conv" for n in onnx.load(str(fp32), load_external_data=False).graph.node)
     if n_model != n_graph:  # convs are matched to graph nodes by position
-        raise ExportCheckError(f"int8 weight tuning: the model has {n_model} convs, its ONNX graph {n_graph}; "
-                               "export with --tune-epochs 0")
-    summary = tune_for_int8(model, paths, int(meta["input_size"]), meta["mean"], meta["std"],
-                            float_conv_indices(fp32, quant_options(cfg)["keep_float"]), cfg.tune_epochs,
-                            cfg.tune_lr, threads=threads, progress=sys.stderr.isatty())
+        raise ExportCheckError(
+            f"int8 weight tuning: the model has {n_model} convs, its ONNX graph {n_graph}; export with --tune-epochs 0"
+        )
+    summary = tune_for_int8(
+        model,
+        paths,
+        int(meta["input_size"]),
+        meta["mean"],
+        meta["std"],
+        float_conv_indices(fp32, quant_options(cfg)["keep_float"]),
+        cfg.tune_epochs,
+        cfg.tune_lr,
+        threads=threads,
+        progress=sys.stderr.isatty(),
+    )
     export_fp32(model, meta, out)
     return summary
 
@@ -177,7 +233,7 @@ def tune_and_export(ckpt: dict, meta: dict, fp32: Path, out: Path, paths: list[P
 def onnx_logits(path: Path, images_u8: np.ndarray, threads: int, batch_size: int = 32) -> np.ndarray:
     """Logits of an ONNX file through the runtime the package uses (``OnnxClassifier``)."""
     clf = OnnxClassifier(path, threads=threads)
-    return np.concatenate([clf.logits(images_u8[i:i + batch_size]) for i in range(0, len(images_u8), batch_size)])
+    return np.concatenate([clf.logits(images_u8[i : i + batch_size]) for i in range(0, len(images_u8), batch_size)])
 
 
 def split_scores(logits: np.ndarray, true_names: list[str], class_names: list[str]) -> dict:
@@ -245,8 +301,10 @@ def run_export(cfg: ExportConfig) -> dict:
         diff = float(np.abs(onnx_logits(fp32, batch, threads) - ref).max())
         checks["fp32_vs_torch_max_abs_logit_diff"] = {"value": diff, "limit": cfg.max_logit_diff, "images": len(batch)}
         if not diff <= cfg.max_logit_diff:
-            failures.append(f"fp32 ONNX logits differ from torch by {diff:.3g} (limit {cfg.max_logit_diff:g}) "
-                            f"on {len(batch)} val images")
+            failures.append(
+                f"fp32 ONNX logits differ from torch by {diff:.3g} (limit {cfg.max_logit_diff:g}) "
+                f"on {len(batch)} val images"
+            )
         log("fp32 val/test logits")
         logits = {"fp32": (onnx_logits(fp32, val_u8, threads), onnx_logits(fp32, test_u8, threads))}
         files = {"fp32": (fp32, fp32_final)}
@@ -263,32 +321,45 @@ def run_export(cfg: ExportConfig) -> dict:
                 log(f"int8 weight tuning: {cfg.tune_epochs} epochs on {len(paths)} train images")
                 source = tmp / "tuned.onnx"
                 report["int8_tuning"] = t = tune_and_export(ckpt, meta, fp32, source, paths, cfg, threads)
-                log(f"int8 weight tuning: logit MSE {t['loss_first']:.4f} → {t['loss_last']:.4f} ({t['seconds']:.0f} s)")
+                log(
+                    f"int8 weight tuning: logit MSE {t['loss_first']:.4f} → {t['loss_last']:.4f} ({t['seconds']:.0f} s)"
+                )
             quantize_int8(source, int8, calib, meta, quant_options(cfg))
             del calib
             logits["int8"] = (onnx_logits(int8, val_u8, threads), onnx_logits(int8, test_u8, threads))
             files["int8"] = (int8, int8_final)
             # 2. int8 and fp32 agree on val.
             agree = float((logits["int8"][0].argmax(1) == logits["fp32"][0].argmax(1)).mean())
-            checks["int8_vs_fp32_val_top1_agreement"] = {"value": agree, "limit": cfg.min_agreement,
-                                                         "images": len(val_u8)}
+            checks["int8_vs_fp32_val_top1_agreement"] = {
+                "value": agree,
+                "limit": cfg.min_agreement,
+                "images": len(val_u8),
+            }
             # Reported, never a gate: test is not used for choices.
             checks["int8_vs_fp32_test_top1_agreement"] = {
-                "value": float((logits["int8"][1].argmax(1) == logits["fp32"][1].argmax(1)).mean()), "images": len(test_u8)}
+                "value": float((logits["int8"][1].argmax(1) == logits["fp32"][1].argmax(1)).mean()),
+                "images": len(test_u8),
+            }
             if not agree >= cfg.min_agreement:
-                failures.append(f"int8 and fp32 top-1 agree on {agree:.2%} of {len(val_u8)} val images "
-                                f"(limit {cfg.min_agreement:.2%})")
+                failures.append(
+                    f"int8 and fp32 top-1 agree on {agree:.2%} of {len(val_u8)} val images "
+                    f"(limit {cfg.min_agreement:.2%})"
+                )
 
         # 3. accuracy of every file on val and test.
         for kind, (val_logits, test_logits) in logits.items():
-            checks[f"{kind}_scores"] = {"val": split_scores(val_logits, val_true, names),
-                                        "test": split_scores(test_logits, test_true, names)}
+            checks[f"{kind}_scores"] = {
+                "val": split_scores(val_logits, val_true, names),
+                "test": split_scores(test_logits, test_true, names),
+            }
         if cfg.int8:
             for split in ("val", "test"):
                 a, b = checks["fp32_scores"][split]["accuracy"], checks["int8_scores"][split]["accuracy"]
                 if not a - b <= cfg.max_accuracy_drop:
-                    failures.append(f"int8 {split} accuracy {b:.4f} is {a - b:.4f} below fp32 {a:.4f} "
-                                    f"(limit {cfg.max_accuracy_drop:g})")
+                    failures.append(
+                        f"int8 {split} accuracy {b:.4f} is {a - b:.4f} below fp32 {a:.4f} "
+                        f"(limit {cfg.max_accuracy_drop:g})"
+                    )
         # 4. each file becomes a features graph (its classifier in the metadata) that gives the same
         # logits, then gets calibration and novelty data fitted on its own outputs.
         for kind, (path, final) in list(files.items()):
@@ -315,8 +386,9 @@ def run_export(cfg: ExportConfig) -> dict:
             json.dump(report, f, indent=2)
         print(format_report(report))
         if failures:
-            raise ExportCheckError(f"export checks failed (nothing written; details in {work / 'export.json'}): "
-                                   + "; ".join(failures))
+            raise ExportCheckError(
+                f"export checks failed (nothing written; details in {work / 'export.json'}): " + "; ".join(failures)
+            )
         for path, final in files.values():
             move_into_place(path, final)
             log(f"wrote {final} ({final.stat().st_size / 2**20:.2f} MiB)")
@@ -331,8 +403,10 @@ def format_report(report: dict) -> str:
     for kind in ("fp32", "int8"):
         if f"{kind}_scores" in c:
             s = c[f"{kind}_scores"]
-            lines.append(f"{kind:<6} {s['val']['accuracy']:8.4f} {s['val']['macro_f1']:8.4f} "
-                         f"{s['test']['accuracy']:8.4f} {s['test']['macro_f1']:8.4f}")
+            lines.append(
+                f"{kind:<6} {s['val']['accuracy']:8.4f} {s['val']['macro_f1']:8.4f} "
+                f"{s['test']['accuracy']:8.4f} {s['test']['macro_f1']:8.4f}"
+            )
     d = c.get("fp32_vs_torch_max_abs_logit_diff")
     if d:
         lines.append(f"fp32 ONNX vs torch: max |logit diff| {d['value']:.2e} (limit {d['limit']:g})")

@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 
 
-
 def set_metadata(path: Path, meta: dict, precision: str) -> None:
     """Write marsvision's ``metadata_props`` into the ONNX file at ``path`` (in place)."""
     from .head import with_metadata
@@ -47,7 +46,7 @@ def calibration_reader(images_u8: np.ndarray, mean, std, batch_size: int = 10):
         def get_next(self):
             if self.i >= self.end:
                 return None
-            x = normalize(images_u8[self.i * batch_size:(self.i + 1) * batch_size], mean, std)
+            x = normalize(images_u8[self.i * batch_size : (self.i + 1) * batch_size], mean, std)
             self.i += 1
             return {"input": x}
 
@@ -69,11 +68,16 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_u8: np.ndarray, meta: d
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    for name, value, valid in (("activation type", options["activation_type"], types),
-                               ("weight type", options["weight_type"], types),
-                               ("calibration", options["calib_method"], methods)):
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    for name, value, valid in (
+        ("activation type", options["activation_type"], types),
+        ("weight type", options["weight_type"], types),
+        ("calibration", options["calib_method"], methods),
+    ):
         if value not in valid:
             raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
     prep = out_path.with_name(out_path.stem + ".prep.onnx")
@@ -85,11 +89,18 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_u8: np.ndarray, meta: d
     root, level = logging.getLogger(), logging.getLogger().level
     root.setLevel(max(level, logging.ERROR))  # ORT logs a line per tensor and prints its progress
     with contextlib.redirect_stdout(io.StringIO()):
-        quantize_static(str(prep), str(out_path), calibration_reader(calib_u8, meta["mean"], meta["std"]),
-                        quant_format=QuantFormat.QDQ, per_channel=options["per_channel"],
-                        activation_type=types[options["activation_type"]], weight_type=types[options["weight_type"]],
-                        calibrate_method=methods[options["calib_method"]],
-                        nodes_to_exclude=keep_float, extra_options=extra)
+        quantize_static(
+            str(prep),
+            str(out_path),
+            calibration_reader(calib_u8, meta["mean"], meta["std"]),
+            quant_format=QuantFormat.QDQ,
+            per_channel=options["per_channel"],
+            activation_type=types[options["activation_type"]],
+            weight_type=types[options["weight_type"]],
+            calibrate_method=methods[options["calib_method"]],
+            nodes_to_exclude=keep_float,
+            extra_options=extra,
+        )
     root.setLevel(level)
     prep.unlink()
     set_metadata(out_path, {**meta, "quantization": {**options, "float_nodes": keep_float}}, "int8")
@@ -110,16 +121,18 @@ def _resolve(nodes, names: list[str]) -> list[str]:
         if name == "stem":
             name = "first:1"
         if name.startswith("first:") and name[6:].isdigit():
-            out += convs[:int(name[6:])]
+            out += convs[: int(name[6:])]
         elif name.startswith("last:") and name[5:].isdigit():
-            out += convs[len(convs) - int(name[5:]):]
+            out += convs[len(convs) - int(name[5:]) :]
         elif name == "classifier":
             out += heads[-1:]
         elif name in known:
             out.append(name)
         else:
-            raise ValueError(f"--keep-float: no node {name!r} in the graph "
-                             "(use 'first:K', 'last:K', 'stem', 'classifier' or a node name)")
+            raise ValueError(
+                f"--keep-float: no node {name!r} in the graph "
+                "(use 'first:K', 'last:K', 'stem', 'classifier' or a node name)"
+            )
     return list(dict.fromkeys(out))
 
 

@@ -30,9 +30,18 @@ class CalibrateConfig:
 
     model: str = field(metadata={"help": "model file (.onnx or .pt) to calibrate"})
     data: str = field(default="", metadata={"help": DATA_HELP})
-    splits: str = field(default="", metadata={"help": "'+'-joined splits the model was fitted on (default: the file's training config, else train)"})
-    c: float = field(default=0.0, metadata={"help": "C of the head refits used to hold campaigns out (default: the file's, else 1)"})
-    output: str = field(default="", metadata={"help": "write the calibrated file here (default: replace the model file)"})
+    splits: str = field(
+        default="",
+        metadata={
+            "help": "'+'-joined splits the model was fitted on (default: the file's training config, else train)"
+        },
+    )
+    c: float = field(
+        default=0.0, metadata={"help": "C of the head refits used to hold campaigns out (default: the file's, else 1)"}
+    )
+    output: str = field(
+        default="", metadata={"help": "write the calibrated file here (default: replace the model file)"}
+    )
     threads: int = field(default=0, metadata={"help": "CPU threads (0: all)"})
 
 
@@ -46,8 +55,13 @@ def embed_split(clf: Classifier, dataset: MSLDataset, splits: str, progress: boo
     keep = [i for i, n in enumerate(names) if n in clf.class_names]
     paths = [split.paths[i] for i in keep]
     feats, textures = [], []
-    for p in tqdm(clf.predict_iter(paths, batch_size=16), total=len(paths), desc=f"embed {splits}", unit="img",
-                  disable=not progress):
+    for p in tqdm(
+        clf.predict_iter(paths, batch_size=16),
+        total=len(paths),
+        desc=f"embed {splits}",
+        unit="img",
+        disable=not progress,
+    ):
         if not p.ok:
             raise ModelFileError(f"{p.source}: {p.error}")
         feats.append(p.features)
@@ -109,10 +123,12 @@ def run_calibrate(cfg: CalibrateConfig, progress: bool | None = None) -> Path:
     dst = Path(cfg.output) if cfg.output else src
     (write_onnx_trust if model_kind(src) == "onnx" else write_torch_trust)(src, dst, trust)
     cal, nov = trust.calibration.info, trust.novelty.info
-    print(f"calibrated {dst} on {nov['fitted_on_splits']} ({nov['images']} images, {time.perf_counter() - t0:.0f} s): "
-          f"held-out campaigns accuracy {cal['held_out_accuracy']:.3f}, ECE {cal['held_out_ece_before']:.4f} → "
-          f"{cal['held_out_ece_after']:.4f}; unknown threshold flags {nov['target_flag_rate']:.0%} of images "
-          f"against other campaigns ({nov['held_out_flagged']:.1%} of the held-out predictions)")
+    print(
+        f"calibrated {dst} on {nov['fitted_on_splits']} ({nov['images']} images, {time.perf_counter() - t0:.0f} s): "
+        f"held-out campaigns accuracy {cal['held_out_accuracy']:.3f}, ECE {cal['held_out_ece_before']:.4f} → "
+        f"{cal['held_out_ece_after']:.4f}; unknown threshold flags {nov['target_flag_rate']:.0%} of images "
+        f"against other campaigns ({nov['held_out_flagged']:.1%} of the held-out predictions)"
+    )
     return dst
 
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, c: float, sample_weight: np.ndarray | None = None,
-             start: tuple[np.ndarray, np.ndarray] | None = None):
+def fit_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    c: float,
+    sample_weight: np.ndarray | None = None,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
+):
     """The probe's classifier on (N, F) features: standardise, then a logistic regression that is
     class-balanced unless ``sample_weight`` is given. Returns the fitted scikit-learn pipeline.
 

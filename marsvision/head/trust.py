@@ -38,7 +38,7 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 def _kth_distance_away(novelty: Novelty, sols: np.ndarray, gap: int, chunk: int = 1024) -> np.ndarray:
     """Each reference image's distance to its k-th nearest reference more than ``gap`` sols away."""
     r, r_res = novelty.reference, novelty.reference_residual
-    rr = (r * r).sum(1) + r_res ** 2
+    rr = (r * r).sum(1) + r_res**2
     out = np.full(len(r), np.inf)
     for lo in range(0, len(r), chunk):
         q = slice(lo, lo + chunk)
@@ -49,8 +49,14 @@ def _kth_distance_away(novelty: Novelty, sols: np.ndarray, gap: int, chunk: int 
     return out
 
 
-def fit_novelty(texture: np.ndarray, sols: np.ndarray, k: int = K_NEAREST, dims: int = DIMS,
-                gap: int = GAP_SOLS, rate: float = FLAG_RATE) -> Novelty:
+def fit_novelty(
+    texture: np.ndarray,
+    sols: np.ndarray,
+    k: int = K_NEAREST,
+    dims: int = DIMS,
+    gap: int = GAP_SOLS,
+    rate: float = FLAG_RATE,
+) -> Novelty:
     """Novelty data from the fitted images' texture (N, C) and sols (N,)."""
     z = _normalised(texture.astype(np.float64))
     mean = z.mean(0)
@@ -59,8 +65,15 @@ def fit_novelty(texture: np.ndarray, sols: np.ndarray, k: int = K_NEAREST, dims:
     projection = Novelty(1.0, mean.astype(np.float32), basis, np.zeros((0, dims), np.float32), np.zeros(0, np.float32))
     coords, residual = projection.embed(texture.astype(np.float32))
     # float16 in the file: round the references the same way here, so the threshold fits them.
-    novelty = Novelty(1.0, projection.mean, basis, coords.astype(np.float16).astype(np.float32), residual, k=k,
-                      channels=texture.shape[1])
+    novelty = Novelty(
+        1.0,
+        projection.mean,
+        basis,
+        coords.astype(np.float16).astype(np.float32),
+        residual,
+        k=k,
+        channels=texture.shape[1],
+    )
     away = _kth_distance_away(novelty, sols, gap)
     away = away[np.isfinite(away)]
     if not len(away):
@@ -70,9 +83,16 @@ def fit_novelty(texture: np.ndarray, sols: np.ndarray, k: int = K_NEAREST, dims:
     return novelty
 
 
-def held_out_predictions(features: np.ndarray, texture: np.ndarray, labels: np.ndarray, sols: np.ndarray,
-                         num_classes: int, c: float, window: int = WINDOW_SOLS, gap: int = GAP_SOLS
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def held_out_predictions(
+    features: np.ndarray,
+    texture: np.ndarray,
+    labels: np.ndarray,
+    sols: np.ndarray,
+    num_classes: int,
+    c: float,
+    window: int = WINDOW_SOLS,
+    gap: int = GAP_SOLS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(logits, novelty, labels) of every fitted image whose class is also outside its window, each
     predicted by a head fitted without its window of ``window`` sols and ``gap`` sols either side."""
     out = []
@@ -87,7 +107,7 @@ def held_out_predictions(features: np.ndarray, texture: np.ndarray, labels: np.n
         out.append((features[held] @ w.T + b, novelty(texture[held]), labels[held]))
     if not out:
         raise ValueError(f"the fitted images span fewer than {window} sols: no window can be held out")
-    return tuple(np.concatenate(z) for z in zip(*out))
+    return tuple(np.concatenate(z) for z in zip(*out, strict=True))
 
 
 def fit_calibration(logits: np.ndarray, novelty: np.ndarray, labels: np.ndarray) -> Calibration:
@@ -106,8 +126,9 @@ def fit_calibration(logits: np.ndarray, novelty: np.ndarray, labels: np.ndarray)
     return Calibration(float(p[0]), float(p[1]))
 
 
-def fit_trust(features: np.ndarray, texture: np.ndarray, labels: np.ndarray, sols: np.ndarray,
-              num_classes: int, c: float) -> Trust:
+def fit_trust(
+    features: np.ndarray, texture: np.ndarray, labels: np.ndarray, sols: np.ndarray, num_classes: int, c: float
+) -> Trust:
     """Novelty on all fitted images, calibration on their held-out predictions; ``info`` of each says
     how it was fitted and what it measured there."""
     t0 = time.perf_counter()
@@ -117,10 +138,11 @@ def fit_trust(features: np.ndarray, texture: np.ndarray, labels: np.ndarray, sol
     probs = calibration(logits, nov)
     calibration.info = {
         "fitted_on": f"{len(y)} held-out predictions: windows of {WINDOW_SOLS} sols, each predicted by a head "
-                     f"fitted without it and {GAP_SOLS} sols either side (C = {c})",
+        f"fitted without it and {GAP_SOLS} sols either side (C = {c})",
         "held_out_accuracy": float((logits.argmax(1) == y).mean()),
         "held_out_ece_before": expected_calibration_error(softmax(logits), y),
         "held_out_ece_after": expected_calibration_error(probs, y),
-        "seconds": round(time.perf_counter() - t0, 1)}
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     novelty.info["held_out_flagged"] = float((nov > 1).mean())
     return Trust(calibration, novelty)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -75,8 +75,13 @@ class Prediction:
         """One flat row of plain data: path, label, confidence, unknown, novelty, then with ``top_k`` > 1
         (default: as many as were asked of ``predict``) top1_label, top1_confidence, …, then withheld
         (when asked for) and error. A failed input has None where it has no value."""
-        row = {"path": self.source, "label": self.label, "confidence": self.confidence,
-               "unknown": self.unknown, "novelty": self.novelty}
+        row = {
+            "path": self.source,
+            "label": self.label,
+            "confidence": self.confidence,
+            "unknown": self.unknown,
+            "novelty": self.novelty,
+        }
         k = len(self.top_k) if top_k is None else top_k
         if k > 1:
             for i in range(k):
@@ -164,8 +169,10 @@ class Classifier:
     def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         with self._pools_lock:
             if self._pools is None:
-                self._pools = (ThreadPoolExecutor(self.decode_workers, thread_name_prefix="marsvision-decode"),
-                               ThreadPoolExecutor(max(1, self.lanes), thread_name_prefix="marsvision-model"))
+                self._pools = (
+                    ThreadPoolExecutor(self.decode_workers, thread_name_prefix="marsvision-decode"),
+                    ThreadPoolExecutor(max(1, self.lanes), thread_name_prefix="marsvision-model"),
+                )
             return self._pools
 
     def close(self) -> None:
@@ -183,7 +190,7 @@ class Classifier:
 
     def _results(self, sources: list, arrays: list, errors: list, top_k: int, maps: bool = False) -> list[Prediction]:
         good = [i for i, a in enumerate(arrays) if a is not None]
-        out = [Prediction(str(s), error=e) for s, e in zip(sources, errors)]
+        out = [Prediction(str(s), error=e) for s, e in zip(sources, errors, strict=True)]
         if good:
             batch = np.stack([arrays[i] for i in good])
             if maps:
@@ -213,8 +220,9 @@ class Classifier:
         except ImageError as e:
             return None, str(e)
 
-    def predict_iter(self, sources: Iterable[ImageInput], batch_size: int | None = None,
-                     top_k: int = 1, maps: bool = False) -> Iterator[Prediction]:
+    def predict_iter(
+        self, sources: Iterable[ImageInput], batch_size: int | None = None, top_k: int = 1, maps: bool = False
+    ) -> Iterator[Prediction]:
         """Yield one ``Prediction`` per input, in order (folders expanded to their images); bad inputs
         carry ``error`` and never stop the batch.
 
@@ -245,7 +253,7 @@ class Classifier:
         try:
             fill()
             for start in range(0, len(sources), batch_size):
-                chunk = sources[start:start + batch_size]
+                chunk = sources[start : start + batch_size]
                 futures = [decoded.popleft() for _ in chunk]
                 fill()
                 running.append(models.submit(classify, chunk, futures))
@@ -257,8 +265,13 @@ class Classifier:
             for f in (*decoded, *running):
                 f.cancel()
 
-    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None,
-                top_k: int = 1, maps: bool = False) -> list[Prediction]:
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        batch_size: int | None = None,
+        top_k: int = 1,
+        maps: bool = False,
+    ) -> list[Prediction]:
         """Classify paths, folders, bytes, PIL images or uint8 arrays; a single input also returns a list."""
         if is_single_input(images):
             images = [images]

@@ -10,9 +10,9 @@ not count), positive part only, scaled to its maximum.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -23,10 +23,22 @@ from .classifier import Classifier, Prediction
 from .trust import softmax
 
 # A perceptually ordered dark-to-bright colour scale (the anchors of matplotlib's "inferno").
-_ANCHORS = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
-                     [250, 193, 39], [252, 255, 164]], np.float32)
-COLOURS = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c])
-                    for c in range(3)], 1).astype(np.uint8)  # (256, 3)
+_ANCHORS = np.array(
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
+    np.float32,
+)
+COLOURS = np.stack(
+    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c]) for c in range(3)], 1
+).astype(np.uint8)  # (256, 3)
 
 
 @dataclass
@@ -47,13 +59,16 @@ def class_evidence(clf: Classifier, maps: np.ndarray, probs: np.ndarray, classes
     return np.einsum("nf,nfhw->nhw", direction, maps)
 
 
-def explain(clf: Classifier, sources: Sequence[ImageInput], classes: Sequence[str] = (), top_k: int = 3,
-            batch_size: int = 16) -> list[Explanation]:
+def explain(
+    clf: Classifier, sources: Sequence[ImageInput], classes: Sequence[str] = (), top_k: int = 3, batch_size: int = 16
+) -> list[Explanation]:
     """Predict each image and make a heatmap for its predicted class and for each of ``classes``.
     Unreadable images come back with the prediction's ``error`` and no heatmap."""
     if clf.head is None:
-        raise ValueError(f"{clf.meta.get('arch')}: this model file exposes no feature maps; re-export it "
-                         "(`marsvision calibrate` converts an older ONNX file)")
+        raise ValueError(
+            f"{clf.meta.get('arch')}: this model file exposes no feature maps; re-export it "
+            "(`marsvision calibrate` converts an older ONNX file)"
+        )
     unknown = [c for c in classes if c not in clf.class_names]
     if unknown:
         raise ValueError(f"unknown class {unknown[0]!r}; the model's classes: {', '.join(clf.class_names)}")
@@ -86,14 +101,15 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-")
 
 
-def write_explanations(explanations: Sequence[Explanation], sources: Sequence[ImageInput], out_dir: str | os.PathLike,
-                       size: int = 384) -> list[dict]:
+def write_explanations(
+    explanations: Sequence[Explanation], sources: Sequence[ImageInput], out_dir: str | os.PathLike, size: int = 384
+) -> list[dict]:
     """Write ``<image stem>.<class>.png`` per heatmap into ``out_dir``; returns one row per image (its
     prediction, top-k, the files written, or its error)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, seen = [], set()
-    for e, source in zip(explanations, sources):
+    for e, source in zip(explanations, sources, strict=True):
         row = e.to_dict()
         stem = Path(str(e.prediction.source)).stem if isinstance(source, (str, os.PathLike)) else f"image{len(rows)}"
         while stem in seen:  # two inputs with one file name (different folders): keep both

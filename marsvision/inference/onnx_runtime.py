@@ -67,8 +67,9 @@ class OnnxClassifier(Classifier):
         n = threads or available_cpus()
         self.lanes = min(n, MAX_LANES)
         try:
-            self.session = ort.InferenceSession(str(path), session_options(max(1, n // self.lanes)),
-                                                providers=providers)
+            self.session = ort.InferenceSession(
+                str(path), session_options(max(1, n // self.lanes)), providers=providers
+            )
         except Exception as e:  # InvalidProtobuf, Fail, InvalidGraph, NotImplemented, ...
             reason = " ".join(str(e).split())[:200]
             raise ModelFileError(f"{path}: not a readable ONNX model ({type(e).__name__}: {reason})") from None
@@ -78,10 +79,16 @@ class OnnxClassifier(Classifier):
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         shape = inputs[0].shape if len(inputs) == 1 else []
         size = meta["input_size"]
-        if len(inputs) != 1 or len(shape) != 4 or shape[1] != 3 or any(
-                isinstance(d, int) and d != size for d in shape[2:]):
-            raise ModelFileError(f"{path}: model input {[(i.name, i.shape) for i in inputs]} is not "
-                                 f"one (N, 3, {size}, {size}) image batch")
+        if (
+            len(inputs) != 1
+            or len(shape) != 4
+            or shape[1] != 3
+            or any(isinstance(d, int) and d != size for d in shape[2:])
+        ):
+            raise ModelFileError(
+                f"{path}: model input {[(i.name, i.shape) for i in inputs]} is not "
+                f"one (N, 3, {size}, {size}) image batch"
+            )
         self.input_name, self.precision = inputs[0].name, meta["precision"]
         names = [o.name for o in outputs]
         if "head" in meta:  # format /2: features and maps out of the graph, the head in numpy
@@ -91,15 +98,22 @@ class OnnxClassifier(Classifier):
                 raise ModelFileError(f"{path}: broken head in the metadata ({type(e).__name__}: {e})") from None
             self.map_names = list(meta["head"].get("maps", []))
             missing = [n for n in [FEATURES, TEXTURE, *self.map_names] if n not in names]
-            if missing or self.head.weight.shape[0] != len(self.class_names) or self.head.bias.shape != (
-                    len(self.class_names),):
-                raise ModelFileError(f"{path}: outputs {names} and head {self.head.weight.shape} do not fit "
-                                     f"{len(self.class_names)} classes (missing: {missing})")
+            if (
+                missing
+                or self.head.weight.shape[0] != len(self.class_names)
+                or self.head.bias.shape != (len(self.class_names),)
+            ):
+                raise ModelFileError(
+                    f"{path}: outputs {names} and head {self.head.weight.shape} do not fit "
+                    f"{len(self.class_names)} classes (missing: {missing})"
+                )
         else:  # format /1: a logits graph
             n_out = outputs[0].shape[-1] if outputs and outputs[0].shape else None
             if not outputs or (isinstance(n_out, int) and n_out != len(self.class_names)):
-                raise ModelFileError(f"{path}: model output {outputs[0].shape if outputs else None} does not "
-                                     f"have {len(self.class_names)} classes")
+                raise ModelFileError(
+                    f"{path}: model output {outputs[0].shape if outputs else None} does not "
+                    f"have {len(self.class_names)} classes"
+                )
             self.logits_name = names[0]
 
     def _run(self, names: list[str], batch_u8: np.ndarray) -> list[np.ndarray]:

@@ -15,7 +15,8 @@ import io
 import json
 import os
 import sys
-from typing import IO, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import IO
 
 import numpy as np
 
@@ -58,11 +59,25 @@ class EnsembleClassifier(Classifier):
     def __init__(self, members: Sequence[Classifier]):
         first = members[0]
         for m in members[1:]:
-            if (m.class_names, m.input_size, m.mean, m.std) != (first.class_names, first.input_size, first.mean, first.std):
-                raise ModelFileError(f"ensemble members differ in classes or preprocessing: "
-                                     f"{first.meta.get('arch')} vs {m.meta.get('arch')}")
-        super().__init__({**first.meta, "arch": "+".join(str(m.meta.get("arch")) for m in members),
-                          "members": [m.meta for m in members], "trust": None}, first.threads)
+            if (m.class_names, m.input_size, m.mean, m.std) != (
+                first.class_names,
+                first.input_size,
+                first.mean,
+                first.std,
+            ):
+                raise ModelFileError(
+                    f"ensemble members differ in classes or preprocessing: "
+                    f"{first.meta.get('arch')} vs {m.meta.get('arch')}"
+                )
+        super().__init__(
+            {
+                **first.meta,
+                "arch": "+".join(str(m.meta.get("arch")) for m in members),
+                "members": [m.meta for m in members],
+                "trust": None,
+            },
+            first.threads,
+        )
         self.members = list(members)
         self.batch_size = first.batch_size
 
@@ -71,8 +86,9 @@ class EnsembleClassifier(Classifier):
         return np.log(probs + 1e-12).astype(np.float32), None, None
 
 
-def load_model(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "cpu",
-               threads: int | None = None) -> Classifier:
+def load_model(
+    path: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "cpu", threads: int | None = None
+) -> Classifier:
     """Load a model file — ONNX (``.onnx``) or torch checkpoint (``.pt``); default: the bundled int8 model.
 
     A list of paths gives an ``EnsembleClassifier`` averaging their probabilities.
@@ -109,8 +125,12 @@ def prediction_rows(results: Iterable[Prediction], top_k: int = 1, withheld: boo
     return [{k: _cell(v) for k, v in p.to_dict(top_k, withheld).items()} for p in results]
 
 
-def write_predictions(results: Iterable[Prediction], path: str | os.PathLike | IO[str] | None = None,
-                      top_k: int = 1, withheld: bool = False) -> None:
+def write_predictions(
+    results: Iterable[Prediction],
+    path: str | os.PathLike | IO[str] | None = None,
+    top_k: int = 1,
+    withheld: bool = False,
+) -> None:
     """Write one row per result: JSON for a ``.json`` path, else CSV; to stdout when ``path`` is None,
     or to an open text stream. A file is written atomically (a kill leaves the old file or none).
 
@@ -142,14 +162,17 @@ def _write_csv(rows: list[dict], f: IO[str]) -> None:
 
 def format_predictions(results: Sequence[Prediction]) -> str:
     """A table for the terminal: path, label, confidence and a note (unknown, withheld or the error)."""
+
     def note(p: Prediction) -> str:
         if not p.ok:
             return f"error: {p.error}"
         return p.withheld or ("unknown image" if p.unknown else "")
 
-    rows = [(p.source, p.label or ("–" if p.ok else ""), f"{p.confidence:.3f}" if p.ok else "", note(p))
-            for p in results]
+    rows = [
+        (p.source, p.label or ("–" if p.ok else ""), f"{p.confidence:.3f}" if p.ok else "", note(p)) for p in results
+    ]
     head = ("path", "label", "confidence", "")
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head[:3])]
-    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}".rstrip()
-                     for a, b, c, d in [head, *rows])
+    return "\n".join(
+        f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}".rstrip() for a, b, c, d in [head, *rows]
+    )

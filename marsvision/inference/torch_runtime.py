@@ -42,7 +42,7 @@ class TorchClassifier(Classifier):
         from ..nets.models import feature_maps
 
         x = self.torch.from_numpy(normalize(batch_u8, self.mean, self.std)).to(self.device)
-        with self.torch.inference_mode(), (autocast(self.device) if self.autocast else contextlib.nullcontext()):
+        with self.torch.inference_mode(), autocast(self.device) if self.autocast else contextlib.nullcontext():
             return feature_maps(self.model, x.contiguous(memory_format=self.torch.channels_last)).float()
 
     def feature_maps(self, batch_u8: np.ndarray) -> np.ndarray:
@@ -68,8 +68,10 @@ def load_torch_model(path: str | os.PathLike, device: str = "cpu", threads: int 
 
         from ..nets.checkpoint import build_model, read_model_file
     except ImportError as e:
-        raise ModelFileError(f"{path}: torch checkpoints need {e.name or 'torch'}; install it with "
-                             "`pip install 'marsvision[train]'` or use an .onnx model") from None
+        raise ModelFileError(
+            f"{path}: torch checkpoints need {e.name or 'torch'}; install it with "
+            "`pip install 'marsvision[train]'` or use an .onnx model"
+        ) from None
 
     if threads:
         torch.set_num_threads(threads)

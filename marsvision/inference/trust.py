@@ -99,7 +99,7 @@ class Novelty:
 
     def __post_init__(self):
         # Each reference's squared norm, residual included: constant, so computed once.
-        self._reference_sq = (self.reference * self.reference).sum(1) + self.reference_residual ** 2
+        self._reference_sq = (self.reference * self.reference).sum(1) + self.reference_residual**2
 
     def raw(self, texture: np.ndarray) -> np.ndarray:
         """(N, C) texture → (N,) distance to the k-th nearest reference, before the threshold."""
@@ -112,7 +112,7 @@ class Novelty:
         # orthogonal (the residual space is where the training images barely vary). A prediction's
         # batch: einsum (see Head); a re-score of thousands of stored rows: BLAS, whose threads pay off.
         qr = q @ self.reference.T if len(q) > 256 else np.einsum("nd,md->nm", q, self.reference)
-        d2 = ((q * q).sum(1) + q_res ** 2)[:, None] + self._reference_sq[None] - 2 * qr
+        d2 = ((q * q).sum(1) + q_res**2)[:, None] + self._reference_sq[None] - 2 * qr
         k = min(self.k, d2.shape[1])
         return np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
 
@@ -125,18 +125,32 @@ class Novelty:
         return self.raw_from_embedding(embedding[:, :-1], embedding[:, -1]) / self.threshold
 
     def to_dict(self) -> dict:
-        return {"method": "knn-texture", "threshold": float(self.threshold), "k": int(self.k),
-                "channels": int(self.channels), "mean": encode_array(self.mean), "basis": encode_array(self.basis),
-                "reference": encode_array(self.reference, "float16"),
-                "reference_residual": encode_array(self.reference_residual), "info": self.info}
+        return {
+            "method": "knn-texture",
+            "threshold": float(self.threshold),
+            "k": int(self.k),
+            "channels": int(self.channels),
+            "mean": encode_array(self.mean),
+            "basis": encode_array(self.basis),
+            "reference": encode_array(self.reference, "float16"),
+            "reference_residual": encode_array(self.reference_residual),
+            "info": self.info,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Novelty:
         if d.get("method") != "knn-texture":
             raise ValueError(f"unknown novelty method {d.get('method')!r}")
-        return cls(float(d["threshold"]), decode_array(d["mean"]), decode_array(d["basis"]),
-                   decode_array(d["reference"]), decode_array(d["reference_residual"]), int(d.get("k", 5)),
-                   int(d.get("channels", 0)), dict(d.get("info", {})))
+        return cls(
+            float(d["threshold"]),
+            decode_array(d["mean"]),
+            decode_array(d["basis"]),
+            decode_array(d["reference"]),
+            decode_array(d["reference_residual"]),
+            int(d.get("k", 5)),
+            int(d.get("channels", 0)),
+            dict(d.get("info", {})),
+        )
 
 
 @dataclass
@@ -164,8 +178,12 @@ class Calibration:
         return softmax(logits / self.temperature(novelty, len(logits))[:, None])
 
     def to_dict(self) -> dict:
-        return {"method": "novelty_temperature", "log_t": float(self.log_t), "slope": float(self.slope),
-                "info": self.info}
+        return {
+            "method": "novelty_temperature",
+            "log_t": float(self.log_t),
+            "slope": float(self.slope),
+            "info": self.info,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
@@ -182,14 +200,18 @@ class Trust:
     novelty: Novelty | None = None
 
     def to_dict(self) -> dict:
-        return {"calibration": self.calibration and self.calibration.to_dict(),
-                "novelty": self.novelty and self.novelty.to_dict()}
+        return {
+            "calibration": self.calibration and self.calibration.to_dict(),
+            "novelty": self.novelty and self.novelty.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Trust:
         d = d or {}
-        return cls(Calibration.from_dict(d["calibration"]) if d.get("calibration") else None,
-                   Novelty.from_dict(d["novelty"]) if d.get("novelty") else None)
+        return cls(
+            Calibration.from_dict(d["calibration"]) if d.get("calibration") else None,
+            Novelty.from_dict(d["novelty"]) if d.get("novelty") else None,
+        )
 
     def apply(self, logits: np.ndarray, texture: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (N, K), novelty (N,) or None) from the logits and the texture descriptor."""

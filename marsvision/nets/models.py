@@ -23,11 +23,12 @@ class SmallCNN(nn.Module):
 
         layers = conv(3, width, stride=2)  # (N, w, H/2, W/2)
         chans = [width, width, width * 2, width * 4, width * 8]
-        for cin, cout in zip(chans[:-1], chans[1:]):
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
             layers += conv(cin, cout) + conv(cout, cout) + [nn.MaxPool2d(2)]
         self.features = nn.Sequential(*layers)  # (N, 8w, H/32, W/32)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate),
-                                  nn.Linear(chans[-1], num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(chans[-1], num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) → (N, classes)
         return self.head(self.features(x))
@@ -51,7 +52,7 @@ def _efficientnet_lite(variant: int, num_classes: int, pretrained: bool, drop_ra
         if len(src) != len(dst):
             raise RuntimeError(f"Lite{variant} weights: {len(src)} tensors, timm model has {len(dst)}")
         mapped = {}
-        for (sk, sv), (dk, dv) in zip(src.items(), dst.items()):
+        for (sk, sv), (dk, dv) in zip(src.items(), dst.items(), strict=True):
             if sv.shape != dv.shape:
                 raise RuntimeError(f"Lite{variant} weights: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dv.shape)}")
             mapped[dk] = sv

@@ -19,7 +19,9 @@ import importlib
 
 ENGINES = ("local", "ray")
 ENGINE_HELP = "local: this process; ray: a Ray cluster (needs pip install 'marsvision[ray]'; see docs/scaling.md)"
-RAY_ADDRESS_HELP = "Ray cluster to join with --engine ray, e.g. ray://head:10001 or auto (default: start a local Ray instance)"
+RAY_ADDRESS_HELP = (
+    "Ray cluster to join with --engine ray, e.g. ray://head:10001 or auto (default: start a local Ray instance)"
+)
 
 
 class NeedsExtraError(RuntimeError):

@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -46,10 +46,21 @@ def schema(settings: dict | None = None):
     """The row schema; ``settings`` (model hash, top-k, …) go into the file's metadata."""
     a = pa()
     top = a.struct([("label", a.string()), ("confidence", a.float64())])
-    fields = [("path", a.string()), ("sha256", a.string()), ("size_bytes", a.int64()), ("label", a.string()),
-              ("confidence", a.float64()), ("unknown", a.bool_()), ("novelty", a.float64()),
-              ("withheld", a.string()), ("top_k", a.list_(top)), ("probabilities", a.list_(a.float64())),
-              ("features", a.list_(a.float32())), ("texture", a.list_(a.float32())), ("error", a.string())]
+    fields = [
+        ("path", a.string()),
+        ("sha256", a.string()),
+        ("size_bytes", a.int64()),
+        ("label", a.string()),
+        ("confidence", a.float64()),
+        ("unknown", a.bool_()),
+        ("novelty", a.float64()),
+        ("withheld", a.string()),
+        ("top_k", a.list_(top)),
+        ("probabilities", a.list_(a.float64())),
+        ("features", a.list_(a.float32())),
+        ("texture", a.list_(a.float32())),
+        ("error", a.string()),
+    ]
     meta = {META_KEY: json.dumps({"schema": SCHEMA_VERSION, "settings": settings or {}}, sort_keys=True).encode()}
     return a.schema(fields, metadata=meta)
 
@@ -66,21 +77,30 @@ def _vectors(arrays: list[np.ndarray | None], dtype=np.float32):
     return a.ListArray.from_arrays(a.array(offsets), a.array(values, a.from_numpy_dtype(np.dtype(dtype))), mask=mask)
 
 
-def records_table(preds: list[Prediction], sha256: list[str | None], size_bytes: list[int | None],
-                  settings: dict | None = None):
+def records_table(
+    preds: list[Prediction], sha256: list[str | None], size_bytes: list[int | None], settings: dict | None = None
+):
     """Predictions (with their files' hash and size) → one Arrow table in ``schema``."""
     a = pa()
     sch = schema(settings)
     cols = {
-        "path": [p.source for p in preds], "sha256": list(sha256), "size_bytes": list(size_bytes),
-        "label": [p.label for p in preds], "confidence": [p.confidence for p in preds],
-        "unknown": [p.unknown for p in preds], "novelty": [p.novelty for p in preds],
+        "path": [p.source for p in preds],
+        "sha256": list(sha256),
+        "size_bytes": list(size_bytes),
+        "label": [p.label for p in preds],
+        "confidence": [p.confidence for p in preds],
+        "unknown": [p.unknown for p in preds],
+        "novelty": [p.novelty for p in preds],
         "withheld": [p.withheld for p in preds],
         "top_k": [[{"label": n, "confidence": c} for n, c in p.top_k] if p.ok else None for p in preds],
     }
     arrays = [a.array(cols[f.name], f.type) for f in sch if f.name in cols]
-    arrays += [_vectors([p.probabilities for p in preds], np.float64), _vectors([p.features for p in preds]),
-               _vectors([p.texture for p in preds]), a.array([p.error for p in preds], a.string())]
+    arrays += [
+        _vectors([p.probabilities for p in preds], np.float64),
+        _vectors([p.features for p in preds]),
+        _vectors([p.texture for p in preds]),
+        a.array([p.error for p in preds], a.string()),
+    ]
     return a.Table.from_arrays(arrays, schema=sch)
 
 
@@ -89,21 +109,43 @@ def _column_vectors(col) -> list[np.ndarray | None]:
     valid = col.is_valid().to_numpy(zero_copy_only=False)
     offsets = col.offsets.to_numpy()
     values = col.values.to_numpy(zero_copy_only=False)
-    return [values[offsets[i]:offsets[i + 1]].copy() if valid[i] else None for i in range(len(col))]
+    return [values[offsets[i] : offsets[i + 1]].copy() if valid[i] else None for i in range(len(col))]
 
 
 def to_predictions(table) -> list[tuple[Prediction, str | None, int | None]]:
     """Rows back into (``Prediction``, sha256, size_bytes): the inverse of ``records_table``."""
-    cols = {name: table.column(name).to_pylist() for name in
-            ("path", "sha256", "size_bytes", "label", "confidence", "unknown", "novelty", "withheld", "top_k", "error")}
+    cols = {
+        name: table.column(name).to_pylist()
+        for name in (
+            "path",
+            "sha256",
+            "size_bytes",
+            "label",
+            "confidence",
+            "unknown",
+            "novelty",
+            "withheld",
+            "top_k",
+            "error",
+        )
+    }
     vecs = {name: _column_vectors(table.column(name)) for name in ("probabilities", "features", "texture")}
     out = []
     for i, path in enumerate(cols["path"]):
         top = [(t["label"], t["confidence"]) for t in cols["top_k"][i] or []]
-        p = Prediction(path, label=cols["label"][i], confidence=cols["confidence"][i], top_k=top,
-                       error=cols["error"][i], novelty=cols["novelty"][i], unknown=cols["unknown"][i],
-                       withheld=cols["withheld"][i], probabilities=vecs["probabilities"][i],
-                       features=vecs["features"][i], texture=vecs["texture"][i])
+        p = Prediction(
+            path,
+            label=cols["label"][i],
+            confidence=cols["confidence"][i],
+            top_k=top,
+            error=cols["error"][i],
+            novelty=cols["novelty"][i],
+            unknown=cols["unknown"][i],
+            withheld=cols["withheld"][i],
+            probabilities=vecs["probabilities"][i],
+            features=vecs["features"][i],
+            texture=vecs["texture"][i],
+        )
         out.append((p, cols["sha256"][i], cols["size_bytes"][i]))
     return out
 
@@ -138,8 +180,13 @@ def sha256_or_none(source) -> tuple[str | None, int | None]:
         return None, None
 
 
-def write_parquet(predictions: Iterable[Prediction], path: str | os.PathLike, top_k: int = 1,
-                  withheld: bool = False, settings: dict | None = None) -> None:
+def write_parquet(
+    predictions: Iterable[Prediction],
+    path: str | os.PathLike,
+    top_k: int = 1,
+    withheld: bool = False,
+    settings: dict | None = None,
+) -> None:
     """``predict --output x.parquet`` of the local engine: every prediction as a row of ``schema``, the
     files hashed for ``sha256``/``size_bytes``; written atomically (a kill leaves the old file or none).
     ``top_k``/``withheld`` only go into the settings: rows keep the top-k the predictions were made with."""
@@ -172,8 +219,13 @@ class ShardWriter:
     written atomically. A path already written (by this writer or in ``done``) is dropped, so a batch
     that a restarted worker delivers twice is stored once."""
 
-    def __init__(self, folder: str | os.PathLike, settings: dict, done: Iterable[str] = (),
-                 rows_per_shard: int = DEFAULT_SHARD_ROWS):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        settings: dict,
+        done: Iterable[str] = (),
+        rows_per_shard: int = DEFAULT_SHARD_ROWS,
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.folder)
@@ -201,7 +253,7 @@ class ShardWriter:
             return
         self.seen.update(table.column("path").to_pylist())
         errors = table.column("error").to_pylist()
-        self.errors += [(p, e) for p, e in zip(table.column("path").to_pylist(), errors) if e is not None]
+        self.errors += [(p, e) for p, e in zip(table.column("path").to_pylist(), errors, strict=True) if e is not None]
         self.pending.append(table.select(schema().names).cast(schema(self.settings)))
         self.pending_rows += table.num_rows
         if self.pending_rows >= self.rows_per_shard:
@@ -231,22 +283,21 @@ def assemble(output: str | os.PathLike, folder: str | os.PathLike, settings: dic
     sources = ([output] if output.is_file() else []) + parts
     seen: set[str] = set()
     rows = 0
-    with atomic_write(output, "wb") as f:
-        with q.ParquetWriter(f, sch) as writer:
-            for src in sources:
-                pf = q.ParquetFile(src)
-                for g in range(pf.num_row_groups):
-                    table = pf.read_row_group(g)
-                    paths = table.column("path").to_pylist()
-                    keep = [p not in seen for p in paths]
-                    seen.update(paths)
-                    if not all(keep):
-                        table = table.filter(a.array(keep, a.bool_()))
-                    if table.num_rows:
-                        writer.write_table(table.cast(sch))
-                        rows += table.num_rows
-            if not rows:
-                writer.write_table(sch.empty_table())
+    with atomic_write(output, "wb") as f, q.ParquetWriter(f, sch) as writer:
+        for src in sources:
+            pf = q.ParquetFile(src)
+            for g in range(pf.num_row_groups):
+                table = pf.read_row_group(g)
+                paths = table.column("path").to_pylist()
+                keep = [p not in seen for p in paths]
+                seen.update(paths)
+                if not all(keep):
+                    table = table.filter(a.array(keep, a.bool_()))
+                if table.num_rows:
+                    writer.write_table(table.cast(sch))
+                    rows += table.num_rows
+        if not rows:
+            writer.write_table(sch.empty_table())
     for part in parts:
         part.unlink(missing_ok=True)
     remove_stale_temporaries(folder)

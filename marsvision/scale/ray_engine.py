@@ -46,9 +46,13 @@ class RayOptions:
     actors: int = 0  # classifying actors; 0: ACTORS_PER_CPU per CPU of the cluster (at least 1); 3 on 2 CPUs is slower
     actor_cpus: float = 0.5  # logical CPUs an actor reserves: < 1 leaves room for the read tasks (2 x 1.0 stalls)
     actor_threads: int = 1  # decoding and model threads inside one actor (load_model(threads=...))
-    batch_size: int = 32  # images per actor call (measured: best whole run on full frames; 64 is ~4 % faster on thumbnails)
+    batch_size: int = (
+        32  # images per actor call (measured: best whole run on full frames; 64 is ~4 % faster on thumbnails)
+    )
     read_batch: int = 32  # files per read task call
-    read_cpus: float = 0.5  # logical CPUs a read task reserves: 0.25 lets Ray start more worker processes than CPUs (each ~1 CPU-s)
+    read_cpus: float = (
+        0.5  # logical CPUs a read task reserves: 0.25 lets Ray start more worker processes than CPUs (each ~1 CPU-s)
+    )
     shard_rows: int = pqt.DEFAULT_SHARD_ROWS  # rows per Parquet shard
     passes: int = 3  # runs over the paths still missing; the last one image by image
     stats: dict = field(default_factory=dict)  # filled in: timings of the last run (benchmarks read them)
@@ -94,11 +98,17 @@ def read_files(batch):
         else:
             sha, size = hashlib.sha256(data).hexdigest(), len(data)
             error = "empty file" if not data else None  # what load_image says of an empty file
-        for k, v in zip(out, (path, data, sha, size, error)):
+        for k, v in zip(out, (path, data, sha, size, error), strict=True):
             out[k].append(v)
-    return pa.table({"path": pa.array(out["path"], pa.string()), "data": pa.array(out["data"], pa.binary()),
-                     "sha256": pa.array(out["sha256"], pa.string()),
-                     "size_bytes": pa.array(out["size_bytes"], pa.int64()), "error": pa.array(out["error"], pa.string())})
+    return pa.table(
+        {
+            "path": pa.array(out["path"], pa.string()),
+            "data": pa.array(out["data"], pa.binary()),
+            "sha256": pa.array(out["sha256"], pa.string()),
+            "size_bytes": pa.array(out["size_bytes"], pa.int64()),
+            "error": pa.array(out["error"], pa.string()),
+        }
+    )
 
 
 def hash_files(batch):
@@ -114,16 +124,30 @@ def hash_files(batch):
             rows.append((path, sha, size, None))
         except OSError as e:
             rows.append((path, None, None, e.strerror or type(e).__name__))
-    cols = list(zip(*rows)) if rows else [[], [], [], []]
-    return pa.table({"path": pa.array(cols[0], pa.string()), "sha256": pa.array(cols[1], pa.string()),
-                     "size_bytes": pa.array(cols[2], pa.int64()), "error": pa.array(cols[3], pa.string())})
+    cols = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
+    return pa.table(
+        {
+            "path": pa.array(cols[0], pa.string()),
+            "sha256": pa.array(cols[1], pa.string()),
+            "size_bytes": pa.array(cols[2], pa.int64()),
+            "error": pa.array(cols[3], pa.string()),
+        }
+    )
 
 
 class ClassifyActor:
     """One actor of the pool: the model loaded once, then batches of file bytes → rows."""
 
-    def __init__(self, model_name: str, model_ref: list, threads: int, top_k: int, min_confidence: float,
-                 settings: dict, device: str = "cpu"):
+    def __init__(
+        self,
+        model_name: str,
+        model_ref: list,
+        threads: int,
+        top_k: int,
+        min_confidence: float,
+        settings: dict,
+        device: str = "cpu",
+    ):
         import ray
 
         from ..inference.predict import load_model
@@ -138,16 +162,17 @@ class ClassifyActor:
         paths = batch.column("path").to_pylist()
         errors = batch.column("error").to_pylist()
         data = batch.column("data")
-        preds: list[Prediction] = [Prediction(p, error=e) for p, e in zip(paths, errors)]
+        preds: list[Prediction] = [Prediction(p, error=e) for p, e in zip(paths, errors, strict=True)]
         good = [i for i, e in enumerate(errors) if e is None]
         items = [_Named(data[i].as_py(), paths[i]) for i in good]
-        for i, p in zip(good, self.clf.predict_iter(items, top_k=self.top_k)):
+        for i, p in zip(good, self.clf.predict_iter(items, top_k=self.top_k), strict=True):
             p.source = paths[i]
             if self.min_confidence > 0:
                 p.withhold_below(self.min_confidence)
             preds[i] = p
-        return pqt.records_table(preds, batch.column("sha256").to_pylist(), batch.column("size_bytes").to_pylist(),
-                                 self.settings)
+        return pqt.records_table(
+            preds, batch.column("sha256").to_pylist(), batch.column("size_bytes").to_pylist(), self.settings
+        )
 
 
 def connect(address: str = "", num_cpus: int | None = None) -> bool:
@@ -157,8 +182,13 @@ def connect(address: str = "", num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     kwargs = {"num_cpus": num_cpus} if not address else {}
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING, **kwargs)
+    ray.init(
+        address=address or "local",
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        **kwargs,
+    )
     return True
 
 
@@ -182,8 +212,11 @@ def _data_context(tolerate_errors: bool):
     ctx = ray.data.DataContext.get_current()
     names = ("enable_progress_bars", "print_on_execution_start", "max_errored_blocks")
     old = {n: getattr(ctx, n) for n in names if hasattr(ctx, n)}
-    wanted = {"enable_progress_bars": False, "print_on_execution_start": False,
-              "max_errored_blocks": -1 if tolerate_errors else 0}
+    wanted = {
+        "enable_progress_bars": False,
+        "print_on_execution_start": False,
+        "max_errored_blocks": -1 if tolerate_errors else 0,
+    }
     logger = logging.getLogger("ray.data")
     level = logger.level
     try:
@@ -204,7 +237,7 @@ def _path_blocks(paths: list[str], rows: int):
     spread over the actors; at most ~10 000, however large the input)."""
     pa = pqt.pa()
     rows = max(1, min(rows, math.ceil(len(paths) / 8)), math.ceil(len(paths) / 10_000))
-    return [pa.table({"path": pa.array(paths[i:i + rows], pa.string())}) for i in range(0, len(paths), rows)]
+    return [pa.table({"path": pa.array(paths[i : i + rows], pa.string())}) for i in range(0, len(paths), rows)]
 
 
 def cluster_cpus() -> float:
@@ -219,28 +252,56 @@ def pool_size(opts: RayOptions) -> int:
     return max(1, int(cluster_cpus() * ACTORS_PER_CPU))
 
 
-def classify_dataset(paths: list[str], model_path: str | os.PathLike, settings: dict, opts: RayOptions,
-                     top_k: int = 1, min_confidence: float = 0.0, device: str = "cpu", batch_size: int | None = None,
-                     read_batch: int | None = None):
+def classify_dataset(
+    paths: list[str],
+    model_path: str | os.PathLike,
+    settings: dict,
+    opts: RayOptions,
+    top_k: int = 1,
+    min_confidence: float = 0.0,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    read_batch: int | None = None,
+):
     """The lazy Ray Dataset of rows for ``paths`` (read tasks → classifying actor pool)."""
     import ray
     import ray.data
 
     model_path = Path(model_path)
     # The model travels through the object store once; an actor restarted after a kill fetches it again.
-    kwargs = {"model_name": model_path.name, "model_ref": [ray.put(model_path.read_bytes())], "threads": opts.actor_threads,
-              "top_k": top_k, "min_confidence": min_confidence, "settings": settings, "device": device}
+    kwargs = {
+        "model_name": model_path.name,
+        "model_ref": [ray.put(model_path.read_bytes())],
+        "threads": opts.actor_threads,
+        "top_k": top_k,
+        "min_confidence": min_confidence,
+        "settings": settings,
+        "device": device,
+    }
     read_batch = read_batch or opts.read_batch
     ds = ray.data.from_arrow(_path_blocks(paths, read_batch))
     ds = ds.map_batches(read_files, batch_size=read_batch, batch_format="pyarrow", num_cpus=opts.read_cpus)
-    return ds.map_batches(ClassifyActor, fn_constructor_kwargs=kwargs, batch_size=batch_size or opts.batch_size,
-                          batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=pool_size(opts)),
-                          num_cpus=opts.actor_cpus)  # Ray Data restarts dead actors and reruns their batches
+    return ds.map_batches(
+        ClassifyActor,
+        fn_constructor_kwargs=kwargs,
+        batch_size=batch_size or opts.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=pool_size(opts)),
+        num_cpus=opts.actor_cpus,
+    )  # Ray Data restarts dead actors and reruns their batches
 
 
-def classify_to_shards(paths: list[str], model_path: str | os.PathLike, settings: dict, writer: pqt.ShardWriter,
-                       opts: RayOptions, top_k: int = 1, min_confidence: float = 0.0, device: str = "cpu",
-                       progress: bool = False) -> None:
+def classify_to_shards(
+    paths: list[str],
+    model_path: str | os.PathLike,
+    settings: dict,
+    writer: pqt.ShardWriter,
+    opts: RayOptions,
+    top_k: int = 1,
+    min_confidence: float = 0.0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> None:
     """Classify every path not yet in ``writer`` into its shards: exactly one row per path.
 
     Up to ``opts.passes`` passes over the paths still missing (the last with one image per batch, so a
@@ -263,8 +324,17 @@ def classify_to_shards(paths: list[str], model_path: str | os.PathLike, settings
             before = writer.written_rows + writer.pending_rows
             failure = None
             with _data_context(tolerate_errors=True):
-                ds = classify_dataset(todo, model_path, settings, opts, top_k, min_confidence, device,
-                                      batch_size=1 if last else None, read_batch=1 if last else None)
+                ds = classify_dataset(
+                    todo,
+                    model_path,
+                    settings,
+                    opts,
+                    top_k,
+                    min_confidence,
+                    device,
+                    batch_size=1 if last else None,
+                    read_batch=1 if last else None,
+                )
                 try:
                     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
                         last_row = time.perf_counter() - t0
@@ -282,18 +352,29 @@ def classify_to_shards(paths: list[str], model_path: str | os.PathLike, settings
             if failure is not None:
                 reason = " ".join(f"{type(failure).__name__}: {failure}".split())[:300]
                 if writer.written_rows + writer.pending_rows == before:
-                    raise RuntimeError(f"the Ray pipeline failed ({reason}); the {writer.written_rows} rows done "
-                                       f"are kept in {writer.folder}, rerun to resume") from failure
+                    raise RuntimeError(
+                        f"the Ray pipeline failed ({reason}); the {writer.written_rows} rows done "
+                        f"are kept in {writer.folder}, rerun to resume"
+                    ) from failure
         if todo:  # images that took their worker down on every pass
             why = f"not classified: its worker failed on every try ({reason or 'worker died'})"
-            writer.add(pqt.records_table([Prediction(p, error=why) for p in todo], [None] * len(todo),
-                                         [None] * len(todo), settings))
+            writer.add(
+                pqt.records_table(
+                    [Prediction(p, error=why) for p in todo], [None] * len(todo), [None] * len(todo), settings
+                )
+            )
             bar.update(len(todo))
     writer.flush()
     # Steady state: the rate over the last three quarters of the rows (the start of the pipeline left out).
     steady = (rows - quarter[1]) / (last_row - quarter[0]) if quarter and last_row > quarter[0] else None
-    opts.stats.update(seconds=time.perf_counter() - t0, first_row_s=first_row, steady_rows_per_s=steady,
-                      passes=passes, dropped_repeats=writer.dropped_rows, failure=reason or None)
+    opts.stats.update(
+        seconds=time.perf_counter() - t0,
+        first_row_s=first_row,
+        steady_rows_per_s=steady,
+        passes=passes,
+        dropped_repeats=writer.dropped_rows,
+        failure=reason or None,
+    )
 
 
 def settings_for(model_path: str | os.PathLike, top_k: int, min_confidence: float = 0.0) -> dict:
@@ -346,8 +427,9 @@ def run_predict(paths: list[str], cfg, opts: RayOptions | None = None, progress:
     writer = pqt.ShardWriter(parts, settings, done=done, rows_per_shard=opts.shard_rows)
     if len(done) < len(files) or any(f not in done for f in files):
         with ray_session(cfg.ray_address):
-            classify_to_shards(files, model_path, settings, writer, opts, cfg.top_k, cfg.min_confidence,
-                               cfg.device, progress)
+            classify_to_shards(
+                files, model_path, settings, writer, opts, cfg.top_k, cfg.min_confidence, cfg.device, progress
+            )
     report.classified = writer.written_rows
     report.failed = writer.errors
     report.rows = pqt.assemble(output, parts, settings)
@@ -361,7 +443,10 @@ def cmd_predict(paths: list[str], cfg) -> int:
     for path, why in report.failed:
         print(f"marsvision: {path}: {why}", file=sys.stderr)
     rate = report.classified / max(report.seconds, 1e-9)
-    print(f"marsvision: {report.files} files: {report.classified - len(report.failed)} classified, "
-          f"{len(report.failed)} failed, {report.skipped} already in {cfg.output} ({rate:.0f} img/s); "
-          f"{report.rows} rows in {cfg.output}", file=sys.stderr)
+    print(
+        f"marsvision: {report.files} files: {report.classified - len(report.failed)} classified, "
+        f"{len(report.failed)} failed, {report.skipped} already in {cfg.output} ({rate:.0f} img/s); "
+        f"{report.rows} rows in {cfg.output}",
+        file=sys.stderr,
+    )
     return 1 if report.failed else 0

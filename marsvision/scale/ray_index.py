@@ -11,7 +11,15 @@ from pathlib import Path
 
 from . import check_engine
 from . import parquet as pqt
-from .ray_engine import RayOptions, _data_context, _path_blocks, classify_to_shards, hash_files, ray_session, settings_for
+from .ray_engine import (
+    RayOptions,
+    _data_context,
+    _path_blocks,
+    classify_to_shards,
+    hash_files,
+    ray_session,
+    settings_for,
+)
 
 
 def shard_folder(engine) -> Path:
@@ -30,8 +38,9 @@ def hash_all(paths: list[str], opts: RayOptions) -> dict[str, tuple[str | None, 
 
     out = {}
     with _data_context(tolerate_errors=False):
-        ds = ray.data.from_arrow(_path_blocks(paths, 256)).map_batches(hash_files, batch_size=256,
-                                                                         batch_format="pyarrow", num_cpus=opts.read_cpus)
+        ds = ray.data.from_arrow(_path_blocks(paths, 256)).map_batches(
+            hash_files, batch_size=256, batch_format="pyarrow", num_cpus=opts.read_cpus
+        )
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
                 out[row["path"]] = (row["sha256"], row["size_bytes"], row["error"])
@@ -58,8 +67,11 @@ def load_shards(engine, clf, model_id: int, folder: Path, settings: dict, cfg, r
             continue
         in_db = known(engine, [sha for _, sha, _ in rows if sha])
         for start in range(0, len(rows), max(1, cfg.batch_size)):
-            items = [(p.source, sha, size, in_db.get(sha), p) for p, sha, size in rows[start:start + cfg.batch_size]
-                     if cfg.reclassify or sha not in in_db]
+            items = [
+                (p.source, sha, size, in_db.get(sha), p)
+                for p, sha, size in rows[start : start + cfg.batch_size]
+                if cfg.reclassify or sha not in in_db
+            ]
             if items:
                 with make.begin() as session:
                     write_batch(session, items, clf, model_id, report)
@@ -71,8 +83,19 @@ def load_shards(engine, clf, model_id: int, folder: Path, settings: dict, cfg, r
     return written
 
 
-def index_files_ray(engine, clf, model_id: int, model_path: str | os.PathLike, files: list[Path], cfg, report,
-                    progress: bool, write_batch, known, opts: RayOptions | None = None) -> None:
+def index_files_ray(
+    engine,
+    clf,
+    model_id: int,
+    model_path: str | os.PathLike,
+    files: list[Path],
+    cfg,
+    report,
+    progress: bool,
+    write_batch,
+    known,
+    opts: RayOptions | None = None,
+) -> None:
     """`marsvision index --engine ray`: what ``archive.index.index_files`` does, on Ray.
 
     Leftover shards of a killed run are loaded first; then the files are hashed (Ray tasks) and, as

@@ -6,7 +6,7 @@ of uint8 tensors and the eval normalisation. Images arrive already decoded and r
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class EvalPreset:
@@ -34,8 +34,18 @@ class TrainPreset(EvalPreset):
     (some products are single-band).
     """
 
-    def __init__(self, mean, std, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), degrees=15.0,
-                 hflip=0.5, jitter=0.3, grayscale=0.1, out_size: int | None = None):
+    def __init__(
+        self,
+        mean,
+        std,
+        scale=(0.35, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        degrees=15.0,
+        hflip=0.5,
+        jitter=0.3,
+        grayscale=0.1,
+        out_size: int | None = None,
+    ):
         super().__init__(mean, std)
         # Training below the eval size is cheaper, and random crops enlarge objects, so a lower
         # train size matches the apparent object size at eval time ("FixRes" effect).
@@ -65,10 +75,13 @@ class TrainPreset(EvalPreset):
         angle = math.radians(self.degrees) * (2 * rand(n) - 1)
         flip = torch.where(rand(n) < self.hflip, -1.0, 1.0)
         cos, sin = torch.cos(angle), torch.sin(angle)
-        theta = torch.stack([
-            torch.stack([sx * cos * flip, -sy * sin, tx], 1),
-            torch.stack([sx * sin * flip, sy * cos, ty], 1),
-        ], 1)  # (N, 2, 3)
+        theta = torch.stack(
+            [
+                torch.stack([sx * cos * flip, -sy * sin, tx], 1),
+                torch.stack([sx * sin * flip, sy * cos, ty], 1),
+            ],
+            1,
+        )  # (N, 2, 3)
         size = self.out_size or x.shape[-1]
         grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
@@ -78,10 +91,10 @@ class TrainPreset(EvalPreset):
         b = (1 + j * (2 * rand(n) - 1)).view(n, 1, 1, 1)
         c = (1 + j * (2 * rand(n) - 1)).view(n, 1, 1, 1)
         s = (1 + j * (2 * rand(n) - 1)).view(n, 1, 1, 1)
-        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])  # (N, 1, H, W)
+        gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # (N, 1, H, W)
         x = x * b
         x = (x - gray.mean(dim=(2, 3), keepdim=True) * b) * c + gray.mean(dim=(2, 3), keepdim=True) * b
-        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         s = torch.where(rand(n).view(n, 1, 1, 1) < self.grayscale, torch.zeros_like(s), s)
         x = (gray + (x - gray) * s).clamp_(0, 1)
 

@@ -33,16 +33,29 @@ C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 class ProbeConfig:
     """Fit a balanced logistic regression on frozen ImageNet EfficientNet-Lite features."""
 
-    model: str = field(default="efficientnet_lite0", metadata={"help": "backbone: efficientnet_lite0, efficientnet_lite0_multilevel or efficientnet_lite2"})
+    model: str = field(
+        default="efficientnet_lite0",
+        metadata={"help": "backbone: efficientnet_lite0, efficientnet_lite0_multilevel or efficientnet_lite2"},
+    )
     data: str = field(default="", metadata={"help": DATA_HELP})
     train_splits: str = field(default="train", metadata={"help": "splits to fit on, '+'-joined"})
     val_split: str = field(default="val", metadata={"help": "split used to choose C (when not fitted on)"})
-    img_size: int = field(default=0, metadata={"help": "input size in pixels (0: the backbone's default); the model file records it"})
-    c: float = field(default=0.0, metadata={"help": f"inverse regularisation strength (0: choose on val from {', '.join(map(str, C_GRID))})"})
+    img_size: int = field(
+        default=0, metadata={"help": "input size in pixels (0: the backbone's default); the model file records it"}
+    )
+    c: float = field(
+        default=0.0,
+        metadata={"help": f"inverse regularisation strength (0: choose on val from {', '.join(map(str, C_GRID))})"},
+    )
     out: str = field(default="runs", metadata={"help": "runs root: the run folder is <out>/probe/<name>"})
     name: str = field(default="", metadata={"help": "run folder name (default: <model>-<time>)"})
     limit: int = field(default=0, metadata={"help": "use at most this many images per split (0: all); for smoke tests"})
-    trust: bool = field(default=True, metadata={"help": "fit calibrated confidence and unknown-image data on the fitted images (as `marsvision calibrate`)"})
+    trust: bool = field(
+        default=True,
+        metadata={
+            "help": "fit calibrated confidence and unknown-image data on the fitted images (as `marsvision calibrate`)"
+        },
+    )
 
 
 def extract_features(backbone, images_u8: torch.Tensor, preset) -> np.ndarray:
@@ -122,8 +135,16 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     head = model.get_classifier()
     head.weight.data, head.bias.data = torch.from_numpy(w), torch.from_numpy(b)
     names = [ds.class_names[c] for c in class_ids]
-    meta = model_meta(cfg.model, names, size, d["mean"], d["std"], 0.0, config=asdict(cfg),
-                      metrics={"C": best_c, "val_macro_f1_by_C": scores})
+    meta = model_meta(
+        cfg.model,
+        names,
+        size,
+        d["mean"],
+        d["std"],
+        0.0,
+        config=asdict(cfg),
+        metrics={"C": best_c, "val_macro_f1_by_C": scores},
+    )
     trust = None
     if cfg.trust:
         try:
@@ -138,9 +159,21 @@ def train_probe(cfg: ProbeConfig, progress: bool | None = None) -> Path:
     with atomic_write(run_dir / "config.json") as f:
         json.dump({**asdict(cfg), "run_dir": str(run_dir), "input_size": size}, f, indent=2)
     with atomic_write(run_dir / "results.json") as f:
-        json.dump({"chosen_C": best_c, "val_macro_f1_by_C": scores, "n_train": len(train),
-                   "feature_img_per_s": round(feature_rate, 1), "total_s": round(total, 1),
-                   "calibration": trust and trust.calibration.info, "novelty": trust and trust.novelty.info}, f, indent=2)
-    print(f"probe: C={best_c}, {len(train)} training images, features {feature_rate:.1f} img/s "
-          f"(decode + forward), total {total:.0f} s")
+        json.dump(
+            {
+                "chosen_C": best_c,
+                "val_macro_f1_by_C": scores,
+                "n_train": len(train),
+                "feature_img_per_s": round(feature_rate, 1),
+                "total_s": round(total, 1),
+                "calibration": trust and trust.calibration.info,
+                "novelty": trust and trust.novelty.info,
+            },
+            f,
+            indent=2,
+        )
+    print(
+        f"probe: C={best_c}, {len(train)} training images, features {feature_rate:.1f} img/s "
+        f"(decode + forward), total {total:.0f} s"
+    )
     return out

@@ -67,8 +67,22 @@ class TrainConfig:
     workers: int = _f(0, "image decoding threads (0: automatic)")
 
 
-def train_one_epoch(model, images_u8, labels, order, preset, optimizer, cfg, device, epoch,
-                    step0, total_steps, loss_weights=None, ema=None, progress=True) -> dict:
+def train_one_epoch(
+    model,
+    images_u8,
+    labels,
+    order,
+    preset,
+    optimizer,
+    cfg,
+    device,
+    epoch,
+    step0,
+    total_steps,
+    loss_weights=None,
+    ema=None,
+    progress=True,
+) -> dict:
     """One pass over ``order``; returns {train_loss, img_per_s, lr}."""
     model.train()
     g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)  # augmentation randomness
@@ -165,14 +179,17 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     if cfg.init and state is None:
         ckpt = read_model_file(cfg.init)
         if ckpt["arch"] != cfg.model or ckpt["class_names"] != class_names:
-            raise ValueError(f"--init {cfg.init}: {ckpt['arch']} with {len(ckpt['class_names'])} classes does not "
-                             f"match {cfg.model} with {len(class_names)} classes")
+            raise ValueError(
+                f"--init {cfg.init}: {ckpt['arch']} with {len(ckpt['class_names'])} classes does not "
+                f"match {cfg.model} with {len(class_names)} classes"
+            )
         model.load_state_dict(build_model(ckpt).state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
     ema = None
     if cfg.ema_decay > 0:
         from timm.utils import ModelEmaV3
@@ -195,46 +212,105 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
     select_on_val = not (set(cfg.val_split.split("+")) & set(cfg.train_splits.split("+")))
-    run.write_config(cfg, {"run_dir": str(run_dir), "input_size": size, "class_names": class_names,
-                           "device": str(device), "n_train": len(train_split), "n_val": len(keep),
-                           "selection": "best val macro-F1" if select_on_val else "last epoch"})
-    train_preset = TrainPreset(defaults["mean"], defaults["std"], out_size=min(cfg.train_size or size, size),
-                               hflip=cfg.hflip)
+    run.write_config(
+        cfg,
+        {
+            "run_dir": str(run_dir),
+            "input_size": size,
+            "class_names": class_names,
+            "device": str(device),
+            "n_train": len(train_split),
+            "n_val": len(keep),
+            "selection": "best val macro-F1" if select_on_val else "last epoch",
+        },
+    )
+    train_preset = TrainPreset(
+        defaults["mean"], defaults["std"], out_size=min(cfg.train_size or size, size), hflip=cfg.hflip
+    )
     eval_preset = EvalPreset(defaults["mean"], defaults["std"])
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
-    meta = dict(arch=cfg.model, class_names=class_names, input_size=size, mean=defaults["mean"],
-                std=defaults["std"], drop_rate=cfg.drop_rate, config=asdict(cfg))
+    meta = dict(
+        arch=cfg.model,
+        class_names=class_names,
+        input_size=size,
+        mean=defaults["mean"],
+        std=defaults["std"],
+        drop_rate=cfg.drop_rate,
+        config=asdict(cfg),
+    )
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         order = epoch_order(y_train.numpy(), sample_w, epoch, cfg.seed)
-        stats = train_one_epoch(model, x_train, y_train, order, train_preset, optimizer, cfg, device, epoch,
-                                epoch * steps_per_epoch, cfg.epochs * steps_per_epoch, loss_w, ema, progress)
+        stats = train_one_epoch(
+            model,
+            x_train,
+            y_train,
+            order,
+            train_preset,
+            optimizer,
+            cfg,
+            device,
+            epoch,
+            epoch * steps_per_epoch,
+            cfg.epochs * steps_per_epoch,
+            loss_w,
+            ema,
+            progress,
+        )
         eval_model = ema.module if ema is not None else model
         # When val is part of training it cannot select anything: evaluate it once, at the end.
         last = epoch == cfg.epochs - 1
         val = evaluate(eval_model, x_val, y_val, eval_preset, device, class_names) if select_on_val or last else None
-        row = {"epoch": epoch + 1, "train_loss": round(stats["train_loss"], 5), "lr": stats["lr"],
-               "img_per_s": round(stats["img_per_s"], 2)}
-        for key, name in [("val_loss", "loss"), ("val_acc", "accuracy"), ("val_macro_f1", "macro_f1"),
-                          ("val_weighted_f1", "weighted_f1")]:
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": round(stats["train_loss"], 5),
+            "lr": stats["lr"],
+            "img_per_s": round(stats["img_per_s"], 2),
+        }
+        for key, name in [
+            ("val_loss", "loss"),
+            ("val_acc", "accuracy"),
+            ("val_macro_f1", "macro_f1"),
+            ("val_weighted_f1", "weighted_f1"),
+        ]:
             row[key] = round(val[name], 5) if val else None
         row["epoch_s"] = round(time.perf_counter() - t0, 1)
         history.append(row)
         score = val["macro_f1"] if select_on_val else epoch
         if score > best:
             best = score
-            save_model(run_dir / "best.pt", eval_model, model_meta(**meta, metrics={"epoch": epoch + 1, "val": {
-                k: val[k] for k in ("accuracy", "macro_f1", "weighted_f1")} if val else None}))
+            save_model(
+                run_dir / "best.pt",
+                eval_model,
+                model_meta(
+                    **meta,
+                    metrics={
+                        "epoch": epoch + 1,
+                        "val": {k: val[k] for k in ("accuracy", "macro_f1", "weighted_f1")} if val else None,
+                    },
+                ),
+            )
         run.write_history(history)
         buf = io.BytesIO()  # serialise fully before the atomic rename
-        torch.save({"config": asdict(cfg), "epoch": epoch, "best": best, "history": history,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                            "python": random.getstate()}}, buf)
-        atomic_save(lambda tmp: Path(tmp).write_bytes(buf.getvalue()), run_dir / "last.pt")
+        torch.save(
+            {
+                "config": asdict(cfg),
+                "epoch": epoch,
+                "best": best,
+                "history": history,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            },
+            buf,
+        )
+        atomic_save(lambda tmp, b=buf: Path(tmp).write_bytes(b.getvalue()), run_dir / "last.pt")
         scores = f"val acc {row['val_acc']:.4f}  val macro-F1 {row['val_macro_f1']:.4f}  " if val else ""
-        print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  {scores}"
-              f"{row['img_per_s']:.1f} img/s  {row['epoch_s']:.0f}s", flush=True)
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  {scores}"
+            f"{row['img_per_s']:.1f} img/s  {row['epoch_s']:.0f}s",
+            flush=True,
+        )
     return run_dir

@@ -1,11 +1,11 @@
 """`marsvision index`: one row per image content, skips and reclassifies, unreadable files, kill -9."""
 
 import os
-from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,15 +24,19 @@ def rows(db_url):
     """Every image row, with its vectors (None for unreadable images)."""
     engine = open_engine(db_url)
     with engine.connect() as conn:
-        out = conn.execute(select(Image, ImageVectors.features, ImageVectors.texture, ImageVectors.sketch)
-                           .outerjoin(ImageVectors, ImageVectors.image_id == Image.id)).all()
+        out = conn.execute(
+            select(Image, ImageVectors.features, ImageVectors.texture, ImageVectors.sketch).outerjoin(
+                ImageVectors, ImageVectors.image_id == Image.id
+            )
+        ).all()
     engine.dispose()
     return out
 
 
 def test_index_stores_one_complete_row_per_image(db_url, example_images, broken_images):
-    report = run_index([str(example_images[0].parent), str(broken_images), "/nowhere.jpg"], IndexConfig(db=db_url),
-                       progress=False)
+    report = run_index(
+        [str(example_images[0].parent), str(broken_images), "/nowhere.jpg"], IndexConfig(db=db_url), progress=False
+    )
     assert report.indexed == 15 and report.skipped == 0
     assert {os.path.basename(p) for p, _ in report.failed} == {"empty.jpg", "notes.jpg", "half.JPG", "nowhere.jpg"}
     got = rows(db_url)
@@ -93,8 +97,19 @@ def unique_images(folder, n, sources):
 def test_kill_9_mid_run_then_rerun_gives_every_image_exactly_once(db_url, tmp_path, example_images):
     folder = tmp_path / "downlink"
     unique_images(folder, 400, example_images)
-    cmd = [sys.executable, "-m", "marsvision.cli", "index", str(folder), "--db", db_url, "--batch-size", "8",
-           "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "marsvision.cli",
+        "index",
+        str(folder),
+        "--db",
+        db_url,
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     engine = create_engine(db_url, poolclass=NullPool)  # a fresh connection per look: no stale snapshot
@@ -113,13 +128,18 @@ def test_kill_9_mid_run_then_rerun_gives_every_image_exactly_once(db_url, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with engine.connect() as conn:
-        after_kill = conn.execute(select(Image.label, ImageVectors.features, Image.error)
-                                  .outerjoin(ImageVectors, ImageVectors.image_id == Image.id)).all()
+        after_kill = conn.execute(
+            select(Image.label, ImageVectors.features, Image.error).outerjoin(
+                ImageVectors, ImageVectors.image_id == Image.id
+            )
+        ).all()
     assert 40 <= len(after_kill) < 400 and len(after_kill) % 8 == 0  # whole batches only
     assert all(r.label and r.features for r in after_kill)  # no half rows
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"{400 - len(after_kill)} indexed" in done.stderr and f"{len(after_kill)} already in the archive" in done.stderr
+    assert (
+        f"{400 - len(after_kill)} indexed" in done.stderr and f"{len(after_kill)} already in the archive" in done.stderr
+    )
     with engine.connect() as conn:
         total, distinct = conn.execute(select(func.count(Image.id), func.count(Image.sha256.distinct()))).one()
     engine.dispose()

@@ -23,8 +23,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "page-test-token"
 NOTE = "tyre tracks in regolith, no wheel in view"
-PICTURE_LOADED = "(() => { const i = document.querySelector('#detail-img'); " \
-                 "return i.getAttribute('src').includes(%r) && i.complete && i.naturalWidth > 0; })()"
+PICTURE_LOADED = (
+    "(() => { const i = document.querySelector('#detail-img'); "
+    "return i.getAttribute('src').includes(%r) && i.complete && i.naturalWidth > 0; })()"
+)
 THUMBNAILS_LOADED = "[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
 
 
@@ -46,8 +48,9 @@ def archive_server(tmp_path, example_images):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, token=TOKEN), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(engine, token=TOKEN), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -158,12 +161,14 @@ def test_browse_filter_open_heatmap_and_correct(browser_page, archive_server, tm
     detail = httpx.get(f"{base}/api/images/{image_id}").json()
     assert (detail["label"], detail["reviewed_label"]) == ("wheel", "ground")
     assert [(c["label"], c["note"], c["author"], c["model_label"]) for c in detail["corrections"]] == [
-        ("ground", NOTE, "page test", "wheel")]
+        ("ground", NOTE, "page test", "wheel")
+    ]
     with Session(engine) as s:
         image = s.get(Image, int(image_id))
         assert (image.label, image.reviewed_label) == ("wheel", "ground") and image.reviewed_at is not None
         assert [(c.image_id, c.label, c.model_label) for c in s.scalars(select(Correction))] == [
-            (int(image_id), "ground", "wheel")]
+            (int(image_id), "ground", "wheel")
+        ]
 
     if os.environ.get("MARSVISION_SCREENSHOT_DOCS") == "1":  # the README's picture: the whole grid, one reviewed
         page.goto(f"{base}/")

@@ -12,7 +12,7 @@ def test_batch_rows_equal_single_rows(example_images, tmp_path):
     bad.write_text("not an image")
     sources = [*example_images, bad]
     preds = clf.predict(sources, top_k=3)
-    items = [(s, f"sha{i}", i, p) for i, (s, p) in enumerate(zip(sources, preds))]
+    items = [(s, f"sha{i}", i, p) for i, (s, p) in enumerate(zip(sources, preds, strict=True))]
     batch = image_rows(items, clf, model_id=7)
     assert batch == [image_row(*item, clf, 7) for item in items]
     good, broken = batch[0], batch[-1]

@@ -21,8 +21,10 @@ import pytest
 from test_page import TOKEN, archive_server  # noqa: F401 (archive_server is a fixture used below)
 
 REPO = Path(__file__).resolve().parents[2]
-PICTURE_LOADED = "(() => { const i = document.querySelector('#r-img'); return i.getAttribute('src').includes(%r) " \
-                 "&& i.complete && i.naturalWidth > 0 && !document.querySelector('#r-frame.loading'); })()"
+PICTURE_LOADED = (
+    "(() => { const i = document.querySelector('#r-img'); return i.getAttribute('src').includes(%r) "
+    "&& i.complete && i.naturalWidth > 0 && !document.querySelector('#r-frame.loading'); })()"
+)
 
 
 def add_version(engine, tmp_path: Path, name: str) -> None:
@@ -114,7 +116,8 @@ def test_review_queue_from_the_keyboard(browser_page, archive_server, tmp_path):
     expect(status).to_have_text(f"Stored “{queue[0]['label']}” for {names[0]}.")
     expect(page.locator("#r-live")).to_have_text(  # what screen readers hear: the label stored, the next image
         f"Stored “{queue[0]['label']}” for {names[0]}. Image 2 of 10: {names[1]}, the model says {queue[1]['label']} "
-        f"({page.locator('#r-conf').text_content()}).")
+        f"({page.locator('#r-conf').text_content()})."
+    )
     assert corrections() == [(queue[0]["id"], queue[0]["label"], queue[0]["label"])]
     with Session(engine) as s:
         assert s.scalars(select(Correction.note)).one() == "review queue (cluster_margin): accepted the model's label"
@@ -174,7 +177,8 @@ def test_review_queue_from_the_keyboard(browser_page, archive_server, tmp_path):
     expect(progress).to_have_text("Queue of 10 done · 3 reviewed this session")
     expect(page.locator("#r-summary")).to_contain_text("3 reviewed · 7 skipped")
     expect(page.locator("#r-done")).to_contain_text(
-        "Refit the model with these corrections: marsvision refit (or activate a version below)")
+        "Refit the model with these corrections: marsvision refit (or activate a version below)"
+    )
     assert len(corrections()) == 3
 
     # Activate the other version from the keyboard: the archive is re-scored and the header says so.
@@ -183,7 +187,8 @@ def test_review_queue_from_the_keyboard(browser_page, archive_server, tmp_path):
     activate.focus()
     key("Enter")
     expect(page.locator("#r-models-status")).to_have_text(
-        re.compile(r"^Activated review-test-v2: 12 images re-scored in [\d.]+ s\."))
+        re.compile(r"^Activated review-test-v2: 12 images re-scored in [\d.]+ s\.")
+    )
     expect(page.locator("#r-models tr.active th")).to_have_text("review-test-v2")
     expect(page.locator("#server-info")).to_contain_text("Model review-test-v2")
     with Session(engine) as s:
@@ -195,8 +200,10 @@ def test_review_queue_from_the_keyboard(browser_page, archive_server, tmp_path):
     seen = {it["id"] for it in queue}
     left = {it["id"] for it in httpx.get(f"{base}/api/images", params={"page_size": 100}).json()["items"]} - seen
     assert page.locator("#r-title").text_content() in {
-        Path(it["path"]).name for it in httpx.get(f"{base}/api/images", params={"page_size": 100}).json()["items"]
-        if it["id"] in left}
+        Path(it["path"]).name
+        for it in httpx.get(f"{base}/api/images", params={"page_size": 100}).json()["items"]
+        if it["id"] in left
+    }
 
     # Browse shows the reviewed badges of the three labelled images without a page reload.
     page.click("#tab-browse")
@@ -205,5 +212,6 @@ def test_review_queue_from_the_keyboard(browser_page, archive_server, tmp_path):
     expect(page.locator("#grid .badge.reviewed")).to_have_count(3)
     with Session(engine) as s:
         assert sorted(s.scalars(select(Image.id).where(Image.reviewed_label.is_not(None)))) == sorted(
-            c[0] for c in corrections())
+            c[0] for c in corrections()
+        )
     assert not page_errors, page_errors

@@ -81,13 +81,20 @@ def test_corrections_need_the_token_and_never_overwrite_the_model(archive):
     img = archive.get("/api/images", params={"label": "wheel"}).json()["items"][0]
     body = {"label": "ground", "note": "it is mostly ground", "author": "curator-1"}
     assert archive.put(f"/api/images/{img['id']}/label", json=body).status_code == 401
-    assert archive.put(f"/api/images/{img['id']}/label", json=body,
-                       headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert (
+        archive.put(f"/api/images/{img['id']}/label", json=body, headers={"Authorization": "Bearer wrong"}).status_code
+        == 401
+    )
     done = archive.put(f"/api/images/{img['id']}/label", json=body, headers=AUTH)
     assert done.status_code == 200
     d = done.json()
     assert d["label"] == "wheel" and d["reviewed_label"] == "ground"  # the model's label stays
-    assert d["corrections"][0] == {**d["corrections"][0], "label": "ground", "author": "curator-1", "model_label": "wheel"}
+    assert d["corrections"][0] == {
+        **d["corrections"][0],
+        "label": "ground",
+        "author": "curator-1",
+        "model_label": "wheel",
+    }
     assert archive.put(f"/api/images/{img['id']}/label", json={"label": "unicorn"}, headers=AUTH).status_code == 422
     assert archive.get("/api/images", params={"reviewed": True}).json()["total"] == 1
     wheel = next(c for c in archive.get("/api/classes").json()["classes"] if c["label"] == "wheel")
@@ -122,8 +129,11 @@ def test_classify_uploads_and_bad_input(archive, example_images):
 
     files = [("files", (p.name, jpeg_bytes(p), "image/jpeg")) for p in example_images[:2]]
     r = archive.post("/api/classify", files=files)
-    assert r.status_code == 200 and [i["label"] for i in r.json()["items"]] and all(i["id"] is None if "id" in i else True
-                                                                                     for i in r.json()["items"])
+    assert (
+        r.status_code == 200
+        and [i["label"] for i in r.json()["items"]]
+        and all(i["id"] is None if "id" in i else True for i in r.json()["items"])
+    )
     assert archive.get("/api/images").json()["total"] == 15  # not stored without ?store=true
     bad = {
         "big.jpg": (b"\xff\xd8" + b"\0" * (70 * 1024), 413),
@@ -145,7 +155,12 @@ def test_stored_upload_joins_the_archive(archive, tmp_path, monkeypatch, example
     monkeypatch.setenv("MARSVISION_UPLOADS", str(tmp_path / "uploads"))
     buf = io.BytesIO()
     Image.open(example_images[0]).rotate(90).save(buf, format="JPEG")
-    r = archive.post("/api/classify", params={"store": True}, headers=AUTH, files=[("files", ("new.jpg", buf.getvalue(), "image/jpeg"))])
+    r = archive.post(
+        "/api/classify",
+        params={"store": True},
+        headers=AUTH,
+        files=[("files", ("new.jpg", buf.getvalue(), "image/jpeg"))],
+    )
     assert r.status_code == 200 and r.json()["items"][0]["id"]
     assert archive.get("/api/images").json()["total"] == 16
     assert archive.get(f"/api/images/{r.json()['items'][0]['id']}/thumbnail").status_code == 200
@@ -202,8 +217,12 @@ def test_requests_after_the_database_dropped_its_connections_succeed(archive, db
     total = archive.get("/api/images").json()["total"]
     admin = create_engine(db_url, poolclass=NullPool)
     with admin.connect() as conn:
-        dropped = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+        dropped = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar()
     admin.dispose()
     assert dropped >= 1
     assert archive.get("/api/images", params={"sort": "confidence"}).json()["total"] == total
@@ -223,8 +242,13 @@ def test_real_server_binds_loopback_serves_docs_and_refuses_anonymous_writes(tmp
     run_index([str(example_images[0].parent)], IndexConfig(db=str(db)), progress=False)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MARSVISION_TOKEN"}
-    proc = subprocess.Popen([sys.executable, "-m", "marsvision.cli", "serve", "--db", str(db), "--port", str(port)],
-                            env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "marsvision.cli", "serve", "--db", str(db), "--port", str(port)],
+        env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):
@@ -237,8 +261,9 @@ def test_real_server_binds_loopback_serves_docs_and_refuses_anonymous_writes(tmp
         assert "swagger" in httpx.get(url + "/docs").text.lower()
         assert httpx.get(url + "/openapi.json").json()["paths"]["/api/images"]
         assert httpx.put(url + "/api/images/1/label", json={"label": "ground"}).status_code == 403
-        listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
-                     if line.split()[3] == "0A"]  # state LISTEN
+        listening = [
+            line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:] if line.split()[3] == "0A"
+        ]  # state LISTEN
         assert f"0100007F:{port:04X}" in listening  # 127.0.0.1 only
     finally:
         proc.terminate()
@@ -254,9 +279,26 @@ def test_real_server_with_two_workers_shares_one_archive(tmp_path, example_image
     (tmp_path / "token").write_text(TOKEN + "\n")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MARSVISION_TOKEN"}
-    proc = subprocess.Popen([sys.executable, "-m", "marsvision.cli", "serve", "--db", str(db), "--port", str(port),
-                             "--workers", "2", "--token-file", str(tmp_path / "token")],
-                            env={**env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "marsvision.cli",
+            "serve",
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--token-file",
+            str(tmp_path / "token"),
+        ],
+        env={**env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

@@ -35,7 +35,10 @@ def test_correction_survives_refit_activate_and_rollback(archive, mini_data):
     db, client, tmp = archive
     before = labels(client)
     wheel = next(i for i, lab in before.items() if lab == "wheel")
-    assert client.put(f"/api/images/{wheel}/label", json={"label": "ground", "note": "x"}, headers=TOKEN).status_code == 200
+    assert (
+        client.put(f"/api/images/{wheel}/label", json={"label": "ground", "note": "x"}, headers=TOKEN).status_code
+        == 200
+    )
     result = run_refit(RefitConfig(db=db, data=str(mini_data), out=str(tmp / "runs")))
     assert result["inputs"]["corrections"] == 1 and result["activation"]["rescored"] == 12
     assert Path(result["files"]["onnx"]).is_file() and Path(result["files"]["torch"]).is_file()
@@ -85,11 +88,14 @@ def test_labels_csv_with_a_new_class(archive, mini_data, example_images):
     assert [p.label for p in clf.predict(example_images[:2])] == ["sun", "sun"]
 
 
-@pytest.mark.parametrize("rows,message", [
-    ([("{0}", "unicorn")], "line 2: unknown class 'unicorn'"),
-    ([("/nowhere/x.jpg", "ground")], "line 2: unknown image"),
-    ([("{0}", "ground"), ("{0}", "wheel")], "line 3: image .* is already labelled on line 2"),
-])
+@pytest.mark.parametrize(
+    "rows,message",
+    [
+        ([("{0}", "unicorn")], "line 2: unknown class 'unicorn'"),
+        ([("/nowhere/x.jpg", "ground")], "line 2: unknown image"),
+        ([("{0}", "ground"), ("{0}", "wheel")], "line 3: image .* is already labelled on line 2"),
+    ],
+)
 def test_bad_labels_csv_is_one_line_error_and_writes_nothing(archive, mini_data, example_images, rows, message, capsys):
     db, client, tmp = archive
     csv = write_csv(tmp / "bad.csv", [(a.format(example_images[0]), b) for a, b in rows])

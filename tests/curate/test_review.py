@@ -48,8 +48,7 @@ def test_deterministic_with_seeded_rng(strategy):
 
 
 def test_margin_picks_smallest_margins_in_order():
-    probs = np.array([[0.9, 0.05, 0.05], [0.5, 0.45, 0.05], [0.34, 0.33, 0.33], [0.6, 0.3, 0.1],
-                      [0.4, 0.4, 0.2]])
+    probs = np.array([[0.9, 0.05, 0.05], [0.5, 0.45, 0.05], [0.34, 0.33, 0.33], [0.6, 0.3, 0.1], [0.4, 0.4, 0.2]])
     assert np.allclose(margins(probs), [0.85, 0.05, 0.01, 0.3, 0.0])
     assert choose("margin", probs, None, 3).tolist() == [4, 2, 1]
     assert choose("margin", probs, None, 3, exclude=np.array([2])).tolist() == [4, 1, 3]
@@ -83,8 +82,9 @@ def test_class_balanced_spreads_over_predicted_classes():
 def test_kcenter_avoids_duplicates():
     # 10 near-identical uncertain rows and 10 spread-out ones: k-center takes one duplicate at most
     rng = np.random.default_rng(0)
-    feats = np.concatenate([np.tile(rng.normal(size=8), (10, 1)) + 1e-3 * rng.normal(size=(10, 8)),
-                            rng.normal(size=(10, 8))])
+    feats = np.concatenate(
+        [np.tile(rng.normal(size=8), (10, 1)) + 1e-3 * rng.normal(size=(10, 8)), rng.normal(size=(10, 8))]
+    )
     shift = np.r_[np.zeros(10), np.full(10, 0.01)]  # the duplicates have the smallest margins
     probs = np.c_[0.5 + shift, 0.5 - shift]
     idx = choose("margin_kcenter", probs, feats, 5)

@@ -53,7 +53,7 @@ def make_kaggle(src: Path, root: Path) -> Path:
     (root / "images").mkdir(parents=True)
     for p in (src / "calibrated").iterdir():
         shutil.copy(p, root / "images" / p.name)
-    for csv_name, split in zip(("Train_CSV.csv", "Validation_CSV.csv", "Test_CSV.csv"), SPLITS):
+    for csv_name, split in zip(("Train_CSV.csv", "Validation_CSV.csv", "Test_CSV.csv"), SPLITS, strict=True):
         rows = "".join(f"{n},{lab}\n" for n, lab in SPLITS[split])
         (root / csv_name).write_text("JPG,LABELS\n" + rows)
     (root / "Labels Information.txt").write_text("0 apxs\n")
@@ -158,8 +158,13 @@ def test_download_hash_mismatch_raises(fake, server, tmp_path):
     base, www, _ = server
     zip_tree(root, www / "msl-images.zip", "msl-images")
     with pytest.raises(DownloadError, match="msl-images.zip"):
-        download(tmp_path / "dest", f"{base}/msl-images.zip", known_hash="sha256:" + "0" * 64,
-                 progress=False, manifest=manifest)
+        download(
+            tmp_path / "dest",
+            f"{base}/msl-images.zip",
+            known_hash="sha256:" + "0" * 64,
+            progress=False,
+            manifest=manifest,
+        )
 
 
 def test_download_zip_without_dataset_raises(server, tmp_path):

@@ -19,7 +19,11 @@ def _fake_kaggle(root: Path) -> None:
     for i in range(4):
         Image.new("RGB", (32, 32), (i * 40, 10, 10)).save(root / "images" / f"img{i}.JPG")
     (root / "Labels Information.txt").write_text("0 apxs\n1 apxs cal target\n2 chemcam cal target\n")
-    for f, rows in {"Train_CSV.csv": [(0, 0), (1, 2)], "Validation_CSV.csv": [(2, 1)], "Test_CSV.csv": [(3, 0)]}.items():
+    for f, rows in {
+        "Train_CSV.csv": [(0, 0), (1, 2)],
+        "Validation_CSV.csv": [(2, 1)],
+        "Test_CSV.csv": [(3, 0)],
+    }.items():
         (root / f).write_text("JPG,LABELS\n" + "".join(f"img{i}.JPG,{c}\n" for i, c in rows))
 
 

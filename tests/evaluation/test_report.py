@@ -16,11 +16,30 @@ from marsvision.evaluation.report import (
 )
 
 CLASSES_24 = [
-    "apxs", "apxs cal target", "chemcam cal target", "chemin inlet open", "drill",
-    "drill holes", "drt front", "drt side", "ground", "horizon", "inlet", "mahli",
-    "mahli cal target", "mastcam", "mastcam cal target", "observation tray",
-    "portion box", "portion tube", "portion tube opening", "rems uv sensor",
-    "rover rear deck", "scoop", "sun", "turret",
+    "apxs",
+    "apxs cal target",
+    "chemcam cal target",
+    "chemin inlet open",
+    "drill",
+    "drill holes",
+    "drt front",
+    "drt side",
+    "ground",
+    "horizon",
+    "inlet",
+    "mahli",
+    "mahli cal target",
+    "mastcam",
+    "mastcam cal target",
+    "observation tray",
+    "portion box",
+    "portion tube",
+    "portion tube opening",
+    "rems uv sensor",
+    "rover rear deck",
+    "scoop",
+    "sun",
+    "turret",
 ]
 
 
@@ -92,8 +111,7 @@ def test_error_gallery_with_unreadable(tmp_path):
         for i, p in enumerate(paths)
     ]
     errors.append({"path": str(bad), "true": "drt side", "pred": "ground", "confidence": 0.99})
-    errors.append({"path": str(imgs / "missing.png"), "true": "sun", "pred": "horizon",
-                   "confidence": 0.5})
+    errors.append({"path": str(imgs / "missing.png"), "true": "sun", "pred": "horizon", "confidence": 0.5})
     out = tmp_path / "out" / "errors.png"
     plot_error_gallery(errors, out, max_items=24, cols=6)
     _png(out, 600, 300)
@@ -104,8 +122,7 @@ def test_error_gallery_truncates_many(tmp_path):
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     paths = _make_images(imgs, 3)
-    errors = [{"path": paths[i % 3], "true": "a", "pred": "b", "confidence": i / 40}
-              for i in range(40)]
+    errors = [{"path": paths[i % 3], "true": "a", "pred": "b", "confidence": i / 40} for i in range(40)]
     out = tmp_path / "out" / "errors.png"
     plot_error_gallery(errors, out, max_items=12, cols=4)
     _png(out, 400, 400)
@@ -121,8 +138,14 @@ def test_error_gallery_empty(tmp_path):
 
 def test_curves_full(tmp_path):
     history = [
-        {"epoch": e, "train_loss": 2.0 / (e + 1), "val_loss": 2.2 / (e + 1),
-         "val_acc": 0.5 + 0.04 * e, "val_macro_f1": 0.4 + 0.04 * e, "lr": 1e-3 * 0.7 ** e}
+        {
+            "epoch": e,
+            "train_loss": 2.0 / (e + 1),
+            "val_loss": 2.2 / (e + 1),
+            "val_acc": 0.5 + 0.04 * e,
+            "val_macro_f1": 0.4 + 0.04 * e,
+            "lr": 1e-3 * 0.7**e,
+        }
         for e in range(10)
     ]
     out = tmp_path / "curves.png"
@@ -148,11 +171,13 @@ def test_curves_missing_keys(tmp_path):
 
 def test_most_confused_pairs_exact():
     names = ["c", "a", "b"]
-    cm = np.array([
-        [5, 3, 2],   # c: total 10
-        [1, 8, 3],   # a: total 12
-        [0, 2, 9],   # b: total 11
-    ])
+    cm = np.array(
+        [
+            [5, 3, 2],  # c: total 10
+            [1, 8, 3],  # a: total 12
+            [0, 2, 9],  # b: total 11
+        ]
+    )
     got = most_confused_pairs(cm, names, k=10)
     expected = [
         {"true": "a", "pred": "b", "count": 3, "rate": 3 / 12},
@@ -164,7 +189,7 @@ def test_most_confused_pairs_exact():
     assert [{k: v for k, v in p.items() if k != "rate"} for p in got] == [
         {k: v for k, v in p.items() if k != "rate"} for p in expected
     ]
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert math.isclose(g["rate"], e["rate"])
         assert isinstance(g["count"], int)
     assert most_confused_pairs(cm, names, k=2) == got[:2]

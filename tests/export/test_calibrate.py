@@ -28,8 +28,21 @@ def test_calibrated_file_carries_head_trust_and_feature_outputs(tiny_onnx, tiny_
 
 def test_predict_columns_and_min_confidence(tiny_calibrated, example_images, tmp_path, capsys):
     out = tmp_path / "p.csv"
-    assert main(["predict", str(example_images[0].parent), "--model", str(tiny_calibrated),
-                 "--min-confidence", "0.99", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(example_images[0].parent),
+                "--model",
+                str(tiny_calibrated),
+                "--min-confidence",
+                "0.99",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["path", "label", "confidence", "unknown", "novelty", "withheld", "error"]
     for r in rows:  # a random tiny model: nothing reaches 0.99, every label is withheld and says why
@@ -41,8 +54,19 @@ def test_explain_writes_heatmaps_and_names_bad_inputs(tiny_calibrated, example_i
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     out = tmp_path / "why"
-    code = main(["explain", str(example_images[0]), str(bad), "--model", str(tiny_calibrated), "--output", str(out),
-                 "--classes", "wheel,ground"])
+    code = main(
+        [
+            "explain",
+            str(example_images[0]),
+            str(bad),
+            "--model",
+            str(tiny_calibrated),
+            "--output",
+            str(out),
+            "--classes",
+            "wheel,ground",
+        ]
+    )
     assert code == 1
     rows = json.loads((out / "explanations.json").read_text())
     assert rows[0]["top1_label"] and set(rows[0]["heatmaps"]) >= {"wheel", "ground", rows[0]["label"]}
@@ -51,8 +75,21 @@ def test_explain_writes_heatmaps_and_names_bad_inputs(tiny_calibrated, example_i
         assert (out / name).stat().st_size > 1000
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "Traceback" not in err
-    assert main(["explain", str(example_images[0]), "--model", str(tiny_calibrated), "--output", str(out),
-                 "--classes", "unicorn"]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                str(example_images[0]),
+                "--model",
+                str(tiny_calibrated),
+                "--output",
+                str(out),
+                "--classes",
+                "unicorn",
+            ]
+        )
+        == 2
+    )
     assert "unknown class 'unicorn'" in capsys.readouterr().err
 
 
@@ -61,8 +98,22 @@ def test_calibrate_a_torch_file(tiny_model, mini_data, tmp_path):
     import torch
 
     out = tmp_path / "cal.pt"
-    assert main(["calibrate", "--model", str(tiny_model), "--data", str(mini_data), "--splits", "train+val+test",
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(tiny_model),
+                "--data",
+                str(mini_data),
+                "--splits",
+                "train+val+test",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "trust" in torch.load(out, weights_only=True)
     preds = load_model(out).predict(sorted((mini_data / "images").glob("*.JPG"))[:3])
     assert all(p.novelty is not None for p in preds)

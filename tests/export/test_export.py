@@ -21,8 +21,9 @@ def test_export_writes_self_describing_checked_files(tiny_onnx, tiny_model):
     assert fp32.is_file() and int8.is_file()
     assert int8.stat().st_size < 0.4 * fp32.stat().st_size  # int8 weights
     assert report["passed"] and report["checks"]["fp32_vs_torch_max_abs_logit_diff"]["value"] <= 1e-3
-    assert {"fp32_scores", "int8_scores", "int8_vs_fp32_val_top1_agreement",
-            "int8_vs_fp32_test_top1_agreement"} <= set(report["checks"])
+    assert {"fp32_scores", "int8_scores", "int8_vs_fp32_val_top1_agreement", "int8_vs_fp32_test_top1_agreement"} <= set(
+        report["checks"]
+    )
     written = json.loads((fp32.parent / "export.json").read_text())
     assert written["files"]["int8"]["bytes"] == int8.stat().st_size
     assert json.loads((fp32.parent / "config.json").read_text())["calib_images"] == 8  # the resolved config
@@ -61,9 +62,28 @@ def test_fp32_onnx_logits_match_torch(tiny_model, tiny_onnx, mini_data):
 
 def test_failed_check_is_loud_and_writes_nothing(tiny_model, mini_data, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["export", "--model", str(tiny_model), "--int8", "--output", str(out), "--work", str(tmp_path / "w"),
-                 "--data", str(mini_data), "--calib-images", "10", "--check-images", "20", "--threads", "1",
-                 "--min-agreement", "1.01"])
+    code = main(
+        [
+            "export",
+            "--model",
+            str(tiny_model),
+            "--int8",
+            "--output",
+            str(out),
+            "--work",
+            str(tmp_path / "w"),
+            "--data",
+            str(mini_data),
+            "--calib-images",
+            "10",
+            "--check-images",
+            "20",
+            "--threads",
+            "1",
+            "--min-agreement",
+            "1.01",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "export checks failed" in err and "top-1 agree on" in err and "limit 101.00%" in err
@@ -97,11 +117,11 @@ def test_multilevel_lite0_exports_with_matching_logits_and_conv_order(tmp_path):
     import onnx
     import torch
 
-    from marsvision.model_file import model_meta
     from marsvision.export.int8_tuning import quantised_convs
-    from marsvision.nets.models import create_model
     from marsvision.export.onnx import export_fp32
     from marsvision.export.quantize import float_conv_indices
+    from marsvision.model_file import model_meta
+    from marsvision.nets.models import create_model
 
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0_multilevel", 3, pretrained=False).eval()

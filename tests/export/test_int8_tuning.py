@@ -39,13 +39,14 @@ def test_tuning_reduces_int8_rounding_error(mini_data):
             for c in convs:
                 c.weight.data = round_int8(c.weight.data)
             err = float(((m(x) - target) ** 2).mean())
-        for c, w in zip(convs, saved):
+        for c, w in zip(convs, saved, strict=True):
             c.weight.data = w
         return err
 
     before = rounding_error(model)
-    summary = tune_for_int8(model, paths, 64, (0.5,) * 3, (0.5,) * 3, float_convs=[0], epochs=10, lr=2e-5,
-                            batch_size=8, threads=1)
+    summary = tune_for_int8(
+        model, paths, 64, (0.5,) * 3, (0.5,) * 3, float_convs=[0], epochs=10, lr=2e-5, batch_size=8, threads=1
+    )
     assert summary["steps"] == 10 and summary["tuned_convs"] == len(quantised_convs(model, [])) - 1
     assert rounding_error(model) < 0.7 * before
     state = model.state_dict()

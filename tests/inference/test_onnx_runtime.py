@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from marsvision.cli import main
-from marsvision.model_file import ModelFileError
 from marsvision.inference.predict import load_model
+from marsvision.model_file import ModelFileError
 
 REPO = Path(__file__).resolve().parents[2]
 IMG = "images/0077ML0005780000102730I01_DRCL.JPG"
@@ -54,11 +54,14 @@ def test_threads_caps_the_session(tiny_onnx):
     assert two.lanes == 2 and two.session.get_session_options().intra_op_num_threads == 1
 
 
-@pytest.mark.parametrize("content,expect", [
-    (b"\x00garbage, not a protobuf\xff" * 20, "not a readable ONNX model"),
-    (b"", "not a readable ONNX model"),
-    ("foreign", "without marsvision metadata"),
-])
+@pytest.mark.parametrize(
+    "content,expect",
+    [
+        (b"\x00garbage, not a protobuf\xff" * 20, "not a readable ONNX model"),
+        (b"", "not a readable ONNX model"),
+        ("foreign", "without marsvision metadata"),
+    ],
+)
 def test_corrupt_or_foreign_onnx_is_one_line_error(tmp_path, capsys, tiny_onnx, content, expect):
     bad = tmp_path / "model.onnx"
     if content == "foreign":  # a valid ONNX model, but not one of ours (metadata stripped)
@@ -101,12 +104,14 @@ def _run(code: str, env_extra: dict | None = None, cwd=REPO) -> subprocess.Compl
 
 
 def test_import_and_onnx_predict_never_import_torch(tiny_onnx, mini_data):
-    r = _run(textwrap.dedent(f"""
+    r = _run(
+        textwrap.dedent(f"""
         import sys, marsvision
         clf = marsvision.load_model({str(tiny_onnx["int8"])!r}, threads=1)
         assert clf.predict({str(mini_data / IMG)!r})[0].ok
         print(sorted(m for m in {HEAVY!r} if m in sys.modules))
-    """))
+    """)
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 
@@ -115,20 +120,23 @@ def test_predict_and_evaluate_where_torch_cannot_be_imported(tiny_onnx, mini_dat
     """A base install: importing torch (or sklearn, matplotlib, onnx, timm) fails outright."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(textwrap.dedent(f"""
+    (site / "sitecustomize.py").write_text(
+        textwrap.dedent(f"""
         import sys
         class _Block:
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in {HEAVY!r}:
                     raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
         sys.meta_path.insert(0, _Block())
-    """))
+    """)
+    )
     cli = "import sys; from marsvision.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
 
     def cli_run(*args):
-        return subprocess.run([sys.executable, "-c", cli, *args], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-c", cli, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+        )
 
     blocked = cli_run("train", "--help")
     assert blocked.returncode == 2 and "pip install 'marsvision[train]'" in blocked.stderr  # the blocker works
@@ -137,8 +145,19 @@ def test_predict_and_evaluate_where_torch_cannot_be_imported(tiny_onnx, mini_dat
     r = cli_run("predict", *map(str, files), "--model", str(tiny_onnx["int8"]), "--output", str(out), "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert len(out.read_text().splitlines()) == 6 and "5 classified, 0 failed" in r.stderr
-    r = cli_run("evaluate", "--model", str(tiny_onnx["int8"]), "--split", "val", "--limit", "20",
-                "--data", str(mini_data), "--out", str(tmp_path / "rep"))
+    r = cli_run(
+        "evaluate",
+        "--model",
+        str(tiny_onnx["int8"]),
+        "--split",
+        "val",
+        "--limit",
+        "20",
+        "--data",
+        str(mini_data),
+        "--out",
+        str(tmp_path / "rep"),
+    )
     assert r.returncode == 0, r.stderr
     assert "macro-F1" in r.stdout and "matplotlib is not installed" in r.stderr
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["runtime"] == "onnxruntime"
@@ -156,6 +175,19 @@ def test_threads_pins_the_cli_only_while_it_runs(tiny_onnx, mini_data, tmp_path)
         assert len(os.sched_getaffinity(0)) == 1
     assert os.sched_getaffinity(0) == before
     files = sorted((mini_data / "images").glob("*.JPG"))[:2]
-    assert main(["predict", *map(str, files), "--model", str(tiny_onnx["int8"]), "--threads", "1",
-                 "--output", str(tmp_path / "p.csv")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                *map(str, files),
+                "--model",
+                str(tiny_onnx["int8"]),
+                "--threads",
+                "1",
+                "--output",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
     assert os.sched_getaffinity(0) == before

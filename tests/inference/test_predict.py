@@ -27,20 +27,41 @@ def test_api_folders_full_probabilities_and_rows(tiny_onnx, example_images, tmp_
     model = marsvision.load_model(tiny_onnx["int8"])
     folder = example_images[0].parent
     preds = model.predict([folder, tmp_path / "missing.jpg", example_images[0]], top_k=2)
-    assert [p.source for p in preds] == [*map(str, example_images), str(tmp_path / "missing.jpg"), str(example_images[0])]
+    assert [p.source for p in preds] == [
+        *map(str, example_images),
+        str(tmp_path / "missing.jpg"),
+        str(example_images[0]),
+    ]
     first, missing = preds[0], preds[len(example_images)]
     assert missing.error == "file not found" and missing.probabilities is None
     assert first.probabilities.shape == (len(model.class_names),) and abs(first.probabilities.sum() - 1) < 1e-5
     assert first.probabilities[model.class_names.index(first.label)] == first.confidence
     row = first.to_dict()
-    assert list(row) == ["path", "label", "confidence", "unknown", "novelty", "top1_label", "top1_confidence",
-                         "top2_label", "top2_confidence", "error"] and row["error"] is None
+    assert (
+        list(row)
+        == [
+            "path",
+            "label",
+            "confidence",
+            "unknown",
+            "novelty",
+            "top1_label",
+            "top1_confidence",
+            "top2_label",
+            "top2_confidence",
+            "error",
+        ]
+        and row["error"] is None
+    )
     assert row["unknown"] is None and row["novelty"] is None  # this file carries no novelty data
     assert json.loads(json.dumps(missing.to_dict()))["label"] is None
     marsvision.write_predictions(preds, tmp_path / "p.json", top_k=2)
     marsvision.write_predictions(preds, tmp_path / "p.csv", top_k=2)
     written = json.loads((tmp_path / "p.json").read_text())
-    assert written[0]["confidence"] == round(first.confidence, 5) and written[len(example_images)]["error"] == "file not found"
+    assert (
+        written[0]["confidence"] == round(first.confidence, 5)
+        and written[len(example_images)]["error"] == "file not found"
+    )
     assert list(csv.DictReader((tmp_path / "p.csv").open())) == [{k: str(v) for k, v in r.items()} for r in written]
 
 

@@ -5,7 +5,9 @@ from marsvision.nets.models import _lite_weights_file, create_model, model_defau
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="efficientnet_lite0, efficientnet_lite0_multilevel, efficientnet_lite2, small_cnn"):
+    with pytest.raises(
+        ValueError, match="efficientnet_lite0, efficientnet_lite0_multilevel, efficientnet_lite2, small_cnn"
+    ):
         create_model("resnet9000", 3)
 
 

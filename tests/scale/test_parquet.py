@@ -34,12 +34,32 @@ def test_rows_round_trip_exactly(predictions):
     shas = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(len(predictions))]
     sizes = list(range(len(predictions)))
     table = pqt.records_table(predictions, shas, sizes, {"top_k": 3})
-    assert table.schema.names == ["path", "sha256", "size_bytes", "label", "confidence", "unknown", "novelty",
-                                  "withheld", "top_k", "probabilities", "features", "texture", "error"]
+    assert table.schema.names == [
+        "path",
+        "sha256",
+        "size_bytes",
+        "label",
+        "confidence",
+        "unknown",
+        "novelty",
+        "withheld",
+        "top_k",
+        "probabilities",
+        "features",
+        "texture",
+        "error",
+    ]
     back = pqt.to_predictions(table)
-    for p, (q, sha, size) in zip(predictions, back):
+    for p, (q, _sha, _size) in zip(predictions, back, strict=True):
         assert (q.source, q.label, q.confidence, q.unknown, q.novelty, q.top_k, q.error) == (
-            p.source, p.label, p.confidence, p.unknown, p.novelty, p.top_k, p.error)
+            p.source,
+            p.label,
+            p.confidence,
+            p.unknown,
+            p.novelty,
+            p.top_k,
+            p.error,
+        )
         for name in ("probabilities", "features", "texture"):
             a, b = getattr(p, name), getattr(q, name)
             assert (a is None and b is None) or (a.dtype == b.dtype and np.array_equal(a, b)), name
@@ -62,7 +82,11 @@ def test_local_engine_writes_parquet(tmp_path, example_images, capsys):
     assert len(first["top_k"]) == 2 and first["top_k"][0]["label"] == first["label"]
     assert len(first["features"]) == 1792 and first["error"] is None
     bad = rows[str(broken)]
-    assert bad["label"] is None and bad["features"] is None and bad["sha256"] == hashlib.sha256(b"not an image").hexdigest()
+    assert (
+        bad["label"] is None
+        and bad["features"] is None
+        and bad["sha256"] == hashlib.sha256(b"not an image").hexdigest()
+    )
     assert not list(tmp_path.glob(".*.tmp"))  # written under a temporary name, then renamed
 
 
@@ -106,7 +130,9 @@ def test_missing_extras_are_one_line_errors(tmp_path, example_images, monkeypatc
 
 
 def test_importing_marsvision_imports_neither_ray_nor_pyarrow():
-    code = ("import sys, marsvision, marsvision.cli, marsvision.scale, marsvision.scale.parquet, "
-            "marsvision.scale.ray_engine; bad = [m for m in ('ray', 'pyarrow') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, marsvision, marsvision.cli, marsvision.scale, marsvision.scale.parquet, "
+        "marsvision.scale.ray_engine; bad = [m for m in ('ray', 'pyarrow') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

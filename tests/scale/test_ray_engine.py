@@ -23,7 +23,9 @@ from marsvision.model_file import bundled_model_path
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES, MINI_DATA = REPO / "examples" / "images", REPO / "tests" / "assets" / "mini-msl"
 
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'marsvision[ray]'): the Ray engine is untested")
+ray = pytest.importorskip(
+    "ray", reason="ray is not installed (pip install 'marsvision[ray]'): the Ray engine is untested"
+)
 pytest.importorskip("ray.data", reason="ray[data] is not installed (pip install 'marsvision[ray]')")
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -55,8 +57,20 @@ def broken(tmp_path) -> Path:
 
 
 def predict_cfg(output: Path, **kw) -> SimpleNamespace:
-    return SimpleNamespace(**{"engine": "ray", "output": str(output), "model": "", "top_k": 3, "min_confidence": 0.0,
-                              "batch_size": 0, "threads": 0, "device": "cpu", "ray_address": "", **kw})
+    return SimpleNamespace(
+        **{
+            "engine": "ray",
+            "output": str(output),
+            "model": "",
+            "top_k": 3,
+            "min_confidence": 0.0,
+            "batch_size": 0,
+            "threads": 0,
+            "device": "cpu",
+            "ray_address": "",
+            **kw,
+        }
+    )
 
 
 def rows_by_path(path: Path) -> dict[str, dict]:
@@ -214,8 +228,9 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
     engine = open_engine(ray_url)
     settings = settings_for(bundled_model_path(), 5)
     writer = pqt.ShardWriter(shard_folder(engine), settings)
-    classify_to_shards([str(p.resolve()) for p in IMAGES[:10]], bundled_model_path(), settings, writer, RayOptions(),
-                       top_k=5)
+    classify_to_shards(
+        [str(p.resolve()) for p in IMAGES[:10]], bundled_model_path(), settings, writer, RayOptions(), top_k=5
+    )
     engine.dispose()
     remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False)
     assert (remote.indexed, remote.skipped) == (local.indexed, local.skipped) == (len(IMAGES) + 3, 1)
@@ -237,6 +252,9 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
     engine.dispose()
     remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray", reclassify=True), progress=False)
     local = run_index(inputs, IndexConfig(db=local_url, reclassify=True), progress=False)
-    assert (remote.indexed, remote.reclassified, remote.skipped) == (local.indexed, local.reclassified, local.skipped) \
+    assert (
+        (remote.indexed, remote.reclassified, remote.skipped)
+        == (local.indexed, local.reclassified, local.skipped)
         == (0, len(IMAGES) + 3, 1)
+    )
     assert index_rows(ray_url) == index_rows(local_url) == a

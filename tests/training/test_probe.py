@@ -11,8 +11,9 @@ pytestmark = pytest.mark.slow  # each loads the ImageNet Lite0 backbone
 
 
 def test_probe_folds_into_an_ordinary_model_file(mini_data, tmp_path):
-    out = train_probe(ProbeConfig(data=str(mini_data), c=1.0, img_size=160, out=str(tmp_path), name="p"),
-                      progress=False)
+    out = train_probe(
+        ProbeConfig(data=str(mini_data), c=1.0, img_size=160, out=str(tmp_path), name="p"), progress=False
+    )
     run = tmp_path / "probe" / "p"
     assert out == run / "best.pt" and {p.name for p in run.iterdir()} == {"best.pt", "config.json", "results.json"}
     meta = read_model_file(out)
@@ -25,7 +26,9 @@ def test_probe_folds_into_an_ordinary_model_file(mini_data, tmp_path):
     ds = MSLDataset(mini_data)
     train = ds.split("train")
     preds = load_model(out).predict(train.paths)
-    assert sum(p.label == ds.class_names[c] for p, c in zip(preds, train.labels.tolist())) >= 0.9 * len(train)
+    assert sum(p.label == ds.class_names[c] for p, c in zip(preds, train.labels.tolist(), strict=True)) >= 0.9 * len(
+        train
+    )
 
 
 def test_probe_chooses_c_on_val(mini_data, tmp_path):
@@ -33,4 +36,3 @@ def test_probe_chooses_c_on_val(mini_data, tmp_path):
     results = json.loads((tmp_path / "probe" / "grid" / "results.json").read_text())
     scores = {float(c): s for c, s in results["val_macro_f1_by_C"].items()}
     assert len(scores) == 6 and results["chosen_C"] == max(scores, key=scores.get)
-

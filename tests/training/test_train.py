@@ -7,24 +7,52 @@ import pytest
 import torch
 
 import marsvision.training.train as train_mod
-from marsvision.nets.checkpoint import read_model_file
 from marsvision.cli import main
-from marsvision.training.train import TrainConfig, train
+from marsvision.nets.checkpoint import read_model_file
 from marsvision.training.engine import class_weights, lr_at
+from marsvision.training.train import TrainConfig, train
 
 RUN_FILES = {"best.pt", "config.json", "curves.png", "last.pt", "results.csv"}
 
 
 def tiny_cfg(mini_data, tmp_path, name, **kw):
-    base = dict(model="small_cnn", data=str(mini_data), img_size=48, epochs=2, batch_size=8, limit=32,
-                out=str(tmp_path), name=name, pretrained=False)
+    base = dict(
+        model="small_cnn",
+        data=str(mini_data),
+        img_size=48,
+        epochs=2,
+        batch_size=8,
+        limit=32,
+        out=str(tmp_path),
+        name=name,
+        pretrained=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 @pytest.mark.slow
 def test_cli_one_epoch_lite0_on_real_images(mini_data, tmp_path, capsys):
-    code = main(["train", "--model", "efficientnet_lite0", "--data", str(mini_data), "--img-size", "64",
-                 "--epochs", "1", "--batch-size", "16", "--limit", "32", "--out", str(tmp_path), "--name", "r"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "efficientnet_lite0",
+            "--data",
+            str(mini_data),
+            "--img-size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--limit",
+            "32",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "r",
+        ]
+    )
     assert code == 0
     run = tmp_path / "train" / "r"
     assert {p.name for p in run.iterdir()} == RUN_FILES
@@ -63,7 +91,7 @@ def test_kill_then_resume_matches_uninterrupted_run(mini_data, tmp_path, monkeyp
     a = list(csv.DictReader((ref / "results.csv").open()))
     b = list(csv.DictReader((run / "results.csv").open()))
     assert [r["epoch"] for r in b] == ["1", "2"]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), rel=1e-4)
         assert ra["val_macro_f1"] == rb["val_macro_f1"]
     wa = torch.load(ref / "last.pt", weights_only=False)["model"]
