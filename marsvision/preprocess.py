@@ -10,11 +10,15 @@ import functools
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageFile
+
+from .errors import ImageError
+from .errors import ImageErrorKind as Kind
 
 # Above this many pixels an image is refused as a likely decompression bomb (PIL's own guard,
 # turned from a warning into an error below). 40 Mpx is ~8x the largest MSL full-frame product.
@@ -23,13 +27,9 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Truncated JPEGs must fail loudly, never decode to half-grey images that get a label.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias on 3.10)
 # File suffixes taken as images when a folder is searched (predict, index, data set checks).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm"})
-
-
-class ImageError(ValueError):
-    """An input that cannot be turned into a model input; the message names the reason."""
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -60,7 +60,7 @@ def load_image(source: ImageInput, size: int) -> Image.Image:
     """
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim not in (2, 3):
-            raise ImageError(f"array must be uint8 HxW or HxWxC, got {source.dtype} {source.shape}")
+            raise ImageError(f"array must be uint8 HxW or HxWxC, got {source.dtype} {source.shape}", Kind.NOT_AN_IMAGE)
         return _to_rgb(Image.fromarray(source))
     if isinstance(source, Image.Image):
         return _to_rgb(source)
@@ -69,17 +69,18 @@ def load_image(source: ImageInput, size: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if isinstance(source, (bytes, bytearray)):
                 if not source:
-                    raise ImageError("empty file")
+                    raise ImageError("empty file", Kind.EMPTY)
                 img = Image.open(io.BytesIO(source))
             else:
                 path = Path(source)
                 if path.is_file() and path.stat().st_size == 0:
-                    raise ImageError("empty file")
+                    raise ImageError("empty file", Kind.EMPTY)
                 img = Image.open(path)
             if img.width * img.height > MAX_PIXELS:
                 raise ImageError(
                     f"image is {img.width}x{img.height} pixels, over the {MAX_PIXELS:,} limit "
-                    "(possible decompression bomb)"
+                    "(possible decompression bomb)",
+                    Kind.BOMB,
                 )
             if img.format == "JPEG":
                 img.draft("RGB", (size * 2, size * 2))
@@ -88,18 +89,18 @@ def load_image(source: ImageInput, size: int) -> Image.Image:
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError("file not found") from None
+        raise ImageError("file not found", Kind.NOT_FOUND) from None
     except IsADirectoryError:
-        raise ImageError("is a directory") from None
+        raise ImageError("is a directory", Kind.NOT_FOUND) from None
     except Image.UnidentifiedImageError:
-        raise ImageError("not an image file (unrecognised format)") from None
+        raise ImageError("not an image file (unrecognised format)", Kind.NOT_AN_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"refused as a possible decompression bomb: {e}") from None
+        raise ImageError(f"refused as a possible decompression bomb: {e}", Kind.BOMB) from None
     except OSError as e:
         # PIL reports truncation and corrupt streams as OSError ("image file is truncated ...").
-        raise ImageError(f"corrupt or truncated image: {e}") from None
+        raise ImageError(f"corrupt or truncated image: {e}", Kind.CORRUPT) from None
     except (ValueError, SyntaxError) as e:
-        raise ImageError(f"cannot decode image: {e}") from None
+        raise ImageError(f"cannot decode image: {e}", Kind.CORRUPT) from None
 
 
 def resize_uint8(img: Image.Image, size: int) -> np.ndarray:
