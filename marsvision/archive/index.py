@@ -187,7 +187,7 @@ def index_files(
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start : start + cfg.batch_size]
             items = [
-                (path, sha, size, image_id, p) for (path, sha, size, image_id), p in zip(chunk, preds, strict=True)
+                (path, sha, size, image_id, p) for (path, sha, size, image_id), p in zip(chunk, preds, strict=False)
             ]
             with make.begin() as session:  # one transaction a batch: all of it or none of it
                 write_batch(session, items, clf, model_id, report)
