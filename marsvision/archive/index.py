@@ -19,10 +19,11 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
+from ..files import sha256_file
 from ..inference.classifier import Classifier, expand_sources
 from ..inference.predict import load_model
 from .db import DB_HELP, Image, ImageVectors, open_engine, sessions, utcnow
-from .records import VECTORS, image_rows, prediction_columns, sha256_file
+from .records import VECTORS, image_rows, prediction_columns
 from .versions import ensure_active
 
 

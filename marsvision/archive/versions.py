@@ -7,9 +7,9 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ..files import sha256_file
 from ..model_file import bundled_model_path
 from .db import ModelVersion
-from .records import sha256_file
 
 
 class VersionError(ValueError):

@@ -33,7 +33,7 @@ from ..head.fit import fit_head, fold_head
 from ..inference.predict import load_model
 from ..inference.trust import Calibration, Head, Novelty, Trust
 from ..model_file import ModelFileError
-from .review import DEFAULT_WEIGHT, sample_weights
+from .strategies import DEFAULT_WEIGHT, sample_weights
 
 MIN_FOR_TEMPERATURE = 25  # corrections needed before the temperature is refitted on them
 CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9 _-]{0,63}$")

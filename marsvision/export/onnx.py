@@ -14,7 +14,6 @@ Needs the ``[train]`` extra (torch, timm, onnx); running the result needs only o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -29,6 +28,7 @@ import torch
 
 from ..atomic import atomic_write, move_into_place
 from ..data.msl import DATA_HELP, MSLDataset, balanced_subset, decode_many
+from ..files import sha256_file
 from ..inference.classifier import available_cpus
 from ..inference.onnx_runtime import OnnxClassifier
 from ..model_file import BUNDLED_SOURCE, bundled_source_path
@@ -245,17 +245,13 @@ def split_scores(logits: np.ndarray, true_names: list[str], class_names: list[st
     return {"accuracy": round(m["accuracy"], 5), "macro_f1": round(m["macro_f1"], 5)}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def run_export(cfg: ExportConfig) -> dict:
     """`marsvision export`: write the file(s), run every check, print and return the report."""
     src = Path(cfg.model) if cfg.model else bundled_source_path()
     dataset = MSLDataset(cfg.data or None)  # fail on a missing data set before any work
     ckpt = read_model_file(src)
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    meta["source"] = {"file": src.name, "sha256": _sha256(src)}
+    meta["source"] = {"file": src.name, "sha256": sha256_file(src)[0]}
     size, names = int(meta["input_size"]), list(meta["class_names"])
     trust_splits = meta.get("config", {}).get("train_splits") or "train"
     trust_c = float(meta.get("metrics", {}).get("C") or meta.get("config", {}).get("c") or 1.0)
@@ -378,7 +374,7 @@ def run_export(cfg: ExportConfig) -> dict:
                 report[f"{kind}_trust"] = {"calibration": trust.calibration.info, "novelty": trust.novelty.info}
             files[kind] = (features, final)
         for kind, (path, final) in files.items():
-            report["files"][kind] = {"path": str(final), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            report["files"][kind] = {"path": str(final), "bytes": path.stat().st_size, "sha256": sha256_file(path)[0]}
         report["passed"] = not failures
         report["failures"] = failures
         report["seconds"] = round(time.perf_counter() - t0, 1)

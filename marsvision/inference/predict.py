@@ -136,10 +136,10 @@ def write_predictions(
 
     Columns: path, label, confidence, unknown, novelty, with ``top_k`` > 1 top1_label,
     top1_confidence, …, with ``withheld`` the reason a label was withheld, then error. A ``.parquet``
-    path: the rows of ``marsvision.scale.parquet`` (with sha256, top-k, features; needs pyarrow).
+    path: the rows of ``inference.parquet`` (with sha256, top-k, features; needs pyarrow).
     """
     if isinstance(path, (str, os.PathLike)) and str(path).endswith(".parquet"):
-        from ..scale.parquet import write_parquet
+        from .parquet import write_parquet
 
         return write_parquet(results, path, top_k=top_k, withheld=withheld)
     rows = prediction_rows(results, top_k, withheld)

@@ -33,6 +33,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import sha256_file
 from ..inference.classifier import Prediction, expand_sources
 from ..preprocess import ImageError, load_image
 from . import check_engine, require
@@ -114,8 +115,6 @@ def read_files(batch):
 def hash_files(batch):
     """Hash task for ``index``: paths → (path, sha256, size_bytes, error) with the local indexer's
     reasons (``e.strerror``) for files it cannot read."""
-    from ..archive.records import sha256_file
-
     pa = pqt.pa()
     rows = []
     for path in batch.column("path").to_pylist():
@@ -378,8 +377,6 @@ def classify_to_shards(
 
 
 def settings_for(model_path: str | os.PathLike, top_k: int, min_confidence: float = 0.0) -> dict:
-    from ..archive.records import sha256_file
-
     return {"model_sha256": sha256_file(model_path)[0], "top_k": top_k, "min_confidence": min_confidence}
 
 
