@@ -7,12 +7,13 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ..errors import MarsvisionError
 from ..files import sha256_file
 from ..model_file import bundled_model_path
 from .db import ModelVersion
 
 
-class VersionError(ValueError):
+class VersionError(MarsvisionError, ValueError):
     """A model version that does not exist or cannot be used here; the message says what to do."""
 
 

@@ -29,6 +29,7 @@ from ..archive.rescore import activate
 from ..archive.versions import VersionError, active_version, register
 from ..atomic import atomic_save, atomic_write
 from ..data.msl import DATA_HELP
+from ..errors import MarsvisionError
 from ..head.fit import fit_head, fold_head
 from ..inference.predict import load_model
 from ..inference.trust import Calibration, Head, Novelty, Trust
@@ -39,7 +40,7 @@ MIN_FOR_TEMPERATURE = 25  # corrections needed before the temperature is refitte
 CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9 _-]{0,63}$")
 
 
-class LabelsError(ValueError):
+class LabelsError(MarsvisionError, ValueError):
     """A labels CSV that cannot be used: the message names the line and the reason."""
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UsageError
 from ..head.fit import balanced_weights
 
 STRATEGIES = ("random", "margin", "entropy", "margin_balanced", "margin_kcenter", "cluster_margin", "badge")
@@ -125,7 +126,7 @@ def choose(
     k-means++ steps) defaults to a fixed seed, so equal inputs give equal answers.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        raise UsageError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     probs = np.asarray(probs, np.float64)
     rng = np.random.default_rng(0) if rng is None else rng
     taken = np.zeros(len(probs), bool)
@@ -151,7 +152,7 @@ def choose(
         rank[order] = np.arange(len(cand)) - np.repeat(starts, np.diff(np.r_[starts, len(cand)]))
         return cand[np.lexsort((np.arange(len(cand)), rank))[:k]].astype(np.int64)  # round-robin
     if features is None:
-        raise ValueError(f"strategy {strategy!r} needs features")
+        raise UsageError(f"strategy {strategy!r} needs features")
     z = _normalised(np.asarray(features)[cand])
     gram = z @ z.T  # cosine similarities of the candidates
     if strategy == "margin_kcenter":

@@ -13,6 +13,7 @@ import pooch
 from tqdm import tqdm
 
 from ..atomic import atomic_write
+from ..errors import MarsvisionError
 from ..files import sha256_file
 from ..preprocess import IMAGE_SUFFIXES
 
@@ -24,7 +25,7 @@ SPLIT_FILES = ("train-calibrated-shuffled.txt", "val-calibrated-shuffled.txt", "
 KAGGLE_CSVS = ("Train_CSV.csv", "Validation_CSV.csv", "Test_CSV.csv")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(MarsvisionError, RuntimeError):
     """The data set could not be fetched, unpacked or located (message names the URL and the reason)."""
 
 

@@ -28,6 +28,7 @@ import torch
 
 from ..atomic import atomic_write, move_into_place
 from ..data.msl import DATA_HELP, MSLDataset, balanced_subset, decode_many
+from ..errors import MarsvisionError
 from ..files import sha256_file
 from ..inference.classifier import available_cpus
 from ..inference.onnx_runtime import OnnxClassifier
@@ -92,7 +93,7 @@ class ExportConfig:
     threads: int = _f(0, "CPU threads (0: all)")
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(MarsvisionError, RuntimeError):
     """An exported file failed a self-check; the message carries the numbers."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_save
+from ..errors import UsageError
 from ..preprocess import ImageError, ImageInput, load_image
 from .classifier import Classifier, Prediction
 from .trust import softmax
@@ -65,13 +66,13 @@ def explain(
     """Predict each image and make a heatmap for its predicted class and for each of ``classes``.
     Unreadable images come back with the prediction's ``error`` and no heatmap."""
     if clf.head is None:
-        raise ValueError(
+        raise UsageError(
             f"{clf.meta.get('arch')}: this model file exposes no feature maps; re-export it "
             "(`marsvision calibrate` converts an older ONNX file)"
         )
     unknown = [c for c in classes if c not in clf.class_names]
     if unknown:
-        raise ValueError(f"unknown class {unknown[0]!r}; the model's classes: {', '.join(clf.class_names)}")
+        raise UsageError(f"unknown class {unknown[0]!r}; the model's classes: {', '.join(clf.class_names)}")
     out = []
     for p in clf.predict_iter(sources, batch_size=batch_size, top_k=top_k, maps=True):
         e = Explanation(p)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_save, atomic_write
 from ..data.msl import DATA_HELP, MSLDataset, Split, decode_many
+from ..errors import UsageError
 from ..model_file import model_meta
 from ..nets.checkpoint import build_model, read_model_file, save_model
 from ..nets.device import autocast, pick_device
@@ -179,7 +180,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     if cfg.init and state is None:
         ckpt = read_model_file(cfg.init)
         if ckpt["arch"] != cfg.model or ckpt["class_names"] != class_names:
-            raise ValueError(
+            raise UsageError(
                 f"--init {cfg.init}: {ckpt['arch']} with {len(ckpt['class_names'])} classes does not "
                 f"match {cfg.model} with {len(class_names)} classes"
             )
@@ -199,7 +200,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     sample_w = weights if cfg.balance == "sampler" else None
     loss_w = weights.to(device) if cfg.balance == "loss" else None
     if cfg.balance not in ("sampler", "loss", "none"):
-        raise ValueError(f"balance must be sampler, loss or none, got {cfg.balance!r}")
+        raise UsageError(f"balance must be sampler, loss or none, got {cfg.balance!r}")
 
     history, start_epoch, best = [], 0, -1.0
     if state is not None:
