@@ -16,6 +16,7 @@ from ..atomic import atomic_write
 from ..errors import MarsvisionError
 from ..files import sha256_file
 from ..preprocess import IMAGE_SUFFIXES
+from .msl import DATA_HELP
 
 ZENODO_URL = "https://zenodo.org/records/1049137/files/msl-images.zip?download=1"
 ARCHIVE_NAME = "msl-images.zip"
@@ -23,6 +24,22 @@ DATA_DIRNAME = "msl-images"  # the data root always ends up at dest/msl-images, 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "msl_manifest.csv"
 SPLIT_FILES = ("train-calibrated-shuffled.txt", "val-calibrated-shuffled.txt", "test-calibrated-shuffled.txt")
 KAGGLE_CSVS = ("Train_CSV.csv", "Validation_CSV.csv", "Test_CSV.csv")
+
+
+@dataclass
+class DownloadConfig:
+    """Download the MSL data set from Zenodo (DOI 10.5281/zenodo.1049137) and verify it."""
+
+    dest: str = field(default="data", metadata={"help": "folder to put msl-images/ in"})
+    url: str = field(default="", metadata={"help": "archive URL (default: the Zenodo record)"})
+
+
+@dataclass
+class VerifyConfig:
+    """Check a data set copy file by file against the shipped SHA-256 manifest."""
+
+    data: str = field(default="", metadata={"help": DATA_HELP})
+    quick: bool = field(default=False, metadata={"help": "compare sizes only, skip hashing"})
 
 
 class DownloadError(MarsvisionError, RuntimeError):

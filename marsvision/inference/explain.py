@@ -23,6 +23,20 @@ from ..preprocess import ImageError, ImageInput, load_image
 from .classifier import Classifier, Prediction
 from .trust import softmax
 
+
+@dataclass
+class ExplainConfig:
+    """Write, per image, a heatmap of where the evidence for its predicted class (and any --classes) lies."""
+
+    output: str = field(metadata={"help": "folder for <image>.<class>.png overlays and explanations.json"})
+    classes: str = field(
+        default="", metadata={"help": "comma-separated classes to explain too (default: only the predicted one)"}
+    )
+    model: str = field(default="", metadata={"help": "model file (default: the bundled int8 model)"})
+    top_k: int = field(default=3, metadata={"help": "most likely classes listed per image"})
+    size: int = field(default=384, metadata={"help": "longer side of the overlay images in pixels"})
+
+
 # A perceptually ordered dark-to-bright colour scale (the anchors of matplotlib's "inferno").
 _ANCHORS = np.array(
     [
