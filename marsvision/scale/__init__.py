@@ -2,9 +2,10 @@
 
 - ``parquet``: crash-safe shards (temporary name, then rename) and the atomic assembly of a final
   ``.parquet`` file, in the row format of ``marsvision.inference.parquet``.
-- ``ray_engine``: ``predict --engine ray``, and the classification ``index --engine ray`` runs: list
-  files → read bytes (tasks) → decode + classify (``map_batches`` on an actor pool, the model loaded
-  once per actor) → shards. Exactly once and resumable.
+- ``ray_engine``: the classification both Ray commands run: list files → read bytes (tasks) → decode +
+  classify (``map_batches`` on an actor pool, the model loaded once per actor) → shards. Exactly once
+  and resumable.
+- ``ray_predict``: ``predict --engine ray``: shards, then the ``--output`` file assembled from them.
 - ``ray_index``: ``index --engine ray``: the archive's ``IndexJob`` classified into shards, then
   bulk-loaded through ``IndexJob.write``.
 
