@@ -17,7 +17,7 @@ import importlib
 import sys
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MarsvisionError, UsageError, require
@@ -131,10 +131,14 @@ def cmd_index(paths: list[str], cfg) -> int:
     from .archive.index import run_index
     from .scale import check_engine
 
-    run = None  # the archive's local engine
     if check_engine(cfg.engine) == "ray":
-        from .scale.ray_index import run_ray as run
-    report = run_index(paths, cfg, run=run)
+        from .scale.ray_engine import ray_session
+        from .scale.ray_index import RAY
+
+        with ray_session(cfg.ray_address):  # one Ray instance for hashing and classifying
+            report = run_index(paths, cfg, runner=RAY)
+    else:
+        report = run_index(paths, cfg)
     for path, why in report.failed:
         print(f"marsvision: {path}: {why}", file=sys.stderr)
     print(f"marsvision: {report.summary()}", file=sys.stderr)
@@ -198,19 +202,6 @@ def cmd_verify(cfg) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED_INPUTS
 
 
-@dataclass
-class ResumeOption:
-    """`train`'s option that is not part of a run's config (a run's config.json never holds it)."""
-
-    resume: str = field(
-        default="",
-        metadata={
-            "help": "continue the run in RUN_DIR exactly where it stopped (default: a new run)",
-            "metavar": "RUN_DIR",
-        },
-    )
-
-
 @dataclass(frozen=True)
 class Command:
     """One subcommand: where its config lives and what runs it."""
@@ -220,7 +211,8 @@ class Command:
     run: str | Callable  # a function of ``module`` by name, or one of this file; run(cfg) or run(paths, cfg)
     paths: str = ""  # metavar of the positional inputs (files or folders); "" for none
     extra: str = ""  # the extra ``module`` needs: a missing one is a one-line error naming the install
-    options: type | None = None  # a dataclass of CLI-only options, passed to ``run`` as keyword arguments
+    options: str = ""  # a dataclass in the config's module of options outside the config, passed to ``run``
+    # as keyword arguments (train's --resume: a run's config.json never holds it)
 
 
 DATA = "marsvision.data.download"
@@ -230,7 +222,7 @@ COMMANDS: dict[str, Command] = {
         "marsvision.training.train:TrainConfig",
         cmd_train,
         extra="train",
-        options=ResumeOption,
+        options="ResumeOption",
     ),
     "probe": Command(
         "Fit a balanced logistic regression on frozen ImageNet EfficientNet-Lite features.",
@@ -336,18 +328,19 @@ def config_from(args: argparse.Namespace, cls):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def load_command(name: str) -> tuple[type, Callable]:
-    """The config class and run function of command ``name``; a missing extra is a one-line error."""
+def load_command(name: str) -> tuple[type, Callable, type | None]:
+    """The config class, run function and options class of command ``name``; a missing extra is a
+    one-line error."""
     c = COMMANDS[name]
     path, _, config = c.config.partition(":")
     module = require(path, f"`marsvision {name}`", c.extra) if c.extra else importlib.import_module(path)
-    return getattr(module, config), getattr(module, c.run) if isinstance(c.run, str) else c.run
+    run = getattr(module, c.run) if isinstance(c.run, str) else c.run
+    return getattr(module, config), run, getattr(module, c.options) if c.options else None
 
 
-def run_command(name: str, args: argparse.Namespace, cls: type, run: Callable) -> int:
-    c = COMMANDS[name]
-    inputs = (args.paths,) if c.paths else ()
-    options = dataclasses.asdict(config_from(args, c.options)) if c.options else {}
+def run_command(name: str, args: argparse.Namespace, cls: type, run: Callable, more: type | None) -> int:
+    inputs = (args.paths,) if COMMANDS[name].paths else ()
+    options = dataclasses.asdict(config_from(args, more)) if more else {}
     code = run(*inputs, config_from(args, cls), **options)
     return code if type(code) is int else EXIT_OK  # library functions return their results, not exit codes
 
@@ -371,14 +364,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         if words[: len(name.split())] != name.split():
             where.add_parser(leaf, help=c.help, description=c.help)
             continue
-        cls, run = load_command(name)
+        cls, run, more = load_command(name)
         p = where.add_parser(leaf, help=c.help, description=cls.__doc__)
         if c.paths:
             p.add_argument("paths", nargs="+", metavar=c.paths, help="image files or folders")
         add_config_args(p, cls)
-        if c.options:
-            add_config_args(p, c.options)
-        p.set_defaults(run=lambda a, name=name, cls=cls, run=run: run_command(name, a, cls, run))
+        if more:
+            add_config_args(p, more)
+        p.set_defaults(run=lambda a, name=name, cls=cls, run=run, more=more: run_command(name, a, cls, run, more))
     return parser
 
 

@@ -62,6 +62,6 @@ def test_every_command_lists_its_configs_docstring():
     from marsvision.cli import COMMANDS, load_command
 
     for name, command in COMMANDS.items():
-        cls, run = load_command(name)
+        cls, run, _ = load_command(name)
         assert command.help == cls.__doc__, name
         assert callable(run) and dataclasses.is_dataclass(cls)

@@ -5,7 +5,7 @@ Files are hashed first: an image whose content (SHA-256) is already in the archi
 model and written in batches, one transaction each: a kill loses at most the batch in flight, never
 leaves half a row, and a rerun finishes the job with every image exactly once. The archive plans the
 run (an ``IndexJob``); an engine runs it: ``run_local`` here, or the Ray engine
-(``marsvision.scale.ray_index.run_ray``); the CLI picks one. An unreadable image is
+(``marsvision.scale.ray_index.RAY``); the CLI picks one. An unreadable image is
 stored with its reason and named on stderr; it never stops the run.
 """
 
@@ -85,8 +85,9 @@ class IndexReport:
         )
 
 
-def _hashes(files: list[Path], threads: int) -> list[tuple[str, int] | str]:
-    """(sha256, size) per file, or the reason it could not be read."""
+def hash_files(files: list[Path], cfg: IndexConfig) -> list[tuple[str, int] | str]:
+    """(sha256, size) per file, or the reason it could not be read (``e.strerror``): a thread pool here."""
+    threads = cfg.threads or 4
 
     def one(f):
         try:
@@ -210,7 +211,20 @@ def run_local(job: IndexJob) -> None:
         bar.close()
 
 
+@dataclass(frozen=True)
+class IndexEngine:
+    """How an ``IndexJob`` is hashed and run: ``LOCAL`` here, ``scale.ray_index.RAY`` on a Ray cluster
+    (hashed by Ray tasks next to the data). Each file is hashed once, by ``hashes``; ``run`` reuses it."""
+
+    hashes: Callable[[list[Path], IndexConfig], list[tuple[str, int] | str]]
+    run: Callable[[IndexJob], None]
+
+
+LOCAL = IndexEngine(hash_files, run_local)
+
+
 def plan(
+    runner: IndexEngine,
     engine: Engine,
     clf: Classifier,
     model_id: int,
@@ -230,7 +244,7 @@ def plan(
             report.failed.append((str(source), "file not found"))
     report.files = len(files)
     seen: dict[str, tuple[Path, int]] = {}
-    for f, h in zip(files, _hashes(files, cfg.threads or 4), strict=True):
+    for f, h in zip(files, runner.hashes(files, cfg), strict=True):
         if isinstance(h, str):
             report.failed.append((str(f), h))
         elif h[0] in seen:
@@ -250,14 +264,14 @@ def run_index(
     paths: list[str],
     cfg: IndexConfig,
     progress: bool | None = None,
-    run: Callable[[IndexJob], None] | None = None,
+    runner: IndexEngine | None = None,
 ) -> IndexReport:
-    """`marsvision index`: plan the job, run it with ``run`` (default ``run_local``; the CLI passes the
-    Ray engine's for ``--engine ray``) and return the report (unreadable files are named in it)."""
-    if run is None:
+    """`marsvision index`: plan the job and run it with ``runner`` (default ``LOCAL``; the CLI passes
+    ``scale.ray_index.RAY`` for ``--engine ray``); returns the report (unreadable files are named in it)."""
+    if runner is None:
         if cfg.engine != "local":
-            raise UsageError(f"--engine {cfg.engine!r}: pass its runner (marsvision.cli picks it), or use local")
-        run = run_local
+            raise UsageError(f"--engine {cfg.engine!r}: pass its IndexEngine (marsvision.cli picks it), or use local")
+        runner = LOCAL
     progress = sys.stderr.isatty() if progress is None else progress
     t0 = time.perf_counter()
     engine = open_engine(cfg.db or None)
@@ -267,7 +281,7 @@ def run_index(
     clf = load_model(model_path, threads=cfg.threads or None)
     report = IndexReport(model=version)
     try:
-        run(plan(engine, clf, model_id, model_path, paths, cfg, report, progress))
+        runner.run(plan(runner, engine, clf, model_id, model_path, paths, cfg, report, progress))
     finally:
         clf.close()
         engine.dispose()

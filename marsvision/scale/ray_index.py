@@ -1,8 +1,8 @@
-"""``index --engine ray``: the archive's ``IndexJob`` run on Ray. Its files (hashed once, by the archive,
-and checked against the database) are classified into Parquet shards by the pipeline of
-``ray_engine.py``, which takes the job's hashes instead of hashing again, then bulk-loaded through
-``IndexJob.write``, so both engines write the same rows for the same images. Leftover shards of a killed
-run are loaded first."""
+"""``index --engine ray``: the archive's ``IndexJob`` on Ray (``RAY``). Its files are hashed once, by Ray
+tasks next to the data, then checked against the database by the archive; the files to do are
+classified into Parquet shards by the pipeline of ``ray_engine.py``, whose read tasks take the job's
+hashes instead of hashing again, then bulk-loaded through ``IndexJob.write``, so both engines write the
+same rows for the same images. Leftover shards of a killed run are loaded first."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import contextlib
 import hashlib
 from pathlib import Path
 
+from ..archive.index import IndexEngine
+from ..files import sha256_file
 from . import parquet as pqt
-from .ray_engine import RayOptions, classify_to_shards, ray_session, settings_for
+from .ray_engine import RayOptions, _data_context, _path_blocks, classify_to_shards, ray_session, settings_for
 
 
 def shard_folder(engine) -> Path:
@@ -22,6 +24,37 @@ def shard_folder(engine) -> Path:
         return Path(f"{url.database}.shards")
     key = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:12]
     return Path(".marsvision-shards") / key
+
+
+def _hash_task(batch):
+    """Ray task: paths → (path, sha256, size_bytes, error), with the local engine's reasons
+    (``e.strerror``) for files it cannot read."""
+    pa = pqt.pa()
+    rows = []
+    for path in batch.column("path").to_pylist():
+        try:
+            rows.append((path, *sha256_file(path), None))
+        except OSError as e:
+            rows.append((path, None, None, e.strerror or type(e).__name__))
+    cols = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
+    names, types = ("path", "sha256", "size_bytes", "error"), (pa.string(), pa.string(), pa.int64(), pa.string())
+    return pa.table({n: pa.array(c, t) for n, c, t in zip(names, cols, types, strict=True)})
+
+
+def hash_files(files: list[Path], cfg, opts: RayOptions | None = None) -> list[tuple[str, int] | str]:
+    """``archive.index.hash_files`` on Ray: (sha256, size) per file, or the reason it could not be read."""
+    import ray.data
+
+    opts = opts or RayOptions()
+    out = {}
+    with ray_session(cfg.ray_address), _data_context(tolerate_errors=False):
+        ds = ray.data.from_arrow(_path_blocks([str(f) for f in files], 256)).map_batches(
+            _hash_task, batch_size=256, batch_format="pyarrow", num_cpus=opts.read_cpus
+        )
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                out[row["path"]] = row["error"] or (row["sha256"], row["size_bytes"])
+    return [out[str(f)] for f in files]
 
 
 def load_shards(job, folder: Path, settings: dict) -> set[str]:
@@ -80,3 +113,7 @@ def run_ray(job, opts: RayOptions | None = None) -> None:
                 list(hashes), job.model_path, settings, writer, opts, cfg.top_k, progress=job.progress, hashes=hashes
             )
     load_shards(job, folder, settings)
+
+
+# The Ray engine of ``marsvision index --engine ray`` (the CLI runs it inside one ``ray_session``).
+RAY = IndexEngine(hash_files, run_ray)

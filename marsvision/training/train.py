@@ -138,6 +138,19 @@ def _load_split(ds: MSLDataset, names: str, cfg: TrainConfig) -> Split:
     return split.subset(cfg.limit or None, cfg.seed) if cfg.limit else split
 
 
+@dataclass
+class ResumeOption:
+    """`marsvision train`'s option outside the run's config (a run's config.json never holds it)."""
+
+    resume: str = field(
+        default="",
+        metadata={
+            "help": "continue the run in RUN_DIR exactly where it stopped (default: a new run)",
+            "metavar": "RUN_DIR",
+        },
+    )
+
+
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = None) -> Path:
     """Train per ``cfg`` (or continue the run in folder ``resume``); returns the run folder.
 

@@ -32,7 +32,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from marsvision.scale import parquet as pqt  # noqa: E402
 from marsvision.scale.ray_engine import RayOptions, classify_to_shards, settings_for  # noqa: E402
-from marsvision.scale.ray_index import run_ray  # noqa: E402
+from marsvision.scale.ray_index import RAY  # noqa: E402
 from marsvision.scale.ray_predict import run_predict  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")]
@@ -222,13 +222,13 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
         [str(p.resolve()) for p in IMAGES[:10]], bundled_model_path(), settings, writer, RayOptions(), top_k=5
     )
     engine.dispose()
-    remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False, run=run_ray)
+    remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False, runner=RAY)
     assert (remote.indexed, remote.skipped) == (local.indexed, local.skipped) == (len(IMAGES) + 3, 1)
     assert sorted(remote.failed) == sorted(local.failed)
     a, b = index_rows(local_url), index_rows(ray_url)
     assert len(a) == len(IMAGES) + 3 and a == b  # every column but id and indexed_at
     assert not pqt.shards(writer.folder)
-    again = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False, run=run_ray)
+    again = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False, runner=RAY)
     assert (again.indexed, again.skipped) == (0, len(IMAGES) + 4)
     # --reclassify: every image labelled again in place (here over labels spoiled on purpose), as locally
     from sqlalchemy import text
@@ -240,7 +240,7 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
         conn.execute(text("UPDATE images SET label = 'spoiled', confidence = 0 WHERE error IS NULL"))
         conn.execute(text("DELETE FROM image_vectors"))
     engine.dispose()
-    remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray", reclassify=True), progress=False, run=run_ray)
+    remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray", reclassify=True), progress=False, runner=RAY)
     local = run_index(inputs, IndexConfig(db=local_url, reclassify=True), progress=False)
     assert (
         (remote.indexed, remote.reclassified, remote.skipped)
