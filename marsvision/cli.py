@@ -1,6 +1,12 @@
-"""The `marsvision` command line: one typed function per command, a thin adapter over the library.
+"""The `marsvision` command line: a thin adapter over the library.
 
-Each command's options are generated from its dataclass config; the field help becomes `--help`.
+One table, ``COMMANDS``, names every command: the module and dataclass of its config, the function that
+runs it and the extra it needs. Each command's parser is built from its config (the field help becomes
+``--help``), and only the invoked command's module is imported, so `marsvision predict` with an ONNX
+model never imports torch (the train/probe/export modules do).
+
+Errors of the ``MarsvisionError`` family and ``OSError`` (a missing file, a full disk) end a command with
+one line and exit 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,124 +16,13 @@ import dataclasses
 import importlib
 import sys
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from .data.msl import DATA_HELP
+from .errors import MarsvisionError, UsageError, require
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_ERROR = 0, 1, 2
-
-
-@dataclass
-class PredictConfig:
-    """Classify image files and folders (recursively); one output row per input."""
-
-    model: str = field(
-        default="",
-        metadata={
-            "help": "model file: .onnx (fp32 or int8) or a torch .pt checkpoint (default: the bundled int8 model)"
-        },
-    )
-    output: str = field(
-        default="",
-        metadata={
-            "help": (
-                "write results to this .csv, .json or .parquet file (Parquet: with "
-                "sha256, top-k and features; needs pip install 'marsvision[parquet]') "
-                "(default: a table on a terminal, CSV when piped)"
-            )
-        },
-    )
-    top_k: int = field(default=1, metadata={"help": "also report the K most likely classes"})
-    min_confidence: float = field(
-        default=0.0,
-        metadata={
-            "help": (
-                "leave the label empty (column 'withheld' says why) when the calibrated "
-                "confidence is below this or the image is flagged unknown (0: always "
-                "label)"
-            )
-        },
-    )
-    batch_size: int = field(
-        default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"}
-    )
-    threads: int = field(
-        default=0,
-        metadata={
-            "help": (
-                "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"
-            )
-        },
-    )
-    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
-    engine: str = field(
-        default="local",
-        metadata={
-            "help": (
-                "local: this process; ray: a Ray cluster, writes --output FILE.parquet, "
-                "resumable (needs pip install 'marsvision[ray]'; --threads and "
-                "--batch-size then apply per actor; docs/scaling.md)"
-            )
-        },
-    )
-    ray_address: str = field(
-        default="",
-        metadata={
-            "help": "Ray cluster for --engine ray, e.g. auto or ray://head:10001 (default: start a local Ray instance)"
-        },
-    )
-
-
-@dataclass
-class ExplainConfig:
-    """Write, per image, a heatmap of where the evidence for its predicted class (and any --classes) lies."""
-
-    output: str = field(metadata={"help": "folder for <image>.<class>.png overlays and explanations.json"})
-    classes: str = field(
-        default="", metadata={"help": "comma-separated classes to explain too (default: only the predicted one)"}
-    )
-    model: str = field(default="", metadata={"help": "model file (default: the bundled int8 model)"})
-    top_k: int = field(default=3, metadata={"help": "most likely classes listed per image"})
-    size: int = field(default=384, metadata={"help": "longer side of the overlay images in pixels"})
-
-
-@dataclass
-class DownloadConfig:
-    """Download the MSL data set from Zenodo (DOI 10.5281/zenodo.1049137) and verify it."""
-
-    dest: str = field(default="data", metadata={"help": "folder to put msl-images/ in"})
-    url: str = field(default="", metadata={"help": "archive URL (default: the Zenodo record)"})
-
-
-@dataclass
-class VerifyConfig:
-    """Check a data set copy file by file against the shipped SHA-256 manifest."""
-
-    data: str = field(default="", metadata={"help": DATA_HELP})
-    quick: bool = field(default=False, metadata={"help": "compare sizes only, skip hashing"})
-
-
-def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
-    """One `--option` per dataclass field; bools become --flag / --no-flag."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        typ = hints[f.name]
-        opt = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "")
-        if f.default is dataclasses.MISSING:
-            parser.add_argument(opt, dest=f.name, type=typ, required=True, help=help_)
-            continue
-        if "(default" not in help_:  # some helps explain an empty default themselves
-            help_ += f" (default: {f.default!r})"
-        if typ is bool:
-            parser.add_argument(opt, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
-        else:
-            parser.add_argument(opt, dest=f.name, type=typ, default=f.default, help=help_)
-
-
-def config_from(args: argparse.Namespace, cls):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def cmd_train(cfg, resume: str = "") -> int:
@@ -146,28 +41,7 @@ def cmd_probe(cfg) -> int:
     return EXIT_OK
 
 
-def cmd_evaluate(cfg) -> int:
-    from .evaluation.evaluate import run_evaluate
-
-    run_evaluate(cfg)
-    return EXIT_OK
-
-
-def cmd_export(cfg) -> int:
-    from .export.onnx import run_export
-
-    run_export(cfg)
-    return EXIT_OK
-
-
-def cmd_calibrate(cfg) -> int:
-    from .export.trust import run_calibrate
-
-    run_calibrate(cfg)
-    return EXIT_OK
-
-
-def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
+def cmd_predict(paths: list[str], cfg) -> int:
     """Exit 0 when every input got a label, 1 when some failed (each named on stderr and in its row)."""
     from tqdm import tqdm
 
@@ -176,8 +50,6 @@ def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
     from .scale import predict_engine  # checks --engine and a .parquet output's extra before any work
 
     if predict_engine(cfg) == "ray":
-        from .scale.ray_engine import cmd_predict as cmd_predict_ray
-
         return cmd_predict_ray(paths, cfg)
     files = list(expand_sources(paths))
     with limit_cpus(cfg.threads):
@@ -213,7 +85,18 @@ def cmd_predict(paths: list[str], cfg: PredictConfig) -> int:
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
-def cmd_explain(paths: list[str], cfg: ExplainConfig) -> int:
+def cmd_predict_ray(paths: list[str], cfg) -> int:
+    """`predict --engine ray`: errors of this run's images on stderr, a summary line."""
+    from .scale.ray_predict import run_predict
+
+    report = run_predict(paths, cfg)
+    for path, why in report.failed:
+        print(f"marsvision: {path}: {why}", file=sys.stderr)
+    print(f"marsvision: {report.summary(cfg.output)}", file=sys.stderr)
+    return EXIT_FAILED_INPUTS if report.failed else EXIT_OK
+
+
+def cmd_explain(paths: list[str], cfg) -> int:
     """Exit 0 when every image was explained, 1 when some could not be read (each named on stderr)."""
     import json
 
@@ -243,31 +126,35 @@ def cmd_explain(paths: list[str], cfg: ExplainConfig) -> int:
     return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
-def _archive_module(name: str):
-    """An archive module; a missing ``[archive]`` extra is a one-line error with the install command."""
-    try:
-        return importlib.import_module(f"marsvision.archive.{name}")
-    except ImportError as e:
-        if (e.name or "").startswith("marsvision"):
-            raise
-        raise MissingExtraError(f"the archive needs {e.name}: pip install 'marsvision[archive]'") from None
-
-
 def cmd_index(paths: list[str], cfg) -> int:
     """Exit 0 when every file was read, 1 when some could not be (each named on stderr, and stored)."""
-    report = _archive_module("index").run_index(paths, cfg)
+    from .archive.index import run_index
+    from .scale import check_engine
+
+    if check_engine(cfg.engine) == "ray":
+        from .scale.ray_engine import ray_session
+        from .scale.ray_index import RAY
+
+        with ray_session(cfg.ray_address):  # one Ray instance for hashing and classifying
+            report = run_index(paths, cfg, runner=RAY)
+    else:
+        report = run_index(paths, cfg)
     for path, why in report.failed:
         print(f"marsvision: {path}: {why}", file=sys.stderr)
     print(f"marsvision: {report.summary()}", file=sys.stderr)
     return EXIT_FAILED_INPUTS if report.failed else EXIT_OK
 
 
-def cmd_models(action: str, version: str, db: str) -> int:
+def cmd_models(cfg) -> int:
     """`marsvision models list|activate VERSION|rollback`."""
-    db_mod, versions, rescore = (_archive_module(m) for m in ("db", "versions", "rescore"))
-    engine = db_mod.open_engine(db or None)
+    from .archive import db as db_mod
+    from .archive import rescore, versions
+
+    if cfg.action == "activate" and not cfg.version:
+        raise UsageError("activate needs a VERSION (see `marsvision models list`)")
+    engine = db_mod.open_engine(cfg.db or None)
     make = db_mod.sessions(engine)
-    if action == "list":
+    if cfg.action == "list":
         with make() as s:
             rows = versions.version_rows(s)
         for r in rows:
@@ -277,203 +164,215 @@ def cmd_models(action: str, version: str, db: str) -> int:
             )
         return EXIT_OK
     with make() as s:
-        target = versions.rollback_target(s) if action == "rollback" else versions.find(s, version)
+        target = versions.rollback_target(s) if cfg.action == "rollback" else versions.find(s, cfg.version)
     done = rescore.activate(make, target)
-    print(f"marsvision: {done['version']} is active; {done['rescored']} images re-scored in {done['seconds']:.1f} s")
+    print(f"marsvision: {done.version} is active; {done.rescored} images re-scored in {done.seconds:.1f} s")
     return EXIT_OK
 
 
 def cmd_refit(cfg) -> int:
-    result = importlib.import_module("marsvision.curate.refit").run_refit(cfg)
-    act = result.get("activation")
+    from .curate.refit import run_refit
+
+    result = run_refit(cfg)
+    act, files = result.activation, result.files
     print(
-        f"marsvision: {result['version']} from {result['inputs']['corrections']} corrections and "
-        f"{result['inputs']['training_images']} training images (head fitted in {result['fit_seconds']:.1f} s) → "
-        f"{result['files']['onnx']}"
-        + (f" and {result['files']['torch']}" if result["files"].get("torch") else "")
-        + (f"; active, {act['rescored']} images re-scored in {act['seconds']:.1f} s" if act else "; not activated")
+        f"marsvision: {result.version} from {result.inputs['corrections']} corrections and "
+        f"{result.inputs['training_images']} training images (head fitted in {result.fit_seconds:.1f} s) → "
+        f"{files['onnx']}"
+        + (f" and {files['torch']}" if files.get("torch") else "")
+        + (f"; active, {act.rescored} images re-scored in {act.seconds:.1f} s" if act else "; not activated")
     )
     return EXIT_OK
 
 
-def cmd_serve(cfg) -> int:
-    _archive_module("server").run_serve(cfg)
-    return EXIT_OK
-
-
-def _download_module():
-    try:
-        return importlib.import_module("marsvision.data.download")
-    except ImportError as e:
-        if (e.name or "").startswith("marsvision"):
-            raise
-        raise MissingExtraError(f"`marsvision data` needs {e.name}: pip install 'marsvision[data]'") from None
-
-
-def cmd_download(cfg: DownloadConfig) -> int:
-    dl = _download_module()
-    ZENODO_URL, download = dl.ZENODO_URL, dl.download
+def cmd_download(cfg) -> int:
+    from .data.download import ZENODO_URL, download
 
     root = download(cfg.dest, url=cfg.url or ZENODO_URL)
     print(f"data set ready at {root}; use --data {root} or export MARSVISION_DATA={root}")
     return EXIT_OK
 
 
-def cmd_verify(cfg: VerifyConfig) -> int:
+def cmd_verify(cfg) -> int:
+    from .data.download import verify
     from .data.msl import resolve_data_dir
-
-    verify = _download_module().verify
 
     report = verify(resolve_data_dir(cfg.data or None), check_hashes=not cfg.quick)
     print(report.summary())
     return EXIT_OK if report.ok else EXIT_FAILED_INPUTS
 
 
-# Commands whose options come from a config dataclass in another module: (module, class, needs).
-# Only the invoked command's module is imported, so `marsvision predict` with an ONNX model never
-# imports torch (the train/probe/export modules do).
-LAZY_COMMANDS = {
-    "train": ("marsvision.training.train", "TrainConfig", "train"),
-    "probe": ("marsvision.training.probe", "ProbeConfig", "train"),
-    "evaluate": ("marsvision.evaluation.evaluate", "EvaluateConfig", ""),
-    "export": ("marsvision.export.onnx", "ExportConfig", "train"),
-    "calibrate": ("marsvision.export.trust", "CalibrateConfig", "train"),
-    "refit": ("marsvision.curate.refit", "RefitConfig", "archive"),
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: where its config lives and what runs it."""
+
+    help: str  # listed by `marsvision --help` without importing the config's module; its docstring (tested)
+    config: str  # "module:Class" of the config dataclass; ``run``, when a name, is a function of that module
+    run: str | Callable  # a function of ``module`` by name, or one of this file; run(cfg) or run(paths, cfg)
+    paths: str = ""  # metavar of the positional inputs (files or folders); "" for none
+    extra: str = ""  # the extra ``module`` needs: a missing one is a one-line error naming the install
+    options: str = ""  # a dataclass in the config's module of options outside the config, passed to ``run``
+    # as keyword arguments (train's --resume: a run's config.json never holds it)
+
+
+DATA = "marsvision.data.download"
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "Fine-tune a model on the MSL data set.",
+        "marsvision.training.train:TrainConfig",
+        cmd_train,
+        extra="train",
+        options="ResumeOption",
+    ),
+    "probe": Command(
+        "Fit a balanced logistic regression on frozen ImageNet EfficientNet-Lite features.",
+        "marsvision.training.probe:ProbeConfig",
+        cmd_probe,
+        extra="train",
+    ),
+    "evaluate": Command(
+        "Evaluate a model on an official split: metrics table, metrics.json, predictions.csv, plots.",
+        "marsvision.evaluation.evaluate:EvaluateConfig",
+        "run_evaluate",
+    ),
+    "export": Command(
+        "Export a model file to ONNX (fp32) and, with --int8, a statically quantised int8 ONNX model.",
+        "marsvision.export.onnx:ExportConfig",
+        "run_export",
+        extra="train",
+    ),
+    "calibrate": Command(
+        "Fit a model file's calibrated confidence and unknown-image data on its training splits.",
+        "marsvision.export.trust:CalibrateConfig",
+        "run_calibrate",
+        extra="train",
+    ),
+    "refit": Command(
+        "Refit the model's head on its training images plus the curators' corrections (no image decoded).",
+        "marsvision.curate.refit:RefitConfig",
+        cmd_refit,
+        extra="archive",
+    ),
+    "predict": Command(
+        "Classify image files and folders (recursively); one output row per input.",
+        "marsvision.inference.predict:PredictConfig",
+        cmd_predict,
+        paths="PATH",
+    ),
+    "index": Command(
+        "Classify images (files, folders, recursively) into the archive database, one row per image.",
+        "marsvision.archive.index:IndexConfig",
+        cmd_index,
+        paths="PATH",
+        extra="archive",
+    ),
+    "serve": Command(
+        "Serve the archive: a web page at / and a REST API at /api (OpenAPI page at /docs).",
+        "marsvision.archive.server:ServeConfig",
+        "run_serve",
+        extra="archive",
+    ),
+    "models": Command(
+        "List the archive's model versions, activate one (re-scoring the archive), or roll back.",
+        "marsvision.archive.versions:ModelsConfig",
+        cmd_models,
+        extra="archive",
+    ),
+    "explain": Command(
+        "Write, per image, a heatmap of where the evidence for its predicted class (and any --classes) lies.",
+        "marsvision.inference.explain:ExplainConfig",
+        cmd_explain,
+        paths="IMAGE",
+    ),
+    "data download": Command(
+        "Download the MSL data set from Zenodo (DOI 10.5281/zenodo.1049137) and verify it.",
+        f"{DATA}:DownloadConfig",
+        cmd_download,
+        extra="data",
+    ),
+    "data verify": Command(
+        "Check a data set copy file by file against the shipped SHA-256 manifest.",
+        f"{DATA}:VerifyConfig",
+        cmd_verify,
+        extra="data",
+    ),
 }
-SHORT_HELP = {
-    "train": "Fine-tune a model on the MSL data set.",
-    "probe": "Fit a balanced logistic regression on frozen ImageNet EfficientNet-Lite features.",
-    "evaluate": "Evaluate a model on an official split: metrics table, metrics.json, predictions.csv, plots.",
-    "export": "Export a model file to ONNX (fp32) and, with --int8, a statically quantised int8 ONNX model.",
-    "calibrate": "Fit a model file's calibrated confidence and unknown-image data on its training splits.",
-    "index": "Classify images (files, folders, recursively) into the archive database, one row per image.",
-    "serve": "Serve the archive: a web page at / and a REST API at /api (OpenAPI page at /docs).",
-    "refit": "Refit the model's head on its training images plus the curators' corrections (no image decoded).",
-    "models": "List the archive's model versions, activate one (re-scoring the archive), or roll back.",
-}
 
 
-class MissingExtraError(RuntimeError):
-    """A command needs packages of an extra that is not installed."""
+def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
+    """One `--option` per dataclass field (a positional argument where its metadata says so); bools
+    become --flag / --no-flag."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ, meta = hints[f.name], f.metadata
+        help_ = meta.get("help", "")
+        if meta.get("positional"):
+            nargs = None if f.default is dataclasses.MISSING else "?"
+            default = None if f.default is dataclasses.MISSING else f.default
+            parser.add_argument(f.name, nargs=nargs, default=default, choices=meta.get("choices"), help=help_ or None)
+            continue
+        opt = "--" + f.name.replace("_", "-")
+        extra = {"metavar": meta["metavar"]} if "metavar" in meta else {}
+        if f.default is dataclasses.MISSING:
+            parser.add_argument(opt, dest=f.name, type=typ, required=True, help=help_, **extra)
+            continue
+        if "(default" not in help_:  # some helps explain an empty default themselves
+            help_ += f" (default: {f.default!r})"
+        if typ is bool:
+            parser.add_argument(opt, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+        else:
+            parser.add_argument(opt, dest=f.name, type=typ, default=f.default, help=help_, **extra)
 
 
-def _config_class(command: str):
-    module, name, extra = LAZY_COMMANDS[command]
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError as e:
-        if not extra or (e.name or "").startswith("marsvision"):
-            raise
-        raise MissingExtraError(
-            f"`marsvision {command}` needs {e.name or 'more packages'}: pip install 'marsvision[{extra}]'"
-        ) from None
+def config_from(args: argparse.Namespace, cls):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def load_command(name: str) -> tuple[type, Callable, type | None]:
+    """The config class, run function and options class of command ``name``; a missing extra is a
+    one-line error."""
+    c = COMMANDS[name]
+    path, _, config = c.config.partition(":")
+    module = require(path, f"`marsvision {name}`", c.extra) if c.extra else importlib.import_module(path)
+    run = getattr(module, c.run) if isinstance(c.run, str) else c.run
+    return getattr(module, config), run, getattr(module, c.options) if c.options else None
+
+
+def run_command(name: str, args: argparse.Namespace, cls: type, run: Callable, more: type | None) -> int:
+    inputs = (args.paths,) if COMMANDS[name].paths else ()
+    options = dataclasses.asdict(config_from(args, more)) if more else {}
+    code = run(*inputs, config_from(args, cls), **options)
+    return code if type(code) is int else EXIT_OK  # library functions return their results, not exit codes
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The full parser for the command named in ``argv`` (all commands listed, only that one built)."""
     argv = sys.argv[1:] if argv is None else argv
-    wanted = next((a for a in argv if not a.startswith("-")), None)
+    words = [a for a in argv if not a.startswith("-")]
     parser = argparse.ArgumentParser(prog="marsvision", description="Classify Curiosity rover (MSL) images.")
     sub = parser.add_subparsers(dest="command", required=True)
-    runners = {
-        "train": lambda a, cls: cmd_train(config_from(a, cls), a.resume),
-        "probe": lambda a, cls: cmd_probe(config_from(a, cls)),
-        "evaluate": lambda a, cls: cmd_evaluate(config_from(a, cls)),
-        "export": lambda a, cls: cmd_export(config_from(a, cls)),
-        "calibrate": lambda a, cls: cmd_calibrate(config_from(a, cls)),
-        "refit": lambda a, cls: cmd_refit(config_from(a, cls)),
-    }
-    for name in ("train", "probe", "evaluate", "export", "calibrate", "refit"):
-        if name != wanted:
-            sub.add_parser(name, help=SHORT_HELP[name], description=SHORT_HELP[name])
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, c in COMMANDS.items():
+        group, _, leaf = name.rpartition(" ")
+        where = sub
+        if group:
+            if group not in groups:
+                groups[group] = sub.add_parser(group, help=f"download or verify the MSL {group} set").add_subparsers(
+                    dest=f"{group}_command", required=True
+                )
+            where = groups[group]
+        if words[: len(name.split())] != name.split():
+            where.add_parser(leaf, help=c.help, description=c.help)
             continue
-        cls = _config_class(name)
-        p = sub.add_parser(name, help=cls.__doc__, description=cls.__doc__)
+        cls, run, more = load_command(name)
+        p = where.add_parser(leaf, help=c.help, description=cls.__doc__)
+        if c.paths:
+            p.add_argument("paths", nargs="+", metavar=c.paths, help="image files or folders")
         add_config_args(p, cls)
-        if name == "train":
-            p.add_argument(
-                "--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped"
-            )
-        p.set_defaults(run=lambda a, cls=cls, name=name: runners[name](a, cls))
-
-    p = sub.add_parser("predict", help=PredictConfig.__doc__, description=PredictConfig.__doc__)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    add_config_args(p, PredictConfig)
-    p.set_defaults(run=lambda a: cmd_predict(a.paths, config_from(a, PredictConfig)))
-
-    for name, module, config, run in (
-        ("index", "index", "IndexConfig", cmd_index),
-        ("serve", "server", "ServeConfig", cmd_serve),
-    ):
-        if name != wanted:
-            sub.add_parser(name, help=SHORT_HELP[name], description=SHORT_HELP[name])
-            continue
-        cls = getattr(_archive_module(module), config)
-        p = sub.add_parser(name, help=cls.__doc__, description=cls.__doc__)
-        if name == "index":
-            p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-        add_config_args(p, cls)
-        p.set_defaults(
-            run=lambda a, cls=cls, run=run, name=name: (
-                run(a.paths, config_from(a, cls)) if name == "index" else run(config_from(a, cls))
-            )
-        )
-
-    p = sub.add_parser("models", help=SHORT_HELP["models"], description=SHORT_HELP["models"])
-    p.add_argument("action", choices=("list", "activate", "rollback"))
-    p.add_argument("version", nargs="?", default="", help="the version to activate")
-    p.add_argument("--db", default="", help="archive database (default: $MARSVISION_DB, then ./marsvision.db)")
-    p.set_defaults(
-        run=lambda a: (
-            cmd_models(a.action, a.version, a.db)
-            if a.action != "activate" or a.version
-            else p.error("activate needs a VERSION (see `marsvision models list`)")
-        )
-    )
-
-    p = sub.add_parser("explain", help=ExplainConfig.__doc__, description=ExplainConfig.__doc__)
-    p.add_argument("paths", nargs="+", metavar="IMAGE", help="image files or folders")
-    add_config_args(p, ExplainConfig)
-    p.set_defaults(run=lambda a: cmd_explain(a.paths, config_from(a, ExplainConfig)))
-
-    data = sub.add_parser("data", help="download or verify the MSL data set").add_subparsers(
-        dest="data_command", required=True
-    )
-    p = data.add_parser("download", help=DownloadConfig.__doc__, description=DownloadConfig.__doc__)
-    add_config_args(p, DownloadConfig)
-    p.set_defaults(run=lambda a: cmd_download(config_from(a, DownloadConfig)))
-    p = data.add_parser("verify", help=VerifyConfig.__doc__, description=VerifyConfig.__doc__)
-    add_config_args(p, VerifyConfig)
-    p.set_defaults(run=lambda a: cmd_verify(config_from(a, VerifyConfig)))
+        if more:
+            add_config_args(p, more)
+        p.set_defaults(run=lambda a, name=name, cls=cls, run=run, more=more: run_command(name, a, cls, run, more))
     return parser
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that end a command with a one-line message (exit 2) instead of a traceback."""
-    from .data.msl import DataError
-    from .model_file import ModelFileError
-    from .preprocess import ImageError
-
-    errors: list[type[BaseException]] = [
-        DataError,
-        ModelFileError,
-        ImageError,
-        MissingExtraError,
-        FileExistsError,
-        FileNotFoundError,
-        ValueError,
-    ]
-    if "marsvision.data.download" in sys.modules:  # imported only by the data commands (needs pooch)
-        errors.append(sys.modules["marsvision.data.download"].DownloadError)
-    if "marsvision.export.onnx" in sys.modules:
-        errors.append(sys.modules["marsvision.export.onnx"].ExportCheckError)
-    if "marsvision.archive.versions" in sys.modules:
-        errors.append(sys.modules["marsvision.archive.versions"].VersionError)
-    if "marsvision.scale" in sys.modules:  # a missing [ray] or [parquet] extra
-        errors.append(sys.modules["marsvision.scale"].NeedsExtraError)
-    if "sqlalchemy" in sys.modules:  # an unreachable or broken database: one line, not a traceback
-        errors.append(sys.modules["sqlalchemy"].exc.OperationalError)
-    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,14 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("marsvision: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
-        if not isinstance(e, _expected_errors()):
-            raise
-        # One line: some libraries' messages (a database driver's) run over several.
-        print(
-            f"marsvision: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
-            file=sys.stderr,
-        )
+    except (MarsvisionError, OSError) as e:
+        # One line: some messages (a database driver's) run over several.
+        text = str(e).strip()
+        print(f"marsvision: error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -48,3 +48,9 @@ def require(module: str, feature: str, extra: str):
         if (e.name or "").startswith("marsvision"):
             raise
         raise MissingExtraError(f"{feature} needs {e.name or module}: pip install 'marsvision[{extra}]'") from None
+
+
+class UsageError(MarsvisionError, ValueError):
+    """Options or inputs that do not fit together (an unknown engine, a resume with other settings, …).
+
+    A ``ValueError`` too, so that code written against the earlier plain ``ValueError`` keeps working."""

@@ -16,6 +16,8 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from .errors import MarsvisionError
+
 TORCH_FORMAT = "marsvision-model/1"
 # /2: the graph outputs pooled features and feature maps; the linear head is metadata ("head").
 # /1 (older exports): the graph outputs logits; still read, without novelty or explanations.
@@ -45,7 +47,7 @@ def bundled_source_path() -> Path:
     return bundled_model_path().with_name(BUNDLED_SOURCE)
 
 
-class ModelFileError(ValueError):
+class ModelFileError(MarsvisionError, ValueError):
     """A model file that is missing, corrupt or not a marsvision model."""
 
 

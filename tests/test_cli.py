@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from marsvision.cli import main
@@ -27,3 +29,39 @@ def test_missing_data_is_one_line_error(tmp_path, capsys, monkeypatch):
     assert main(["evaluate", "--data", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("marsvision: error: data set not found") and err.count("\n") == 1
+
+
+def test_a_library_bug_keeps_its_traceback(monkeypatch, example_images):
+    # A ValueError from inside the library is a bug, not a user error: it must not become one line.
+    import marsvision.inference.predict as predict
+
+    def broken(*a, **k):
+        raise ValueError("a bug in the library")
+
+    monkeypatch.setattr(predict, "load_model", broken)
+    with pytest.raises(ValueError, match="a bug in the library"):
+        main(["predict", str(example_images[0])])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "--engine", "nope", "x.jpg"], "--engine 'nope': choose one of local, ray"),
+        (["predict", "--model", "missing.onnx", "x.jpg"], "missing.onnx"),
+        (["models", "activate", "--db", "sqlite:///:memory:"], "activate needs a VERSION"),
+    ],
+)
+def test_a_user_error_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marsvision: error: ") and message in err and err.count("\n") == 1
+
+
+def test_every_command_lists_its_configs_docstring():
+    # The table's help is what `marsvision --help` lists without importing the command's module.
+    from marsvision.cli import COMMANDS, load_command
+
+    for name, command in COMMANDS.items():
+        cls, run, _ = load_command(name)
+        assert command.help == cls.__doc__, name
+        assert callable(run) and dataclasses.is_dataclass(cls)

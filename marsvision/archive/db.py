@@ -32,7 +32,10 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from ..errors import MarsvisionError
 
 DEFAULT_DB = "marsvision.db"
 DB_ENV = "MARSVISION_DB"
@@ -144,6 +147,10 @@ def database_url(db: str | None = None) -> str:
     return url.render_as_string(hide_password=False)
 
 
+class DatabaseError(MarsvisionError):
+    """The archive database cannot be opened (unreachable server, wrong credentials, not a database)."""
+
+
 def open_engine(db: str | None = None, migrate: bool = True) -> Engine:
     """An engine for ``db`` with the schema brought up to date (Alembic ``upgrade head``)."""
     url = database_url(db)
@@ -163,7 +170,14 @@ def open_engine(db: str | None = None, migrate: bool = True) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
     if migrate:
-        upgrade(engine)
+        try:
+            upgrade(engine)
+        except OperationalError as e:  # unreachable, refused, not a database: one line, not a traceback
+            reason = (str(e.orig) if e.orig is not None else str(e)).strip().splitlines()
+            where = make_url(url).render_as_string(hide_password=True)
+            raise DatabaseError(
+                f"{where}: cannot open the database ({reason[0] if reason else type(e).__name__})"
+            ) from e
     return engine
 
 

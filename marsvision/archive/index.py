@@ -3,7 +3,9 @@
 Files are hashed first: an image whose content (SHA-256) is already in the archive is skipped (or, with
 ``reclassify``, labelled again by the active model). New images are classified by the archive's active
 model and written in batches, one transaction each: a kill loses at most the batch in flight, never
-leaves half a row, and a rerun finishes the job with every image exactly once. An unreadable image is
+leaves half a row, and a rerun finishes the job with every image exactly once. The archive plans the
+run (an ``IndexJob``); an engine runs it: ``run_local`` here, or the Ray engine
+(``marsvision.scale.ray_index.RAY``); the CLI picks one. An unreadable image is
 stored with its reason and named on stderr; it never stops the run.
 """
 
@@ -11,18 +13,22 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
-from ..inference.classifier import Classifier, expand_sources
+from ..errors import UsageError
+from ..files import sha256_file
+from ..inference.classifier import Classifier, Prediction, expand_sources
 from ..inference.predict import load_model
 from .db import DB_HELP, Image, ImageVectors, open_engine, sessions, utcnow
-from .records import VECTORS, image_rows, prediction_columns, sha256_file
+from .records import VECTORS, image_rows, prediction_columns
 from .versions import ensure_active
 
 
@@ -79,8 +85,9 @@ class IndexReport:
         )
 
 
-def _hashes(files: list[Path], threads: int) -> list[tuple[str, int] | str]:
-    """(sha256, size) per file, or the reason it could not be read."""
+def hash_files(files: list[Path], cfg: IndexConfig) -> list[tuple[str, int] | str]:
+    """(sha256, size) per file, or the reason it could not be read (``e.strerror``): a thread pool here."""
+    threads = cfg.threads or 4
 
     def one(f):
         try:
@@ -90,16 +97,6 @@ def _hashes(files: list[Path], threads: int) -> list[tuple[str, int] | str]:
 
     with ThreadPoolExecutor(max(2, threads)) as pool:
         return list(pool.map(one, files))
-
-
-def _known(engine: Engine, hashes: list[str]) -> dict[str, int]:
-    """sha256 → image id of those already in the archive."""
-    found: dict[str, int] = {}
-    with engine.connect() as conn:
-        for i in range(0, len(hashes), 500):
-            rows = conn.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(hashes[i : i + 500])))
-            found.update(dict(rows.all()))
-    return found
 
 
 def _insert(session):
@@ -142,7 +139,8 @@ def replace_vectors(session, rows: list[dict]) -> None:
 def write_batch(session, items: list[tuple], clf: Classifier, model_id: int, report: IndexReport) -> None:
     """Write one batch of classified images, ``(path, sha256, size, image id or None, prediction)`` each:
     new contents are inserted (``insert_new``), those with an id (``--reclassify``) get the new
-    prediction columns and vectors. Both engines write through here, so their rows are the same."""
+    prediction columns and vectors. Both engines write through here (``IndexJob.write``), so their rows
+    are the same."""
     report.failed += [(str(path), p.error) for path, *_, p in items if not p.ok]
     rows = image_rows([(path, sha, size, p) for path, sha, size, _, p in items], clf, model_id)
     new = [row for row, item in zip(rows, items, strict=True) if item[3] is None]
@@ -159,45 +157,121 @@ def write_batch(session, items: list[tuple], clf: Classifier, model_id: int, rep
     report.reclassified += len(again)
 
 
-def index_files(
+class ToIndex(NamedTuple):
+    path: Path
+    sha256: str
+    size: int
+    image_id: int | None  # set when the content is in the archive already (``--reclassify``)
+
+
+@dataclass
+class IndexJob:
+    """One ``index`` run, planned by the archive and run by an engine (``run_local`` here; the Ray engine
+    in ``marsvision.scale.ray_index``): the files to classify, already hashed once and checked against
+    the archive, the model, the database and the options. An engine classifies ``todo`` and hands each
+    batch to ``write``; ``known`` tells it which contents the database holds by then."""
+
+    db: Engine
+    clf: Classifier
+    model_id: int
+    model_path: str
+    todo: list[ToIndex]
+    options: IndexConfig
+    report: IndexReport
+    progress: bool
+
+    def known(self, hashes: list[str]) -> dict[str, int]:
+        """sha256 → image id of those already in the archive."""
+        found: dict[str, int] = {}
+        with self.db.connect() as conn:
+            for i in range(0, len(hashes), 500):
+                rows = conn.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(hashes[i : i + 500])))
+                found.update(dict(rows.all()))
+        return found
+
+    def write(self, items: list[tuple[str | Path, str, int, int | None, Prediction]]) -> None:
+        """Write one batch, ``(path, sha256, size, image id or None, prediction)`` each, in one transaction:
+        a kill loses at most the batch in flight, never half a row."""
+        with sessions(self.db).begin() as session:
+            write_batch(session, items, self.clf, self.model_id, self.report)
+
+
+def run_local(job: IndexJob) -> None:
+    """The local engine: classify ``job.todo`` in this process, ``batch_size`` images a transaction."""
+    todo, size = job.todo, job.options.batch_size
+    bar = tqdm(total=len(todo), desc="index", unit="img", disable=not job.progress)
+    try:
+        preds = job.clf.predict_iter([t.path for t in todo], top_k=job.options.top_k)
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            # not strict: the prediction stream runs on past this batch
+            job.write([(*t, p) for t, p in zip(chunk, preds, strict=False)])
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+@dataclass(frozen=True)
+class IndexEngine:
+    """How an ``IndexJob`` is hashed and run: ``LOCAL`` here, ``scale.ray_index.RAY`` on a Ray cluster
+    (hashed by Ray tasks next to the data). Each file is hashed once, by ``hashes``; ``run`` reuses it."""
+
+    hashes: Callable[[list[Path], IndexConfig], list[tuple[str, int] | str]]
+    run: Callable[[IndexJob], None]
+
+
+LOCAL = IndexEngine(hash_files, run_local)
+
+
+def plan(
+    runner: IndexEngine,
     engine: Engine,
     clf: Classifier,
     model_id: int,
-    files: list[Path],
+    model_path: str,
+    paths: list[str],
     cfg: IndexConfig,
     report: IndexReport,
     progress: bool,
-) -> None:
-    hashed = _hashes(files, cfg.threads or 4)
-    todo, seen = [], {}
-    for f, h in zip(files, hashed, strict=True):
+) -> IndexJob:
+    """Hash every file once, then leave out unreadable files (reported), repeated contents and contents
+    already in the archive (skipped, or kept with their id under ``reclassify``)."""
+    files = []
+    for source in expand_sources(paths):
+        if Path(source).is_file():
+            files.append(Path(source).resolve())  # rows keep where the file is, from anywhere
+        else:
+            report.failed.append((str(source), "file not found"))
+    report.files = len(files)
+    seen: dict[str, tuple[Path, int]] = {}
+    for f, h in zip(files, runner.hashes(files, cfg), strict=True):
         if isinstance(h, str):
             report.failed.append((str(f), h))
         elif h[0] in seen:
             report.skipped += 1  # the same content twice in this run
         else:
             seen[h[0]] = (f, h[1])
-    known = _known(engine, list(seen))
-    todo = [(f, sha, size, known.get(sha)) for sha, (f, size) in seen.items() if cfg.reclassify or sha not in known]
-    report.skipped += len(seen) - len(todo)
-    make = sessions(engine)
-    bar = tqdm(total=len(todo), desc="index", unit="img", disable=not progress)
-    try:
-        preds = clf.predict_iter([t[0] for t in todo], top_k=cfg.top_k)
-        for start in range(0, len(todo), cfg.batch_size):
-            chunk = todo[start : start + cfg.batch_size]
-            items = [
-                (path, sha, size, image_id, p) for (path, sha, size, image_id), p in zip(chunk, preds, strict=False)
-            ]
-            with make.begin() as session:  # one transaction a batch: all of it or none of it
-                write_batch(session, items, clf, model_id, report)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+    job = IndexJob(engine, clf, model_id, str(model_path), [], cfg, report, progress)
+    known = job.known(list(seen))
+    job.todo = [
+        ToIndex(f, sha, size, known.get(sha)) for sha, (f, size) in seen.items() if cfg.reclassify or sha not in known
+    ]
+    report.skipped += len(seen) - len(job.todo)
+    return job
 
 
-def run_index(paths: list[str], cfg: IndexConfig, progress: bool | None = None) -> IndexReport:
-    """`marsvision index`: returns the report (the CLI prints it; unreadable files are named on stderr)."""
+def run_index(
+    paths: list[str],
+    cfg: IndexConfig,
+    progress: bool | None = None,
+    runner: IndexEngine | None = None,
+) -> IndexReport:
+    """`marsvision index`: plan the job and run it with ``runner`` (default ``LOCAL``; the CLI passes
+    ``scale.ray_index.RAY`` for ``--engine ray``); returns the report (unreadable files are named in it)."""
+    if runner is None:
+        if cfg.engine != "local":
+            raise UsageError(f"--engine {cfg.engine!r}: pass its IndexEngine (marsvision.cli picks it), or use local")
+        runner = LOCAL
     progress = sys.stderr.isatty() if progress is None else progress
     t0 = time.perf_counter()
     engine = open_engine(cfg.db or None)
@@ -206,20 +280,8 @@ def run_index(paths: list[str], cfg: IndexConfig, progress: bool | None = None) 
         model_path, model_id, version = mv.path, mv.id, mv.version
     clf = load_model(model_path, threads=cfg.threads or None)
     report = IndexReport(model=version)
-    files = []
-    for source in expand_sources(paths):
-        if Path(source).is_file():
-            files.append(Path(source).resolve())  # rows keep where the file is, from anywhere
-        else:
-            report.failed.append((str(source), "file not found"))
-    report.files = len(files)
     try:
-        if cfg.engine != "local":  # marsvision/scale/ray_index.py; write_batch and _known passed in (no import circle)
-            from ..scale.ray_index import index_files_ray
-
-            index_files_ray(engine, clf, model_id, model_path, files, cfg, report, progress, write_batch, _known)
-        else:
-            index_files(engine, clf, model_id, files, cfg, report, progress)
+        runner.run(plan(runner, engine, clf, model_id, model_path, paths, cfg, report, progress))
     finally:
         clf.close()
         engine.dispose()

@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from ..errors import UsageError
 from .db import Image, ImageVectors, ModelVersion
 from .records import SKETCH_DIMS, from_blob
 
@@ -140,7 +141,7 @@ def search(
 ) -> dict:
     """{total, page, page_size, items}: one page of the matching images, without their vectors."""
     if sort not in SORTS:
-        raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+        raise UsageError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
     count = lambda: session.scalar(filters.apply(select(func.count(Image.id))))  # noqa: E731
     total = counts.get(tuple(vars(filters).items()), count) if counts else count()
     column = SORTS[sort].desc() if descending else SORTS[sort].asc()

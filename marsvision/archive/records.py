@@ -4,7 +4,6 @@ local indexer and the distributed engine, so both write the same rows for the sa
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,6 @@ from .filenames import parse_filename
 SKETCH_DIMS = 64
 VECTORS = ("features", "texture", "sketch")  # the keys of a row that go to the image_vectors table
 _SKETCH_SEED = 20261130  # fixed: every archive compares sketches made with the same projection
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    """(hex SHA-256, size in bytes) of a file's content."""
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
 
 
 def to_blob(a: np.ndarray, dtype: str) -> bytes:

@@ -9,6 +9,7 @@ one version or the other, never half, and rerunning the activation finishes the 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -19,6 +20,15 @@ from ..inference.predict import load_model
 from .db import Image, ImageVectors, ModelVersion
 from .records import from_blob
 from .versions import VersionError, set_active
+
+
+@dataclass
+class Activation:
+    """What ``activate`` did: the version now active and the rows it re-scored."""
+
+    version: str
+    rescored: int
+    seconds: float
 
 
 def scores(clf: Classifier, features: np.ndarray, texture: np.ndarray | None, top_k: int = 5) -> list[dict]:
@@ -56,7 +66,7 @@ def compatible(session: Session, mv: ModelVersion) -> int:
     )
 
 
-def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progress=None) -> dict:
+def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progress=None) -> Activation:
     """Make ``version`` the active one and re-score every readable row with it; returns counts and time."""
     t0 = time.perf_counter()
     with make.begin() as s:
@@ -94,4 +104,4 @@ def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progr
                 progress(done)
     finally:
         clf.close()
-    return {"version": version.version, "rescored": done, "seconds": round(time.perf_counter() - t0, 2)}
+    return Activation(version.version, done, round(time.perf_counter() - t0, 2))

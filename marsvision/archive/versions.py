@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ..errors import MarsvisionError
+from ..files import sha256_file
 from ..model_file import bundled_model_path
-from .db import ModelVersion
-from .records import sha256_file
+from .db import DB_HELP, ModelVersion
 
 
-class VersionError(ValueError):
+class VersionError(MarsvisionError, ValueError):
     """A model version that does not exist or cannot be used here; the message says what to do."""
+
+
+@dataclass
+class ModelsConfig:
+    """List the archive's model versions, activate one (re-scoring the archive), or roll back."""
+
+    action: str = field(metadata={"positional": True, "choices": ("list", "activate", "rollback")})
+    version: str = field(default="", metadata={"positional": True, "help": "the version to activate"})
+    db: str = field(default="", metadata={"help": DB_HELP})
 
 
 def active_version(session: Session) -> ModelVersion | None:

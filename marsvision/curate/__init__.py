@@ -1,1 +1,2 @@
-"""Learning from curators: which archive images to ask about (``review``), and how to weigh their labels."""
+"""Learning from curators: which images to ask about (``strategies``), the queue of them over the archive
+(``queue``), and a new model version from their labels (``refit``)."""

@@ -25,21 +25,22 @@ from sqlalchemy import delete, func, select
 
 from ..archive.db import DB_HELP, Correction, Image, ImageVectors, ModelVersion, TrainingImage, open_engine, sessions
 from ..archive.records import from_blob, to_blob
-from ..archive.rescore import activate
+from ..archive.rescore import Activation, activate
 from ..archive.versions import VersionError, active_version, register
-from ..atomic import atomic_save, atomic_write
+from ..atomic import atomic_write
 from ..data.msl import DATA_HELP
+from ..errors import MarsvisionError
 from ..head.fit import fit_head, fold_head
-from ..inference.predict import load_model
 from ..inference.trust import Calibration, Head, Novelty, Trust
 from ..model_file import ModelFileError
-from .review import DEFAULT_WEIGHT, sample_weights
+from .model_files import ParentFile, write_version
+from .strategies import DEFAULT_WEIGHT, sample_weights
 
 MIN_FOR_TEMPERATURE = 25  # corrections needed before the temperature is refitted on them
 CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9 _-]{0,63}$")
 
 
-class LabelsError(ValueError):
+class LabelsError(MarsvisionError, ValueError):
     """A labels CSV that cannot be used: the message names the line and the reason."""
 
 
@@ -145,7 +146,9 @@ def archive_corrections(session) -> list[tuple[int, str, int]]:
     return [(c.image_id, c.label, c.id) for c in session.scalars(select(Correction).where(Correction.id.in_(latest)))]
 
 
-def training_features(make, parent: ModelVersion, clf, data: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+def training_features(
+    make, parent: ModelVersion, parent_file: ParentFile, data: str
+) -> tuple[np.ndarray, list[str], np.ndarray]:
     """The training images' features (N, F), labels and sols, computed once (with ``data``) and stored."""
     source = parent.info.get("features_from") or parent.version
     with make() as s:
@@ -168,12 +171,15 @@ def training_features(make, parent: ModelVersion, clf, data: str) -> tuple[np.nd
     from ..data.msl import MSLDataset
     from ..export.trust import embed_split
 
-    splits = (clf.meta.get("config", {}) or {}).get("train_splits") or "train"
+    splits = (parent_file.meta.get("config", {}) or {}).get("train_splits") or "train"
     print(f"refit: computing the features of the training images ({splits}), once", file=sys.stderr)
+    clf = parent_file.classifier()
     try:
         feats, _, classes, sols, paths = embed_split(clf, MSLDataset(data), splits)
     except ModelFileError as e:  # an unreadable training image
         raise VersionError(str(e)) from None
+    finally:
+        clf.close()
     labels = [clf.class_names[i] for i in classes]
     with make.begin() as s:
         s.execute(delete(TrainingImage).where(TrainingImage.features_from == source))
@@ -241,82 +247,19 @@ def refreshed_trust(parent: Trust, head_fit, x_train, y_train, x_new, y_new, tex
     return Trust(calibration, novelty)
 
 
-def write_version(parent_path: Path, out_dir: Path, meta_update: dict, head: Head, trust: Trust) -> dict:
-    """The parent's ONNX file with new metadata (and a torch twin when possible); returns the files."""
-    import onnx
+@dataclass
+class RefitResult:
+    """What ``run_refit`` wrote and measured (also the run folder's results.json)."""
 
-    from ..export.head import with_metadata
-    from ..model_file import parse_metadata
-
-    proto = onnx.load(str(parent_path))
-    meta = parse_metadata({p.key: p.value for p in proto.metadata_props}, str(parent_path))
-    graph = proto.graph.SerializeToString()
-    meta.update(meta_update)
-    meta["head"] = {**head.to_dict(), "maps": meta["head"].get("maps", [])}
-    meta["trust"] = trust.to_dict()
-    name = parent_path.name if parent_path.name.endswith(".onnx") else parent_path.name + ".onnx"
-    onnx_out = out_dir / name
-    proto = with_metadata(proto, meta)
-    assert proto.graph.SerializeToString() == graph  # the graph and its int8 weights are the parent's
-    atomic_save(lambda tmp: onnx.save(proto, tmp), onnx_out)
-    files = {"onnx": str(onnx_out), "torch": None}
-    source = (meta.get("source") or {}).get("file")
-    torch_src = parent_path.with_name(source) if source else None
-    if torch_src is not None and torch_src.is_file():
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            files["torch_note"] = "torch is not installed: no torch file"
-        else:
-            files["torch"] = str(write_torch_twin(torch_src, out_dir / torch_src.name, meta, head, trust))
-    return files
+    version: str
+    files: dict  # onnx, torch (None without a torch file) and torch_note: the paths written
+    inputs: dict  # parent, corrections, training_images, weight, C, new_classes, source
+    fit_seconds: float
+    activation: Activation | None = None  # None when not activated
+    seconds: float = 0.0
 
 
-def write_torch_twin(src: Path, dst: Path, meta: dict, head: Head, trust: Trust) -> Path:
-    import torch
-
-    from ..nets.checkpoint import build_model, read_model_file, save_model
-    from ..nets.models import linear_head
-
-    ckpt = read_model_file(src)
-    model = (
-        build_model({**ckpt, "class_names": meta["class_names"]})
-        if len(meta["class_names"]) == len(ckpt["class_names"])
-        else _grown(ckpt, len(meta["class_names"]))
-    )
-    layer = linear_head(model)
-    layer.weight.data, layer.bias.data = torch.from_numpy(head.weight.copy()), torch.from_numpy(head.bias.copy())
-    keep = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    save_model(
-        dst,
-        model,
-        {
-            **keep,
-            "class_names": meta["class_names"],
-            "trust": trust.to_dict(),
-            "config": meta.get("config", {}),
-            "metrics": meta.get("metrics", {}),
-        },
-        half=True,
-    )
-    return dst
-
-
-def _grown(ckpt: dict, classes: int):
-    """The checkpoint's network with a classifier of ``classes`` outputs (new classes from corrections)."""
-    from ..nets.checkpoint import build_model
-    from ..nets.models import create_model
-
-    model = create_model(ckpt["arch"], classes, pretrained=False)
-    old = build_model(ckpt).state_dict()
-    model.load_state_dict(
-        {k: v for k, v in old.items() if k in model.state_dict() and model.state_dict()[k].shape == v.shape},
-        strict=False,
-    )
-    return model.eval()
-
-
-def run_refit(cfg: RefitConfig) -> dict:
+def run_refit(cfg: RefitConfig) -> RefitResult:
     """`marsvision refit`: returns what it wrote and measured (also in the run folder's results.json)."""
     t0 = time.perf_counter()
     engine = open_engine(cfg.db or None)
@@ -325,14 +268,14 @@ def run_refit(cfg: RefitConfig) -> dict:
         parent = active_version(s)
         if parent is None:
             raise VersionError("the archive has no model yet: index images first (`marsvision index PATH`)")
-    clf = load_model(parent.path)
-    if clf.head is None:
+    parent_file = ParentFile.read(parent.path)  # read once: its metadata now, its graph for the new version
+    if parent_file.head is None:
         raise VersionError(f"{parent.path}: refits need a features graph; run `marsvision calibrate` on it first")
     new = [c.strip() for c in cfg.new_classes.split(",") if c.strip()]
     for c in new:
         if not CLASS_NAME.match(c):
             raise LabelsError(f"--new-classes: {c!r} is not a class name (lower case letters, digits, spaces, - _)")
-    classes = list(clf.class_names) + [c for c in new if c not in clf.class_names]
+    classes = list(parent_file.class_names) + [c for c in new if c not in parent_file.class_names]
     with make() as s:
         chosen = read_labels_csv(cfg.labels, s, classes) if cfg.labels else archive_corrections(s)
         if not chosen:
@@ -348,7 +291,7 @@ def run_refit(cfg: RefitConfig) -> dict:
     missing = [c for c in chosen if c[0] not in rows]
     if missing:
         raise VersionError(f"image {missing[0][0]} has no stored features (it could not be read)")
-    x_train, names_train, _ = training_features(make, parent, clf, cfg.data)
+    x_train, names_train, _ = training_features(make, parent, parent_file, cfg.data)
     index = {n: i for i, n in enumerate(classes)}
     y_train = np.array([index[n] for n in names_train])
     x_new = np.stack([from_blob(rows[c[0]].features, "f2") for c in chosen])
@@ -358,16 +301,21 @@ def run_refit(cfg: RefitConfig) -> dict:
         if all(rows[c[0]].texture for c in chosen)
         else None
     )
-    c_value = float((clf.meta.get("metrics") or {}).get("C") or (clf.meta.get("config") or {}).get("c") or 1.0)
+    c_value = float(
+        (parent_file.meta.get("metrics") or {}).get("C") or (parent_file.meta.get("config") or {}).get("c") or 1.0
+    )
     t_fit = time.perf_counter()
     parent_head = (
-        np.zeros((len(classes), clf.head.weight.shape[1]), np.float32),
+        np.zeros((len(classes), parent_file.head.weight.shape[1]), np.float32),
         np.full(len(classes), -1e4, np.float32),
     )
-    parent_head[0][: len(clf.class_names)], parent_head[1][: len(clf.class_names)] = clf.head.weight, clf.head.bias
+    parent_head[0][: len(parent_file.class_names)], parent_head[1][: len(parent_file.class_names)] = (
+        parent_file.head.weight,
+        parent_file.head.bias,
+    )
     w, b = refit_head(x_train, y_train, x_new, y_new, len(classes), c_value, cfg.weight, start=parent_head)
     fit_seconds = time.perf_counter() - t_fit
-    trust = refreshed_trust(clf.trust, (w, b, c_value), x_train, y_train, x_new, y_new, tex_new, cfg.weight)
+    trust = refreshed_trust(parent_file.trust, (w, b, c_value), x_train, y_train, x_new, y_new, tex_new, cfg.weight)
     version = f"refit-{time.strftime('%Y%m%d-%H%M%S')}-{len(chosen)}"
     out_dir = Path(cfg.out) / "refit" / version
     inputs = {
@@ -376,15 +324,15 @@ def run_refit(cfg: RefitConfig) -> dict:
         "training_images": len(y_train),
         "weight": cfg.weight,
         "C": c_value,
-        "new_classes": [c for c in classes if c not in clf.class_names],
+        "new_classes": [c for c in classes if c not in parent_file.class_names],
         "source": "labels CSV " + cfg.labels if cfg.labels else "archive corrections",
     }
     meta_update = {
         "class_names": classes,
-        "config": {**(clf.meta.get("config") or {}), "refit": inputs},
-        "metrics": {**(clf.meta.get("metrics") or {}), "C": c_value},
+        "config": {**(parent_file.meta.get("config") or {}), "refit": inputs},
+        "metrics": {**(parent_file.meta.get("metrics") or {}), "C": c_value},
     }
-    files = write_version(Path(parent.path), out_dir, meta_update, Head(w, b), trust)
+    files = write_version(parent_file, out_dir, meta_update, Head(w, b), trust)
     with make.begin() as s:
         mv = register(
             s,
@@ -394,14 +342,13 @@ def run_refit(cfg: RefitConfig) -> dict:
             corrections=len(chosen),
             info={"inputs": inputs, "files": files, "corrections": [[c[0], c[1]] for c in chosen]},
         )
-    result = {"version": version, "files": files, "inputs": inputs, "fit_seconds": round(fit_seconds, 2)}
+    result = RefitResult(version, files, inputs, round(fit_seconds, 2))
     if cfg.activate:
-        result["activation"] = activate(make, mv)
-    result["seconds"] = round(time.perf_counter() - t0, 2)
+        result.activation = activate(make, mv)
+    result.seconds = round(time.perf_counter() - t0, 2)
     with atomic_write(out_dir / "config.json") as f:
         json.dump(asdict(cfg), f, indent=2)
     with atomic_write(out_dir / "results.json") as f:
-        json.dump(result, f, indent=2)
+        json.dump(asdict(result), f, indent=2)
     engine.dispose()
-    clf.close()
     return result

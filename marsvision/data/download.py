@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,10 @@ import pooch
 from tqdm import tqdm
 
 from ..atomic import atomic_write
+from ..errors import MarsvisionError
+from ..files import sha256_file
 from ..preprocess import IMAGE_SUFFIXES
+from .msl import DATA_HELP
 
 ZENODO_URL = "https://zenodo.org/records/1049137/files/msl-images.zip?download=1"
 ARCHIVE_NAME = "msl-images.zip"
@@ -22,10 +24,25 @@ DATA_DIRNAME = "msl-images"  # the data root always ends up at dest/msl-images, 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "assets" / "msl_manifest.csv"
 SPLIT_FILES = ("train-calibrated-shuffled.txt", "val-calibrated-shuffled.txt", "test-calibrated-shuffled.txt")
 KAGGLE_CSVS = ("Train_CSV.csv", "Validation_CSV.csv", "Test_CSV.csv")
-_CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+@dataclass
+class DownloadConfig:
+    """Download the MSL data set from Zenodo (DOI 10.5281/zenodo.1049137) and verify it."""
+
+    dest: str = field(default="data", metadata={"help": "folder to put msl-images/ in"})
+    url: str = field(default="", metadata={"help": "archive URL (default: the Zenodo record)"})
+
+
+@dataclass
+class VerifyConfig:
+    """Check a data set copy file by file against the shipped SHA-256 manifest."""
+
+    data: str = field(default="", metadata={"help": DATA_HELP})
+    quick: bool = field(default=False, metadata={"help": "compare sizes only, skip hashing"})
+
+
+class DownloadError(MarsvisionError, RuntimeError):
     """The data set could not be fetched, unpacked or located (message names the URL and the reason)."""
 
 
@@ -68,15 +85,6 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB chunks so memory stays flat."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _split_paths(root: Path) -> list[str]:
     """Union of image paths named in the three split files (first column of each line)."""
     paths: set[str] = set()
@@ -97,7 +105,7 @@ def build_manifest(root: str | Path, out_path: str | Path, progress: bool = Fals
     with ThreadPoolExecutor() as pool:  # hashlib releases the GIL, so threads hash in parallel
         digests = list(
             tqdm(
-                pool.map(lambda p: sha256_file(root / p), paths),
+                pool.map(lambda p: sha256_file(root / p)[0], paths),
                 total=len(paths),
                 desc="hashing",
                 unit="file",
@@ -180,7 +188,7 @@ def verify(
                 return "missing"
             if path.stat().st_size != entry.size:  # cheap, catches truncation even without hashing
                 return "corrupt"
-            return "corrupt" if check_hashes and sha256_file(path) != entry.sha256 else "ok"
+            return "corrupt" if check_hashes and sha256_file(path)[0] != entry.sha256 else "ok"
         except OSError:  # unreadable counts as corrupt: the copy can't be used as is
             return "corrupt"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import MarsvisionError
 from ..preprocess import ImageError, decode
 
 DATA_ENV = "MARSVISION_DATA"
@@ -29,7 +30,7 @@ KAGGLE_SPLIT_FILES = {"train": "Train_CSV.csv", "val": "Validation_CSV.csv", "te
 KAGGLE_CLASS_FILE = "Labels Information.txt"
 
 
-class DataError(RuntimeError):
+class DataError(MarsvisionError, RuntimeError):
     """The data set copy is missing, incomplete or malformed; the message says where."""
 
 

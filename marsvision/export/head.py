@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import MarsvisionError
 from ..inference.onnx_runtime import FEATURES, TEXTURE  # the names the runtime reads
 
 MAP_PREFIX = "feature_map"
@@ -30,7 +31,7 @@ PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "QuantizeLinear", "
 POOLS = {"ReduceMean", "GlobalAveragePool"}
 
 
-class GraphError(ValueError):
+class GraphError(MarsvisionError, ValueError):
     """The graph does not end in a linear layer over pooled maps."""
 
 

@@ -14,7 +14,6 @@ Needs the ``[train]`` extra (torch, timm, onnx); running the result needs only o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -29,15 +28,16 @@ import torch
 
 from ..atomic import atomic_write, move_into_place
 from ..data.msl import DATA_HELP, MSLDataset, balanced_subset, decode_many
+from ..errors import MarsvisionError
+from ..files import sha256_file
 from ..inference.classifier import available_cpus
 from ..inference.onnx_runtime import OnnxClassifier
 from ..model_file import BUNDLED_SOURCE, bundled_source_path
 from ..nets.checkpoint import build_model, read_model_file
 from ..preprocess import normalize
+from .fp32 import OPSET, export_fp32
 from .head import features_model
-from .quantize import float_conv_indices, quantize_int8, set_metadata
-
-OPSET = 17
+from .quantize import float_conv_indices, quantize_int8
 
 
 def _f(default, help_: str):
@@ -92,8 +92,23 @@ class ExportConfig:
     threads: int = _f(0, "CPU threads (0: all)")
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(MarsvisionError, RuntimeError):
     """An exported file failed a self-check; the message carries the numbers."""
+
+
+@dataclass
+class ExportResult:
+    """What ``run_export`` wrote and measured (also the work folder's export.json)."""
+
+    source: str
+    config: dict
+    checks: dict = field(default_factory=dict)  # name → {value, limit, images} or per-split scores
+    files: dict = field(default_factory=dict)  # kind (fp32, int8) → {path, bytes, sha256}
+    trust: dict = field(default_factory=dict)  # kind → {calibration, novelty}: what calibration measured
+    int8_tuning: dict | None = None
+    passed: bool = False
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 def quant_options(cfg: ExportConfig) -> dict:
@@ -113,80 +128,6 @@ def quant_options(cfg: ExportConfig) -> dict:
             else {}
         ),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# torch → ONNX
-
-
-def freeze_same_padding(model, input_size: int) -> int:
-    """Replace TF-"SAME" convolutions (timm ``Conv2dSame``) by constant padding + a plain conv.
-
-    Their padding is computed from the input shape at run time, which exports as a dozen shape
-    ops per conv that stay in float around the quantised convs; for the model's fixed input size
-    the pads are constants. Outputs are bit-identical. Returns the number of convs replaced.
-    """
-    import math
-
-    from torch import nn
-
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda m, a, name=name: sizes.__setitem__(name, tuple(a[0].shape[-2:])))
-        for name, m in model.named_modules()
-        if type(m).__name__ == "Conv2dSame"
-    ]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, input_size, input_size))
-    for h in hooks:
-        h.remove()
-
-    def same(i: int, k: int, s: int, d: int) -> int:
-        return max((math.ceil(i / s) - 1) * s + (k - 1) * d + 1 - i, 0)
-
-    for name, (ih, iw) in sizes.items():
-        old = model.get_submodule(name)
-        ph = same(ih, old.kernel_size[0], old.stride[0], old.dilation[0])
-        pw = same(iw, old.kernel_size[1], old.stride[1], old.dilation[1])
-        conv = nn.Conv2d(
-            old.in_channels,
-            old.out_channels,
-            old.kernel_size,
-            old.stride,
-            0,
-            old.dilation,
-            old.groups,
-            old.bias is not None,
-        )
-        conv.load_state_dict(old.state_dict())
-        parent, _, leaf = name.rpartition(".")
-        setattr(
-            model.get_submodule(parent) if parent else model,
-            leaf,
-            nn.Sequential(nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), conv),
-        )
-    return len(sizes)
-
-
-def export_fp32(model, meta: dict, path: Path) -> None:
-    """Trace ``model`` (eval mode) to ONNX with a dynamic batch dimension and marsvision metadata."""
-    import warnings
-
-    size = int(meta["input_size"])
-    freeze_same_padding(model, size)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            model,
-            torch.zeros(2, 3, size, size),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    set_metadata(path, meta, "fp32")
 
 
 def tuning_images(dataset, cfg: ExportConfig) -> list[Path]:
@@ -245,17 +186,13 @@ def split_scores(logits: np.ndarray, true_names: list[str], class_names: list[st
     return {"accuracy": round(m["accuracy"], 5), "macro_f1": round(m["macro_f1"], 5)}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run_export(cfg: ExportConfig) -> dict:
+def run_export(cfg: ExportConfig) -> ExportResult:
     """`marsvision export`: write the file(s), run every check, print and return the report."""
     src = Path(cfg.model) if cfg.model else bundled_source_path()
     dataset = MSLDataset(cfg.data or None)  # fail on a missing data set before any work
     ckpt = read_model_file(src)
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    meta["source"] = {"file": src.name, "sha256": _sha256(src)}
+    meta["source"] = {"file": src.name, "sha256": sha256_file(src)[0]}
     size, names = int(meta["input_size"]), list(meta["class_names"])
     trust_splits = meta.get("config", {}).get("train_splits") or "train"
     trust_c = float(meta.get("metrics", {}).get("C") or meta.get("config", {}).get("c") or 1.0)
@@ -278,9 +215,8 @@ def run_export(cfg: ExportConfig) -> dict:
         u8 = decode_many([s.paths[i] for i in idx], size, workers=threads)
         return u8, [dataset.class_names[int(c)] for c in s.labels[idx]]
 
-    report: dict = {"source": str(src), "config": asdict(cfg), "checks": {}, "files": {}}
-    checks = report["checks"]
-    failures: list[str] = []
+    report = ExportResult(str(src), asdict(cfg))
+    checks, failures = report.checks, report.failures
     work.mkdir(parents=True, exist_ok=True)
     with atomic_write(work / "config.json") as f:
         json.dump({**asdict(cfg), "model": str(src), "work": str(work), "output": str(out_dir)}, f, indent=2)
@@ -320,7 +256,7 @@ def run_export(cfg: ExportConfig) -> dict:
                 paths = tuning_images(dataset, cfg)
                 log(f"int8 weight tuning: {cfg.tune_epochs} epochs on {len(paths)} train images")
                 source = tmp / "tuned.onnx"
-                report["int8_tuning"] = t = tune_and_export(ckpt, meta, fp32, source, paths, cfg, threads)
+                report.int8_tuning = t = tune_and_export(ckpt, meta, fp32, source, paths, cfg, threads)
                 log(
                     f"int8 weight tuning: logit MSE {t['loss_first']:.4f} → {t['loss_last']:.4f} ({t['seconds']:.0f} s)"
                 )
@@ -375,15 +311,14 @@ def run_export(cfg: ExportConfig) -> dict:
                 log(f"{kind}: fitting calibration and novelty on {trust_splits}")
                 trust = fit_model_trust(OnnxClassifier(features, threads=threads), dataset, trust_splits, trust_c)
                 write_onnx_trust(features, features, trust)
-                report[f"{kind}_trust"] = {"calibration": trust.calibration.info, "novelty": trust.novelty.info}
+                report.trust[kind] = {"calibration": trust.calibration.info, "novelty": trust.novelty.info}
             files[kind] = (features, final)
         for kind, (path, final) in files.items():
-            report["files"][kind] = {"path": str(final), "bytes": path.stat().st_size, "sha256": _sha256(path)}
-        report["passed"] = not failures
-        report["failures"] = failures
-        report["seconds"] = round(time.perf_counter() - t0, 1)
+            report.files[kind] = {"path": str(final), "bytes": path.stat().st_size, "sha256": sha256_file(path)[0]}
+        report.passed = not failures
+        report.seconds = round(time.perf_counter() - t0, 1)
         with atomic_write(work / "export.json") as f:
-            json.dump(report, f, indent=2)
+            json.dump(asdict(report), f, indent=2)
         print(format_report(report))
         if failures:
             raise ExportCheckError(
@@ -397,8 +332,8 @@ def run_export(cfg: ExportConfig) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def format_report(report: dict) -> str:
-    c = report["checks"]
+def format_report(report: ExportResult) -> str:
+    c = report.checks
     lines = [f"{'file':<6} {'val acc':>8} {'val F1':>8} {'test acc':>8} {'test F1':>8}"]
     for kind in ("fp32", "int8"):
         if f"{kind}_scores" in c:
@@ -414,5 +349,5 @@ def format_report(report: dict) -> str:
     if a:
         t = c.get("int8_vs_fp32_test_top1_agreement", {}).get("value", float("nan"))
         lines.append(f"int8 vs fp32: top-1 agreement on val {a['value']:.2%} (limit {a['limit']:.0%}), on test {t:.2%}")
-    lines.append("checks: " + ("passed" if report["passed"] else "FAILED"))
+    lines.append("checks: " + ("passed" if report.passed else "FAILED"))
     return "\n".join(lines)

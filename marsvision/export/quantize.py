@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..errors import UsageError
+
 
 def set_metadata(path: Path, meta: dict, precision: str) -> None:
     """Write marsvision's ``metadata_props`` into the ONNX file at ``path`` (in place)."""
@@ -79,7 +81,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_u8: np.ndarray, meta: d
         ("calibration", options["calib_method"], methods),
     ):
         if value not in valid:
-            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+            raise UsageError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
     prep = out_path.with_name(out_path.stem + ".prep.onnx")
     quant_pre_process(str(fp32_path), str(prep), skip_symbolic_shape=True)
     keep_float = resolve_nodes(prep, options["keep_float"])
@@ -129,7 +131,7 @@ def _resolve(nodes, names: list[str]) -> list[str]:
         elif name in known:
             out.append(name)
         else:
-            raise ValueError(
+            raise UsageError(
                 f"--keep-float: no node {name!r} in the graph "
                 "(use 'first:K', 'last:K', 'stem', 'classifier' or a node name)"
             )

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from ..errors import UsageError
 from ..inference.trust import Calibration, Novelty, Trust, softmax
 from ..metrics import expected_calibration_error
 from .fit import fit_head, fold_head
@@ -77,7 +78,7 @@ def fit_novelty(
     away = _kth_distance_away(novelty, sols, gap)
     away = away[np.isfinite(away)]
     if not len(away):
-        raise ValueError(f"no two fitted images are more than {gap} sols apart: novelty cannot be fitted")
+        raise UsageError(f"no two fitted images are more than {gap} sols apart: novelty cannot be fitted")
     novelty.threshold = float(np.quantile(away, 1 - rate))
     novelty.info = {"target_flag_rate": rate, "gap_sols": gap, "images": len(texture), "k": k, "dims": dims}
     return novelty
@@ -106,7 +107,7 @@ def held_out_predictions(
         novelty = fit_novelty(texture[fit], sols[fit])
         out.append((features[held] @ w.T + b, novelty(texture[held]), labels[held]))
     if not out:
-        raise ValueError(f"the fitted images span fewer than {window} sols: no window can be held out")
+        raise UsageError(f"the fitted images span fewer than {window} sols: no window can be held out")
     return tuple(np.concatenate(z) for z in zip(*out, strict=True))
 
 

@@ -1,7 +1,8 @@
 """Inference: model files → predictions. numpy, Pillow and ONNX Runtime; torch only for ``.pt`` files.
 
 ``classifier`` (the core: decode, batch, thread, results), ``onnx_runtime`` and ``torch_runtime``
-(the two kinds of model file), ``predict`` (``load_model``, writers).
+(the two kinds of model file), ``predict`` (``load_model``, ``PredictConfig``, the CSV and JSON
+writers), ``parquet`` (the Parquet row format; pyarrow only when used).
 """
 
 from .classifier import Classifier, Prediction

@@ -18,9 +18,24 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_save
+from ..errors import UsageError
 from ..preprocess import ImageError, ImageInput, load_image
 from .classifier import Classifier, Prediction
 from .trust import softmax
+
+
+@dataclass
+class ExplainConfig:
+    """Write, per image, a heatmap of where the evidence for its predicted class (and any --classes) lies."""
+
+    output: str = field(metadata={"help": "folder for <image>.<class>.png overlays and explanations.json"})
+    classes: str = field(
+        default="", metadata={"help": "comma-separated classes to explain too (default: only the predicted one)"}
+    )
+    model: str = field(default="", metadata={"help": "model file (default: the bundled int8 model)"})
+    top_k: int = field(default=3, metadata={"help": "most likely classes listed per image"})
+    size: int = field(default=384, metadata={"help": "longer side of the overlay images in pixels"})
+
 
 # A perceptually ordered dark-to-bright colour scale (the anchors of matplotlib's "inferno").
 _ANCHORS = np.array(
@@ -65,13 +80,13 @@ def explain(
     """Predict each image and make a heatmap for its predicted class and for each of ``classes``.
     Unreadable images come back with the prediction's ``error`` and no heatmap."""
     if clf.head is None:
-        raise ValueError(
+        raise UsageError(
             f"{clf.meta.get('arch')}: this model file exposes no feature maps; re-export it "
             "(`marsvision calibrate` converts an older ONNX file)"
         )
     unknown = [c for c in classes if c not in clf.class_names]
     if unknown:
-        raise ValueError(f"unknown class {unknown[0]!r}; the model's classes: {', '.join(clf.class_names)}")
+        raise UsageError(f"unknown class {unknown[0]!r}; the model's classes: {', '.join(clf.class_names)}")
     out = []
     for p in clf.predict_iter(sources, batch_size=batch_size, top_k=top_k, maps=True):
         e = Explanation(p)

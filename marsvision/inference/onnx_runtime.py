@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UsageError
 from ..model_file import ModelFileError, parse_metadata
 from ..preprocess import normalize
 from .classifier import Classifier, available_cpus
@@ -59,7 +60,7 @@ class OnnxClassifier(Classifier):
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ValueError(f"--device {device}: this onnxruntime has no CUDA provider; use --device cpu")
+                raise UsageError(f"--device {device}: this onnxruntime has no CUDA provider; use --device cpu")
             providers.insert(0, "CUDAExecutionProvider")
         # N threads: up to MAX_LANES batches in flight, the threads split among them. Independent
         # single-threaded runs beat one run on N threads when decoding shares the cores (no

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import IO
 
 import numpy as np
@@ -23,6 +24,67 @@ import numpy as np
 from ..atomic import atomic_write
 from ..model_file import EXPORT_COMMAND, ModelFileError, bundled_model_path, model_kind
 from .classifier import Classifier, Prediction, softmax
+
+
+@dataclass
+class PredictConfig:
+    """Classify image files and folders (recursively); one output row per input."""
+
+    model: str = field(
+        default="",
+        metadata={
+            "help": "model file: .onnx (fp32 or int8) or a torch .pt checkpoint (default: the bundled int8 model)"
+        },
+    )
+    output: str = field(
+        default="",
+        metadata={
+            "help": (
+                "write results to this .csv, .json or .parquet file (Parquet: with "
+                "sha256, top-k and features; needs pip install 'marsvision[parquet]') "
+                "(default: a table on a terminal, CSV when piped)"
+            )
+        },
+    )
+    top_k: int = field(default=1, metadata={"help": "also report the K most likely classes"})
+    min_confidence: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "leave the label empty (column 'withheld' says why) when the calibrated "
+                "confidence is below this or the image is flagged unknown (0: always "
+                "label)"
+            )
+        },
+    )
+    batch_size: int = field(
+        default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"}
+    )
+    threads: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"
+            )
+        },
+    )
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+    engine: str = field(
+        default="local",
+        metadata={
+            "help": (
+                "local: this process; ray: a Ray cluster, writes --output FILE.parquet, "
+                "resumable (needs pip install 'marsvision[ray]'; --threads and "
+                "--batch-size then apply per actor; docs/scaling.md)"
+            )
+        },
+    )
+    ray_address: str = field(
+        default="",
+        metadata={
+            "help": "Ray cluster for --engine ray, e.g. auto or ray://head:10001 (default: start a local Ray instance)"
+        },
+    )
 
 
 @contextlib.contextmanager
@@ -136,10 +198,10 @@ def write_predictions(
 
     Columns: path, label, confidence, unknown, novelty, with ``top_k`` > 1 top1_label,
     top1_confidence, …, with ``withheld`` the reason a label was withheld, then error. A ``.parquet``
-    path: the rows of ``marsvision.scale.parquet`` (with sha256, top-k, features; needs pyarrow).
+    path: the rows of ``inference.parquet`` (with sha256, top-k, features; needs pyarrow).
     """
     if isinstance(path, (str, os.PathLike)) and str(path).endswith(".parquet"):
-        from ..scale.parquet import write_parquet
+        from .parquet import write_parquet
 
         return write_parquet(results, path, top_k=top_k, withheld=withheld)
     rows = prediction_rows(results, top_k, withheld)

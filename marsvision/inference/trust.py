@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..model_file import ModelFileError
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """(N, C) logits → (N, C) class probabilities (max-subtracted, so large logits do not overflow)."""
@@ -36,7 +38,7 @@ def encode_array(a: np.ndarray, dtype: str = "float32") -> dict:
 def decode_array(d: dict) -> np.ndarray:
     """→ a float32 array."""
     if d.get("dtype") not in DTYPES:
-        raise ValueError(f"array dtype {d.get('dtype')!r} is not one of {', '.join(DTYPES)}")
+        raise ModelFileError(f"array dtype {d.get('dtype')!r} is not one of {', '.join(DTYPES)}")
     a = np.frombuffer(base64.b64decode(d["base64"]), dtype=DTYPES[d["dtype"]]).astype(np.float32)
     return a.reshape(d["shape"])
 
@@ -140,7 +142,7 @@ class Novelty:
     @classmethod
     def from_dict(cls, d: dict) -> Novelty:
         if d.get("method") != "knn-texture":
-            raise ValueError(f"unknown novelty method {d.get('method')!r}")
+            raise ModelFileError(f"unknown novelty method {d.get('method')!r}")
         return cls(
             float(d["threshold"]),
             decode_array(d["mean"]),
@@ -188,7 +190,7 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
         if d.get("method") != "novelty_temperature":
-            raise ValueError(f"unknown calibration method {d.get('method')!r}")
+            raise ModelFileError(f"unknown calibration method {d.get('method')!r}")
         return cls(float(d["log_t"]), float(d.get("slope", 0.0)), dict(d.get("info", {})))
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UsageError
+
 
 def pick_device(name: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available")
+        raise UsageError("--device cuda requested but no CUDA device is available")
     return torch.device(name)
 
 

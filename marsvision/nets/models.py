@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UsageError
+
 
 class SmallCNN(nn.Module):
     """A compact from-scratch baseline: strided stem, 4 double-conv stages with max-pooling,
@@ -162,7 +164,7 @@ def linear_head(model: nn.Module) -> nn.Linear:
 
 def _check(name: str) -> None:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+        raise UsageError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
 
 
 def model_defaults(name: str) -> dict:

@@ -1,13 +1,13 @@
 """Archive scale: classify and index millions of images with Ray, into Parquet and the archive database.
 
-- ``parquet``: the row schema (path, sha256, label, confidence, unknown, novelty, top-k, probabilities,
-  features, texture, error), crash-safe shards (temporary name, then rename) and the atomic assembly
-  of a final ``.parquet`` file; ``write_parquet`` is ``predict --output x.parquet`` for the local engine.
-- ``ray_engine``: ``predict --engine ray``, and the classification ``index --engine ray`` runs: list
-  files → read bytes (tasks) → decode + classify (``map_batches`` on an actor pool, the model loaded
-  once per actor) → shards. Exactly once and resumable.
-- ``ray_index``: ``index --engine ray``: hashing by Ray tasks, then the shards bulk-loaded through the
-  local indexer's ``write_batch``.
+- ``parquet``: crash-safe shards (temporary name, then rename) and the atomic assembly of a final
+  ``.parquet`` file, in the row format of ``marsvision.inference.parquet``.
+- ``ray_engine``: the classification both Ray commands run: list files → read bytes (tasks) → decode +
+  classify (``map_batches`` on an actor pool, the model loaded once per actor) → shards. Exactly once
+  and resumable.
+- ``ray_predict``: ``predict --engine ray``: shards, then the ``--output`` file assembled from them.
+- ``ray_index``: ``index --engine ray``: the archive's ``IndexJob`` classified into shards, then
+  bulk-loaded through ``IndexJob.write``.
 
 Needs the ``[ray]`` extra (``[parquet]`` for Parquet output alone). Nothing here imports Ray or pyarrow
 when the module is imported: ``import marsvision`` never does, and a missing extra is a one-line error.
@@ -15,7 +15,7 @@ when the module is imported: ``import marsvision`` never does, and a missing ext
 
 from __future__ import annotations
 
-import importlib
+from ..errors import UsageError, require
 
 ENGINES = ("local", "ray")
 ENGINE_HELP = "local: this process; ray: a Ray cluster (needs pip install 'marsvision[ray]'; see docs/scaling.md)"
@@ -24,21 +24,9 @@ RAY_ADDRESS_HELP = (
 )
 
 
-class NeedsExtraError(RuntimeError):
-    """A feature needs packages of an extra that is not installed; the message names the install command."""
-
-
-def require(module: str, feature: str, extra: str):
-    """Import ``module`` or raise ``NeedsExtraError`` naming ``pip install 'marsvision[extra]'``."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise NeedsExtraError(f"{feature} needs {e.name or module}: pip install 'marsvision[{extra}]'") from None
-
-
 def check_engine(engine: str) -> str:
     if engine not in ENGINES:
-        raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        raise UsageError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     return engine
 
 
@@ -48,7 +36,7 @@ def predict_engine(cfg) -> str:
     engine = check_engine(cfg.engine)
     if engine == "ray":
         if not cfg.output.endswith(".parquet"):
-            raise ValueError("--engine ray writes Parquet: give --output FILE.parquet")
+            raise UsageError("--engine ray writes Parquet: give --output FILE.parquet")
         require("ray.data", "--engine ray", "ray")
     if cfg.output.endswith(".parquet"):
         require("pyarrow.parquet", "Parquet output", "parquet")

@@ -5,8 +5,8 @@ becomes an error row with the local engine's message) → decode + classify (``m
 pool: each actor loads the model once, from bytes the driver ships, so nodes need no copy of the model
 file) → Arrow tables of ``parquet.schema`` rows, which the driver writes as crash-safe Parquet shards
 (``parquet.ShardWriter``). ``predict`` then assembles its ``--output FILE.parquet`` atomically;
-``index`` bulk-loads the shards into the database through the local indexer's ``write_batch``, so both
-engines write the same rows for the same images.
+``index`` (``ray_index.py``) bulk-loads the shards into the database through ``IndexJob.write``, so
+both engines write the same rows for the same images.
 
 Exactly once: a path enters the shards once (the writer drops repeats from a retried batch); a killed
 actor is restarted by Ray and its batch run again; paths still missing after a pass (a block dropped
@@ -26,16 +26,16 @@ import hashlib
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..inference.classifier import Prediction, expand_sources
+from ..errors import require
+from ..files import sha256_file
+from ..inference.classifier import Prediction
 from ..preprocess import ImageError, load_image
-from . import check_engine, require
 from . import parquet as pqt
 
 
@@ -86,17 +86,19 @@ def read_error(path: str, error: OSError) -> str:
 
 
 def read_files(batch):
-    """Read task: paths → (path, data, sha256, size_bytes, error) of each file."""
+    """Read task: paths → (path, data, sha256, size_bytes, error) of each file. A batch with a ``sha256``
+    column (``index``: the archive hashed every file already) keeps those hashes: each file is hashed once."""
     pa = pqt.pa()
     out: dict[str, list] = {"path": [], "data": [], "sha256": [], "size_bytes": [], "error": []}
-    for path in batch.column("path").to_pylist():
+    given = batch.column("sha256").to_pylist() if "sha256" in batch.column_names else None
+    for i, path in enumerate(batch.column("path").to_pylist()):
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             data, sha, size, error = b"", None, None, read_error(path, e)
         else:
-            sha, size = hashlib.sha256(data).hexdigest(), len(data)
+            sha, size = given[i] if given else hashlib.sha256(data).hexdigest(), len(data)
             error = "empty file" if not data else None  # what load_image says of an empty file
         for k, v in zip(out, (path, data, sha, size, error), strict=True):
             out[k].append(v)
@@ -107,30 +109,6 @@ def read_files(batch):
             "sha256": pa.array(out["sha256"], pa.string()),
             "size_bytes": pa.array(out["size_bytes"], pa.int64()),
             "error": pa.array(out["error"], pa.string()),
-        }
-    )
-
-
-def hash_files(batch):
-    """Hash task for ``index``: paths → (path, sha256, size_bytes, error) with the local indexer's
-    reasons (``e.strerror``) for files it cannot read."""
-    from ..archive.records import sha256_file
-
-    pa = pqt.pa()
-    rows = []
-    for path in batch.column("path").to_pylist():
-        try:
-            sha, size = sha256_file(path)
-            rows.append((path, sha, size, None))
-        except OSError as e:
-            rows.append((path, None, None, e.strerror or type(e).__name__))
-    cols = list(zip(*rows, strict=True)) if rows else [[], [], [], []]
-    return pa.table(
-        {
-            "path": pa.array(cols[0], pa.string()),
-            "sha256": pa.array(cols[1], pa.string()),
-            "size_bytes": pa.array(cols[2], pa.int64()),
-            "error": pa.array(cols[3], pa.string()),
         }
     )
 
@@ -232,12 +210,19 @@ def _data_context(tolerate_errors: bool):
         logger.setLevel(level)
 
 
-def _path_blocks(paths: list[str], rows: int):
+def _path_blocks(paths: list[str], rows: int, hashes: dict[str, tuple[str, int]] | None = None):
     """The input as Arrow blocks of at most ``rows`` paths (at least 8 blocks, so small inputs still
-    spread over the actors; at most ~10 000, however large the input)."""
+    spread over the actors; at most ~10 000, however large the input), with each path's known sha256
+    when ``hashes`` has them."""
     pa = pqt.pa()
     rows = max(1, min(rows, math.ceil(len(paths) / 8)), math.ceil(len(paths) / 10_000))
-    return [pa.table({"path": pa.array(paths[i : i + rows], pa.string())}) for i in range(0, len(paths), rows)]
+    blocks = []
+    for i in range(0, len(paths), rows):
+        cols = {"path": pa.array(paths[i : i + rows], pa.string())}
+        if hashes is not None:
+            cols["sha256"] = pa.array([hashes[p][0] for p in paths[i : i + rows]], pa.string())
+        blocks.append(pa.table(cols))
+    return blocks
 
 
 def cluster_cpus() -> float:
@@ -262,8 +247,10 @@ def classify_dataset(
     device: str = "cpu",
     batch_size: int | None = None,
     read_batch: int | None = None,
+    hashes: dict[str, tuple[str, int]] | None = None,
 ):
-    """The lazy Ray Dataset of rows for ``paths`` (read tasks → classifying actor pool)."""
+    """The lazy Ray Dataset of rows for ``paths`` (read tasks → classifying actor pool); ``hashes``:
+    path → (sha256, size) already known, so the read tasks do not hash again."""
     import ray
     import ray.data
 
@@ -279,7 +266,7 @@ def classify_dataset(
         "device": device,
     }
     read_batch = read_batch or opts.read_batch
-    ds = ray.data.from_arrow(_path_blocks(paths, read_batch))
+    ds = ray.data.from_arrow(_path_blocks(paths, read_batch, hashes))
     ds = ds.map_batches(read_files, batch_size=read_batch, batch_format="pyarrow", num_cpus=opts.read_cpus)
     return ds.map_batches(
         ClassifyActor,
@@ -301,8 +288,10 @@ def classify_to_shards(
     min_confidence: float = 0.0,
     device: str = "cpu",
     progress: bool = False,
+    hashes: dict[str, tuple[str, int]] | None = None,
 ) -> None:
-    """Classify every path not yet in ``writer`` into its shards: exactly one row per path.
+    """Classify every path not yet in ``writer`` into its shards: exactly one row per path (``hashes``:
+    see ``classify_dataset``).
 
     Up to ``opts.passes`` passes over the paths still missing (the last with one image per batch, so a
     file that kills its worker takes only itself down); what is missing after them becomes an error row.
@@ -334,6 +323,7 @@ def classify_to_shards(
                     device,
                     batch_size=1 if last else None,
                     read_batch=1 if last else None,
+                    hashes=hashes,
                 )
                 try:
                     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
@@ -378,75 +368,4 @@ def classify_to_shards(
 
 
 def settings_for(model_path: str | os.PathLike, top_k: int, min_confidence: float = 0.0) -> dict:
-    from ..archive.records import sha256_file
-
     return {"model_sha256": sha256_file(model_path)[0], "top_k": top_k, "min_confidence": min_confidence}
-
-
-# --------------------------------------------------------------------------------------------- predict
-
-
-@dataclass
-class PredictReport:
-    files: int = 0
-    classified: int = 0  # by this run
-    skipped: int = 0  # already in the output or its shards
-    rows: int = 0  # in the output file
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def run_predict(paths: list[str], cfg, opts: RayOptions | None = None, progress: bool | None = None) -> PredictReport:
-    """`marsvision predict --engine ray --output FILE.parquet`: every input exactly once in FILE.
-
-    Shards go to FILE.parts/ as they are made; a rerun after a kill skips what FILE or its shards hold,
-    then FILE is assembled (atomically) from the old FILE plus the shards. Rows of files that were in an
-    earlier run's FILE stay. Paths given twice are classified once."""
-    from ..model_file import bundled_model_path
-
-    check_engine(cfg.engine)
-    opts = opts or RayOptions()
-    if cfg.threads:
-        opts.actor_threads = cfg.threads
-    if cfg.batch_size:
-        opts.batch_size = cfg.batch_size
-    progress = sys.stderr.isatty() if progress is None else progress
-    t0 = time.perf_counter()
-    output = Path(cfg.output)
-    parts = Path(f"{output}.parts")
-    model_path = Path(cfg.model) if cfg.model else bundled_model_path()
-    if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: model file not found")
-    settings = settings_for(model_path, cfg.top_k, cfg.min_confidence)
-    files = list(dict.fromkeys(str(s) for s in expand_sources(paths)))
-    done: set[str] = set()
-    for existing in ([output] if output.is_file() else []) + pqt.shards(parts):
-        pqt.check_settings(existing, settings)
-        done.update(pqt.read_paths(existing))
-    report = PredictReport(files=len(files), skipped=sum(f in done for f in files))
-    writer = pqt.ShardWriter(parts, settings, done=done, rows_per_shard=opts.shard_rows)
-    if len(done) < len(files) or any(f not in done for f in files):
-        with ray_session(cfg.ray_address):
-            classify_to_shards(
-                files, model_path, settings, writer, opts, cfg.top_k, cfg.min_confidence, cfg.device, progress
-            )
-    report.classified = writer.written_rows
-    report.failed = writer.errors
-    report.rows = pqt.assemble(output, parts, settings)
-    report.seconds = time.perf_counter() - t0
-    return report
-
-
-def cmd_predict(paths: list[str], cfg) -> int:
-    """The CLI's `predict --engine ray`: errors of this run's images on stderr, a summary line."""
-    report = run_predict(paths, cfg)
-    for path, why in report.failed:
-        print(f"marsvision: {path}: {why}", file=sys.stderr)
-    rate = report.classified / max(report.seconds, 1e-9)
-    print(
-        f"marsvision: {report.files} files: {report.classified - len(report.failed)} classified, "
-        f"{len(report.failed)} failed, {report.skipped} already in {cfg.output} ({rate:.0f} img/s); "
-        f"{report.rows} rows in {cfg.output}",
-        file=sys.stderr,
-    )
-    return 1 if report.failed else 0

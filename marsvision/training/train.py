@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_save, atomic_write
 from ..data.msl import DATA_HELP, MSLDataset, Split, decode_many
+from ..errors import UsageError
 from ..model_file import model_meta
 from ..nets.checkpoint import build_model, read_model_file, save_model
 from ..nets.device import autocast, pick_device
@@ -137,6 +138,19 @@ def _load_split(ds: MSLDataset, names: str, cfg: TrainConfig) -> Split:
     return split.subset(cfg.limit or None, cfg.seed) if cfg.limit else split
 
 
+@dataclass
+class ResumeOption:
+    """`marsvision train`'s option outside the run's config (a run's config.json never holds it)."""
+
+    resume: str = field(
+        default="",
+        metadata={
+            "help": "continue the run in RUN_DIR exactly where it stopped (default: a new run)",
+            "metavar": "RUN_DIR",
+        },
+    )
+
+
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = None) -> Path:
     """Train per ``cfg`` (or continue the run in folder ``resume``); returns the run folder.
 
@@ -179,7 +193,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     if cfg.init and state is None:
         ckpt = read_model_file(cfg.init)
         if ckpt["arch"] != cfg.model or ckpt["class_names"] != class_names:
-            raise ValueError(
+            raise UsageError(
                 f"--init {cfg.init}: {ckpt['arch']} with {len(ckpt['class_names'])} classes does not "
                 f"match {cfg.model} with {len(class_names)} classes"
             )
@@ -199,7 +213,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool | None = N
     sample_w = weights if cfg.balance == "sampler" else None
     loss_w = weights.to(device) if cfg.balance == "loss" else None
     if cfg.balance not in ("sampler", "loss", "none"):
-        raise ValueError(f"balance must be sampler, loss or none, got {cfg.balance!r}")
+        raise UsageError(f"balance must be sampler, loss or none, got {cfg.balance!r}")
 
     history, start_epoch, best = [], 0, -1.0
     if state is not None:

@@ -40,21 +40,21 @@ def test_correction_survives_refit_activate_and_rollback(archive, mini_data):
         == 200
     )
     result = run_refit(RefitConfig(db=db, data=str(mini_data), out=str(tmp / "runs")))
-    assert result["inputs"]["corrections"] == 1 and result["activation"]["rescored"] == 12
-    assert Path(result["files"]["onnx"]).is_file() and Path(result["files"]["torch"]).is_file()
+    assert result.inputs["corrections"] == 1 and result.activation.rescored == 12
+    assert Path(result.files["onnx"]).is_file() and Path(result.files["torch"]).is_file()
     after = labels(client)  # the same app, no restart: the page shows the new labels
-    assert after[wheel] == "ground" and client.get("/readyz").json()["model"] == result["version"]
-    new = load_model(result["files"]["onnx"])
+    assert after[wheel] == "ground" and client.get("/readyz").json()["model"] == result.version
+    new = load_model(result.files["onnx"])
     assert new.meta["config"]["refit"]["corrections"] == 1 and new.trust.novelty.info["corrections_added"] == 1
     assert main(["models", "rollback", "--db", db]) == 0
     assert labels(client) == before
-    assert main(["models", "activate", result["version"], "--db", db]) == 0
+    assert main(["models", "activate", result.version, "--db", db]) == 0
     assert labels(client)[wheel] == "ground"
     engine = open_engine(db)
     with sessions(engine)() as s:
         assert s.scalar(select(func.count(Correction.id))) == 1  # never lost
         img = s.get(Image, wheel)
-        assert img.reviewed_label == "ground" and s.get(ModelVersion, img.model_id).version == result["version"]
+        assert img.reviewed_label == "ground" and s.get(ModelVersion, img.model_id).version == result.version
     engine.dispose()
 
 
@@ -63,11 +63,11 @@ def test_activate_endpoint_rescores_and_needs_the_token(archive, mini_data):
     some = next(iter(labels(client)))
     client.put(f"/api/images/{some}/label", json={"label": "scoop"}, headers=TOKEN)
     result = run_refit(RefitConfig(db=db, data=str(mini_data), out=str(tmp / "runs"), activate=False))
-    assert client.get("/readyz").json()["model"] != result["version"]
-    assert client.post(f"/api/models/{result['version']}/activate").status_code == 401
-    r = client.post(f"/api/models/{result['version']}/activate", headers=TOKEN)
+    assert client.get("/readyz").json()["model"] != result.version
+    assert client.post(f"/api/models/{result.version}/activate").status_code == 401
+    r = client.post(f"/api/models/{result.version}/activate", headers=TOKEN)
     assert r.status_code == 200 and r.json()["rescored"] == 12
-    assert labels(client)[some] == "scoop" and client.get("/readyz").json()["model"] == result["version"]
+    assert labels(client)[some] == "scoop" and client.get("/readyz").json()["model"] == result.version
     models = client.get("/api/models").json()["models"]
     assert [m["active"] for m in models] == [False, True] and models[1]["corrections"] == 1
 
@@ -83,7 +83,7 @@ def test_labels_csv_with_a_new_class(archive, mini_data, example_images):
     with pytest.raises(LabelsError, match=r"l.csv: line 2: unknown class 'sun'"):
         run_refit(RefitConfig(db=db, labels=csv, data=str(mini_data), out=str(tmp / "runs")))
     result = run_refit(RefitConfig(db=db, labels=csv, new_classes="sun", data=str(mini_data), out=str(tmp / "runs")))
-    clf = load_model(result["files"]["onnx"])
+    clf = load_model(result.files["onnx"])
     assert clf.class_names[-1] == "sun" and len(clf.class_names) == 25
     assert [p.label for p in clf.predict(example_images[:2])] == ["sun", "sun"]
 

@@ -20,9 +20,9 @@ def test_export_writes_self_describing_checked_files(tiny_onnx, tiny_model):
     fp32, int8, report = tiny_onnx["fp32"], tiny_onnx["int8"], tiny_onnx["report"]
     assert fp32.is_file() and int8.is_file()
     assert int8.stat().st_size < 0.4 * fp32.stat().st_size  # int8 weights
-    assert report["passed"] and report["checks"]["fp32_vs_torch_max_abs_logit_diff"]["value"] <= 1e-3
+    assert report.passed and report.checks["fp32_vs_torch_max_abs_logit_diff"]["value"] <= 1e-3
     assert {"fp32_scores", "int8_scores", "int8_vs_fp32_val_top1_agreement", "int8_vs_fp32_test_top1_agreement"} <= set(
-        report["checks"]
+        report.checks
     )
     written = json.loads((fp32.parent / "export.json").read_text())
     assert written["files"]["int8"]["bytes"] == int8.stat().st_size
@@ -37,12 +37,12 @@ def test_export_writes_self_describing_checked_files(tiny_onnx, tiny_model):
     assert [n.rsplit("/", 1)[-1] for n in quant["float_nodes"]] == ["Conv", "Conv", "Conv", "Gemm"]
     # weight tuning ran before quantising (1 step over the 11 train images) and is recorded in the file
     assert quant["weight_tuning"] == {"epochs": 1, "lr": 2e-5, "images": "all train"}
-    assert report["int8_tuning"]["steps"] == 1 and report["int8_tuning"]["tuned_convs"] == 9 - 3
+    assert report.int8_tuning["steps"] == 1 and report.int8_tuning["tuned_convs"] == 9 - 3
     clf = load_model(int8)
     assert clf.runtime == "onnxruntime" and clf.meta["source"]["file"] == tiny_model.name
     # A features graph: the classifier is metadata, and the logits through it are the logits graph's.
     assert clf.meta["format"] == "marsvision-onnx/2" and clf.head.weight.shape == (5, 256)
-    assert report["checks"]["int8_features_graph_max_abs_logit_diff"]["value"] <= 1e-4
+    assert report.checks["int8_features_graph_max_abs_logit_diff"]["value"] <= 1e-4
     assert not any(name.endswith(".tmp") or name.startswith(".export-") for name in os.listdir(int8.parent))
 
 

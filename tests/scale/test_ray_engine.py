@@ -5,6 +5,7 @@ Inputs: the 12 example images, the 23 images of the mini data set and broken fil
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -13,11 +14,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from marsvision.cli import main
+from marsvision.inference.predict import PredictConfig
 from marsvision.model_file import bundled_model_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,9 @@ pytest.importorskip("ray.data", reason="ray[data] is not installed (pip install 
 pq = pytest.importorskip("pyarrow.parquet")
 
 from marsvision.scale import parquet as pqt  # noqa: E402
-from marsvision.scale.ray_engine import RayOptions, classify_to_shards, run_predict, settings_for  # noqa: E402
+from marsvision.scale.ray_engine import RayOptions, classify_to_shards, settings_for  # noqa: E402
+from marsvision.scale.ray_index import RAY  # noqa: E402
+from marsvision.scale.ray_predict import run_predict  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")]
 IMAGES = sorted(EXAMPLES.glob("*.JPG")) + sorted((MINI_DATA / "images").glob("*.JPG"))
@@ -56,21 +59,8 @@ def broken(tmp_path) -> Path:
     return folder
 
 
-def predict_cfg(output: Path, **kw) -> SimpleNamespace:
-    return SimpleNamespace(
-        **{
-            "engine": "ray",
-            "output": str(output),
-            "model": "",
-            "top_k": 3,
-            "min_confidence": 0.0,
-            "batch_size": 0,
-            "threads": 0,
-            "device": "cpu",
-            "ray_address": "",
-            **kw,
-        }
-    )
+def predict_cfg(output: Path, **kw) -> PredictConfig:
+    return PredictConfig(**{"engine": "ray", "output": str(output), "top_k": 3, **kw})
 
 
 def rows_by_path(path: Path) -> dict[str, dict]:
@@ -232,13 +222,13 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
         [str(p.resolve()) for p in IMAGES[:10]], bundled_model_path(), settings, writer, RayOptions(), top_k=5
     )
     engine.dispose()
-    remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False)
+    remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False, runner=RAY)
     assert (remote.indexed, remote.skipped) == (local.indexed, local.skipped) == (len(IMAGES) + 3, 1)
     assert sorted(remote.failed) == sorted(local.failed)
     a, b = index_rows(local_url), index_rows(ray_url)
     assert len(a) == len(IMAGES) + 3 and a == b  # every column but id and indexed_at
     assert not pqt.shards(writer.folder)
-    again = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False)
+    again = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False, runner=RAY)
     assert (again.indexed, again.skipped) == (0, len(IMAGES) + 4)
     # --reclassify: every image labelled again in place (here over labels spoiled on purpose), as locally
     from sqlalchemy import text
@@ -250,7 +240,7 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
         conn.execute(text("UPDATE images SET label = 'spoiled', confidence = 0 WHERE error IS NULL"))
         conn.execute(text("DELETE FROM image_vectors"))
     engine.dispose()
-    remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray", reclassify=True), progress=False)
+    remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray", reclassify=True), progress=False, runner=RAY)
     local = run_index(inputs, IndexConfig(db=local_url, reclassify=True), progress=False)
     assert (
         (remote.indexed, remote.reclassified, remote.skipped)
@@ -258,3 +248,16 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
         == (0, len(IMAGES) + 3, 1)
     )
     assert index_rows(ray_url) == index_rows(local_url) == a
+
+
+def test_read_tasks_reuse_the_hashes_of_an_index_job(tmp_path):
+    # index --engine ray: the archive hashed every file once; the read task keeps that hash.
+    from marsvision.scale.ray_engine import _path_blocks, read_files
+
+    paths = [str(IMAGES[0]), str(tmp_path / "gone.jpg")]
+    given = {paths[0]: ("a" * 64, 1), paths[1]: ("b" * 64, 1)}
+    out = [row for block in _path_blocks(paths, 8, given) for row in read_files(block).to_pylist()]
+    assert out[0]["sha256"] == "a" * 64 and out[0]["size_bytes"] == IMAGES[0].stat().st_size
+    assert out[1]["sha256"] is None and out[1]["error"]  # unreadable now: no hash, the local engine's reason
+    (plain,) = _path_blocks(paths[:1], 8)  # predict: no hashes given, the read task hashes
+    assert read_files(plain).to_pylist()[0]["sha256"] == hashlib.sha256(IMAGES[0].read_bytes()).hexdigest()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from marsvision.curate.review import DEFAULT_STRATEGY, STRATEGIES, choose, margins, sample_weights
+from marsvision.curate.strategies import DEFAULT_STRATEGY, STRATEGIES, choose, margins, sample_weights
 
 
 def toy(n: int = 300, k: int = 5, f: int = 16, seed: int = 0):
