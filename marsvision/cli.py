@@ -297,8 +297,18 @@ def cmd_refit(cfg) -> int:
 
 
 def cmd_serve(cfg) -> int:
-    _archive_module("server").run_serve(cfg)
+    _web_module("server").run_serve(cfg)
     return EXIT_OK
+
+
+def _web_module(name: str):
+    """A web module; a missing ``[archive]`` extra (FastAPI, uvicorn) is a one-line error with the install command."""
+    try:
+        return importlib.import_module(f"marsvision.web.{name}")
+    except ImportError as e:
+        if (e.name or "").startswith("marsvision"):
+            raise
+        raise MissingExtraError(f"the web service needs {e.name}: pip install 'marsvision[archive]'") from None
 
 
 def _download_module():
@@ -408,7 +418,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         if name != wanted:
             sub.add_parser(name, help=SHORT_HELP[name], description=SHORT_HELP[name])
             continue
-        cls = getattr(_archive_module(module), config)
+        cls = getattr(_web_module(module) if name == "serve" else _archive_module(module), config)
         p = sub.add_parser(name, help=cls.__doc__, description=cls.__doc__)
         if name == "index":
             p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
