@@ -98,3 +98,13 @@ def image_or_404(session: Session, image_id: int) -> Image:
     if img is None:
         raise HTTPException(404, f"no image {image_id}")
     return img
+
+
+def get_image_row(image_id: int, state: StateDep) -> Image:
+    """The image's row, read in a session of its own that is closed before the route decodes the file:
+    a decode must not hold one of the pool's connections."""
+    with state.sessions() as s:
+        return image_or_404(s, image_id)
+
+
+ImageRowDep = Annotated[Image, Depends(get_image_row)]

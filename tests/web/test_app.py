@@ -78,17 +78,24 @@ def test_detail_thumbnail_heatmap_similar_classes(archive):
 
 
 def test_heatmap_decodes_its_image_once_and_is_served_from_the_cache_after(archive, monkeypatch):
-    import PIL.Image
+    """The page's size (512) over an example image (256 px): one decode, for the model and the overlay."""
+    from PIL import ImageFile
 
-    opened = []
-    real_open = PIL.Image.open
-    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(im):
+        if im.tile:  # pixels still to decode (a loaded image's load() does nothing)
+            decoded.append(im.filename)
+        return real_load(im)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     first = archive.get("/api/images", params={"error": False}).json()["items"][0]["id"]
-    heat = archive.get(f"/api/images/{first}/heatmap", params={"size": 256})
-    assert heat.status_code == 200 and heat.content[:4] == b"\x89PNG" and len(opened) == 1
-    again = archive.get(f"/api/images/{first}/heatmap", params={"size": 256})
-    assert again.content == heat.content and len(opened) == 1  # the cache: nothing decoded
-    assert archive.app.state.archive.heatmaps.get((first, None, 256, 1)) == heat.content
+    heat = archive.get(f"/api/images/{first}/heatmap", params={"size": 512})
+    assert heat.status_code == 200 and heat.content[:4] == b"\x89PNG" and len(decoded) == 1
+    again = archive.get(f"/api/images/{first}/heatmap", params={"size": 512})
+    assert again.content == heat.content and len(decoded) == 1  # the cache: nothing decoded
+    assert archive.app.state.archive.heatmaps.get((first, None, 512, 1)) == heat.content
 
 
 def test_similar_keeps_its_float32_matrix_until_the_rows_change(archive, example_images):

@@ -16,7 +16,7 @@ from ...archive.db import Correction, Image
 from ...archive.queries import get_image, get_images, isoformat, search
 from ...errors import ImageError
 from ...preprocess import load_image
-from ..deps import FiltersDep, ModelDep, SessionDep, StateDep, image_or_404
+from ..deps import FiltersDep, ImageRowDep, ModelDep, SessionDep, StateDep, image_or_404
 from ..errors import image_http_error
 from ..schemas import ImageDetail, ImagePage, Similar
 
@@ -78,6 +78,15 @@ def _picture(img: Image, size: int) -> PILImage.Image:
         raise image_http_error(e, f"image {img.id} ({img.path})") from None
 
 
+def _full_size(path: str) -> tuple[int, int] | None:
+    """The file's width and height from its header (no decode); None when it cannot be read now."""
+    try:
+        with PILImage.open(path) as f:
+            return f.size
+    except (OSError, ValueError):
+        return None
+
+
 def _encoded(picture: PILImage.Image, fmt: str, **options) -> bytes:
     buf = io.BytesIO()
     picture.save(buf, format=fmt, **options)
@@ -85,8 +94,8 @@ def _encoded(picture: PILImage.Image, fmt: str, **options) -> bytes:
 
 
 @router.get("/{image_id}/thumbnail", response_class=Response)
-def thumbnail(image_id: int, session: SessionDep, size: Annotated[int, Query(ge=32, le=1024)] = 192):
-    picture = _picture(image_or_404(session, image_id), size)
+def thumbnail(img: ImageRowDep, size: Annotated[int, Query(ge=32, le=1024)] = 192):
+    picture = _picture(img, size)
     picture.thumbnail((size, size))
     return Response(
         _encoded(picture, "JPEG", quality=85), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
@@ -94,19 +103,17 @@ def thumbnail(image_id: int, session: SessionDep, size: Annotated[int, Query(ge=
 
 
 @router.get("/{image_id}/file", response_class=FileResponse)
-def image_file(image_id: int, session: SessionDep):
+def image_file(img: ImageRowDep):
     """The image as it was indexed (its file, by id)."""
-    img = image_or_404(session, image_id)
     if not Path(img.path).is_file():
-        raise HTTPException(404, f"image {image_id}: {img.path} is no longer there")
+        raise HTTPException(404, f"image {img.id}: {img.path} is no longer there")
     return FileResponse(img.path)
 
 
 @router.get("/{image_id}/heatmap", response_class=Response)
 def heatmap(
-    image_id: int,
+    img: ImageRowDep,
     state: StateDep,
-    session: SessionDep,
     active: ModelDep,
     label: str | None = None,
     size: Annotated[int, Query(ge=64, le=768)] = 384,
@@ -114,8 +121,7 @@ def heatmap(
     """Where the evidence for ``label`` (default: the predicted class) lies, over the image (PNG)."""
     from ...inference.explain import explain, overlay
 
-    img = image_or_404(session, image_id)
-    clf = active.classifier
+    image_id, clf = img.id, active.classifier
     if label is not None and label not in clf.class_names:
         raise HTTPException(422, f"unknown class {label!r}")
     key = (image_id, label, size, active.version.id)
@@ -125,9 +131,10 @@ def heatmap(
     if not state.heatmap_slots.acquire(blocking=False):
         raise HTTPException(503, "busy making heatmaps; retry shortly", headers={"Retry-After": "1"})
     try:
-        # Decoded once, for the larger of the two needs: the model's input and the overlay (both take the
-        # decoded picture; before, each decoded the file itself).
-        picture = _picture(img, max(size, clf.input_size))
+        # Decoded once, as the model decodes it (JPEG draft for its input size: the same pixels, so the same
+        # prediction, as when the image was indexed); that picture serves the overlay too when it is at
+        # least ``size`` on its longer side or is the file's full resolution (MSL images, ~256 px, are).
+        picture = _picture(img, clf.input_size)
         e = explain(clf, [picture], [label] if label else [])[0]
     except ValueError as err:  # a model without feature maps
         raise HTTPException(422, str(err)) from None
@@ -135,6 +142,8 @@ def heatmap(
         state.heatmap_slots.release()
     if not e.prediction.ok:  # not expected: the picture is decoded already
         raise HTTPException(422, f"image {image_id}: {e.prediction.error}")
+    if max(picture.size) < size and picture.size != _full_size(img.path):  # reduced by the draft: again, larger
+        picture = _picture(img, size)
     png = _encoded(overlay(picture, e.heatmaps[label or e.prediction.label], size), "PNG")
     state.heatmaps.put(key, png)
     return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=600"})
