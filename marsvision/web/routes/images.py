@@ -39,9 +39,10 @@ async def list_images(
             return search(s, f, sort, descending, page, page_size, state.counts)
 
     try:
-        # Raw JSON, not a response model (ImagePage only documents it): validating and encoding 50 items
-        # through pydantic and FastAPI's encoder took longer than the query itself (2.5 ms a page,
-        # benchmarks/serve.py), and this is the page's busiest request.
+        # Raw JSON, not a response model (ImagePage only documents it): this is the page's busiest request
+        # and ``search`` returns JSON-ready values. FastAPI's encoder for a returned dict took longer than
+        # the query itself (2.5 ms a page, benchmarks/serve.py), and a response model still adds a
+        # validation pass to the encoding (measured on a 12-item page: 42 µs, against 75 µs for json.dumps).
         return JSONResponse(await anyio.to_thread.run_sync(run, limiter=state.searches))
     except ValueError as e:
         raise HTTPException(422, str(e)) from None
