@@ -268,7 +268,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "serve": Command(
         "Serve the archive: a web page at / and a REST API at /api (OpenAPI page at /docs).",
-        "marsvision.archive.server:ServeConfig",
+        "marsvision.web.server:ServeConfig",
         "run_serve",
         extra="archive",
     ),

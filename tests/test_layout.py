@@ -66,14 +66,6 @@ LAYERS = [
 ]
 # The package's own __init__ is its public face: it re-exports the inference API (load_model, …).
 FACADE = "marsvision"
-# Until the web package lands (issue 21), the service and server live in the archive and import the
-# curation layer above it; the two shims keep their old imports working. Delete these entries (and the
-# modules) when marsvision/web/ holds the service: the test below fails while one of them is left.
-PENDING_WEB_MOVE = {
-    "marsvision.archive.service",
-    "marsvision.archive.server",
-    "marsvision.archive.review",
-}
 
 
 def layer_of(module: str) -> int:
@@ -89,7 +81,7 @@ def upward_imports(modules: dict[str, Path], root: Path = REPO) -> list[str]:
     """Every import of a higher layer, as "module -> target"."""
     found = []
     for module, path in modules.items():
-        if module == FACADE or module in PENDING_WEB_MOVE:
+        if module == FACADE:
             continue
         for target, _ in imports(path, root):
             if target.split(".")[0] == "marsvision" and layer_of(target) < layer_of(module):
@@ -104,12 +96,6 @@ def test_layers_only_import_downwards():
 def test_every_package_has_a_layer():
     for module in MODULES:
         layer_of(module)  # asserts for a package that is not in LAYERS
-
-
-def test_pending_web_move_is_still_pending():
-    web = "marsvision.web.service" in MODULES
-    left = sorted(m for m in PENDING_WEB_MOVE if m in MODULES)
-    assert not web or not left, f"the web package has landed: delete {left} and PENDING_WEB_MOVE"
 
 
 def test_an_upward_import_fails_the_layer_check(tmp_path):

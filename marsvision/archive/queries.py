@@ -240,14 +240,19 @@ def export_rows(session: Session, filters: Filters, chunk: int = 2000) -> Iterat
 
 
 class SketchIndex:
-    """The similarity sketches of every image, in memory (64 float16 numbers a row: 13 MB for 100 000
-    images), reloaded when the archive has grown or changed. Nearest = largest dot product."""
+    """The similarity sketches of every image, in memory, reloaded when the archive has grown or changed
+    (rows added, re-indexed; activating a version re-scores rows but keeps their features, so their
+    sketches stay). Nearest = largest dot product.
+
+    Stored as float16 (64 numbers a row) and held here as float32 (26 MB for 100 000 images): converting
+    on every request cost more than the product itself (measured at 100 000 rows on the 2-core dev
+    machine, best of 15: 49.6 ms converted per request, 2.8 ms from the float32 copy)."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._key = None
         self.ids = np.zeros(0, np.int64)
-        self.matrix = np.zeros((0, SKETCH_DIMS), np.float16)
+        self.matrix = np.zeros((0, SKETCH_DIMS), np.float32)
 
     def _refresh(self, session: Session) -> None:
         key = session.execute(
@@ -260,9 +265,9 @@ class SketchIndex:
         rows = session.execute(select(ImageVectors.image_id, ImageVectors.sketch)).all()
         self.ids = np.array([r[0] for r in rows], np.int64)
         self.matrix = (
-            np.frombuffer(b"".join(r[1] for r in rows), "<f2").reshape(len(rows), SKETCH_DIMS)
+            np.frombuffer(b"".join(r[1] for r in rows), "<f2").reshape(len(rows), SKETCH_DIMS).astype(np.float32)
             if rows
-            else np.zeros((0, SKETCH_DIMS), np.float16)
+            else np.zeros((0, SKETCH_DIMS), np.float32)
         )
         self._key = key
 
@@ -274,7 +279,7 @@ class SketchIndex:
         with self._lock:
             self._refresh(session)
             ids, matrix = self.ids, self.matrix
-        scores = matrix.astype(np.float32) @ from_blob(own, "f2")
+        scores = matrix @ from_blob(own, "f2").astype(np.float32)
         scores[ids == image_id] = -np.inf
         k = min(k, len(ids) - 1)
         if k <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,11 @@ def find(session: Session, version: str) -> ModelVersion:
     return mv
 
 
+def utc_isoformat(t: dt.datetime) -> str:
+    """ISO 8601 with the UTC offset: the times are stored in UTC, and SQLite hands them back without it."""
+    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).isoformat(timespec="seconds")
+
+
 def version_rows(session: Session) -> list[dict]:
     """Every version, oldest first, with how many images it labels now."""
     from sqlalchemy import func
@@ -107,7 +113,7 @@ def version_rows(session: Session) -> list[dict]:
         {
             "version": m.version,
             "active": m.active,
-            "created_at": m.created_at.isoformat(timespec="seconds"),
+            "created_at": utc_isoformat(m.created_at),
             "parent": names.get(m.parent_id),
             "corrections": m.corrections,
             "images": counts.get(m.id, 0),

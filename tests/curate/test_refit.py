@@ -8,10 +8,11 @@ from sqlalchemy import func, select
 
 from marsvision.archive.db import Correction, Image, ModelVersion, open_engine, sessions
 from marsvision.archive.index import IndexConfig, run_index
-from marsvision.archive.service import create_app
 from marsvision.cli import main
 from marsvision.curate.refit import LabelsError, RefitConfig, run_refit
 from marsvision.inference.predict import load_model
+from marsvision.web.app import create_app
+from marsvision.web.settings import Settings
 
 pytestmark = pytest.mark.slow  # each refit fits a logistic regression and writes a model file
 TOKEN = {"Authorization": "Bearer t"}
@@ -22,7 +23,7 @@ def archive(tmp_path, example_images):
     db = f"sqlite:///{tmp_path / 'a.db'}"
     run_index([str(example_images[0].parent)], IndexConfig(db=db), progress=False)
     engine = open_engine(db)
-    client = TestClient(create_app(engine, token="t"))
+    client = TestClient(create_app(Settings(token="t"), engine))
     yield db, client, tmp_path
     engine.dispose()
 

@@ -38,7 +38,8 @@ def archive_server(tmp_path, example_images):
 
     from marsvision.archive.db import open_engine
     from marsvision.archive.index import IndexConfig, run_index
-    from marsvision.archive.service import create_app
+    from marsvision.web.app import create_app
+    from marsvision.web.settings import Settings
 
     db = tmp_path / "archive.db"
     report = run_index([str(p) for p in example_images], IndexConfig(db=str(db)), progress=False)
@@ -49,7 +50,7 @@ def archive_server(tmp_path, example_images):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(engine, token=TOKEN), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(create_app(Settings(token=TOKEN), engine), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -1,4 +1,4 @@
-"""The archive's REST API, in-process (TestClient), on SQLite and PostgreSQL; one real-server test."""
+"""The archive's REST API (marsvision.web), in-process (TestClient), on SQLite and PostgreSQL; real-server tests."""
 
 import csv
 import io
@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 
 from marsvision.archive.db import open_engine
 from marsvision.archive.index import IndexConfig, run_index
-from marsvision.archive.service import create_app
+from marsvision.web.app import create_app
+from marsvision.web.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token"
@@ -24,13 +25,12 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def archive(db_url, example_images, broken_images):
+def archive(db_url, example_images, broken_images, tmp_path):
     run_index([str(example_images[0].parent), str(broken_images)], IndexConfig(db=db_url), progress=False)
     engine = open_engine(db_url)
-    app = create_app(engine, token=TOKEN, max_upload_bytes=64 * 1024)
-    with TestClient(app) as client:
+    app = create_app(Settings(token=TOKEN, max_upload_bytes=64 * 1024, uploads=tmp_path / "uploads"), engine)
+    with TestClient(app) as client:  # its lifespan closes the model at the end
         yield client
-    app.state.archive.model()[1].close()
     engine.dispose()
 
 
@@ -77,6 +77,60 @@ def test_detail_thumbnail_heatmap_similar_classes(archive):
     assert archive.get("/api/images/..%2F..%2Fetc%2Fpasswd/thumbnail").status_code in (404, 422)  # ids only
 
 
+def test_heatmap_decodes_its_image_once_and_is_served_from_the_cache_after(archive, monkeypatch):
+    """The page's size (512) over an example image (256 px): one decode, for the model and the overlay."""
+    from PIL import ImageFile
+
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(im):
+        if im.tile:  # pixels still to decode (a loaded image's load() does nothing)
+            decoded.append(im.filename)
+        return real_load(im)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    first = archive.get("/api/images", params={"error": False}).json()["items"][0]["id"]
+    heat = archive.get(f"/api/images/{first}/heatmap", params={"size": 512})
+    assert heat.status_code == 200 and heat.content[:4] == b"\x89PNG" and len(decoded) == 1
+    again = archive.get(f"/api/images/{first}/heatmap", params={"size": 512})
+    assert again.content == heat.content and len(decoded) == 1  # the cache: nothing decoded
+    assert archive.app.state.archive.heatmaps.get((first, None, 512, 1)) == heat.content
+
+
+def test_similar_keeps_its_float32_matrix_until_the_rows_change(archive, example_images):
+    import numpy as np
+    from PIL import Image
+
+    first = archive.get("/api/images", params={"error": False}).json()["items"][0]["id"]
+    sketches = archive.app.state.archive.sketches
+    archive.get(f"/api/images/{first}/similar")
+    matrix = sketches.matrix
+    assert matrix.dtype == np.float32 and len(matrix) == 12
+    archive.get(f"/api/images/{first}/similar", params={"k": 3})
+    assert sketches.matrix is matrix  # not reloaded nor converted again
+    buf = io.BytesIO()
+    Image.open(example_images[0]).rotate(180).save(buf, format="JPEG")
+    stored = archive.post(
+        "/api/classify", params={"store": True}, headers=AUTH, files=[("files", ("new.jpg", buf.getvalue()))]
+    )
+    assert stored.status_code == 200
+    near = archive.get(f"/api/images/{first}/similar", params={"k": 100}).json()["items"]
+    assert len(sketches.matrix) == 13 and stored.json()["items"][0]["id"] in [n["id"] for n in near]
+
+
+def test_every_time_carries_its_utc_offset(archive):
+    import datetime as dt
+
+    img = archive.get("/api/images", params={"label": "wheel"}).json()["items"][0]
+    archive.put(f"/api/images/{img['id']}/label", json={"label": "ground"}, headers=AUTH)
+    d = archive.get(f"/api/images/{img['id']}").json()
+    times = [d["indexed_at"], d["reviewed_at"], d["corrections"][0]["created_at"]]
+    times += [m["created_at"] for m in archive.get("/api/models").json()["models"]]
+    times += [i["indexed_at"] for i in archive.get(f"/api/images/{img['id']}/similar").json()["items"]]
+    assert all(dt.datetime.fromisoformat(t).utcoffset() == dt.timedelta(0) for t in times), times
+
+
 def test_corrections_need_the_token_and_never_overwrite_the_model(archive):
     img = archive.get("/api/images", params={"label": "wheel"}).json()["items"][0]
     body = {"label": "ground", "note": "it is mostly ground", "author": "curator-1"}
@@ -104,10 +158,10 @@ def test_corrections_need_the_token_and_never_overwrite_the_model(archive):
 def test_writes_refused_without_a_configured_token(db_url, example_images):
     run_index([str(example_images[0])], IndexConfig(db=db_url), progress=False)
     engine = open_engine(db_url)
-    with TestClient(create_app(engine)) as client:
+    with TestClient(create_app(Settings(), engine)) as client:
         r = client.put("/api/images/1/label", json={"label": "ground"})
         assert r.status_code == 403 and "--token-file" in r.json()["detail"]
-    with TestClient(create_app(engine, allow_anonymous_writes=True)) as client:
+    with TestClient(create_app(Settings(allow_anonymous_writes=True), engine)) as client:
         assert client.put("/api/images/1/label", json={"label": "ground"}).status_code == 200
     engine.dispose()
 
@@ -125,7 +179,7 @@ def jpeg_bytes(path) -> bytes:
 
 
 def test_classify_uploads_and_bad_input(archive, example_images):
-    from conftest_helpers import png_bomb
+    from archive.conftest_helpers import png_bomb
 
     files = [("files", (p.name, jpeg_bytes(p), "image/jpeg")) for p in example_images[:2]]
     r = archive.post("/api/classify", files=files)
@@ -150,9 +204,11 @@ def test_classify_uploads_and_bad_input(archive, example_images):
 
 
 def test_stored_upload_joins_the_archive(archive, tmp_path, monkeypatch, example_images):
+    """The upload is written into the settings' uploads folder; the environment, read at start-up only,
+    no longer matters."""
     from PIL import Image
 
-    monkeypatch.setenv("MARSVISION_UPLOADS", str(tmp_path / "uploads"))
+    monkeypatch.setenv("MARSVISION_UPLOADS", str(tmp_path / "elsewhere"))
     buf = io.BytesIO()
     Image.open(example_images[0]).rotate(90).save(buf, format="JPEG")
     r = archive.post(
@@ -162,6 +218,9 @@ def test_stored_upload_joins_the_archive(archive, tmp_path, monkeypatch, example
         files=[("files", ("new.jpg", buf.getvalue(), "image/jpeg"))],
     )
     assert r.status_code == 200 and r.json()["items"][0]["id"]
+    stored = archive.get(f"/api/images/{r.json()['items'][0]['id']}").json()["path"]
+    assert Path(stored).parent == tmp_path / "uploads" and Path(stored).is_file()
+    assert not (tmp_path / "elsewhere").exists()
     assert archive.get("/api/images").json()["total"] == 16
     assert archive.get(f"/api/images/{r.json()['items'][0]['id']}/thumbnail").status_code == 200
 
@@ -170,7 +229,7 @@ def test_classification_slots_queue_in_order_then_answer_503_with_retry_after(mo
     """The middleware in front of POST /api/classify: FIFO up to its queue, then 503 + Retry-After at once."""
     import asyncio
 
-    import marsvision.archive.service as service
+    import marsvision.web.slots as service
 
     monkeypatch.setattr(service, "QUEUE_PER_SLOT", 2)  # one slot: one runs, two wait, more are refused
     order, gate = [], asyncio.Event()

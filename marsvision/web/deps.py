@@ -1,0 +1,110 @@
+"""The routes' dependencies, as ``Annotated`` types: the app's state and settings, a database session, the
+active model, the search filters and write access."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Query, Request
+from sqlalchemy.orm import Session
+
+from ..archive.db import Image
+from ..archive.queries import Filters
+from .settings import Settings
+from .state import ActiveModel, ArchiveState
+
+
+async def get_state(request: Request) -> ArchiveState:
+    # async: an attribute read, so no hop to a worker thread (the search route is async for speed)
+    return request.app.state.archive
+
+
+StateDep = Annotated[ArchiveState, Depends(get_state)]
+
+
+async def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    """A session for reads; a route that writes opens its own transaction (``state.sessions.begin()``)."""
+    with state.sessions() as s:
+        yield s
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_model(state: StateDep) -> ActiveModel:
+    return state.model()
+
+
+ModelDep = Annotated[ActiveModel, Depends(get_model)]
+
+
+def require_writer(request: Request, settings: SettingsDep) -> str:
+    """Write access, "token" or "anonymous": the bearer token when one is configured; else only with
+    anonymous writes allowed (403 otherwise)."""
+    if settings.token is None:
+        if not settings.allow_anonymous_writes:
+            raise HTTPException(
+                403,
+                "writes are disabled: start the server with --token-file or $MARSVISION_TOKEN "
+                "(or --allow-anonymous-writes)",
+            )
+        return "anonymous"
+    sent = request.headers.get("authorization", "")
+    if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].strip(), settings.token)):
+        raise HTTPException(
+            401,
+            "this write needs the header 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return "token"
+
+
+WriterDep = Annotated[str, Depends(require_writer)]
+
+
+async def search_filters(
+    q: Annotated[str | None, Query(max_length=200, description="part of the file name")] = None,
+    label: str | None = None,
+    min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    unknown: bool | None = None,
+    sol_min: int | None = None,
+    sol_max: int | None = None,
+    instrument: str | None = None,
+    reviewed: bool | None = None,
+    reviewed_label: str | None = None,
+    error: bool | None = None,
+) -> Filters:
+    # async: plain parsing, so no hop to a worker thread and back (measured: 0.8 ms of a search)
+    return Filters(
+        label, min_confidence, max_confidence, unknown, sol_min, sol_max, instrument, reviewed, reviewed_label, error, q
+    )
+
+
+FiltersDep = Annotated[Filters, Depends(search_filters)]
+
+
+def image_or_404(session: Session, image_id: int) -> Image:
+    img = session.get(Image, image_id)
+    if img is None:
+        raise HTTPException(404, f"no image {image_id}")
+    return img
+
+
+def get_image_row(image_id: int, state: StateDep) -> Image:
+    """The image's row, read in a session of its own that is closed before the route decodes the file:
+    a decode must not hold one of the pool's connections."""
+    with state.sessions() as s:
+        return image_or_404(s, image_id)
+
+
+ImageRowDep = Annotated[Image, Depends(get_image_row)]

@@ -1,0 +1,33 @@
+"""Errors into HTTP answers, by type and kind, never by the wording of a message: one table for image
+errors, and any other ``MarsvisionError`` (a user's input, not a bug) as 422 with its message."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from ..errors import ImageError, ImageErrorKind, MarsvisionError
+
+IMAGE_STATUS = {
+    ImageErrorKind.NOT_FOUND: 404,
+    ImageErrorKind.EMPTY: 422,  # an image type, with no content
+    ImageErrorKind.NOT_AN_IMAGE: 415,  # a format we cannot read
+    ImageErrorKind.BOMB: 422,  # a real image, refused by the decompression-bomb guard
+    ImageErrorKind.CORRUPT: 422,
+}
+USER_ERROR_STATUS = 422
+
+
+def image_http_error(error: ImageError, about: str) -> HTTPException:
+    """``error`` of the image ``about`` (a file name, an image id) as the status of its kind."""
+    return HTTPException(IMAGE_STATUS[error.kind], f"{about}: {error}")
+
+
+async def _user_error(request: Request, error: Exception) -> JSONResponse:
+    status = IMAGE_STATUS[error.kind] if isinstance(error, ImageError) else USER_ERROR_STATUS
+    return JSONResponse({"detail": str(error)}, status_code=status)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Errors a route does not turn into an ``HTTPException`` itself; anything else stays a 500 (a bug)."""
+    app.add_exception_handler(MarsvisionError, _user_error)

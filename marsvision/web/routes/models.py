@@ -1,0 +1,33 @@
+"""The archive's model versions: list them, activate one (a write)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from ...archive.rescore import activate
+from ...archive.versions import VersionError, find, version_rows
+from ..deps import SessionDep, StateDep, WriterDep
+from ..schemas import Activated, Models
+
+router = APIRouter(prefix="/api/models", tags=["models"])
+
+
+@router.get("", response_model=Models)
+def models(session: SessionDep):
+    return {"models": version_rows(session)}
+
+
+@router.post("/{version}/activate", response_model=Activated)
+def activate_version(version: str, who: WriterDep, state: StateDep):
+    """Make ``version`` the active model and re-score the whole archive from stored features (no decode)."""
+    with state.sessions() as s:
+        try:
+            mv = find(s, version)
+        except VersionError as e:
+            raise HTTPException(404, str(e)) from None
+    try:
+        return activate(state.sessions, mv)
+    except VersionError as e:
+        raise HTTPException(409, str(e)) from None
+    finally:
+        state.changed()

@@ -1,0 +1,138 @@
+"""The API's bodies (pydantic): what /docs shows and what each route's answer is checked against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class LabelIn(BaseModel):
+    label: str = Field(min_length=1, max_length=64)
+    note: str = Field(default="", max_length=2000)
+    author: str = Field(default="", max_length=120)
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    database: str
+    model: str
+    classes: int
+    writes: str
+
+
+class ImageItem(BaseModel):
+    """One image as search, similar and review list it; times are ISO 8601 with their UTC offset."""
+
+    id: int
+    path: str
+    sha256: str
+    sol: int | None = None
+    instrument: str | None = None
+    label: str | None = None
+    confidence: float | None = None
+    unknown: bool | None = None
+    novelty: float | None = None
+    margin: float | None = None
+    top_k: list[tuple[str, float]] = []
+    reviewed_label: str | None = None
+    reviewed_at: str | None = None
+    error: str | None = None
+    indexed_at: str | None = None
+    size_bytes: int | None = None
+    model_version: str | None = None
+    name_fields: dict[str, Any] | None = None
+
+
+class ImagePage(BaseModel):
+    """``GET /api/images`` (documented here, sent as raw JSON: see routes/images.py)."""
+
+    total: int
+    page: int
+    page_size: int
+    items: list[ImageItem]
+
+
+class CorrectionOut(BaseModel):
+    label: str
+    note: str
+    author: str
+    model_label: str | None
+    created_at: str | None
+
+
+class ImageDetail(ImageItem):
+    corrections: list[CorrectionOut]
+
+
+class SimilarItem(ImageItem):
+    similarity: float
+
+
+class Similar(BaseModel):
+    image: int
+    items: list[SimilarItem]
+
+
+class ClassCount(BaseModel):
+    label: str
+    count: int
+    reviewed: int
+    not_reviewed: int
+    curated: int
+    model: bool  # one of the active model's classes
+
+
+class Classes(BaseModel):
+    classes: list[ClassCount]
+
+
+class Classified(BaseModel):
+    filename: str
+    label: str | None
+    confidence: float | None
+    unknown: bool | None
+    novelty: float | None
+    top_k: list[tuple[str, float]]
+    error: str | None
+    model_version: str
+    id: int | None = Field(default=None, description="the archive's id, when stored (?store=true)")
+
+
+class ClassifyResult(BaseModel):
+    items: list[Classified]
+
+
+class ModelVersionOut(BaseModel):
+    version: str
+    active: bool
+    created_at: str
+    parent: str | None
+    corrections: int
+    images: int
+    path: str
+
+
+class Models(BaseModel):
+    models: list[ModelVersionOut]
+
+
+class Activated(BaseModel):
+    version: str
+    rescored: int
+    seconds: float
+
+
+class ReviewItem(ImageItem):
+    review_margin: float
+
+
+class ReviewQueue(BaseModel):
+    strategy: str
+    default: str
+    strategies: list[str]
+    items: list[ReviewItem]
