@@ -105,6 +105,45 @@ def product_files(files: list[Path]) -> list[Path]:
     return out
 
 
+def _beside(label: Path, name) -> Path | None:
+    """The file ``name`` in the label's folder, its case as archives vary it (``X.IMG`` / ``x.img``)."""
+    if not isinstance(name, str) or not name:
+        return None
+    exact = label.parent / name
+    if exact.is_file():
+        return exact
+    return next((f for f in label.parent.iterdir() if f.name.lower() == name.lower()), None)
+
+
+def _pointed_name(data, key: str | None, pds4: bool):
+    """The data file name a label gives for its image: PDS4 ``<file_name>``, PDS3 ``^IMAGE`` (a name, or
+    (name, record); a bare record number means the label is attached: None)."""
+    if pds4:
+        return _first(data.metaget("file_name"))
+    pointer = data.metaget(f"^{key or 'IMAGE'}")
+    return pointer[0] if isinstance(pointer, (list, tuple)) and pointer else pointer
+
+
+def product_files_of(path: str | Path) -> list[Path]:
+    """The files that make up the product of ``path``: [detached label, data file], or [path] itself (an
+    attached label, a data file, a file that is not a product, a label whose data file is missing, or
+    no pdr installed). The archive hashes them together, so new data under an old label is a new image."""
+    path = Path(path)
+    if path.suffix.lower() not in LABEL_SUFFIXES or label_of(path) != path:
+        return [path]
+    try:
+        pdr = _pdr()
+    except ImportError:
+        return [path]
+    try:
+        data = pdr.read(str(path))
+        name = _pointed_name(data, _image_key(data), path.suffix.lower() == ".xml")
+    except Exception:  # noqa: BLE001 - an unreadable label is reported when it is decoded
+        return [path]
+    data_file = _beside(path, name)
+    return [path, data_file] if data_file is not None and data_file != path else [path]
+
+
 def _first(value):
     """A label value as one plain value: the first of a sequence, None for PDS's null words."""
     if isinstance(value, (list, tuple)):
@@ -278,12 +317,10 @@ def _declared_size(data, pds4: bool) -> tuple[int | None, int | None]:
 
 def _check_data_file(data, key: str, label: Path, pds4: bool) -> Path:
     """The data file of ``key``: NOT_FOUND when missing, CORRUPT when its size is not the label's."""
-    target = None if pds4 else data.file_mapping.get(key)
-    if pds4:  # pdr keeps no mapping for PDS4 arrays: the label's <file_name>, beside it
-        name = str(data.metaget("file_name"))
-        target = next((f for f in label.parent.iterdir() if f.name.lower() == name.lower()), None)
+    name = _pointed_name(data, key, pds4)
+    # pdr keeps no mapping for PDS4 arrays: the label's <file_name>, beside it.
+    target = _beside(label, name) if pds4 else data.file_mapping.get(key)
     if target is None:
-        name = data.metaget("file_name") if pds4 else _first(data.metaget(f"^{key}"))
         raise ImageError(f"{label.name}: data file {name} is missing", Kind.NOT_FOUND)
     target = Path(target)
     (declared, needed), actual = _declared_size(data, pds4), target.stat().st_size
@@ -293,6 +330,14 @@ def _check_data_file(data, key: str, label: Path, pds4: bool) -> Path:
     if needed is not None and actual < needed:
         raise ImageError(f"{target.name}: truncated: {actual:,} bytes, the image needs {needed:,}", Kind.CORRUPT)
     return target
+
+
+def _pdr():
+    """pdr, with its warnings silenced: it warns where it cannot load an object, and ``read_product`` says
+    so as an ``ImageError`` instead (a filter, not ``catch_warnings``, which is not thread-safe)."""
+    pdr = require("pdr", "reading PDS products", "pds")
+    warnings.filterwarnings("ignore", module=r"pdr(\.|$)")
+    return pdr
 
 
 def read_product(path: str | Path) -> tuple[Image.Image, dict]:
@@ -308,26 +353,23 @@ def read_product(path: str | Path) -> tuple[Image.Image, dict]:
     label = label_of(path)
     if label is None:
         raise ImageError(f"{path.name}: not a PDS product (no PDS3 or PDS4 label found)", Kind.NOT_AN_IMAGE)
-    pdr = require("pdr", "reading PDS products", "pds")
+    pdr = _pdr()
     pds4 = label.suffix.lower() == ".xml"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")  # pdr reports what it could not load as warnings: kept for the message
-        try:
-            data = pdr.read(str(label))
-            key = _image_key(data)
-            # PDS4: pdr raises on a short file, so it is checked first; PDS3: pdr finds the file (any case)
-            # while loading, and a failed load leaves the label block in place of the array.
-            data_file = _check_data_file(data, key, label, pds4) if pds4 else None
-            arr = data[key]
-            data_file = data_file or _check_data_file(data, key, label, pds4)
-            fields = _pds4_fields(data.metadata) if pds4 else _pds3_fields(data.metadata)
-        except ImageError:
-            raise
-        except Exception as e:  # noqa: BLE001 - pdr raises many kinds for a bad label
-            raise ImageError(f"{label.name}: cannot read the product: {e}", Kind.CORRUPT) from None
+    try:
+        data = pdr.read(str(label))
+        key = _image_key(data)
+        # PDS4: pdr raises on a short file, so it is checked first; PDS3: pdr finds the file (any case)
+        # while loading, and a failed load leaves the label block in place of the array.
+        data_file = _check_data_file(data, key, label, pds4) if pds4 else None
+        arr = data[key]
+        data_file = data_file or _check_data_file(data, key, label, pds4)
+        fields = _pds4_fields(data.metadata) if pds4 else _pds3_fields(data.metadata)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pdr raises many kinds for a bad label
+        raise ImageError(f"{label.name}: cannot read the product: {e}", Kind.CORRUPT) from None
     if not isinstance(arr, np.ndarray):
-        reasons = "; ".join(str(w.message) for w in caught if key in str(w.message)) or "no array"
-        raise ImageError(f"{data_file.name}: cannot read the image: {reasons}", Kind.CORRUPT)
+        raise ImageError(f"{data_file.name}: pdr could not read its {key} object", Kind.CORRUPT)
     lines, samples, bands, _ = layout(arr)
     fields.update(lines=int(lines), samples=int(samples), bands=int(bands))
     return to_picture(arr), {k: fields.get(k) for k in FIELDS}

@@ -1,14 +1,17 @@
-"""One image as a database row: the prediction, the stored vectors, the file-name fields. Shared by the
-local indexer and the distributed engine, so both write the same rows for the same image."""
+"""One image as a database row: the prediction, the stored vectors, the file-name fields or a PDS product's
+label fields, the camera. Shared by the local indexer and the distributed engine, so both write the same
+rows for the same image."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from .. import cameras, pds
 from ..inference.classifier import Classifier, Prediction
 from .filenames import parse_filename
 
@@ -18,12 +21,14 @@ _SKETCH_SEED = 20261130  # fixed: every archive compares sketches made with the 
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    """(hex SHA-256, size in bytes) of a file's content."""
+    """(hex SHA-256, size in bytes) of a file's content; of a PDS product's detached label, of the label
+    and its data file together (``pds.product_files_of``): two products may share a label's text."""
     h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
+    for part in pds.product_files_of(path):
+        with open(part, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+                size += len(block)
     return h.hexdigest(), size
 
 
@@ -84,21 +89,51 @@ def prediction_columns(p: Prediction, clf: Classifier, model_id: int) -> dict:
     }
 
 
+def _utc(text: str | None) -> dt.datetime | None:
+    """A label's time (ISO 8601, UTC with or without a Z) → an aware datetime, None when it is not one."""
+    if not text:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text.strip().rstrip("Zz"))
+    except ValueError:
+        return None
+    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+
+
+def description_columns(path: str | Path, p: Prediction) -> dict:
+    """Where the image is from: the sol and camera of a PDS product's label, else of the MSL file name
+    (as before PDS products: ``name_fields`` keeps the file name's fields), and the label's other fields."""
+    fields = parse_filename(path)
+    label = p.product or {}
+    instrument = cameras.instrument_code(label.get("instrument")) or cameras.from_filename(path)
+    return {
+        "sol": label["sol"] if label.get("sol") is not None else fields.get("sol"),
+        "instrument": instrument,
+        "name_fields": fields,
+        "off_camera": cameras.off_camera(instrument),
+        "product_id": label.get("product_id"),
+        "instrument_id": label.get("instrument"),
+        "start_time": _utc(label.get("start_time")),
+        "local_mean_solar_time": label.get("local_mean_solar_time"),
+        "sequence_id": label.get("sequence_id"),
+        "filter_name": label.get("filter"),
+        "target": label.get("target"),
+        **{k: label.get(k) for k in ("lines", "samples", "bands", "site", "drive")},
+    }
+
+
 def image_rows(items: list[tuple[str | Path, str, int, Prediction]], clf: Classifier, model_id: int) -> list[dict]:
     """Every column of new images, their vectors included (``index.insert_new`` splits them off), from
     (path, sha256, size, prediction) tuples. The vectors of a batch are computed together (a row's
     values do not depend on the batch: ``tests/archive/test_records.py``)."""
     rows = []
     for path, sha256, size, p in items:
-        fields = parse_filename(path)
         rows.append(
             {
                 "sha256": sha256,
                 "path": str(path),
                 "size_bytes": size,
-                "sol": fields.get("sol"),
-                "instrument": fields.get("instrument"),
-                "name_fields": fields,
+                **description_columns(path, p),
                 **prediction_columns(p, clf, model_id),
                 "features": None,
                 "texture": None,
