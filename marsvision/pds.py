@@ -131,6 +131,9 @@ def product_files_of(path: str | Path) -> list[Path]:
     path = Path(path)
     if path.suffix.lower() not in LABEL_SUFFIXES or label_of(path) != path:
         return [path]
+    for suffix in (".IMG", ".img", ".DAT", ".dat"):  # the archives' convention, X.LBL → X.IMG: no parse
+        if path.with_suffix(suffix).is_file():
+            return [path, path.with_suffix(suffix)]
     try:
         pdr = _pdr()
     except ImportError:
