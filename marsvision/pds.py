@@ -19,6 +19,7 @@ range into 0–255, as ``preprocess`` scales 16-bit PNGs.
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -49,6 +50,10 @@ FIELDS = (
 _HEAD_BYTES = 4096
 _PDS3_HEAD = re.compile(rb"^\s*(PDS_VERSION_ID|ODL_VERSION_ID)\s*=")
 _PDS4_HEAD = re.compile(rb"<Product_\w+|pds\.nasa\.gov/pds4")
+# pdr's label parser calls ast.literal_eval, whose recursion counter CPython 3.11 keeps per interpreter, not
+# per thread: once in 32 products, `index` (two decoding threads) failed with "AST constructor recursion
+# depth mismatch". One lock around pdr: its parse is pure Python, so the GIL serialised it anyway.
+_PDR_LOCK = threading.Lock()
 # Objects of a PDS3 label that are never the picture.
 _NOT_IMAGE = ("LABEL", "HEADER", "HISTOGRAM", "MODEL_DESC", "TABLE", "PREFIX", "SUFFIX")
 
@@ -139,8 +144,9 @@ def product_files_of(path: str | Path) -> list[Path]:
     except ImportError:
         return [path]
     try:
-        data = pdr.read(str(path))
-        name = _pointed_name(data, _image_key(data), path.suffix.lower() == ".xml")
+        with _PDR_LOCK:
+            data = pdr.read(str(path))
+            name = _pointed_name(data, _image_key(data), path.suffix.lower() == ".xml")
     except Exception:  # noqa: BLE001 - an unreadable label is reported when it is decoded
         return [path]
     data_file = _beside(path, name)
@@ -364,14 +370,15 @@ def read_product(path: str | Path) -> tuple[Image.Image, dict]:
     pdr = _pdr()
     pds4 = label.suffix.lower() == ".xml"
     try:
-        data = pdr.read(str(label))
-        key = _image_key(data)
-        # PDS4: pdr raises on a short file, so it is checked first; PDS3: pdr finds the file (any case)
-        # while loading, and a failed load leaves the label block in place of the array.
-        data_file = _check_data_file(data, key, label, pds4) if pds4 else None
-        arr = data[key]
-        data_file = data_file or _check_data_file(data, key, label, pds4)
-        fields = _pds4_fields(data.metadata) if pds4 else _pds3_fields(data.metadata)
+        with _PDR_LOCK:
+            data = pdr.read(str(label))
+            key = _image_key(data)
+            # PDS4: pdr raises on a short file, so it is checked first; PDS3: pdr finds the file (any case)
+            # while loading, and a failed load leaves the label block in place of the array.
+            data_file = _check_data_file(data, key, label, pds4) if pds4 else None
+            arr = data[key]
+            data_file = data_file or _check_data_file(data, key, label, pds4)
+            fields = _pds4_fields(data.metadata) if pds4 else _pds3_fields(data.metadata)
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - pdr raises many kinds for a bad label
