@@ -17,6 +17,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageFile
 
+from . import pds
 from .errors import ImageError
 from .errors import ImageErrorKind as Kind
 
@@ -30,6 +31,41 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias on 3.10)
 # File suffixes taken as images when a folder is searched (predict, index, data set checks).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".ppm", ".pgm"})
+# PDS products (marsvision/pds.py): labels and data files, read when they are part of a product.
+PRODUCT_SUFFIXES = pds.PDS_SUFFIXES
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The images under ``folder`` (recursive, sorted): files with an image suffix, and each PDS product
+    once (its label, or its data file when the label is attached)."""
+    files = sorted(f for f in Path(folder).rglob("*") if f.is_file())
+    pictures = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    products = pds.product_files([f for f in files if f.suffix.lower() in PRODUCT_SUFFIXES])
+    return sorted(pictures + products) if products else pictures
+
+
+def load_product(path: str | os.PathLike) -> Image.Image:
+    """A PDS product → RGB image whose ``info["pds"]`` holds the label fields (``pds.read_product``)."""
+    img, fields = pds.read_product(path)
+    if img.width * img.height > MAX_PIXELS:
+        raise ImageError(f"image is {img.width}x{img.height} pixels, over the {MAX_PIXELS:,} limit", Kind.BOMB)
+    img = _to_rgb(img)
+    img.info["pds"] = fields
+    return img
+
+
+def is_product(source: ImageInput) -> bool:
+    """A path (or bytes that name their file, as the Ray engine passes them) of a PDS product: pdr
+    reads it from its file, since a detached label needs the data file beside it."""
+    name = _product_name(source)
+    return name is not None and Path(name).suffix.lower() in PRODUCT_SUFFIXES and pds.label_of(name) is not None
+
+
+def _product_name(source: ImageInput):
+    if isinstance(source, (str, os.PathLike)):
+        return source
+    name = getattr(source, "name", None) if isinstance(source, (bytes, bytearray)) else None
+    return name if isinstance(name, (str, os.PathLike)) else None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -64,6 +100,8 @@ def load_image(source: ImageInput, size: int) -> Image.Image:
         return _to_rgb(Image.fromarray(source))
     if isinstance(source, Image.Image):
         return _to_rgb(source)
+    if is_product(source):
+        return load_product(_product_name(source))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -4,7 +4,8 @@ One schema for SQLite (the default, a file beside you) and PostgreSQL (``postgre
 
 - ``models``: every model version the archive has used: file, hash, when, from which corrections, and
   which one is active;
-- ``images``: one row per image content (SHA-256): where it was found, its file-name fields, the active
+- ``images``: one row per image content (SHA-256): where it was found, its file-name fields or a PDS
+  product's label fields, its camera and whether that is outside the training cameras, the active
   model's output (label, calibrated confidence, unknown flag, novelty, top-k, which version), or why it
   could not be read; the latest curator's label;
 - ``image_vectors``: each readable image's feature vector, texture coordinates and similarity sketch;
@@ -76,10 +77,28 @@ class Image(Base):
     path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(Integer)
     indexed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # The MSL file-name fields (archive/filenames.py); None when the name does not follow the pattern.
+    # A PDS product's label (marsvision/pds.py) or else the MSL file name (msl_names.py) gives the sol and
+    # the camera; None when neither does. ``instrument``: the camera's code (marsvision/cameras.py: MH, ML,
+    # MR, MD as in the file names; NL, FR, CR, … for the engineering cameras and the RMI), else a label's
+    # identifier as written.
     sol: Mapped[int | None] = mapped_column(Integer, index=True, nullable=True)
-    instrument: Mapped[str | None] = mapped_column(String(8), index=True, nullable=True)
+    instrument: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
     name_fields: Mapped[dict] = mapped_column(JSON, default=dict)
+    # True: the camera is outside those the model was trained on (Mastcam, MAHLI); None: camera unknown.
+    off_camera: Mapped[bool | None] = mapped_column(Boolean, index=True, nullable=True)
+    # The label fields of a PDS product (None for plain JPEG/PNG files).
+    product_id: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
+    instrument_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # INSTRUMENT_ID as written
+    start_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), index=True, nullable=True)
+    local_mean_solar_time: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    sequence_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    filter_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    target: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lines: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    bands: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    site: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    drive: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it could not be read
     # The output of the model version ``model_id`` (re-scored when another version is activated).
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"), index=True, nullable=True)

@@ -1,13 +1,16 @@
-"""One image as a database row: the prediction, the stored vectors, the file-name fields. Shared by the
-local indexer and the distributed engine, so both write the same rows for the same image."""
+"""One image as a database row: the prediction, the stored vectors, the file-name fields or a PDS product's
+label fields, the camera. Shared by the local indexer and the distributed engine, so both write the same
+rows for the same image."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from pathlib import Path
 
 import numpy as np
 
+from .. import cameras
 from ..inference.classifier import Classifier, Prediction
 from .filenames import parse_filename
 
@@ -73,21 +76,51 @@ def prediction_columns(p: Prediction, clf: Classifier, model_id: int) -> dict:
     }
 
 
+def _utc(text: str | None) -> dt.datetime | None:
+    """A label's time (ISO 8601, UTC with or without a Z) → an aware datetime, None when it is not one."""
+    if not text:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text.strip().rstrip("Zz"))
+    except ValueError:
+        return None
+    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+
+
+def description_columns(path: str | Path, p: Prediction) -> dict:
+    """Where the image is from: the sol and camera of a PDS product's label, else of the MSL file name
+    (as before PDS products: ``name_fields`` keeps the file name's fields), and the label's other fields."""
+    fields = parse_filename(path)
+    label = p.product or {}
+    instrument = cameras.instrument_code(label.get("instrument")) or cameras.from_filename(path)
+    return {
+        "sol": label["sol"] if label.get("sol") is not None else fields.get("sol"),
+        "instrument": instrument,
+        "name_fields": fields,
+        "off_camera": cameras.off_camera(instrument),
+        "product_id": label.get("product_id"),
+        "instrument_id": label.get("instrument"),
+        "start_time": _utc(label.get("start_time")),
+        "local_mean_solar_time": label.get("local_mean_solar_time"),
+        "sequence_id": label.get("sequence_id"),
+        "filter_name": label.get("filter"),
+        "target": label.get("target"),
+        **{k: label.get(k) for k in ("lines", "samples", "bands", "site", "drive")},
+    }
+
+
 def image_rows(items: list[tuple[str | Path, str, int, Prediction]], clf: Classifier, model_id: int) -> list[dict]:
     """Every column of new images, their vectors included (``index.insert_new`` splits them off), from
     (path, sha256, size, prediction) tuples. The vectors of a batch are computed together (a row's
     values do not depend on the batch: ``tests/archive/test_records.py``)."""
     rows = []
     for path, sha256, size, p in items:
-        fields = parse_filename(path)
         rows.append(
             {
                 "sha256": sha256,
                 "path": str(path),
                 "size_bytes": size,
-                "sol": fields.get("sol"),
-                "instrument": fields.get("instrument"),
-                "name_fields": fields,
+                **description_columns(path, p),
                 **prediction_columns(p, clf, model_id),
                 "features": None,
                 "texture": None,

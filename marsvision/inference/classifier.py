@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..preprocess import IMAGE_SUFFIXES, ImageError, ImageInput, decode
+from .. import cameras
+from ..preprocess import ImageError, ImageInput, image_files, load_image, resize_uint8
 from .trust import Head, Trust, softmax  # noqa: F401  (softmax: part of this module's API)
 
 
@@ -54,6 +55,11 @@ class Prediction:
     features: np.ndarray | None = field(default=None, repr=False)
     texture: np.ndarray | None = field(default=None, repr=False)
     feature_maps: np.ndarray | None = field(default=None, repr=False)  # (F, H, W), only when asked for
+    # A PDS product's camera (its archive code, ``cameras.instrument_code``) and whether it is outside the
+    # training cameras; None for inputs without a label (plain JPEG/PNG: the archive reads their names).
+    instrument: str | None = None
+    off_camera: bool | None = None
+    product: dict | None = field(default=None, repr=False)  # a PDS product's label fields (``pds.FIELDS``)
 
     @property
     def ok(self) -> bool:
@@ -71,8 +77,9 @@ class Prediction:
                 self.label = None
         return self
 
-    def to_dict(self, top_k: int | None = None, withheld: bool = False) -> dict:
-        """One flat row of plain data: path, label, confidence, unknown, novelty, then with ``top_k`` > 1
+    def to_dict(self, top_k: int | None = None, withheld: bool = False, camera: bool | None = None) -> dict:
+        """One flat row of plain data: path, label, confidence, unknown, novelty, then instrument and
+        off_camera (with ``camera``; by default when this input's camera is known), then with ``top_k`` > 1
         (default: as many as were asked of ``predict``) top1_label, top1_confidence, …, then withheld
         (when asked for) and error. A failed input has None where it has no value."""
         row = {
@@ -82,6 +89,8 @@ class Prediction:
             "unknown": self.unknown,
             "novelty": self.novelty,
         }
+        if camera or (camera is None and self.off_camera is not None):
+            row["instrument"], row["off_camera"] = self.instrument, self.off_camera
         k = len(self.top_k) if top_k is None else top_k
         if k > 1:
             for i in range(k):
@@ -102,7 +111,7 @@ def expand_sources(sources: Iterable[ImageInput]) -> Iterator[ImageInput]:
     """Inputs in order, each folder replaced by the image files under it (recursive, sorted)."""
     for s in sources:
         if isinstance(s, (str, os.PathLike)) and Path(s).is_dir():
-            yield from sorted(f for f in Path(s).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            yield from image_files(s)
         else:
             yield s
 
@@ -134,7 +143,12 @@ class Classifier:
 
     def decode(self, source: ImageInput) -> np.ndarray:
         """One input → (S, S, 3) uint8, or ``ImageError``."""
-        return decode(source, self.input_size)
+        return self.decode_product(source)[0]
+
+    def decode_product(self, source: ImageInput) -> tuple[np.ndarray, dict | None]:
+        """``decode`` and, for a PDS product, its label fields (else None)."""
+        img = load_image(source, self.input_size)
+        return resize_uint8(img, self.input_size), img.info.get("pds")
 
     def embed(self, batch_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S, 3) uint8 → pooled features (N, F), the head's input, and the texture (N, C): the
@@ -188,9 +202,15 @@ class Classifier:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _results(self, sources: list, arrays: list, errors: list, top_k: int, maps: bool = False) -> list[Prediction]:
+    def _results(
+        self, sources: list, arrays: list, errors: list, top_k: int, maps: bool = False, products: list | None = None
+    ) -> list[Prediction]:
         good = [i for i, a in enumerate(arrays) if a is not None]
         out = [Prediction(str(s), error=e) for s, e in zip(sources, errors, strict=True)]
+        for p, fields in zip(out, products or [], strict=False):
+            if fields is not None:
+                p.product, p.instrument = fields, cameras.instrument_code(fields.get("instrument"))
+                p.off_camera = cameras.off_camera(fields.get("instrument"))
         if good:
             batch = np.stack([arrays[i] for i in good])
             if maps:
@@ -214,11 +234,12 @@ class Classifier:
                     p.novelty, p.unknown = float(novelty[n]), bool(novelty[n] > 1.0)
         return out
 
-    def _decode_safe(self, source) -> tuple[np.ndarray | None, str | None]:
+    def _decode_safe(self, source) -> tuple[np.ndarray | None, str | None, dict | None]:
         try:
-            return self.decode(source), None
+            array, fields = self.decode_product(source)
+            return array, None, fields
         except ImageError as e:
-            return None, str(e)
+            return None, str(e), None
 
     def predict_iter(
         self, sources: Iterable[ImageInput], batch_size: int | None = None, top_k: int = 1, maps: bool = False
@@ -248,7 +269,8 @@ class Classifier:
 
         def classify(chunk: list, futures: list[Future]) -> list[Prediction]:
             got = [f.result() for f in futures]
-            return self._results(chunk, [a for a, _ in got], [e for _, e in got], top_k, maps)
+            arrays, errors, products = zip(*got, strict=True) if got else ((), (), ())
+            return self._results(chunk, list(arrays), list(errors), top_k, maps, list(products))
 
         try:
             fill()

@@ -183,8 +183,11 @@ def _cell(value):
 
 def prediction_rows(results: Iterable[Prediction], top_k: int = 1, withheld: bool = False) -> list[dict]:
     """The rows ``write_predictions`` writes: ``Prediction.to_dict`` with numbers to 5 decimals and ""
-    where there is no value (in CSV and JSON alike)."""
-    return [{k: _cell(v) for k, v in p.to_dict(top_k, withheld).items()} for p in results]
+    where there is no value (in CSV and JSON alike). The instrument and off_camera columns are there when
+    some input carries its camera (a PDS product), so plain JPEG/PNG inputs give the rows they always did."""
+    results = list(results)
+    camera = any(p.off_camera is not None for p in results)
+    return [{k: _cell(v) for k, v in p.to_dict(top_k, withheld, camera).items()} for p in results]
 
 
 def write_predictions(
@@ -196,7 +199,8 @@ def write_predictions(
     """Write one row per result: JSON for a ``.json`` path, else CSV; to stdout when ``path`` is None,
     or to an open text stream. A file is written atomically (a kill leaves the old file or none).
 
-    Columns: path, label, confidence, unknown, novelty, with ``top_k`` > 1 top1_label,
+    Columns: path, label, confidence, unknown, novelty, instrument and off_camera when some input is a
+    PDS product, with ``top_k`` > 1 top1_label,
     top1_confidence, …, with ``withheld`` the reason a label was withheld, then error. A ``.parquet``
     path: the rows of ``inference.parquet`` (with sha256, top-k, features; needs pyarrow).
     """
