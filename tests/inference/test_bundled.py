@@ -1,26 +1,27 @@
 """The bundled model gives the known labels: on the shipped example images (always), and on a handful of
 official test images (when the full data set is there)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from marsvision.cli import main
 from marsvision.inference.predict import load_model
 from marsvision.model_file import bundled_model_path, bundled_source_path
 
-EXAMPLES = {  # examples/images: one test image per class, named by sol and camera
-    "0646MH0002610010203802I01_DRCL.JPG": "wheel",
-    "0664MH0003250050203868I01_DRCL.JPG": "horizon",
-    "0585MH0002970020202762I01_DRCL.JPG": "ground",
-    "0728ML0031200000305104E01_DRCL.JPG": "observation tray",
-    "0762ML0032760000400107E01_DRCL.JPG": "scoop",
-    "0762MR0032740140403831I01_DRCL.JPG": "mastcam cal target",
-    "0718ML0030500000304873E01_DRCL.JPG": "chemcam cal target",
-    "0805MR0035240000500270E01_DRCL.JPG": "drt side",
-    "0840MR0036970000500822I01_DRCL.JPG": "drill",
-    "0840MR0037040000500829E01_DRCL.JPG": "portion box",
-    "0881MH0000950010302417I01_DRCL.JPG": "rems uv sensor",
-    "1048MR0045830000104527I01_DRCL.JPG": "apxs",
-}
+README = Path(__file__).resolve().parents[2] / "examples" / "README.md"
+
+
+def example_table() -> dict[str, dict]:
+    """examples/README.md's table (written by examples/choose.py): image → what the model said of it."""
+    text = README.read_text().split("<!-- table: python examples/choose.py -->")[1].split("<!-- end of table -->")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| 0")]
+    return {r[0]: {"truth": r[1], "label": r[2], "confidence": float(r[3]), "unknown": r[4] == "yes"} for r in rows}
+
+
 KNOWN = {
     "0640MH0002640000203781I01_DRCL.JPG": "wheel",
     "0647MH0003250050203806E01_DRCL.JPG": "horizon",
@@ -33,21 +34,39 @@ KNOWN = {
 }
 
 
-def test_bundled_model_labels_the_example_images(example_images):
+def test_bundled_model_says_of_the_example_images_what_their_table_says(example_images):
     model = load_model()
     assert len(model.class_names) == 24 and "sun" not in model.class_names
+    table = example_table()
     preds = model.predict(example_images[0].parent)  # a folder, as the CLI takes it
-    assert {p.source.rsplit("/", 1)[-1]: p.label for p in preds} == EXAMPLES
-    assert min(p.confidence for p in preds) > 0.8
+    assert len(table) == 12 and sorted(Path(p.source).name for p in preds) == sorted(table)
+    for p in preds:
+        row = table[Path(p.source).name]
+        assert (p.label, bool(p.unknown)) == (row["label"], row["unknown"])
+        assert abs(p.confidence - row["confidence"]) < 2e-3
+
+
+def test_example_images_are_the_ones_the_rule_chooses(real_data):
+    """examples/choose.py --check: the images are the rule's (byte for byte) and the table is current."""
+    done = subprocess.run(
+        [sys.executable, str(README.parent / "choose.py"), "--data", str(real_data), "--check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(README.parents[1])},
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_quick_start_command(example_images, capsys):
     """The README's first command: `marsvision predict examples/images`, CSV when not on a terminal."""
+    table = example_table()
     assert main(["predict", str(example_images[0].parent)]) == 0
     out = capsys.readouterr()
     lines = out.out.splitlines()
-    assert lines[0] == "path,label,confidence,unknown,novelty,error" and len(lines) == 1 + len(EXAMPLES)
-    assert all(line.split(",")[3] == "0" for line in lines[1:])  # none of them flagged unknown
+    assert lines[0] == "path,label,confidence,unknown,novelty,error" and len(lines) == 1 + len(table)
+    for line in lines[1:]:
+        path, label, _, unknown = line.split(",")[:4]
+        assert (label, unknown == "1") == (table[Path(path).name]["label"], table[Path(path).name]["unknown"])
     assert "12 classified, 0 failed" in out.err
 
 
