@@ -1,7 +1,7 @@
 """Learning from curators: which images a curator should label, how many per refit, and how much a label
 weighs (``marsvision.curate.review``), chosen on val, then reported on test.
 
-    python benchmarks/active_learning.py --data /work/shared/data/msl-images
+    python benchmarks/active_learning.py --data ../shared/data/msl-images
 
 Features: the bundled int8 model's (or ``--model``'s) pooled features (``Prediction.features``),
 computed once and cached in ``runs/cache/`` under the model file's SHA-256 (``--features NPZ`` reads
@@ -29,25 +29,19 @@ only enter through the curator and the final scores. Writes results/active_learn
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import REPO, RESULTS, write_results
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from result_files import RESULTS, write_results  # noqa: E402
-
-from marsvision.atomic import atomic_save, atomic_write  # noqa: E402
-from marsvision.curate import review  # noqa: E402
-from marsvision.data.msl import MSLDataset, sol_of  # noqa: E402
-from marsvision.head.fit import fit_head, fold_head  # noqa: E402
-from marsvision.metrics import classification_metrics  # noqa: E402
+from marsvision.atomic import atomic_save, atomic_write
+from marsvision.curate import review
+from marsvision.data.msl import MSLDataset, sol_of
+from marsvision.files import sha256_file
+from marsvision.head.fit import fit_head, fold_head
+from marsvision.metrics import classification_metrics
 
 BUDGETS = (0, 10, 25, 50, 100, 200)
 WEIGHTS = (1.0, 3.0, 10.0, 30.0, "union")
@@ -57,14 +51,6 @@ C = 1.0
 TARGETS = {25: (0.94, 0.86), 50: (0.97, 0.90)}  # test: accuracy, macro-F1 on the rest
 CACHE = REPO / "runs" / "cache"
 FITS = {"n": 0, "s": 0.0}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_data(data: str, features: str | None, model_path: str | None = None) -> tuple[dict, list[str], dict, dict]:
@@ -78,7 +64,7 @@ def load_data(data: str, features: str | None, model_path: str | None = None) ->
     names = list(model.class_names)
     index = {n: i for i, n in enumerate(names)}
     labels = {s: np.array([index[ds.class_names[int(c)]] for c in sp.labels]) for s, sp in splits.items()}
-    digest = sha256(Path(model.path))
+    digest = sha256_file(Path(model.path))[0]
     if features:
         src = Path(features)
         info = {

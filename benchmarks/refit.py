@@ -21,31 +21,24 @@ Writes ``benchmarks/results/refit.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import write_results
+from serve import PostgresUnavailable, build_archive, postgres_server
+from sqlalchemy import select
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO / "tests"))
-
-from result_files import write_results  # noqa: E402
-from serve import PostgresUnavailable, build_archive, postgres_server  # noqa: E402
-from sqlalchemy import select  # noqa: E402
-
-from marsvision.archive.db import Correction, Image, ImageVectors, open_engine, sessions, utcnow  # noqa: E402
-from marsvision.archive.index import IndexConfig, run_index  # noqa: E402
-from marsvision.archive.review import review_queue  # noqa: E402
-from marsvision.curate.refit import RefitConfig, run_refit  # noqa: E402
-from marsvision.curate.review import DEFAULT_ROUND_SIZE, DEFAULT_STRATEGY  # noqa: E402
-from marsvision.data.msl import MSLDataset  # noqa: E402
-from marsvision.inference.predict import load_model  # noqa: E402
-from marsvision.inference.trust import softmax  # noqa: E402
-from marsvision.metrics import classification_metrics, expected_calibration_error, selective_accuracy  # noqa: E402
+from marsvision.archive.db import Correction, Image, ImageVectors, open_engine, sessions, utcnow
+from marsvision.archive.index import IndexConfig, run_index
+from marsvision.archive.review import review_queue
+from marsvision.curate.refit import RefitConfig, run_refit
+from marsvision.curate.review import DEFAULT_ROUND_SIZE, DEFAULT_STRATEGY
+from marsvision.data.msl import MSLDataset
+from marsvision.inference.predict import load_model
+from marsvision.inference.trust import softmax
+from marsvision.metrics import classification_metrics, expected_calibration_error, selective_accuracy
 
 BUDGET = 50
 

@@ -47,14 +47,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, write_results
 
-from result_files import write_results  # noqa: E402
-
-from marsvision.data.msl import resolve_data_dir  # noqa: E402
-from marsvision.model_file import bundled_model_path  # noqa: E402
-from marsvision.preprocess import decode  # noqa: E402
+from marsvision.data.msl import resolve_data_dir
+from marsvision.model_file import bundled_model_path
+from marsvision.preprocess import decode
 
 FULL_SIZE = (1600, 1200)
 
