@@ -304,7 +304,8 @@ def markdown(r: dict) -> str:
     def row(label: str, s: dict) -> str:
         sel = {x["threshold"]: x for x in s["selective"]}
         cells = " | ".join(f"{sel[t]['coverage']:.3f} / {sel[t]['accuracy']:.3f}" for t in THRESHOLDS)
-        return f"| {label} | {s['n']} | {s['accuracy']:.3f} | {s['ece_before']:.4f} → {s['ece_after']:.4f} | "(
+        return (
+            f"| {label} | {s['n']} | {s['accuracy']:.3f} | {s['ece_before']:.4f} → {s['ece_after']:.4f} | "
             f"{s['mean_confidence_before']:.3f} → {s['mean_confidence_after']:.3f} | "
             f"{s['flagged_unknown']:.3f} | {cells} |"
         )
