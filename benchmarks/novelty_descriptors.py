@@ -26,9 +26,11 @@ import csv
 import time
 
 import numpy as np
-from common import OOD, auroc, write_results
+from common import OOD, REPO, auroc, write_results
 
+from marsvision.atomic import atomic_save
 from marsvision.data.msl import MSLDataset, sol_of
+from marsvision.files import sha256_file
 from marsvision.head.fit import fit_head, fold_head
 from marsvision.head.trust import fit_novelty
 from marsvision.inference.predict import load_model
@@ -63,8 +65,9 @@ def mahalanobis(x_train: np.ndarray, y_train: np.ndarray, query: np.ndarray) -> 
     classes = np.unique(y_train)
     means = np.stack([x_train[y_train == c].mean(0) for c in classes])
     precision = LedoitWolf().fit(x_train - means[np.searchsorted(classes, y_train)]).precision_
-    diff = query[:, None, :] - means[None]  # (N, K, F)
-    return np.einsum("nkf,fg,nkg->nk", diff, precision, diff).min(1)
+    whiten = np.linalg.cholesky(precision)  # (x - m)ᵀ P (x - m) = |Lᵀx - Lᵀm|²
+    q, m = query @ whiten, means @ whiten
+    return ((q * q).sum(1)[:, None] - 2 * q @ m.T + (m * m).sum(1)[None]).min(1)
 
 
 def main() -> None:
@@ -80,11 +83,19 @@ def main() -> None:
     with open(OOD / "provenance.csv", newline="") as f:
         prov = list(csv.DictReader(f))
     generated = np.array([r["source"].startswith("generated") for r in prov])
-    emb = {
-        "train": describe(clf, train.paths),
-        "val": describe(clf, val.paths),
-        "ood": describe(clf, [OOD / "images" / r["file"] for r in prov]),
-    }
+    cache = REPO / "runs" / "cache" / f"novelty_descriptors-{sha256_file(clf.path)[0][:16]}.npz"
+    if cache.is_file():  # the descriptors of one model file (its SHA-256) are computed once
+        z = np.load(cache)
+        emb = {s: {k: z[f"{s}_{k}"] for k in ("features", "texture", "max")} for s in ("train", "val", "ood")}
+    else:
+        emb = {
+            "train": describe(clf, train.paths),
+            "val": describe(clf, val.paths),
+            "ood": describe(clf, [OOD / "images" / r["file"] for r in prov]),
+        }
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        flat = {f"{s}_{k}": v for s, e in emb.items() for k, v in e.items()}
+        atomic_save(lambda tmp: np.savez(tmp, **flat), cache)
     keep = y_train >= 0
     w, b = fold_head(fit_head(emb["train"]["features"][keep], y_train[keep], 1.0), len(names))
 
