@@ -186,9 +186,8 @@ def index_files(
         preds = clf.predict_iter([t[0] for t in todo], top_k=cfg.top_k)
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start : start + cfg.batch_size]
-            items = [
-                (path, sha, size, image_id, p) for (path, sha, size, image_id), p in zip(chunk, preds, strict=True)
-            ]
+            # preds streams every batch: strict=True would pull (and lose) the next batch's first prediction
+            items = [(path, sha, size, image_id, p) for (path, sha, size, image_id), p in zip(chunk, preds)]  # noqa: B905
             with make.begin() as session:  # one transaction a batch: all of it or none of it
                 write_batch(session, items, clf, model_id, report)
             bar.update(len(chunk))
