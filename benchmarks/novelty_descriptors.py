@@ -60,13 +60,15 @@ def knn_distance(reference: np.ndarray, query: np.ndarray, k: int) -> np.ndarray
 
 
 def mahalanobis(x_train: np.ndarray, y_train: np.ndarray, query: np.ndarray) -> np.ndarray:
+    from scipy.linalg import solve_triangular
     from sklearn.covariance import LedoitWolf
 
+    x_train, query = x_train.astype(np.float64), query.astype(np.float64)
     classes = np.unique(y_train)
     means = np.stack([x_train[y_train == c].mean(0) for c in classes])
-    precision = LedoitWolf().fit(x_train - means[np.searchsorted(classes, y_train)]).precision_
-    whiten = np.linalg.cholesky(precision)  # (x - m)ᵀ P (x - m) = |Lᵀx - Lᵀm|²
-    q, m = query @ whiten, means @ whiten
+    cov = LedoitWolf().fit(x_train - means[np.searchsorted(classes, y_train)]).covariance_
+    chol = np.linalg.cholesky(cov)  # (x - m)ᵀ C⁻¹ (x - m) = |L⁻¹x - L⁻¹m|² with C = L Lᵀ
+    q, m = solve_triangular(chol, query.T, lower=True).T, solve_triangular(chol, means.T, lower=True).T
     return ((q * q).sum(1)[:, None] - 2 * q @ m.T + (m * m).sum(1)[None]).min(1)
 
 
