@@ -126,9 +126,9 @@ def quality(data: str, work: Path) -> dict:
         "calibration_candidates_held_out": final.trust.calibration.info.get("refit_candidates_held_out"),
     }
     idx = {n: k for k, n in enumerate(names)}
-    for key, _clf, preds in (
-        "parent",
-        "refit",
+    for key, preds in (
+        ("parent", parent.predict([by_id[i] for i in rest])),
+        ("refit", list(int8_direct.values())),
     ):
         yk = np.array([idx[truth[i]] for i in rest])
         out[f"ece_{key}"] = round(expected_calibration_error(np.stack([p.probabilities for p in preds]), yk), 4)
