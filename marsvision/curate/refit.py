@@ -406,7 +406,10 @@ def run_refit(cfg: RefitConfig) -> dict:
     parent_head[0][: len(clf.class_names)], parent_head[1][: len(clf.class_names)] = clf.head.weight, clf.head.bias
     w, b = refit_head(x_train, y_train, x_new, y_new, len(classes), c_value, cfg.weight, start=parent_head)
     fit_seconds = time.perf_counter() - t_fit
-    trust = refreshed_trust(clf.trust, (w, b, c_value), x_train, y_train, x_new, y_new, tex_new, cfg.weight, sols_new)
+    # The folds start from the parent's head: the new head has seen every correction, so starting from it
+    # leaked the held-out folds (measured: held-out NLL 4e-7, every correction right at confidence ~1).
+    start = (*parent_head, c_value)
+    trust = refreshed_trust(clf.trust, start, x_train, y_train, x_new, y_new, tex_new, cfg.weight, sols_new)
     version = f"refit-{time.strftime('%Y%m%d-%H%M%S')}-{len(chosen)}"
     out_dir = Path(cfg.out) / "refit" / version
     inputs = {
