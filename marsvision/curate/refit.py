@@ -3,8 +3,8 @@ feature vectors (no image is decoded), and write a new model version.
 
 The new version is the parent's file with new metadata: the same graph and int8 weights (the quantised
 graph ends at the features, so a new head needs no new quantisation), a new head, and refreshed trust
-data (the corrected images join the novelty references; with enough corrections the temperature is
-refitted on their held-out predictions). A torch file is written beside it when the parent has one and
+data (the corrected images join the novelty references; with enough corrections the calibration is
+chosen on their held-out campaigns). A torch file is written beside it when the parent has one and
 torch is installed. Corrections weigh ``DEFAULT_WEIGHT`` class-balanced training images of their class
 (chosen on val by benchmarks/active_learning.py). A bad labels CSV is a one-line error naming the line,
 and nothing is written.
@@ -208,6 +208,7 @@ def refreshed_trust(
     """The parent's trust data with the corrected images among the novelty references, and with enough
     corrections, the calibration chosen on their held-out campaigns.
 
+    ``head_fit`` = (W, b, C): the head the fold fits start from (the parent's, which has seen no correction).
     Each correction is predicted by a head fitted without its fold of campaigns (``campaign_folds``). Three
     calibrations compete on these predictions by negative log-likelihood: plain softmax, the parent's, and
     the parent's slope with the level refitted (cross-fitted: fitted on the other folds, scored on each).
