@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from result_files import RESULTS, write_results
+from common import RESULTS, write_results
 
 from marsvision.data.msl import MSLDataset
 from marsvision.evaluation.evaluate import evaluate_split

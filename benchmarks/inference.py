@@ -33,15 +33,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, RESULTS, write_results
 
-from result_files import RESULTS, write_results  # noqa: E402
-
-from marsvision.data.msl import MSLDataset  # noqa: E402
-from marsvision.metrics import classification_metrics  # noqa: E402
-from marsvision.model_file import bundled_model_path, bundled_source_path  # noqa: E402
-from marsvision.preprocess import decode  # noqa: E402
+from marsvision.data.msl import MSLDataset
+from marsvision.metrics import classification_metrics
+from marsvision.model_file import bundled_model_path, bundled_source_path
+from marsvision.preprocess import decode
 
 
 def decode_rate(paths: list[Path], size: int, threads: int) -> float:

@@ -46,13 +46,13 @@ for _dist in REQUIRED:
 if _missing:
     sys.exit(f"ood_set.py: missing package(s) {', '.join(_missing)}; install with: pip install {' '.join(_missing)}")
 
-import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import LightSource  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.colors import LightSource
 
 SIDE = 256
 QUALITY = 90

@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, write_results
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from result_files import RESULTS, write_results  # noqa: E402
-
-from marsvision.data.msl import MSLDataset, balanced_subset, decode_many  # noqa: E402
-from marsvision.export.onnx import (  # noqa: E402
+from marsvision.data.msl import MSLDataset, balanced_subset, decode_many
+from marsvision.export.onnx import (
     ExportConfig,
     export_fp32,
     onnx_logits,
@@ -36,8 +31,8 @@ from marsvision.export.onnx import (  # noqa: E402
     tune_and_export,
     tuning_images,
 )
-from marsvision.export.quantize import quantize_int8  # noqa: E402
-from marsvision.nets.checkpoint import build_model, read_model_file  # noqa: E402
+from marsvision.export.quantize import quantize_int8
+from marsvision.nets.checkpoint import build_model, read_model_file
 
 # (label, ExportConfig overrides). Baselines first, then the variations around the chosen default.
 MM = dict(calib_method="minmax")

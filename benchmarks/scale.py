@@ -45,16 +45,12 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, write_results
 
-from result_files import write_results  # noqa: E402
-
-from marsvision.data.msl import resolve_data_dir  # noqa: E402
-from marsvision.model_file import bundled_model_path  # noqa: E402
-from marsvision.preprocess import decode  # noqa: E402
+from marsvision.data.msl import resolve_data_dir
+from marsvision.model_file import bundled_model_path
+from marsvision.preprocess import decode
 
 FULL_SIZE = (1600, 1200)
 
@@ -241,23 +237,16 @@ def run_local(files: list[str], out: Path) -> dict:
     }
 
 
-def predict_cfg(out: Path) -> SimpleNamespace:
-    return SimpleNamespace(
-        engine="ray",
-        output=str(out),
-        model="",
-        top_k=1,
-        min_confidence=0.0,
-        batch_size=0,
-        threads=0,
-        device="cpu",
-        ray_address="",
-    )
+def predict_cfg(out: Path):
+    from marsvision.inference.predict import PredictConfig
+
+    return PredictConfig(engine="ray", output=str(out))
 
 
 def run_ray(files: list[str], out: Path, opts=None) -> dict:
     """``run_predict`` (the CLI's ``predict --engine ray``) on the running cluster, CPU by process kind."""
-    from marsvision.scale.ray_engine import RayOptions, run_predict
+    from marsvision.scale.ray_engine import RayOptions
+    from marsvision.scale.ray_predict import run_predict
 
     opts = opts or RayOptions()
     with CpuSampler() as cpu:
@@ -419,10 +408,10 @@ def sizing(files: list[str], work: Path, settings: list, quiet_s: float, repeats
 
 def bulk_load(files: list[str], work: Path, db_url: str) -> dict:
     """Rows/s of the bulk load of ``index --engine ray``: shards of these files → the database, with
-    the local indexer's ``write_batch`` (``records.image_rows`` + ``insert_new``), 64 rows a transaction."""
+    the local indexer's ``IndexJob.write`` (``records.image_rows`` + ``insert_new``), 64 rows a transaction."""
     import marsvision
     from marsvision.archive.db import open_engine, sessions
-    from marsvision.archive.index import IndexReport, _known, write_batch
+    from marsvision.archive.index import IndexConfig, IndexJob, IndexReport
     from marsvision.archive.versions import ensure_active
     from marsvision.scale import parquet as pqt
     from marsvision.scale.ray_engine import RayOptions, classify_to_shards, settings_for
@@ -436,10 +425,10 @@ def bulk_load(files: list[str], work: Path, db_url: str) -> dict:
     with sessions(engine).begin() as session:
         model_id = ensure_active(session).id
     report = IndexReport()
-    cfg = SimpleNamespace(batch_size=64, reclassify=False)
     with marsvision.load_model() as clf:
+        job = IndexJob(engine, clf, model_id, str(bundled_model_path()), [], IndexConfig(batch_size=64), report, False)
         t0 = time.perf_counter()
-        load_shards(engine, clf, model_id, folder, settings, cfg, report, write_batch, _known)
+        load_shards(job, folder, settings)
         seconds = time.perf_counter() - t0
     engine.dispose()
     assert report.indexed == len(files), report

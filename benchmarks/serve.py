@@ -1,7 +1,7 @@
 """Load benchmark of `marsvision serve` on 127.0.0.1: search on a 100 000-row archive and classify uploads,
 on SQLite and PostgreSQL, with 1, 8 and 32 concurrent clients.
 
-    . .venv/bin/activate && python benchmarks/serve.py --data /work/shared/data/msl-images
+    . .venv/bin/activate && python benchmarks/serve.py --data ../shared/data/msl-images
 
 (about 5-9 minutes on 2 cores, more while other processes load the machine; ``--backends sqlite`` skips
 PostgreSQL; a smoke run: ``--rows 3000 --real 50 --max-requests 100 --max-classify-requests 100 --seconds 4
@@ -70,21 +70,19 @@ from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 
+import httpx
 import numpy as np
+from common import DEFAULT_DATA, REPO, postgres_helpers, write_results
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+_servers = postgres_helpers()  # tests/servers.py: the same throwaway PostgreSQL as the tests
+PostgresUnavailable, throwaway_postgres = _servers.PostgresUnavailable, _servers.throwaway_postgres
+from sqlalchemy import func, insert, inspect, select, text
 
-import httpx  # noqa: E402
-from result_files import write_results  # noqa: E402
-from servers import PostgresUnavailable, throwaway_postgres  # noqa: E402  (tests/servers.py)
-from sqlalchemy import func, insert, inspect, select, text  # noqa: E402
-
-from marsvision.archive.db import Image, ImageVectors, open_engine, sessions  # noqa: E402
-from marsvision.archive.index import IndexConfig, run_index  # noqa: E402
-from marsvision.archive.records import VECTORS  # noqa: E402
-from marsvision.archive.versions import ensure_active  # noqa: E402
+from marsvision.archive.db import Image, ImageVectors, open_engine, sessions
+from marsvision.archive.index import IndexConfig, run_index
+from marsvision.archive.records import VECTORS
+from marsvision.archive.versions import ensure_active
+from marsvision.data.msl import resolve_data_dir
 
 SEARCH_P95_MS = 50.0
 CLASSIFY_P95_MS = 100.0
@@ -1063,8 +1061,9 @@ def main() -> int:
     p.add_argument(
         "--data",
         type=Path,
-        default=Path("/work/shared/data/msl-images"),
-        help="the MSL data set folder (calibrated/): real images to index and upload",
+        default=None,
+        help="the MSL data set folder (calibrated/): real images to index and upload (default: the package's "
+        "lookup, --data, $MARSVISION_DATA, ./data/msl-images, then ../shared/data/msl-images beside the checkout)",
     )
     p.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     p.add_argument("--rows", type=int, default=100_000)
@@ -1103,6 +1102,9 @@ def main() -> int:
     t_start = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="marsvision-serve-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.data is None:
+        found = resolve_data_dir()
+        args.data = found if (found / "calibrated").is_dir() else DEFAULT_DATA
     data_dir = args.data if (args.data / "calibrated").is_dir() else None
     uploads = sorted(Path(data_dir, "calibrated").glob("*.JPG"))[-200:] if data_dir else []
     uploads = uploads or sorted((REPO / "examples" / "images").glob("*.JPG"))

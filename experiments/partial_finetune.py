@@ -53,12 +53,11 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks/common.py (results), beside the benchmarks
 
+from common import EXPERIMENT_RESULTS, write_results  # noqa: E402
 from probe_forward import compare, replaces_shipped, selectors, train_val_by_sol  # noqa: E402
 from probe_tuning import ProbeTail, average, frozen_stage_maps, interpolate, probe_features, tail_outputs, tune_tail  # noqa: E402
-from result_files import EXPERIMENT_RESULTS, write_results  # noqa: E402
 
 from marsvision.data.msl import decode_many  # noqa: E402
 from marsvision.training.probe import fit_head, fold_head, frozen_backbone  # noqa: E402

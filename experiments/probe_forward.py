@@ -60,10 +60,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks/common.py (results), beside the benchmarks
 
-from result_files import EXPERIMENT_RESULTS, write_results  # noqa: E402
+from common import EXPERIMENT_RESULTS, write_results  # noqa: E402
 from self_training import self_train  # noqa: E402
 
 from marsvision.data.msl import MSLDataset, decode_many, sol_of  # noqa: E402

@@ -19,11 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks/common.py (results), beside the benchmarks
 
+from common import EXPERIMENT_RESULTS, write_results  # noqa: E402
 from quantization import fidelity, load_inputs  # noqa: E402  (beside this script)
-from result_files import EXPERIMENT_RESULTS, write_results  # noqa: E402
 
 from marsvision.export.onnx import (  # noqa: E402
     ExportConfig,

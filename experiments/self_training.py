@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from marsvision.atomic import atomic_write  # noqa: E402
 from marsvision.data.msl import SPLITS, DataError, MSLDataset, decode_many  # noqa: E402

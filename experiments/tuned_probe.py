@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "experiments"))
 
 from probe_tuning import ProbeTail, average, frozen_stage_maps, interpolate, probe_features, tail_outputs, tune_tail  # noqa: E402
 

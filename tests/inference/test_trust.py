@@ -7,6 +7,7 @@ import pytest
 
 from marsvision.head.trust import fit_calibration, fit_novelty, fit_trust, held_out_predictions
 from marsvision.inference.trust import Calibration, Head, Trust, decode_array, encode_array, softmax
+from marsvision.metrics import expected_calibration_error
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 0.0), ("float16", 1e-3)])
@@ -66,16 +67,49 @@ def test_trust_applies_as_plain_data():
     a, b = trust.apply(logits, x[:7]), again.apply(logits, x[:7])
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
     np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
-    assert np.allclose(a[0].sum(1), 1) and trust.calibration.info["held_out_ece_after"] >= 0
+    assert np.allclose(a[0].sum(1), 1)
+    # the reported held-out ECEs are those of the held-out predictions, before and after the calibration
+    logits, novelty, held_y = held_out_predictions(features, x, y, sols, num_classes=5, c=1.0)
+    info = trust.calibration.info
+    assert info["held_out_ece_before"] == pytest.approx(expected_calibration_error(softmax(logits), held_y))
+    assert info["held_out_ece_after"] == pytest.approx(
+        expected_calibration_error(trust.calibration(logits, novelty), held_y)
+    )
     assert Trust.from_dict(None).apply(logits, None)[1] is None  # no trust data: softmax, no novelty
     np.testing.assert_allclose(Trust().apply(logits, x[:7])[0], softmax(logits))
 
 
+def campaigns_with_private_fingerprints(seed=0, days=300, per_sol=4, length=20):
+    """Images whose label is random per campaign of ``length`` sols and readable only from that campaign's
+    own feature (a one-hot fingerprint): a head that saw a campaign labels it perfectly, one that did not
+    guesses (1 in 4). Campaigns of 20 sols straddle the 30-sol windows, so only the gap keeps them apart."""
+    rng = np.random.default_rng(seed)
+    sols = np.repeat(np.arange(days), per_sol)
+    campaign = sols // length
+    n_campaigns = campaign.max() + 1
+    labels = rng.integers(0, 4, n_campaigns)[campaign]
+    features = np.eye(n_campaigns)[campaign] * 5 + rng.normal(size=(len(sols), n_campaigns))
+    texture = np.abs(rng.normal(size=(len(sols), 64)))
+    return features.astype(np.float32), texture.astype(np.float32), labels, sols
+
+
 def test_held_out_windows_never_see_their_own_campaign():
-    rng = np.random.default_rng(0)
-    x, y, sols = texture_clusters(rng)
-    logits, novelty, labels = held_out_predictions(x, x, y, sols, num_classes=4, c=1.0, window=30, gap=10)
-    assert len(labels) == len(y) and len(novelty) == len(y) and logits.shape == (len(y), 4)
+    features, texture, labels, sols = campaigns_with_private_fingerprints()
+    accuracy = {}
+    for gap in (10, 0):
+        logits, novelty, y = held_out_predictions(features, texture, labels, sols, num_classes=4, c=1.0, gap=gap)
+        assert len(logits) == len(novelty) == len(y) > 0.8 * len(labels)
+        accuracy[gap] = float((logits.argmax(1) == y).mean())
+    assert accuracy[10] < 0.3  # chance: no held-out image's campaign was fitted
+    assert accuracy[0] > accuracy[10] + 0.1  # without the gap, the straddling campaigns leak (the test can fail)
+
+
+def test_ece_of_known_miscalibration():
+    # half the images at confidence 0.9 right 60 % of the time, half at 0.7 right 70 %: ECE = 0.5 · 0.3
+    probs = np.array([[0.9, 0.1]] * 10 + [[0.7, 0.3]] * 10)
+    labels = np.array([0] * 6 + [1] * 4 + [0] * 7 + [1] * 3)
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.15)
+    assert expected_calibration_error(np.array([[0.25, 0.75]] * 4), np.array([1, 1, 1, 0])) == pytest.approx(0.0)
 
 
 def test_head_and_class_maps_are_exact_for_pooled_maps():
