@@ -30,16 +30,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import REPO, write_results
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from marsvision.preprocess import decode
+
+# The product builders of the tests (real PDS3/PDS4 products from the sample labels), shared, not copied.
 sys.path.insert(0, str(REPO / "tests"))
-
 from pds_products import detached, label_size, pds4  # noqa: E402
-from result_files import write_results  # noqa: E402
-
-from marsvision.preprocess import decode  # noqa: E402
 
 
 def write_inputs(sources: list[Path], root: Path) -> dict[str, Path]:
