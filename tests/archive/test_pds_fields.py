@@ -59,7 +59,7 @@ def test_index_stores_the_label_fields_and_the_camera(db_url, tmp_path, example_
             "mcam09502",
             "MASTCAM_R0_CLEAR",
         )
-        assert r.target.upper() == "MARS" and (r.lines, r.samples, r.bands, r.site, r.drive) == (192, 256, 3, 62, 660)
+        assert r.target.upper() == "MARS" and (r.lines, r.samples, r.bands, r.site, r.drive) == (*pixels.shape, 62, 660)
         assert r.name_fields["sol"] == 1664  # MSL product names are MMM file names too
     assert {r.instrument_id for r in products} == {"MAST_RIGHT", "Mast Camera Right"}
 
