@@ -350,6 +350,7 @@ SHORT_HELP = {
     "serve": "Serve the archive: a web page at / and a REST API at /api (OpenAPI page at /docs).",
     "refit": "Refit the model's head on its training images plus the curators' corrections (no image decoded).",
     "models": "List the archive's model versions, activate one (re-scoring the archive), or roll back.",
+    "triage": "Plan a downlink: rank images so that the new and the varied are sent first, within a budget.",
 }
 
 
@@ -419,6 +420,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             )
         )
 
+    if wanted == "triage":
+        from .triage.command import TriageConfig, cmd_triage
+
+        p = sub.add_parser("triage", help=TriageConfig.__doc__, description=TriageConfig.__doc__)
+        p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+        add_config_args(p, TriageConfig)
+        p.set_defaults(run=lambda a: cmd_triage(a.paths, config_from(a, TriageConfig)))
+    else:
+        sub.add_parser("triage", help=SHORT_HELP["triage"], description=SHORT_HELP["triage"])
+
     p = sub.add_parser("models", help=SHORT_HELP["models"], description=SHORT_HELP["models"])
     p.add_argument("action", choices=("list", "activate", "rollback"))
     p.add_argument("version", nargs="?", default="", help="the version to activate")
@@ -451,11 +462,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that end a command with a one-line message (exit 2) instead of a traceback."""
     from .data.msl import DataError
+    from .errors import MarsvisionError
     from .model_file import ModelFileError
     from .preprocess import ImageError
 
     errors: list[type[BaseException]] = [
         DataError,
+        MarsvisionError,
         ModelFileError,
         ImageError,
         MissingExtraError,

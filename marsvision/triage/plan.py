@@ -1,0 +1,204 @@
+"""The downlink plan: which of a sol's images to send first, and why, within a budget.
+
+Greedy selection of a submodular objective over the model's features (``Prediction.features``,
+centred and L2-normalised, so similarity is a cosine clipped at 0):
+
+    gain(j) = w(class of j) · [ Σ_i max(0, s(i, j) − covered_i) / N  +  α · min(novelty_j, cap) · (1 − earth_j) ]
+
+- the first term is facility-location coverage of the sol's feature space: how much closer image j
+  brings the sol's images to something Earth has. ``covered_i`` starts as image i's similarity to its
+  nearest image on Earth (``earth_i``: the state's seed and earlier plans' sent images) and rises as
+  images are picked, so a second image of a scene already picked gains little;
+- the second is the model's novelty (its distance to the training images, ``Prediction.novelty``),
+  counted for what Earth does not yet hold something alike;
+- ``w``: the class weights of a priorities file (1 when none).
+
+A pick's near-duplicates (similarity ≥ ``near_duplicate``) leave the race: they are ranked last, as
+"near-duplicate of rank N", and never sent. A count budget takes the first picks; a byte budget picks
+by gain per byte among the images that still fit. Ties go to the earlier input, so the same inputs and
+state give the same plan. Numbers behind the defaults: docs/triage.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import MarsvisionError
+from .state import Earth, unit_rows
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Exactly one of: a fraction of the readable images, a number of images, a number of bytes."""
+
+    fraction: float = 0.0
+    count: int = 0
+    bytes: int = 0
+
+    def __post_init__(self):
+        given = [n for n, v in (("fraction", self.fraction), ("count", self.count), ("bytes", self.bytes)) if v]
+        if len(given) != 1 or min(self.fraction, self.count, self.bytes) < 0 or self.fraction > 1:
+            raise MarsvisionError(
+                "give exactly one budget: --budget-fraction F (0 < F ≤ 1), --budget-count N or --budget-bytes B"
+            )
+
+    def images(self, n: int) -> int | None:
+        """How many of ``n`` images the budget sends (None: it is a byte budget). A fraction rounds up,
+        so every sol sends at least one image."""
+        if self.bytes:
+            return None
+        return min(n, self.count) if self.count else min(n, math.ceil(self.fraction * n - 1e-9))
+
+
+@dataclass(frozen=True)
+class PlanParams:
+    """The selection's constants; the defaults were chosen on the val replay (docs/triage.md)."""
+
+    near_duplicate: float = 0.9  # cosine similarity at or above which two images are near-duplicates
+    novelty_weight: float = 0.5  # α: novelty against coverage
+    novelty_cap: float = 3.0  # novelty beyond this counts no more (a photo of a cat is not 100× more worth)
+    new_view: float = 0.5  # 1 − covered at or above this: nothing on Earth or ranked before is alike
+
+
+@dataclass
+class PlanRow:
+    rank: int
+    path: str
+    send: int
+    reason: str
+    label: str | None
+    confidence: float | None
+    novelty: float | None
+    bytes: int | None
+    cumulative_bytes: int
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    rows: list[PlanRow]
+    sent: list[int]  # indices into the inputs, in send order
+    center: np.ndarray | None  # the centre the similarities used (kept in the state)
+    features: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # sent inputs' features
+
+
+def earth_similarity(z: np.ndarray, earth: Earth | None, center: np.ndarray) -> np.ndarray:
+    """Each unit row's similarity to its nearest image on Earth (0 when Earth holds none)."""
+    best = np.zeros(len(z), np.float32)
+    if earth is not None and len(earth):
+        for chunk in earth.unit(center):
+            best = np.maximum(best, (z @ chunk.T).max(1))
+    return best
+
+
+def plan_downlink(
+    predictions: Sequence,
+    sizes: Sequence[int | None],
+    budget: Budget,
+    earth: Earth | None = None,
+    weights: dict[str, float] | None = None,
+    params: PlanParams | None = None,
+) -> Plan:
+    """Rank precomputed predictions (``Prediction``-like: ok, source, label, confidence, novelty,
+    features, error) with their file sizes in bytes; one row per input, in send order."""
+    params = params or PlanParams()
+    good = [i for i, p in enumerate(predictions) if p.ok and p.features is not None]
+    n = len(good)
+    order: list[int] = []  # positions in ``good``, in rank order
+    reasons: dict[int, str] = {}
+    dup_of: dict[int, int] = {}
+    center = None
+    if n:
+        feats = np.stack([np.asarray(predictions[i].features, np.float32) for i in good])
+        center = earth.center if earth is not None and earth.center is not None else feats.mean(0)
+        z = unit_rows(feats, center)
+        earth_sim = np.clip(earth_similarity(z, earth, center), 0.0, 1.0)
+        sim = np.clip(z @ z.T, 0.0, None)
+        novelty = np.array([predictions[i].novelty or 0.0 for i in good], np.float32)
+        w = np.array([(weights or {}).get(predictions[i].label, 1.0) for i in good], np.float32)
+        nov_term = params.novelty_weight * np.minimum(novelty, params.novelty_cap) * (1.0 - earth_sim)
+        covered = earth_sim.copy()
+        size = np.array([max(1, sizes[i] or 1) for i in good], np.float64)
+        left = budget.bytes
+        open_ = np.ones(n, bool)
+        while open_.any():
+            gain = w * (np.maximum(sim - covered[:, None], 0.0).sum(0) / n + nov_term)
+            score = np.where(open_, gain, -np.inf)
+            if budget.bytes:
+                fits = open_ & (size <= left)
+                if fits.any():  # knapsack-like: the most gain per byte among what still fits
+                    score = np.where(fits, gain / size, -np.inf)
+                    left -= size[int(np.argmax(score))]
+                else:
+                    left = 0
+            j = int(np.argmax(score))
+            reasons[j] = (
+                "novel"
+                if novelty[j] > 1 and covered[j] < params.near_duplicate
+                else "priority class"
+                if w[j] > 1
+                else "new view"
+                if 1 - covered[j] >= params.new_view
+                else "routine"
+            )
+            order.append(j)
+            open_[j] = False
+            covered = np.maximum(covered, sim[:, j])
+            dups = open_ & (sim[:, j] >= params.near_duplicate)
+            for d in np.flatnonzero(dups):
+                dup_of[int(d)] = j
+            open_ &= ~dups
+    kept = list(order)
+    rank_of = {j: r for r, j in enumerate(kept, 1)}
+    dups_ranked = sorted(dup_of, key=lambda d: (rank_of[dup_of[d]], d))
+    # Who is sent: a count budget, the first picks; a byte budget, the picks in order while they fit.
+    limit = budget.images(n)
+    sent_pos: list[int] = []
+    if limit is not None:
+        sent_pos = kept[:limit]
+    else:
+        used = 0
+        for j in kept:
+            b = int(sizes[good[j]] or 0)
+            if used + b <= budget.bytes:
+                sent_pos.append(j)
+                used += b
+    sent_set = set(sent_pos)
+    rows: list[PlanRow] = []
+    total = 0
+    # Sent picks first, then the rest of the picks, then near-duplicates, then unreadable inputs.
+    sequence = sent_pos + [j for j in kept if j not in sent_set] + dups_ranked
+    final_rank = {j: r for r, j in enumerate(sequence, 1)}
+    for j in sequence:
+        p, size_j = predictions[good[j]], sizes[good[j]]
+        total += int(size_j or 0)
+        reason = f"near-duplicate of rank {final_rank[dup_of[j]]}" if j in dup_of else reasons[j]
+        rows.append(
+            PlanRow(
+                len(rows) + 1,
+                str(p.source),
+                int(j in sent_set),
+                reason,
+                p.label,
+                None if p.confidence is None else round(float(p.confidence), 4),
+                None if p.novelty is None else round(float(p.novelty), 4),
+                size_j,
+                total,
+            )
+        )
+    readable = set(good)
+    for i, p in enumerate(predictions):
+        if i not in readable:
+            size_i = sizes[i]
+            total += int(size_i or 0)
+            error = p.error or "no features"
+            rows.append(PlanRow(len(rows) + 1, str(p.source), 0, "unreadable", None, None, None, size_i, total, error))
+    sent = [good[j] for j in sent_pos]
+    return Plan(rows, sent, center, {i: np.asarray(predictions[i].features) for i in sent})

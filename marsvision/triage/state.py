@@ -1,0 +1,118 @@
+"""What Earth already has: the state folder a downlink plan is judged against and then adds to.
+
+One file, ``DIR/triage-state.npz``, replaced atomically (``marsvision.atomic``), so a kill at any moment
+leaves the previous state whole:
+
+- ``features`` (M, F) float16: the model features of the images Earth has, the seed (e.g. the training
+  images, ``Earth.seeded``) and then every image a plan sent;
+- ``names`` (M,): where each came from (``seed:<name>`` or the sent path);
+- ``center`` (F,) float32: the mean subtracted before cosine similarity (the seed's mean; without a
+  seed, the first plan's images' mean, kept so later plans compare alike);
+- ``meta``: JSON with the plans written so far.
+
+Without a seed, what Earth has at the start is what the model was fitted on, and the plan reads it
+through the model's own ``novelty`` (its distance to the training images, from the model file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_save
+from ..errors import MarsvisionError
+
+STATE_FILE = "triage-state.npz"
+FORMAT = "marsvision-triage-state/1"
+
+
+class StateError(MarsvisionError):
+    """A state folder that cannot be read or does not fit the model."""
+
+
+def unit_rows(x: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` centred and L2-normalised (float32), so that a dot product is a cosine similarity."""
+    z = np.asarray(x, np.float32) - center
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class Earth:
+    """The images Earth has, as features; ``center`` None until a seed or a first plan sets it."""
+
+    features: np.ndarray  # (M, F) float16
+    names: list[str]
+    center: np.ndarray | None = None
+    meta: dict = field(default_factory=lambda: {"format": FORMAT, "plans": []})
+
+    @classmethod
+    def empty(cls) -> Earth:
+        return cls(np.zeros((0, 0), np.float16), [])
+
+    @classmethod
+    def seeded(cls, features: np.ndarray, names: list[str]) -> Earth:
+        """Earth holding these images (e.g. the training set), centred on their mean."""
+        f = np.asarray(features, np.float32)
+        return cls(f.astype(np.float16), [f"seed:{n}" for n in names], f.mean(0))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def unit(self, center: np.ndarray, chunk: int = 2048):
+        """Earth's images as unit rows, in chunks (float16 on disk, float32 only a chunk at a time)."""
+        for lo in range(0, len(self), chunk):
+            yield unit_rows(self.features[lo : lo + chunk], center)
+
+    def with_sent(self, features: np.ndarray, names: list[str], center: np.ndarray, plan: dict) -> Earth:
+        """A new Earth that also holds these sent images (``plan``: a summary kept in ``meta``)."""
+        f = np.asarray(features, np.float16).reshape(len(names), -1)
+        old = self.features if len(self) else np.zeros((0, f.shape[1]), np.float16)
+        meta = {**self.meta, "plans": [*self.meta.get("plans", []), plan]}
+        return Earth(np.concatenate([old, f]), [*self.names, *names], center, meta)
+
+    def check(self, dims: int) -> None:
+        if len(self) and self.features.shape[1] != dims:
+            raise StateError(
+                f"the state holds {self.features.shape[1]}-dimensional features, the model gives {dims}: "
+                "a state belongs to one model's features (start a new --state folder)"
+            )
+
+
+def load_state(folder: str | Path) -> Earth:
+    """The state in ``folder``; a folder without one is an empty Earth."""
+    path = Path(folder) / STATE_FILE
+    if not path.exists():
+        return Earth.empty()
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != FORMAT:
+                raise StateError(f"{path}: not a triage state of format {FORMAT}")
+            center = z["center"] if z["center"].size else None
+            return Earth(z["features"], [str(n) for n in z["names"]], center, meta)
+    except (OSError, ValueError, KeyError) as e:
+        raise StateError(f"{path}: cannot read the triage state ({e})") from None
+
+
+def save_state(folder: str | Path, earth: Earth) -> Path:
+    """Replace the state in ``folder`` in one rename: a kill leaves the old state, never half a new one."""
+    path = Path(folder) / STATE_FILE
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                features=earth.features,
+                names=np.asarray(earth.names, dtype=str),
+                center=np.zeros(0, np.float32) if earth.center is None else earth.center.astype(np.float32),
+                meta=np.asarray(json.dumps(earth.meta)),
+            )
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so a power cut cannot leave an empty state
+
+    atomic_save(write, path)
+    return path
