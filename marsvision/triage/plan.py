@@ -62,6 +62,7 @@ class PlanParams:
     novelty_weight: float = 0.5  # α: novelty against coverage
     novelty_cap: float = 3.0  # novelty beyond this counts no more (a photo of a cat is not 100× more worth)
     new_view: float = 0.5  # 1 − covered at or above this: nothing on Earth or ranked before is alike
+    send_duplicates: bool = True  # near-duplicates may fill what the budget has left once the rest is sent
 
 
 @dataclass
@@ -89,11 +90,11 @@ class Plan:
     features: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # sent inputs' features
 
 
-def earth_similarity(z: np.ndarray, earth: Earth | None, center: np.ndarray) -> np.ndarray:
+def earth_similarity(z: np.ndarray, earth: Earth | None) -> np.ndarray:
     """Each unit row's similarity to its nearest image on Earth (0 when Earth holds none)."""
     best = np.zeros(len(z), np.float32)
     if earth is not None and len(earth):
-        for chunk in earth.unit(center):
+        for chunk in earth.chunks():
             best = np.maximum(best, (z @ chunk.T).max(1))
     return best
 
@@ -119,7 +120,7 @@ def plan_downlink(
         feats = np.stack([np.asarray(predictions[i].features, np.float32) for i in good])
         center = earth.center if earth is not None and earth.center is not None else feats.mean(0)
         z = unit_rows(feats, center)
-        earth_sim = np.clip(earth_similarity(z, earth, center), 0.0, 1.0)
+        earth_sim = np.clip(earth_similarity(z, earth), 0.0, 1.0)
         sim = np.clip(z @ z.T, 0.0, None)
         novelty = np.array([predictions[i].novelty or 0.0 for i in good], np.float32)
         w = np.array([(weights or {}).get(predictions[i].label, 1.0) for i in good], np.float32)
@@ -127,17 +128,17 @@ def plan_downlink(
         covered = earth_sim.copy()
         size = np.array([max(1, sizes[i] or 1) for i in good], np.float64)
         left = budget.bytes
-        open_ = np.ones(n, bool)
+        open_, is_dup = np.ones(n, bool), np.zeros(n, bool)
         while open_.any():
+            # Near-duplicates of a pick compete only once every other image is ranked.
+            pool = open_ & ~is_dup if (open_ & ~is_dup).any() else open_
             gain = w * (np.maximum(sim - covered[:, None], 0.0).sum(0) / n + nov_term)
-            score = np.where(open_, gain, -np.inf)
+            score = np.where(pool, gain, -np.inf)
             if budget.bytes:
-                fits = open_ & (size <= left)
+                fits = pool & (size <= left)
                 if fits.any():  # knapsack-like: the most gain per byte among what still fits
                     score = np.where(fits, gain / size, -np.inf)
                     left -= size[int(np.argmax(score))]
-                else:
-                    left = 0
             j = int(np.argmax(score))
             reasons[j] = (
                 "novel"
@@ -151,21 +152,20 @@ def plan_downlink(
             order.append(j)
             open_[j] = False
             covered = np.maximum(covered, sim[:, j])
-            dups = open_ & (sim[:, j] >= params.near_duplicate)
-            for d in np.flatnonzero(dups):
-                dup_of[int(d)] = j
-            open_ &= ~dups
-    kept = list(order)
-    rank_of = {j: r for r, j in enumerate(kept, 1)}
-    dups_ranked = sorted(dup_of, key=lambda d: (rank_of[dup_of[d]], d))
-    # Who is sent: a count budget, the first picks; a byte budget, the picks in order while they fit.
+            if j not in dup_of:
+                for d in np.flatnonzero(open_ & ~is_dup & (sim[:, j] >= params.near_duplicate)):
+                    dup_of[int(d)] = j
+                    is_dup[d] = True
+    eligible = [j for j in order if params.send_duplicates or j not in dup_of]
+    # Who is sent: a count budget, the first eligible picks; a byte budget, the eligible picks in order
+    # while they fit.
     limit = budget.images(n)
     sent_pos: list[int] = []
     if limit is not None:
-        sent_pos = kept[:limit]
+        sent_pos = eligible[:limit]
     else:
         used = 0
-        for j in kept:
+        for j in eligible:
             b = int(sizes[good[j]] or 0)
             if used + b <= budget.bytes:
                 sent_pos.append(j)
@@ -173,8 +173,8 @@ def plan_downlink(
     sent_set = set(sent_pos)
     rows: list[PlanRow] = []
     total = 0
-    # Sent picks first, then the rest of the picks, then near-duplicates, then unreadable inputs.
-    sequence = sent_pos + [j for j in kept if j not in sent_set] + dups_ranked
+    # Sent picks first, then the rest in pick order, then unreadable inputs.
+    sequence = sent_pos + [j for j in order if j not in sent_set]
     final_rank = {j: r for r, j in enumerate(sequence, 1)}
     for j in sequence:
         p, size_j = predictions[good[j]], sizes[good[j]]

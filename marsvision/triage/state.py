@@ -3,10 +3,11 @@
 One file, ``DIR/triage-state.npz``, replaced atomically (``marsvision.atomic``), so a kill at any moment
 leaves the previous state whole:
 
-- ``features`` (M, F) float16: the model features of the images Earth has, the seed (e.g. the training
-  images, ``Earth.seeded``) and then every image a plan sent;
+- ``units`` (M, F) float16: the model features of the images Earth has, centred on ``center`` and
+  L2-normalised (a dot product is a cosine similarity): the seed (e.g. the training images,
+  ``Earth.seeded``), then every image a plan sent;
 - ``names`` (M,): where each came from (``seed:<name>`` or the sent path);
-- ``center`` (F,) float32: the mean subtracted before cosine similarity (the seed's mean; without a
+- ``center`` (F,) float32: the mean subtracted before the similarity (the seed's mean; without a
   seed, the first plan's images' mean, kept so later plans compare alike);
 - ``meta``: JSON with the plans written so far.
 
@@ -44,7 +45,7 @@ def unit_rows(x: np.ndarray, center: np.ndarray) -> np.ndarray:
 class Earth:
     """The images Earth has, as features; ``center`` None until a seed or a first plan sets it."""
 
-    features: np.ndarray  # (M, F) float16
+    units: np.ndarray  # (M, F) unit rows; float16 from the file, any float in memory
     names: list[str]
     center: np.ndarray | None = None
     meta: dict = field(default_factory=lambda: {"format": FORMAT, "plans": []})
@@ -57,27 +58,28 @@ class Earth:
     def seeded(cls, features: np.ndarray, names: list[str]) -> Earth:
         """Earth holding these images (e.g. the training set), centred on their mean."""
         f = np.asarray(features, np.float32)
-        return cls(f.astype(np.float16), [f"seed:{n}" for n in names], f.mean(0))
+        center = f.mean(0)
+        return cls(unit_rows(f, center), [f"seed:{n}" for n in names], center)
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def unit(self, center: np.ndarray, chunk: int = 2048):
-        """Earth's images as unit rows, in chunks (float16 on disk, float32 only a chunk at a time)."""
+    def chunks(self, chunk: int = 2048):
+        """Earth's unit rows as float32, a chunk at a time (a file's float16 rows never all at once)."""
         for lo in range(0, len(self), chunk):
-            yield unit_rows(self.features[lo : lo + chunk], center)
+            yield np.asarray(self.units[lo : lo + chunk], np.float32)
 
     def with_sent(self, features: np.ndarray, names: list[str], center: np.ndarray, plan: dict) -> Earth:
         """A new Earth that also holds these sent images (``plan``: a summary kept in ``meta``)."""
-        f = np.asarray(features, np.float16).reshape(len(names), -1)
-        old = self.features if len(self) else np.zeros((0, f.shape[1]), np.float16)
+        f = unit_rows(np.asarray(features, np.float32).reshape(len(names), -1), center)
+        old = self.units if len(self) else np.zeros((0, f.shape[1]), f.dtype)
         meta = {**self.meta, "plans": [*self.meta.get("plans", []), plan]}
-        return Earth(np.concatenate([old, f]), [*self.names, *names], center, meta)
+        return Earth(np.concatenate([old, f.astype(old.dtype)]), [*self.names, *names], center, meta)
 
     def check(self, dims: int) -> None:
-        if len(self) and self.features.shape[1] != dims:
+        if len(self) and self.units.shape[1] != dims:
             raise StateError(
-                f"the state holds {self.features.shape[1]}-dimensional features, the model gives {dims}: "
+                f"the state holds {self.units.shape[1]}-dimensional features, the model gives {dims}: "
                 "a state belongs to one model's features (start a new --state folder)"
             )
 
@@ -93,7 +95,7 @@ def load_state(folder: str | Path) -> Earth:
             if meta.get("format") != FORMAT:
                 raise StateError(f"{path}: not a triage state of format {FORMAT}")
             center = z["center"] if z["center"].size else None
-            return Earth(z["features"], [str(n) for n in z["names"]], center, meta)
+            return Earth(z["units"], [str(n) for n in z["names"]], center, meta)
     except (OSError, ValueError, KeyError) as e:
         raise StateError(f"{path}: cannot read the triage state ({e})") from None
 
@@ -106,7 +108,7 @@ def save_state(folder: str | Path, earth: Earth) -> Path:
         with open(tmp, "wb") as f:
             np.savez(
                 f,
-                features=earth.features,
+                units=np.asarray(earth.units, np.float16),
                 names=np.asarray(earth.names, dtype=str),
                 center=np.zeros(0, np.float32) if earth.center is None else earth.center.astype(np.float32),
                 meta=np.asarray(json.dumps(earth.meta)),
