@@ -105,7 +105,8 @@ def run_triage(paths: list[str], cfg: TriageConfig, params: PlanParams | None = 
         sent = [plan.features[i] for i in plan.sent]
         sent_bytes = sum(r.bytes or 0 for r in plan.rows if r.send)
         note = {"inputs": len(files), "sent": len(plan.sent), "bytes": sent_bytes}
-        save_state(cfg.state, base.with_sent(sent, [str(files[i]) for i in plan.sent], plan.center, note))
+        labels = [predictions[i].label for i in plan.sent]
+        save_state(cfg.state, base.with_sent(sent, [str(files[i]) for i in plan.sent], labels, plan.center, note))
     return plan
 
 

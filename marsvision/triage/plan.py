@@ -3,13 +3,16 @@
 Greedy selection of a submodular objective over the model's features (``Prediction.features``,
 centred and L2-normalised, so similarity is a cosine clipped at 0):
 
-    gain(j) = w(class of j) · [ Σ_i max(0, s(i, j) − covered_i) / N  +  α · min(novelty_j, cap) · (1 − earth_j) ]
+    gain(j) = w(class of j) · [ Σ_i max(0, s(i, j) − covered_i) / N  +  β · Σ_k p_jk · unsent_k
+                                +  α · min(novelty_j, cap) · (1 − earth_j) ]
 
 - the first term is facility-location coverage of the sol's feature space: how much closer image j
-  brings the sol's images to something Earth has. ``covered_i`` starts as image i's similarity to its
-  nearest image on Earth (``earth_i``: the state's seed and earlier plans' sent images) and rises as
-  images are picked, so a second image of a scene already picked gains little;
-- the second is the model's novelty (its distance to the training images, ``Prediction.novelty``),
+  brings the sol's images to something Earth has. ``covered_i`` starts at λ times image i's similarity
+  to its nearest image on Earth (``earth_i``: the state's seed and earlier plans' sent images) and rises
+  as images are picked, so a second image of a scene already picked gains little;
+- the second is probabilistic coverage of the sol's classes: ``p_jk`` the model's probability that j
+  shows class k, ``unsent_k`` the chance that no pick so far shows it;
+- the third is the model's novelty (its distance to the training images, ``Prediction.novelty``),
   counted for what Earth does not yet hold something alike;
 - ``w``: the class weights of a priorities file (1 when none).
 
@@ -60,6 +63,10 @@ class PlanParams:
 
     near_duplicate: float = 0.9  # cosine similarity at or above which two images are near-duplicates
     novelty_weight: float = 0.5  # α: novelty against coverage
+    class_weight: float = 0.5  # β: the expected number of the sol's classes (as the model sees them) not yet sent
+    earth_credit: float = 1.0  # λ: how much an image alike on Earth counts as already covered (0: only this sol)
+    rarity_weight: float = 1.0  # ρ: a bonus for an image of a class Earth holds few of
+    rarity_scale: float = 40.0  # a class with this many images on Earth gets half the rarity bonus
     novelty_cap: float = 3.0  # novelty beyond this counts no more (a photo of a cat is not 100× more worth)
     new_view: float = 0.5  # 1 − covered at or above this: nothing on Earth or ranked before is alike
     send_duplicates: bool = True  # near-duplicates may fill what the budget has left once the rest is sent
@@ -108,7 +115,7 @@ def plan_downlink(
     params: PlanParams | None = None,
 ) -> Plan:
     """Rank precomputed predictions (``Prediction``-like: ok, source, label, confidence, novelty,
-    features, error) with their file sizes in bytes; one row per input, in send order."""
+    probabilities, features, error) with their file sizes in bytes; one row per input, in send order."""
     params = params or PlanParams()
     good = [i for i, p in enumerate(predictions) if p.ok and p.features is not None]
     n = len(good)
@@ -125,14 +132,23 @@ def plan_downlink(
         novelty = np.array([predictions[i].novelty or 0.0 for i in good], np.float32)
         w = np.array([(weights or {}).get(predictions[i].label, 1.0) for i in good], np.float32)
         nov_term = params.novelty_weight * np.minimum(novelty, params.novelty_cap) * (1.0 - earth_sim)
-        covered = earth_sim.copy()
+        if params.rarity_weight and earth is not None and earth.labels:
+            counts = earth.class_counts()
+            conf = np.array([predictions[i].confidence or 0.0 for i in good], np.float32)
+            have = np.array([counts.get(predictions[i].label, 0) for i in good], np.float32)
+            nov_term = nov_term + params.rarity_weight * conf / (1.0 + have / params.rarity_scale)
+        probs = [predictions[i].probabilities for i in good]
+        probs = np.stack(probs).astype(np.float32) if all(q is not None for q in probs) else np.zeros((n, 1))
+        unsent = np.ones(probs.shape[1], np.float32)  # per class: the chance no pick so far shows it
+        covered = params.earth_credit * earth_sim
         size = np.array([max(1, sizes[i] or 1) for i in good], np.float64)
         left = budget.bytes
         open_, is_dup = np.ones(n, bool), np.zeros(n, bool)
         while open_.any():
             # Near-duplicates of a pick compete only once every other image is ranked.
             pool = open_ & ~is_dup if (open_ & ~is_dup).any() else open_
-            gain = w * (np.maximum(sim - covered[:, None], 0.0).sum(0) / n + nov_term)
+            new_class = params.class_weight * (probs @ unsent)
+            gain = w * (np.maximum(sim - covered[:, None], 0.0).sum(0) / n + new_class + nov_term)
             score = np.where(pool, gain, -np.inf)
             if budget.bytes:
                 fits = pool & (size <= left)
@@ -142,16 +158,17 @@ def plan_downlink(
             j = int(np.argmax(score))
             reasons[j] = (
                 "novel"
-                if novelty[j] > 1 and covered[j] < params.near_duplicate
+                if novelty[j] > 1 and max(covered[j], earth_sim[j]) < params.near_duplicate
                 else "priority class"
                 if w[j] > 1
                 else "new view"
-                if 1 - covered[j] >= params.new_view
+                if 1 - max(covered[j], earth_sim[j]) >= params.new_view
                 else "routine"
             )
             order.append(j)
             open_[j] = False
             covered = np.maximum(covered, sim[:, j])
+            unsent *= 1.0 - probs[j]
             if j not in dup_of:
                 for d in np.flatnonzero(open_ & ~is_dup & (sim[:, j] >= params.near_duplicate)):
                     dup_of[int(d)] = j

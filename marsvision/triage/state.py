@@ -6,7 +6,9 @@ leaves the previous state whole:
 - ``units`` (M, F) float16: the model features of the images Earth has, centred on ``center`` and
   L2-normalised (a dot product is a cosine similarity): the seed (e.g. the training images,
   ``Earth.seeded``), then every image a plan sent;
-- ``names`` (M,): where each came from (``seed:<name>`` or the sent path);
+- ``names`` (M,): where each came from (``seed:<name>`` or the sent path), ``labels`` (M,) its class
+  (a seed's true labels, the model's label of a sent image; "" unknown), so a plan knows which classes
+  Earth holds few of;
 - ``center`` (F,) float32: the mean subtracted before the similarity (the seed's mean; without a
   seed, the first plan's images' mean, kept so later plans compare alike);
 - ``meta``: JSON with the plans written so far.
@@ -49,37 +51,60 @@ class Earth:
     names: list[str]
     center: np.ndarray | None = None
     meta: dict = field(default_factory=lambda: {"format": FORMAT, "plans": []})
+    added: list[np.ndarray] = field(default_factory=list)  # sent since loading: blocks, so adding never copies
+    labels: list[str] = field(default_factory=list)  # each image's class ("" unknown): the seed's, the sent's label
+
+    def class_counts(self) -> dict[str, int]:
+        """How many images of each class Earth has (a seed's labels, then the labels of what was sent)."""
+        out: dict[str, int] = {}
+        for label in self.labels:
+            if label:
+                out[label] = out.get(label, 0) + 1
+        return out
 
     @classmethod
     def empty(cls) -> Earth:
         return cls(np.zeros((0, 0), np.float16), [])
 
+    def all_units(self) -> np.ndarray:
+        """Every unit row in one array (for the file)."""
+        blocks = [b for b in (self.units, *self.added) if len(b)]
+        return np.concatenate([np.asarray(b, np.float16) for b in blocks]) if blocks else self.units
+
     @classmethod
-    def seeded(cls, features: np.ndarray, names: list[str]) -> Earth:
-        """Earth holding these images (e.g. the training set), centred on their mean."""
+    def seeded(cls, features: np.ndarray, names: list[str], labels: list[str] | None = None) -> Earth:
+        """Earth holding these images (e.g. the training set, with its labels), centred on their mean."""
         f = np.asarray(features, np.float32)
         center = f.mean(0)
-        return cls(unit_rows(f, center), [f"seed:{n}" for n in names], center)
+        labels = list(labels) if labels is not None else [""] * len(names)
+        return cls(unit_rows(f, center), [f"seed:{n}" for n in names], center, labels=labels)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def chunks(self, chunk: int = 2048):
         """Earth's unit rows as float32, a chunk at a time (a file's float16 rows never all at once)."""
-        for lo in range(0, len(self), chunk):
-            yield np.asarray(self.units[lo : lo + chunk], np.float32)
+        for block in (self.units, *self.added):
+            for lo in range(0, len(block), chunk):
+                yield np.asarray(block[lo : lo + chunk], np.float32)
 
-    def with_sent(self, features: np.ndarray, names: list[str], center: np.ndarray, plan: dict) -> Earth:
+    def with_sent(
+        self, features: np.ndarray, names: list[str], labels: list[str], center: np.ndarray, plan: dict
+    ) -> Earth:
         """A new Earth that also holds these sent images (``plan``: a summary kept in ``meta``)."""
         f = unit_rows(np.asarray(features, np.float32).reshape(len(names), -1), center)
-        old = self.units if len(self) else np.zeros((0, f.shape[1]), f.dtype)
         meta = {**self.meta, "plans": [*self.meta.get("plans", []), plan]}
-        return Earth(np.concatenate([old, f.astype(old.dtype)]), [*self.names, *names], center, meta)
+        labels = [*self.labels, *(x or "" for x in labels)]
+        return Earth(self.units, [*self.names, *names], center, meta, [*self.added, f], labels)
+
+    @property
+    def dims(self) -> int | None:
+        return next((b.shape[1] for b in (self.units, *self.added) if len(b)), None)
 
     def check(self, dims: int) -> None:
-        if len(self) and self.units.shape[1] != dims:
+        if self.dims not in (None, dims):
             raise StateError(
-                f"the state holds {self.units.shape[1]}-dimensional features, the model gives {dims}: "
+                f"the state holds {self.dims}-dimensional features, the model gives {dims}: "
                 "a state belongs to one model's features (start a new --state folder)"
             )
 
@@ -95,7 +120,8 @@ def load_state(folder: str | Path) -> Earth:
             if meta.get("format") != FORMAT:
                 raise StateError(f"{path}: not a triage state of format {FORMAT}")
             center = z["center"] if z["center"].size else None
-            return Earth(z["units"], [str(n) for n in z["names"]], center, meta)
+            labels = [str(x) for x in z["labels"]]
+            return Earth(z["units"], [str(n) for n in z["names"]], center, meta, labels=labels)
     except (OSError, ValueError, KeyError) as e:
         raise StateError(f"{path}: cannot read the triage state ({e})") from None
 
@@ -108,8 +134,9 @@ def save_state(folder: str | Path, earth: Earth) -> Path:
         with open(tmp, "wb") as f:
             np.savez(
                 f,
-                units=np.asarray(earth.units, np.float16),
+                units=earth.all_units(),
                 names=np.asarray(earth.names, dtype=str),
+                labels=np.asarray(earth.labels, dtype=str),
                 center=np.zeros(0, np.float32) if earth.center is None else earth.center.astype(np.float32),
                 meta=np.asarray(json.dumps(earth.meta)),
             )
