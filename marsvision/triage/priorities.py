@@ -31,8 +31,10 @@ class PrioritiesError(MarsvisionError):
 
 
 def _line_of(text: str, key: str) -> int | None:
-    """The first line that assigns ``key`` (bare or quoted), for messages about a value, not the syntax."""
-    pattern = re.compile(r"^\s*(?:\"" + re.escape(key) + r"\"|'" + re.escape(key) + r"'|" + re.escape(key) + r")\s*=")
+    """The first line that assigns ``key`` (bare or quoted) or opens a table of that name, for messages
+    about a value rather than the syntax (tomllib gives no positions for those)."""
+    name = "|".join(re.escape(k) for k in (f'"{key}"', f"'{key}'", key))
+    pattern = re.compile(rf"^\s*(?:(?:{name})\s*=|\[\s*(?:{name})\s*\])")
     for n, line in enumerate(text.splitlines(), 1):
         if pattern.match(line):
             return n
