@@ -4,7 +4,8 @@ Greedy selection of a submodular objective over the model's features (``Predicti
 centred and L2-normalised, so similarity is a cosine clipped at 0):
 
     gain(j) = w(class of j) · [ Σ_i max(0, s(i, j) − covered_i) / N  +  β · Σ_k p_jk · unsent_k
-                                +  α · min(novelty_j, cap) · (1 − earth_j) ]
+                                +  α · min(novelty_j, cap) · (1 − earth_j)  +  γ · (1 − confidence_j)
+                                +  ρ · confidence_j / (1 + n(class of j) / scale) ]
 
 - the first term is facility-location coverage of the sol's feature space: how much closer image j
   brings the sol's images to something Earth has. ``covered_i`` starts at λ times image i's similarity
@@ -13,7 +14,9 @@ centred and L2-normalised, so similarity is a cosine clipped at 0):
 - the second is probabilistic coverage of the sol's classes: ``p_jk`` the model's probability that j
   shows class k, ``unsent_k`` the chance that no pick so far shows it;
 - the third is the model's novelty (its distance to the training images, ``Prediction.novelty``),
-  counted for what Earth does not yet hold something alike;
+  counted for what Earth does not yet hold something alike; the fourth, the model's doubt (an image of
+  a kind it never saw spreads its probability); the fifth, the rarity on Earth of the predicted class
+  (``n``: Earth's images of that class, from the state's labels);
 - ``w``: the class weights of a priorities file (1 when none).
 
 A pick's near-duplicates (similarity ≥ ``near_duplicate``) leave the race: they are ranked last, as
@@ -63,13 +66,15 @@ class PlanParams:
 
     near_duplicate: float = 0.9  # cosine similarity at or above which two images are near-duplicates
     novelty_weight: float = 0.5  # α: novelty against coverage
-    class_weight: float = 0.5  # β: the expected number of the sol's classes (as the model sees them) not yet sent
+    class_weight: float = 1.0  # β: the expected number of the sol's classes (as the model sees them) not yet sent
     earth_credit: float = 1.0  # λ: how much an image alike on Earth counts as already covered (0: only this sol)
-    rarity_weight: float = 1.0  # ρ: a bonus for an image of a class Earth holds few of
+    uncertainty_weight: float = 6.0  # γ: a bonus for an image the model is unsure of (1 − confidence)
+    rarity_weight: float = 2.0  # ρ: a bonus for an image of a class Earth holds few of
     rarity_scale: float = 40.0  # a class with this many images on Earth gets half the rarity bonus
     novelty_cap: float = 3.0  # novelty beyond this counts no more (a photo of a cat is not 100× more worth)
     new_view: float = 0.5  # 1 − covered at or above this: nothing on Earth or ranked before is alike
-    send_duplicates: bool = True  # near-duplicates may fill what the budget has left once the rest is sent
+    send_duplicates: bool = True  # near-duplicates may be sent (else never, whatever the budget leaves)
+    duplicate_discount: float = 0.5  # a near-duplicate's gain × this (0: it waits until every other is ranked)
 
 
 @dataclass
@@ -132,9 +137,10 @@ def plan_downlink(
         novelty = np.array([predictions[i].novelty or 0.0 for i in good], np.float32)
         w = np.array([(weights or {}).get(predictions[i].label, 1.0) for i in good], np.float32)
         nov_term = params.novelty_weight * np.minimum(novelty, params.novelty_cap) * (1.0 - earth_sim)
+        conf = np.array([predictions[i].confidence or 0.0 for i in good], np.float32)
+        nov_term = nov_term + params.uncertainty_weight * (1.0 - conf)
         if params.rarity_weight and earth is not None and earth.labels:
             counts = earth.class_counts()
-            conf = np.array([predictions[i].confidence or 0.0 for i in good], np.float32)
             have = np.array([counts.get(predictions[i].label, 0) for i in good], np.float32)
             nov_term = nov_term + params.rarity_weight * conf / (1.0 + have / params.rarity_scale)
         probs = [predictions[i].probabilities for i in good]
@@ -145,10 +151,12 @@ def plan_downlink(
         left = budget.bytes
         open_, is_dup = np.ones(n, bool), np.zeros(n, bool)
         while open_.any():
-            # Near-duplicates of a pick compete only once every other image is ranked.
-            pool = open_ & ~is_dup if (open_ & ~is_dup).any() else open_
+            # Near-duplicates of a pick compete at a discount, or (discount 0) once every other image is ranked.
+            pool = open_ & ~is_dup if params.duplicate_discount == 0 and (open_ & ~is_dup).any() else open_
             new_class = params.class_weight * (probs @ unsent)
             gain = w * (np.maximum(sim - covered[:, None], 0.0).sum(0) / n + new_class + nov_term)
+            if params.duplicate_discount:
+                gain = np.where(is_dup, gain * params.duplicate_discount, gain)
             score = np.where(pool, gain, -np.inf)
             if budget.bytes:
                 fits = pool & (size <= left)
