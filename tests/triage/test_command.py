@@ -157,3 +157,18 @@ def test_a_kill_while_the_state_is_written_leaves_the_old_state(sol_folder, tmp_
     # and the next run goes on from the old state
     run_triage([str(sol_folder)], TriageConfig(budget_count=2, state=str(state), output=str(tmp_path / "2.csv")))
     assert len(load_state(state)) == 4
+
+
+def test_a_new_state_can_start_from_a_data_set(sol_folder, tmp_path, mini_data):
+    from marsvision.data.msl import MSLDataset
+
+    state = tmp_path / "state"
+    cfg = TriageConfig(budget_count=2, state=str(state), seed_data=str(mini_data), output=str(tmp_path / "1.csv"))
+    run_triage([str(sol_folder)], cfg)
+    earth = load_state(state)
+    seeded = len(MSLDataset(mini_data).splits(["train", "val"]))
+    assert len(earth) == seeded + 2
+    assert earth.names[0].startswith("seed:") and earth.labels[0] and earth.class_counts()
+    cfg.output = str(tmp_path / "2.csv")
+    run_triage([str(sol_folder)], cfg)  # an existing state is not seeded again
+    assert len(load_state(state)) == seeded + 4
