@@ -19,9 +19,10 @@ centred and L2-normalised, so similarity is a cosine clipped at 0):
   (``n``: Earth's images of that class, from the state's labels);
 - ``w``: the class weights of a priorities file (1 when none).
 
-A pick's near-duplicates (similarity ≥ ``near_duplicate``) leave the race: they are ranked last, as
-"near-duplicate of rank N", and never sent. A count budget takes the first picks; a byte budget picks
-by gain per byte among the images that still fit. Ties go to the earlier input, so the same inputs and
+A pick's near-duplicates (similarity ≥ ``near_duplicate``) compete on at ``duplicate_discount`` of their
+gain (0: only once every other image is ranked; ``send_duplicates`` False: never sent) and say
+"near-duplicate of rank N". A count budget takes the first picks; a byte budget picks by gain per byte
+among the images that still fit. Ties go to the earlier input, so the same inputs and
 state give the same plan. Numbers behind the defaults: docs/triage.md.
 """
 
