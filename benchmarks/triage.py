@@ -9,9 +9,10 @@ and 25 % of the sol's bytes. The plan (``marsvision.triage.plan_downlink``, the 
 sends after each sol, as `--state` does. Baselines, in the same run: acquisition order (file name),
 random (mean and spread over 5 seeds) and highest confidence first.
 
-The choices (the plan's novelty weight, whether near-duplicates may fill a budget) were made on the same
-replay of the val sols, with a train-only twin of the model (head and novelty fitted on train, the
-shipped calibration) and the state seeded with train; test only reports.
+The choices (the weights of the model's doubt, of rarity and of class coverage, near-duplicates' discount,
+the novelty weight: ``GRID``) were made on the same replay of the val sols at 25 %, with a train-only twin
+of the model (head and novelty fitted on train, the shipped calibration) and the state seeded with train;
+test only reports.
 
 Measures: class coverage (share of (sol, class) pairs with an image sent that sol), rare-class recall
 (images of the 10 classes with ≤ 40 train+val images sent, over Σ_sols the most the budget allows),
