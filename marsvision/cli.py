@@ -259,6 +259,12 @@ COMMANDS: dict[str, Command] = {
         cmd_predict,
         paths="PATH",
     ),
+    "triage": Command(
+        "Plan a downlink: rank images (files, folders) so that the new and the varied are sent first, within a budget.",
+        "marsvision.triage.command:TriageConfig",
+        "cmd_triage",
+        paths="PATH",
+    ),
     "index": Command(
         "Classify images (files, folders, recursively) into the archive database, one row per image.",
         "marsvision.archive.index:IndexConfig",

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 PACKAGE = REPO / "marsvision"
 # The core: top-level modules and these subpackages never import torch or training code ...
-CORE_PACKAGES = ("marsvision.inference", "marsvision.data", "marsvision.evaluation")
+CORE_PACKAGES = ("marsvision.inference", "marsvision.data", "marsvision.evaluation", "marsvision.triage")
 # ... except, inside a function: the torch runtime when a .pt file is loaded, and the CLI, which imports
 # only the module of the command it runs.
 LAZY_TORCH = {"marsvision.inference.torch_runtime", "marsvision.cli"}
@@ -50,7 +50,7 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 # The layers, from the top: a module may import its own layer and the layers below it, never one above,
 # and that holds for every import, lazy ones inside functions included. A new package takes its place
-# here (a future marsvision.triage goes beside training/export/evaluation); "marsvision" is the core:
+# here (triage sits beside training/export/evaluation); "marsvision" is the core:
 # the top-level modules (preprocess, model_file, metrics, atomic, errors, files).
 LAYERS = [
     ["marsvision.cli"],
@@ -58,7 +58,7 @@ LAYERS = [
     ["marsvision.scale"],
     ["marsvision.curate"],
     ["marsvision.archive"],
-    ["marsvision.training", "marsvision.export", "marsvision.evaluation"],
+    ["marsvision.training", "marsvision.export", "marsvision.evaluation", "marsvision.triage"],
     ["marsvision.head"],
     ["marsvision.inference"],
     ["marsvision.nets", "marsvision.data"],
