@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 from ..errors import ImageError, ImageErrorKind, MarsvisionError
 
@@ -28,6 +29,16 @@ async def _user_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=status)
 
 
+async def _out_of_range(request: Request, error: Exception) -> JSONResponse:
+    # A value the database cannot hold: an integer past 64 bits (SQLite's driver raises OverflowError before
+    # sending it) or a PostgreSQL data exception (class 22: out of range, NUL in text). Input, not a bug;
+    # the routes bound their parameters, this is the net under any that does not.
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return JSONResponse({"detail": f"a value out of range: {reason[0] if reason else type(error).__name__}"}, 422)
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Errors a route does not turn into an ``HTTPException`` itself; anything else stays a 500 (a bug)."""
     app.add_exception_handler(MarsvisionError, _user_error)
+    app.add_exception_handler(DataError, _out_of_range)
+    app.add_exception_handler(OverflowError, _out_of_range)

@@ -29,7 +29,7 @@ async def list_images(
     f: FiltersDep,
     sort: str = "id",
     descending: bool = False,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=10**6)] = 1,
     page_size: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
     """One page of the images that match the filters, sorted."""
