@@ -3,7 +3,11 @@ errors, and any other ``MarsvisionError`` (a user's input, not a bug) as 422 wit
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 
@@ -37,8 +41,21 @@ async def _out_of_range(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"a value out of range: {reason[0] if reason else type(error).__name__}"}, 422)
 
 
+class _AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped: a validation error echoes the input, and a lone surrogate
+    in it (a note of "\\ud800") cannot be encoded as UTF-8 (it made the 422 itself a 500)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+    return _AsciiJSON({"detail": jsonable_encoder(error.errors())}, status_code=422)
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Errors a route does not turn into an ``HTTPException`` itself; anything else stays a 500 (a bug)."""
     app.add_exception_handler(MarsvisionError, _user_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(DataError, _out_of_range)
     app.add_exception_handler(OverflowError, _out_of_range)
