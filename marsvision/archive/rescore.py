@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..inference.classifier import Classifier
 from ..inference.predict import load_model
 from .db import Image, ImageVectors, ModelVersion
+from .locks import archive_lock
 from .records import from_blob
 from .versions import VersionError, set_active
 
@@ -66,8 +67,31 @@ def compatible(session: Session, mv: ModelVersion) -> int:
     )
 
 
+def rescore_rows(session: Session, clf: Classifier, model_id: int, rows) -> None:
+    """Rewrite the model-output columns of ``rows`` (image_id as ``id``, features, texture) with ``clf``."""
+    feats = np.stack([from_blob(r.features, "f2") for r in rows])
+    tex = np.stack([from_blob(r.texture, "f4") for r in rows]) if all(r.texture for r in rows) else None
+    cols = scores(clf, feats, tex)
+    session.execute(update(Image), [{"id": r.id, "model_id": model_id, **c} for r, c in zip(rows, cols, strict=True)])
+
+
+def vector_rows(session: Session, after: int = 0, limit: int | None = None, ids: list[int] | None = None):
+    q = select(ImageVectors.image_id.label("id"), ImageVectors.features, ImageVectors.texture)
+    q = q.where(ImageVectors.image_id > after).order_by(ImageVectors.image_id)
+    if ids is not None:
+        q = q.where(ImageVectors.image_id.in_(ids))
+    return session.execute(q.limit(limit)).all()
+
+
 def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progress=None) -> Activation:
-    """Make ``version`` the active one and re-score every readable row with it; returns counts and time."""
+    """Make ``version`` the active one and re-score every readable row with it; returns counts and time.
+    Under the archive's lock (locks.py): activations and index batches take turns, so when it returns every
+    row carries the active version, and a rerun after a kill finishes the job."""
+    with archive_lock(make.kw["bind"]):
+        return _activate(make, version, chunk, progress)
+
+
+def _activate(make: sessionmaker, version: ModelVersion, chunk: int, progress) -> Activation:
     t0 = time.perf_counter()
     with make.begin() as s:
         mv = s.get(ModelVersion, version.id)
@@ -84,20 +108,10 @@ def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progr
     try:
         while True:
             with make.begin() as s:  # one transaction a chunk
-                rows = s.execute(
-                    select(ImageVectors.image_id.label("id"), ImageVectors.features, ImageVectors.texture)
-                    .where(ImageVectors.image_id > last)
-                    .order_by(ImageVectors.image_id)
-                    .limit(chunk)
-                ).all()
+                rows = vector_rows(s, last, chunk)
                 if not rows:
                     break
-                feats = np.stack([from_blob(r.features, "f2") for r in rows])
-                tex = np.stack([from_blob(r.texture, "f4") for r in rows]) if all(r.texture for r in rows) else None
-                cols = scores(clf, feats, tex)
-                s.execute(
-                    update(Image), [{"id": r.id, "model_id": version.id, **c} for r, c in zip(rows, cols, strict=True)]
-                )
+                rescore_rows(s, clf, version.id, rows)
             done += len(rows)
             last = rows[-1].id
             if progress:
