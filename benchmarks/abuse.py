@@ -212,8 +212,8 @@ def attack_stalled_exports(srv, ctx) -> dict:
 
 
 def attack_bodies(srv, ctx) -> dict:
-    """25 x 19 MB in one classify; 12 small 16-bit PNGs of 50 Mpx in all; a 200 MB JSON on the label PUT without a token;
-    a 400 MB upload; a chunked body of no declared length past the limit."""
+    """25 x 19 MB in one classify; 12 small 16-bit PNGs of 50 Mpx in all; a 200 MB JSON on the label PUT
+    without a token; a 400 MB upload; a chunked body of no declared length past the limit; 40 files."""
     out = {}
     out["25x19MB_classify"], _ = raw_request(
         srv.port, head("POST", "/api/classify", 25 * 19 * 2**20), mb_chunks(8 << 20)
