@@ -87,13 +87,19 @@ class BodyLimits:
             await _answer(refused.status, refused.detail, Connection="close")(scope, receive, send)
 
 
+class _Stalled(Exception):
+    pass
+
+
 class StreamCap:
     """At most ``cap`` requests at once on ``path`` (exports: each one reads the whole archive); more are
     answered 503 with Retry-After at once. A stream counts until the app returns, which it does when it has
-    sent its last byte or when its client left (Starlette's StreamingResponse stops on the disconnect)."""
+    sent its last byte, when its client left (Starlette's StreamingResponse stops on the disconnect), or
+    when its client has taken nothing for ``send_timeout`` seconds (then its connection is dropped: a client
+    that stops reading but keeps its socket open would hold a place for ever)."""
 
-    def __init__(self, app, path: str, cap: int):
-        self.app, self.path, self.cap, self.running = app, path, cap, 0
+    def __init__(self, app, path: str, cap: int, send_timeout: float):
+        self.app, self.path, self.cap, self.send_timeout, self.running = app, path, cap, send_timeout, 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != self.path:
@@ -101,8 +107,17 @@ class StreamCap:
         if self.running >= self.cap:
             busy = _answer(503, f"{self.cap} exports are running; retry shortly", **{"Retry-After": "5"})
             return await busy(scope, receive, send)
+
+        async def timed_send(message):
+            try:
+                await asyncio.wait_for(send(message), self.send_timeout)
+            except TimeoutError:
+                raise _Stalled from None
+
         self.running += 1  # before any await: the event loop runs one request at a time here
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, timed_send)
+        except _Stalled:
+            pass  # the server closes a connection whose answer was not finished
         finally:
             self.running -= 1

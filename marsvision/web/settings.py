@@ -59,7 +59,13 @@ class ServeConfig:
         metadata={"help": "decoded pixels per classify request, in millions, from the images' headers (413 beyond)"},
     )
     body_timeout: float = field(
-        default=30.0, metadata={"help": "seconds a request's body may take to arrive (408 after: a slow client)"}
+        default=30.0,
+        metadata={
+            "help": (
+                "seconds a request's body may take to arrive (408 after: a slow client), and an export "
+                "may wait for its client to read"
+            )
+        },
     )
     max_exports: int = field(default=4, metadata={"help": "exports streaming at once; more answer 503"})
     allowed_hosts: str = field(

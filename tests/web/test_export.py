@@ -74,3 +74,36 @@ def test_export_refuses_bad_filters_before_it_starts(indexed):
             r = client.get("/api/export", params=params)
             assert r.status_code == 422, (params, r.status_code, r.text[:200])
         assert client.get("/api/export", params={"sol_min": 0}).status_code == 200
+
+
+def test_an_export_whose_client_reads_nothing_is_dropped_after_the_timeout(indexed, monkeypatch):
+    monkeypatch.setattr(export_route, "PAGE_ROWS", 4)
+    app = create_app(Settings(max_exports=1, body_timeout=0.5), indexed)
+
+    async def main():
+        async def receive():
+            await asyncio.sleep(3600)  # never leaves, never reads
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+            if message["type"] == "http.response.body" and len(sent) >= 3:
+                await asyncio.sleep(3600)
+
+        first = {"type": "http.request", "body": b"", "more_body": False}
+        queue = [first]
+
+        async def receive_once():
+            return queue.pop() if queue else await receive()
+
+        await asyncio.wait_for(app(scope("GET", "/api/export"), receive_once, send), 10)
+        after = []
+
+        async def send2(message):
+            after.append(message)
+
+        await app(scope("GET", "/api/export"), lambda: asyncio.sleep(0, first), send2)
+        return after[0]["status"], indexed.pool.checkedout()
+
+    assert run_async(main) == (200, 0)  # the stalled one gave its place back
