@@ -504,6 +504,11 @@ ATTACKS = [
 def run_backend(db_url: str, workdir: Path, args, fresh_db) -> dict:
     print(f"building {db_url.split(':')[0]} archive ({args.rows:,} rows) …", flush=True)
     info, _ = serve.build_archive(db_url, None, args.rows, 0.03, 0, None, 0)
+    if db_url.startswith("postgresql"):  # serve.py bulk-inserts its copies with their ids: move the sequence on
+        engine = open_engine(db_url)
+        with engine.begin() as conn:
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('images', 'id'), (SELECT max(id) FROM images))"))
+        engine.dispose()
     planted_dir = workdir / "planted"
     planted_dir.mkdir()
     planted = []
