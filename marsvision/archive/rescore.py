@@ -9,6 +9,7 @@ one version or the other, never half, and rerunning the activation finishes the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,15 +84,23 @@ def vector_rows(session: Session, after: int = 0, limit: int | None = None, ids:
     return session.execute(q.limit(limit)).all()
 
 
-def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progress=None) -> Activation:
+def activate(
+    make: sessionmaker,
+    version: ModelVersion,
+    chunk: int = 2000,
+    progress=None,
+    classifier: Callable[[], Classifier] | None = None,
+) -> Activation:
     """Make ``version`` the active one and re-score every readable row with it; returns counts and time.
     Under the archive's lock (locks.py): activations and index batches take turns, so when it returns every
-    row carries the active version, and a rerun after a kill finishes the job."""
+    row carries the active version, and a rerun after a kill finishes the job. ``classifier``: the version's
+    classifier, loaded by the caller and kept (the server's active model: one copy in memory, not two);
+    default: loaded here and closed after."""
     with archive_lock(make.kw["bind"]):
-        return _activate(make, version, chunk, progress)
+        return _activate(make, version, chunk, progress, classifier)
 
 
-def _activate(make: sessionmaker, version: ModelVersion, chunk: int, progress) -> Activation:
+def _activate(make: sessionmaker, version: ModelVersion, chunk: int, progress, classifier) -> Activation:
     t0 = time.perf_counter()
     with make.begin() as s:
         mv = s.get(ModelVersion, version.id)
@@ -103,7 +112,7 @@ def _activate(make: sessionmaker, version: ModelVersion, chunk: int, progress) -
             )
         set_active(s, mv)
         path = mv.path
-    clf = load_model(path, threads=None)
+    clf = classifier() if classifier is not None else load_model(path, threads=None)
     done, last = 0, 0
     try:
         while True:
@@ -117,5 +126,6 @@ def _activate(make: sessionmaker, version: ModelVersion, chunk: int, progress) -
             if progress:
                 progress(done)
     finally:
-        clf.close()
+        if classifier is None:
+            clf.close()
     return Activation(version.version, done, round(time.perf_counter() - t0, 2))
