@@ -606,8 +606,33 @@ def markdown(result: dict) -> str:
             lines += [f"## {backend}: skipped ({res.get('skipped')})", ""]
             continue
         q = res["quiet"]
+        ratios = {
+            n: a["search_p95_ms"] / q["search_p95_ms"]
+            for n, a in res["attacks"].items()
+            if a.get("search_p95_ms") and q["search_p95_ms"]
+        }
+        over = [
+            f"{n} ({r:.1f}×, {res['attacks'][n]['searches']} searches)" for n, r in ratios.items() if r > P95_FACTOR
+        ]
+        yes = {True: "yes", False: "**no**"}
+        designed = yes[all(a["ok"] for a in res["attacks"].values())]
+        ready = yes[all(a["readyz_all_200"] for a in res["attacks"].values())]
         lines += [
             f"## {backend}",
+            "",
+            "Targets: "
+            + "; ".join(
+                [
+                    f"every attack answered as designed: {designed}",
+                    f"/readyz 200 throughout: {ready}",
+                    f"search p95 ≤ {P95_FACTOR:g}× quiet: " + ("yes" if not over else "**no**: " + ", ".join(over)),
+                    f"peak RSS ≤ {RSS_MB:g} MB: {yes[res['server_peak_rss_mb'] <= RSS_MB]} "
+                    f"({res['server_peak_rss_mb']} MB)",
+                    f"acknowledged writes lost: {res['acknowledged_writes_lost']} of {res['acknowledged_writes']}",
+                    f"500s: {res['statuses_500_in_log']}",
+                ]
+            )
+            + ".",
             "",
             f"Quiet: search p95 {q['search_p95_ms']:.1f} ms ({q['searches']} searches). Server peak RSS "
             f"{res['server_peak_rss_mb']} MB. Acknowledged corrections {res['acknowledged_writes']}, lost "
