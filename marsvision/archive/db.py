@@ -209,8 +209,12 @@ def upgrade(engine: Engine) -> None:
     from alembic import command
     from alembic.config import Config
 
+    from .locks import archive_lock
+
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
-    with engine.begin() as conn:
+    # One migrator at a time: two `index` runs on a fresh PostgreSQL database both created the tables,
+    # and one died with a 99-line traceback.
+    with archive_lock(engine), engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")

@@ -27,9 +27,11 @@ from ..errors import UsageError
 from ..files import sha256_file
 from ..inference.classifier import Classifier, Prediction, expand_sources
 from ..inference.predict import load_model
-from .db import DB_HELP, Image, ImageVectors, open_engine, sessions, utcnow
+from .db import DB_HELP, Image, ImageVectors, ModelVersion, open_engine, sessions, utcnow
+from .locks import archive_lock
 from .records import VECTORS, image_rows, prediction_columns
-from .versions import ensure_active
+from .rescore import rescore_rows, vector_rows
+from .versions import VersionError, active_version, ensure_active
 
 
 @dataclass
@@ -179,6 +181,7 @@ class IndexJob:
     options: IndexConfig
     report: IndexReport
     progress: bool
+    _active_clf: tuple[int, Classifier] | None = None  # a version activated during the run, loaded
 
     def known(self, hashes: list[str]) -> dict[str, int]:
         """sha256 → image id of those already in the archive."""
@@ -191,9 +194,37 @@ class IndexJob:
 
     def write(self, items: list[tuple[str | Path, str, int, int | None, Prediction]]) -> None:
         """Write one batch, ``(path, sha256, size, image id or None, prediction)`` each, in one transaction:
-        a kill loses at most the batch in flight, never half a row."""
-        with sessions(self.db).begin() as session:
+        a kill loses at most the batch in flight, never half a row. Under the archive's lock, after any
+        activation: when another version became active since the run began, the batch is re-scored with it
+        from its vectors before it commits, so every row carries the active version."""
+        with archive_lock(self.db), sessions(self.db).begin() as session:
+            active = active_version(session)
             write_batch(session, items, self.clf, self.model_id, self.report)
+            if active is not None and active.id != self.model_id:
+                self._rescore(session, active, [item[1] for item in items])
+
+    def _rescore(self, session, active: ModelVersion, hashes: list[str]) -> None:
+        own = session.get(ModelVersion, self.model_id)
+        if (own.info.get("features_from") or own.version) != (active.info.get("features_from") or active.version):
+            raise VersionError(
+                f"{active.version} was activated during this run and cannot read its features; "
+                f"rerun `marsvision index PATH --reclassify`"
+            )
+        if self._active_clf is None or self._active_clf[0] != active.id:
+            if self._active_clf is not None:
+                self._active_clf[1].close()
+            self._active_clf = (active.id, load_model(active.path, threads=self.options.threads or None))
+        ids = list(session.scalars(select(Image.id).where(Image.sha256.in_(hashes))))
+        rows = vector_rows(session, ids=ids)
+        if rows:
+            rescore_rows(session, self._active_clf[1], active.id, rows)
+        # rows without vectors (unreadable images) carry no label; they move to the active version too
+        session.execute(update(Image).where(Image.id.in_(ids)).values(model_id=active.id))
+
+    def close(self) -> None:
+        if self._active_clf is not None:
+            self._active_clf[1].close()
+            self._active_clf = None
 
 
 def run_local(job: IndexJob) -> None:
@@ -275,14 +306,18 @@ def run_index(
     progress = sys.stderr.isatty() if progress is None else progress
     t0 = time.perf_counter()
     engine = open_engine(cfg.db or None)
-    with sessions(engine).begin() as session:
+    with archive_lock(engine), sessions(engine).begin() as session:  # two first runs: one bundled model row
         mv = ensure_active(session, cfg.model or None)
         model_path, model_id, version = mv.path, mv.id, mv.version
     clf = load_model(model_path, threads=cfg.threads or None)
     report = IndexReport(model=version)
+    job = None
     try:
-        runner.run(plan(runner, engine, clf, model_id, model_path, paths, cfg, report, progress))
+        job = plan(runner, engine, clf, model_id, model_path, paths, cfg, report, progress)
+        runner.run(job)
     finally:
+        if job is not None:
+            job.close()
         clf.close()
         engine.dispose()
         report.seconds = time.perf_counter() - t0

@@ -9,6 +9,7 @@ one version or the other, never half, and rerunning the activation finishes the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..inference.classifier import Classifier
 from ..inference.predict import load_model
 from .db import Image, ImageVectors, ModelVersion
+from .locks import archive_lock
 from .records import from_blob
 from .versions import VersionError, set_active
 
@@ -66,8 +68,39 @@ def compatible(session: Session, mv: ModelVersion) -> int:
     )
 
 
-def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progress=None) -> Activation:
-    """Make ``version`` the active one and re-score every readable row with it; returns counts and time."""
+def rescore_rows(session: Session, clf: Classifier, model_id: int, rows) -> None:
+    """Rewrite the model-output columns of ``rows`` (image_id as ``id``, features, texture) with ``clf``."""
+    feats = np.stack([from_blob(r.features, "f2") for r in rows])
+    tex = np.stack([from_blob(r.texture, "f4") for r in rows]) if all(r.texture for r in rows) else None
+    cols = scores(clf, feats, tex)
+    session.execute(update(Image), [{"id": r.id, "model_id": model_id, **c} for r, c in zip(rows, cols, strict=True)])
+
+
+def vector_rows(session: Session, after: int = 0, limit: int | None = None, ids: list[int] | None = None):
+    q = select(ImageVectors.image_id.label("id"), ImageVectors.features, ImageVectors.texture)
+    q = q.where(ImageVectors.image_id > after).order_by(ImageVectors.image_id)
+    if ids is not None:
+        q = q.where(ImageVectors.image_id.in_(ids))
+    return session.execute(q.limit(limit)).all()
+
+
+def activate(
+    make: sessionmaker,
+    version: ModelVersion,
+    chunk: int = 2000,
+    progress=None,
+    classifier: Callable[[], Classifier] | None = None,
+) -> Activation:
+    """Make ``version`` the active one and re-score every readable row with it; returns counts and time.
+    Under the archive's lock (locks.py): activations and index batches take turns, so when it returns every
+    row carries the active version, and a rerun after a kill finishes the job. ``classifier``: the version's
+    classifier, loaded by the caller and kept (the server's active model: one copy in memory, not two);
+    default: loaded here and closed after."""
+    with archive_lock(make.kw["bind"]):
+        return _activate(make, version, chunk, progress, classifier)
+
+
+def _activate(make: sessionmaker, version: ModelVersion, chunk: int, progress, classifier) -> Activation:
     t0 = time.perf_counter()
     with make.begin() as s:
         mv = s.get(ModelVersion, version.id)
@@ -79,29 +112,20 @@ def activate(make: sessionmaker, version: ModelVersion, chunk: int = 2000, progr
             )
         set_active(s, mv)
         path = mv.path
-    clf = load_model(path, threads=None)
+    clf = classifier() if classifier is not None else load_model(path, threads=None)
     done, last = 0, 0
     try:
         while True:
             with make.begin() as s:  # one transaction a chunk
-                rows = s.execute(
-                    select(ImageVectors.image_id.label("id"), ImageVectors.features, ImageVectors.texture)
-                    .where(ImageVectors.image_id > last)
-                    .order_by(ImageVectors.image_id)
-                    .limit(chunk)
-                ).all()
+                rows = vector_rows(s, last, chunk)
                 if not rows:
                     break
-                feats = np.stack([from_blob(r.features, "f2") for r in rows])
-                tex = np.stack([from_blob(r.texture, "f4") for r in rows]) if all(r.texture for r in rows) else None
-                cols = scores(clf, feats, tex)
-                s.execute(
-                    update(Image), [{"id": r.id, "model_id": version.id, **c} for r, c in zip(rows, cols, strict=True)]
-                )
+                rescore_rows(s, clf, version.id, rows)
             done += len(rows)
             last = rows[-1].id
             if progress:
                 progress(done)
     finally:
-        clf.close()
+        if classifier is None:
+            clf.close()
     return Activation(version.version, done, round(time.perf_counter() - t0, 2))

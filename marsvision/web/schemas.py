@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+INT32_MAX = 2**31 - 1  # ids and sols are INTEGER columns: 32-bit on PostgreSQL
+
+
+def storable_text(value: str) -> str:
+    """Text a database can keep: no NUL (PostgreSQL refuses it in text) and valid UTF-8 (no lone surrogate)."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (a lone surrogate is not)") from None
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(storable_text)]
 
 
 class LabelIn(BaseModel):
-    label: str = Field(min_length=1, max_length=64)
-    note: str = Field(default="", max_length=2000)
-    author: str = Field(default="", max_length=120)
+    label: StorableText = Field(min_length=1, max_length=64)
+    note: StorableText = Field(default="", max_length=2000)
+    author: StorableText = Field(default="", max_length=120)
 
 
 class Health(BaseModel):

@@ -8,6 +8,7 @@ import os
 from fastapi import FastAPI
 
 from ..archive.db import open_engine, sessions
+from ..archive.locks import archive_lock
 from ..archive.versions import ensure_active
 from .app import create_app
 from .settings import ServeConfig, Settings
@@ -27,7 +28,7 @@ def run_serve(cfg: ServeConfig) -> None:
 
     settings = cfg.settings()
     engine = open_engine(settings.db)
-    with sessions(engine).begin() as s:
+    with archive_lock(engine), sessions(engine).begin() as s:
         ensure_active(s)
     writes = {"token": "token required", "anonymous": "anonymous", "disabled": "disabled"}[settings.writes]
     print(

@@ -21,6 +21,10 @@ from ..archive.db import DB_ENV, DB_HELP, database_url
 TOKEN_ENV = "MARSVISION_TOKEN"
 UPLOADS_ENV = "MARSVISION_UPLOADS"
 DEFAULT_UPLOADS = "marsvision-uploads"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+# TestClient's Host: in-process tests (and the tests of every route) run with the defaults of ``Settings``;
+# ``ServeConfig`` never puts it in a real server's list.
+TEST_HOST = "testserver"
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,36 @@ class ServeConfig:
     max_upload_mb: float = field(default=20.0, metadata={"help": "largest upload accepted per file, in MB"})
     classify_slots: int = field(
         default=2, metadata={"help": "classifications at once; more answer 503 with Retry-After"}
+    )
+    max_body_mb: float = field(
+        default=64.0,
+        metadata={"help": "largest request body, in MB (413 before it is read: nginx's client_max_body_size)"},
+    )
+    max_files: int = field(
+        default=16, metadata={"help": "files per request (400 beyond: Django's DATA_UPLOAD_MAX_NUMBER_FILES)"}
+    )
+    max_pixels_m: float = field(
+        default=40.0,
+        metadata={"help": "decoded pixels per classify request, in millions, from the images' headers (413 beyond)"},
+    )
+    body_timeout: float = field(
+        default=30.0,
+        metadata={
+            "help": (
+                "seconds a request's body may take to arrive (408 after: a slow client), and an export "
+                "may wait for its client to read"
+            )
+        },
+    )
+    max_exports: int = field(default=4, metadata={"help": "exports streaming at once; more answer 503"})
+    allowed_hosts: str = field(
+        default="",
+        metadata={
+            "help": (
+                "comma-separated Host names the server answers (400 otherwise, against DNS rebinding; "
+                "'*': any); default: the --host address, localhost, 127.0.0.1 and ::1"
+            )
+        },
     )
     threads: int = field(default=0, metadata={"help": "CPU threads of the model (0: all)"})
     workers: int = field(
@@ -77,6 +111,13 @@ class ServeConfig:
             allow_anonymous_writes=self.allow_anonymous_writes,
             max_upload_bytes=int(self.max_upload_mb * 2**20),
             classify_slots=self.classify_slots,
+            max_body_bytes=int(self.max_body_mb * 2**20),
+            max_files=self.max_files,
+            max_pixels=int(self.max_pixels_m * 1e6),
+            body_timeout=self.body_timeout,
+            max_exports=self.max_exports,
+            allowed_hosts=tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip())
+            or (self.host, *LOCAL_HOSTS),
             threads=self.threads or None,
             uploads=Path(self.uploads or environ.get(UPLOADS_ENV) or DEFAULT_UPLOADS).resolve(),
         )
@@ -92,6 +133,12 @@ class Settings:
     allow_anonymous_writes: bool = False
     max_upload_bytes: int = 20 * 2**20
     classify_slots: int = 2
+    max_body_bytes: int = 64 * 2**20
+    max_files: int = 16
+    max_pixels: int = 40_000_000
+    body_timeout: float = 30.0
+    max_exports: int = 4
+    allowed_hosts: tuple[str, ...] = (*LOCAL_HOSTS, TEST_HOST)  # "*": any
     threads: int | None = None  # the model's CPU threads (None: all)
     uploads: Path = Path(DEFAULT_UPLOADS)
 
@@ -106,4 +153,4 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         d = json.loads(text)
-        return cls(**{**d, "uploads": Path(d["uploads"])})
+        return cls(**{**d, "uploads": Path(d["uploads"]), "allowed_hosts": tuple(d["allowed_hosts"])})

@@ -10,11 +10,25 @@ SLOT_WAIT = 0.5  # seconds a classification may wait for a free slot (one frees 
 QUEUE_PER_SLOT = 4  # classifications that may wait per slot
 
 
+async def read_body(receive) -> tuple[list[dict], bool]:
+    """Every message of the request's body (limited in size and time by limits.py, which is in front), and
+    whether the client left meanwhile."""
+    messages = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, True
+        if not message.get("more_body", False):
+            return messages, False
+
+
 class ClassificationSlots:
-    """A classification holds one of ``slots`` from before its upload is read. Waiting requests queue in
-    arrival order, at most ``QUEUE_PER_SLOT`` per slot and ``SLOT_WAIT`` seconds each; beyond either, 503
-    with Retry-After at once, without the body going through the multipart parser. Every other request
-    passes straight through."""
+    """A classification holds one of ``slots`` once its whole upload has arrived: a slow body must not keep
+    a slot from the others (two uploads sending 1 byte/s held both slots for 20 s before). Then waiting
+    requests queue in arrival order, at most ``QUEUE_PER_SLOT`` per slot and ``SLOT_WAIT`` seconds each;
+    beyond either, 503 with Retry-After at once, without the body going through the multipart parser.
+    Every other request passes straight through."""
 
     def __init__(self, app, slots: int):
         self.app, self.free = app, asyncio.Semaphore(slots)
@@ -27,16 +41,23 @@ class ClassificationSlots:
         busy = JSONResponse(
             {"detail": "busy classifying; retry shortly"}, status_code=503, headers={"Retry-After": "1"}
         )
+        messages, left = await read_body(receive)
+        if left:
+            return
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
         if self.admitted >= self.limit:
-            return await busy(scope, receive, send)
+            return await busy(scope, replay, send)
         self.admitted += 1  # counted before any await: the event loop runs one request at a time here
         try:
             try:
                 await asyncio.wait_for(self.free.acquire(), SLOT_WAIT)  # asyncio.Semaphore wakes waiters FIFO
             except TimeoutError:
-                return await busy(scope, receive, send)
+                return await busy(scope, replay, send)
             try:
-                await self.app(scope, receive, send)
+                await self.app(scope, replay, send)
             finally:
                 self.free.release()
         finally:

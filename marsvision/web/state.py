@@ -11,6 +11,7 @@ import anyio
 from sqlalchemy.engine import Engine
 
 from ..archive.db import ModelVersion, sessions
+from ..archive.locks import archive_lock
 from ..archive.queries import CountCache, SketchIndex
 from ..archive.versions import active_version, ensure_active
 from ..inference.classifier import Classifier
@@ -45,7 +46,7 @@ class ArchiveState:
         self._lock = threading.Lock()
         self._active: ActiveModel | None = None
         self._checked = 0.0  # when the active version was last read from the database
-        with self.sessions.begin() as s:
+        with archive_lock(engine), self.sessions.begin() as s:
             ensure_active(s)
 
     def model(self) -> ActiveModel:

@@ -248,8 +248,11 @@ def test_classification_slots_queue_in_order_then_answer_503_with_retry_after(mo
         async def send(message):
             sent.append(message)
 
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
         scope = {"type": "http", "method": "POST", "path": "/api/classify", "n": n, "headers": []}
-        await mw(scope, None, send)
+        await mw(scope, receive, send)
         start = sent[0]
         return start["status"], dict(start["headers"]).get(b"retry-after")
 

@@ -181,3 +181,31 @@ def test_browse_filter_open_heatmap_and_correct(browser_page, archive_server, tm
         shot = Picture.open(io.BytesIO(page.screenshot())).convert("RGB")
         shot.quantize(256, method=Picture.Quantize.FASTOCTREE).save(REPO / "docs" / "archive.png", optimize=True)
     assert not page_errors, page_errors
+
+
+@pytest.mark.slow
+def test_the_page_works_under_its_content_security_policy(chromium_browser, archive_server):
+    """The CSP enforced (no bypass): the grid fills, a picture opens, and the browser reports no violation."""
+    from playwright.sync_api import expect
+
+    base, _ = archive_server
+    context = chromium_browser.new_context()
+    try:
+        page = context.new_page()
+        blocked: list[str] = []
+        page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+        page.on("pageerror", lambda e: blocked.append(str(e)))
+        response = page.goto(f"{base}/")
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        cards = page.locator("#grid .card")
+        expect(cards).to_have_count(12)
+        expect(page.locator("#grid img").first).to_have_js_property("complete", True)
+        cards.first.focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#detail")).to_be_visible()
+        expect(page.locator("#detail-img")).to_have_js_property("complete", True)
+        expect(page.locator("#detail-similar .sim")).to_have_count(11)
+        page.wait_for_timeout(500)
+        assert blocked == []
+    finally:
+        context.close()

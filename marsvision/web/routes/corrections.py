@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from ...archive.db import Correction, utcnow
-from ..deps import ModelDep, StateDep, WriterDep, image_or_404
+from ..deps import ImageId, ModelDep, StateDep, WriterDep, image_or_404
 from ..schemas import ImageDetail, LabelIn
 from .images import image_detail
 
@@ -13,7 +13,7 @@ router = APIRouter(tags=["curation"])
 
 
 @router.put("/api/images/{image_id}/label", response_model=ImageDetail)
-def correct(image_id: int, body: LabelIn, who: WriterDep, state: StateDep, active: ModelDep):
+def correct(image_id: ImageId, body: LabelIn, who: WriterDep, state: StateDep, active: ModelDep):
     """A curator's label, stored beside the model's (which is never overwritten), with time and author."""
     names = active.classifier.class_names
     if body.label not in names:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, HTTPException, Query, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from PIL import Image as PILImage
 from sqlalchemy import select
 
+from ...archive.content import ContentChanged, ContentGone, read_indexed
 from ...archive.db import Correction, Image
 from ...archive.queries import get_image, get_images, isoformat, search
 from ...errors import ImageError
@@ -29,7 +29,7 @@ async def list_images(
     f: FiltersDep,
     sort: str = "id",
     descending: bool = False,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=10**6)] = 1,
     page_size: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
     """One page of the images that match the filters, sorted."""
@@ -103,12 +103,26 @@ def thumbnail(img: ImageRowDep, size: Annotated[int, Query(ge=32, le=1024)] = 19
     )
 
 
-@router.get("/{image_id}/file", response_class=FileResponse)
+@router.get("/{image_id}/file", response_class=Response)
 def image_file(img: ImageRowDep):
-    """The image as it was indexed (its file, by id)."""
-    if not Path(img.path).is_file():
-        raise HTTPException(404, f"image {img.id}: {img.path} is no longer there")
-    return FileResponse(img.path)
+    """The image as it was indexed (its file, by id): only while the file is still that content (no link
+    followed, same size and SHA-256), else 409 naming the change. Its type comes from its decoded format,
+    never from its name, and the answer says nosniff (security.py)."""
+    try:
+        data = read_indexed(img.path, img.sha256, img.size_bytes)
+    except ContentGone as e:
+        raise HTTPException(404, f"image {img.id}: {e}") from None
+    except ContentChanged as e:
+        raise HTTPException(409, f"image {img.id}: {e}") from None
+    return Response(data, media_type=_media_type(data))
+
+
+def _media_type(data: bytes) -> str:
+    try:
+        with PILImage.open(io.BytesIO(data)) as im:
+            return im.get_format_mimetype() or "application/octet-stream"
+    except (OSError, ValueError, PILImage.DecompressionBombError):
+        return "application/octet-stream"  # a PDS label or another non-Pillow file: downloaded, never rendered
 
 
 @router.get("/{image_id}/heatmap", response_class=Response)

@@ -25,8 +25,13 @@ def activate_version(version: str, who: WriterDep, state: StateDep):
             mv = find(s, version)
         except VersionError as e:
             raise HTTPException(404, str(e)) from None
+
+    def active_classifier():  # the server's own copy, loaded once for the activation and for what follows
+        state.changed()
+        return state.model().classifier
+
     try:
-        return activate(state.sessions, mv)
+        return activate(state.sessions, mv, classifier=active_classifier)
     except VersionError as e:
         raise HTTPException(409, str(e)) from None
     finally:
