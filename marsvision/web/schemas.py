@@ -45,6 +45,21 @@ class ImageItem(BaseModel):
     indexed_at: str | None = None
     size_bytes: int | None = None
     model_version: str | None = None
+    # True: from a camera outside the training cameras (Mastcam, MAHLI); None: the camera is not known.
+    off_camera: bool | None = None
+    # A PDS product's label fields (None for plain JPEG/PNG files); start_time in ISO 8601 with its offset.
+    product_id: str | None = None
+    instrument_id: str | None = None
+    start_time: str | None = None
+    local_mean_solar_time: str | None = None
+    sequence_id: str | None = None
+    filter_name: str | None = None
+    target: str | None = None
+    lines: int | None = None
+    samples: int | None = None
+    bands: int | None = None
+    site: int | None = None
+    drive: int | None = None
     name_fields: dict[str, Any] | None = None
 
 
