@@ -302,19 +302,21 @@ EXPORT_COLUMNS = (
 )
 
 
+def export_page(session: Session, filters: Filters, after: int = 0, limit: int = 2000) -> list[dict]:
+    """Up to ``limit`` matching images with ids above ``after``, in id order, as export rows: one keyset page."""
+    rows = session.execute(filters.apply(_items_query()).where(Image.id > after).order_by(Image.id).limit(limit)).all()
+    return [{k: d[k] for k in EXPORT_COLUMNS} for d in map(item, rows)]
+
+
 def export_rows(session: Session, filters: Filters, chunk: int = 2000) -> Iterator[dict]:
     """Every matching image in id order, streamed in chunks (keyset paging: flat memory)."""
     last = 0
     while True:
-        rows = session.execute(
-            filters.apply(_items_query()).where(Image.id > last).order_by(Image.id).limit(chunk)
-        ).all()
-        for r in rows:
-            d = item(r)
-            yield {k: d[k] for k in EXPORT_COLUMNS}
+        rows = export_page(session, filters, last, chunk)
+        yield from rows
         if len(rows) < chunk:
             return
-        last = rows[-1].id
+        last = rows[-1]["id"]
 
 
 class SketchIndex:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from ..archive.db import open_engine
 from .errors import add_error_handlers
-from .routes import classes, classify, corrections, export, health, images, models, page, review
+from .routes import browse, classes, classify, corrections, download, export, health, images, models, page, review
 from .settings import Settings
 from .slots import ClassificationSlots
 from .state import ArchiveState
@@ -40,7 +40,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.archive = state
-    for module in (health, images, export, classes, corrections, classify, models, review):
+    for module in (health, images, export, download, browse, classes, corrections, classify, models, review):
         app.include_router(module.router)
     add_error_handlers(app)
     app.add_middleware(ClassificationSlots, slots=settings.classify_slots)

@@ -151,3 +151,30 @@ class ReviewQueue(BaseModel):
     default: str
     strategies: list[str]
     items: list[ReviewItem]
+
+
+class FacetValue(BaseModel):
+    value: str | bool | None
+    count: int
+
+
+class Facets(BaseModel):
+    """``GET /api/facets``: each facet's values, most images first, counted under every filter but its own."""
+
+    total: int
+    facets: dict[str, list[FacetValue]]
+
+
+class TimelineSeries(BaseModel):
+    key: str | None
+    total: int
+    counts: list[int]  # per sol, in the order of ``sols``
+
+
+class Timeline(BaseModel):
+    """``GET /api/timeline``: images per sol by class or camera, under the filters but the sol range."""
+
+    by: str
+    sols: list[int]
+    series: list[TimelineSeries]
+    selected: tuple[int | None, int | None]
