@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TOKEN = "page-test-token"
+TOKEN = "page-test-token"  # archive_server's (conftest.py)
+
 NOTE = "tyre tracks in regolith, no wheel in view"
 PICTURE_LOADED = (
     "(() => { const i = document.querySelector('#detail-img'); "
