@@ -44,7 +44,9 @@ def _run(session: Session, q: Select, filters: Filters, index: str) -> list:
         return conn.execute(q).all()
     compiled = q.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})  # IN (…) expanded
     sql = compiled.string.replace("FROM images", f"FROM images INDEXED BY {index}", 1)
-    return conn.exec_driver_sql(sql, tuple(compiled.params[name] for name in compiled.positiontup)).all()
+    params = tuple(compiled.params[name] for name in compiled.positiontup)
+    # sqlite3's own tuples: wrapping 19 000 timeline groups (100 000 rows) in SQLAlchemy rows took 20 ms
+    return conn.connection.driver_connection.execute(sql, params).fetchall()
 
 
 class _Group:
@@ -124,12 +126,11 @@ def timeline(session: Session, filters: Filters, by: str = "class") -> dict:
     q = filters.without("sol_min", "sol_max").apply(select(key, Image.sol, func.count())).where(Image.sol.is_not(None))
     index = f"ix_images_{'label' if by == 'class' else 'instrument'}_timeline"
     rows = _run(session, q.group_by(key, Image.sol), filters, index)
-    per_key: dict = defaultdict(dict)
-    for k, sol, n in rows:
-        per_key[k][sol] = n
     sols = sorted({sol for _, sol, _ in rows})
-    series = sorted(
-        ({"key": k, "total": sum(c.values()), "counts": [c.get(s, 0) for s in sols]} for k, c in per_key.items()),
-        key=lambda s: (-s["total"], str(s["key"])),
-    )
+    column = {sol: i for i, sol in enumerate(sols)}
+    per_key: dict = defaultdict(lambda: [0] * len(sols))
+    for k, sol, n in rows:
+        per_key[k][column[sol]] = n
+    series = [{"key": k, "total": sum(c), "counts": c} for k, c in per_key.items()]
+    series.sort(key=lambda s: (-s["total"], str(s["key"])))
     return {"by": by, "sols": sols, "series": series, "selected": [filters.sol_min, filters.sol_max]}

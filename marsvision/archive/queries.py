@@ -106,10 +106,10 @@ class Filters:
             "sequence_id": lambda v: Image.sequence_id == v,
             "target": lambda v: func.lower(Image.target) == v.lower(),
             "filter_name": lambda v: Image.filter_name == v,
-            # UTC, given without an offset: SQLite keeps times as text without one (SQLAlchemy writes the time
-            # as given), so a time in another zone would compare wrongly there
-            "start_time_min": lambda v: Image.start_time >= utc(v).replace(tzinfo=None),
-            "start_time_max": lambda v: Image.start_time <= utc(v).replace(tzinfo=None),
+            # in UTC: SQLite keeps times as text without their offset (SQLAlchemy writes the wall time it is
+            # given, and the archive writes UTC), so a time in another zone would compare wrongly there
+            "start_time_min": lambda v: Image.start_time >= utc(v),
+            "start_time_max": lambda v: Image.start_time <= utc(v),
             "site": lambda v: Image.site == v,
             "drive": lambda v: Image.drive == v,
             "confident": confident_condition,
