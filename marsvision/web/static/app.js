@@ -559,6 +559,7 @@
         ...state.classes.map((c) => h("option", { value: c.label, text: `${c.label} (${c.count})` })));
       ensureOption(select, keep);
       select.value = keep;
+      if (state.facets) loadFacets(state.request);  // the counts beside the classes: under the filters again
     } catch (e) {
       showError(`Could not load the classes: ${e.message}`);
     }
