@@ -8,7 +8,8 @@ copies with varied sols and instruments), then gives a tenth of the synthetic ro
 leave out. Each query runs in-process through the library (what the routes call), on a fresh cache each
 time (``--repeats`` runs of each filter set, the cache cleared before each: the figures are of the
 queries, not of the 5-second cache), on 2 cores shared with other processes. A kept archive is reused
-(``--db``). Writes benchmarks/results/browse.{json,md}.
+(``--db``). ``--backend postgresql`` builds the same archive in a throwaway PostgreSQL server (tests/servers.py).
+Writes benchmarks/results/browse[-postgresql][-ROWS].{json,md}.
 """
 
 from __future__ import annotations
@@ -42,19 +43,22 @@ FILTER_SETS = {
 }
 
 
-def build(db: Path, rows: int, data: Path | None, n_real: int) -> dict:
+def build(url: str, rows: int, data: Path | None, n_real: int) -> dict:
     from serve import build_archive  # benchmarks/serve.py: the same archive as the serve benchmark
 
-    info, _ = build_archive(f"sqlite:///{db}", None, rows, 0.03, 0, data, n_real)
-    engine = open_engine(str(db))
+    info, _ = build_archive(url, None, rows, 0.03, 0, data, n_real)
+    engine = open_engine(url)
     with engine.begin() as conn:  # a tenth of the copies from engineering cameras: off the training cameras
-        conn.execute(text("UPDATE images SET off_camera = 0 WHERE instrument IN ('MH', 'ML', 'MR')"))
+        conn.execute(text("UPDATE images SET off_camera = FALSE WHERE instrument IN ('MH', 'ML', 'MR')"))
         conn.execute(
             text(
-                "UPDATE images SET instrument = CASE id % 2 WHEN 0 THEN 'NL' ELSE 'FR' END, off_camera = 1 "
+                "UPDATE images SET instrument = CASE id % 2 WHEN 0 THEN 'NL' ELSE 'FR' END, off_camera = TRUE "
                 "WHERE id % 10 = 7"
             )
         )
+    if engine.dialect.name == "postgresql":  # the statistics after the update, as autovacuum would
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE images"))
     engine.dispose()
     return info
 
@@ -63,12 +67,12 @@ def p(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1)
 
 
-def in_process(db: Path, repeats: int) -> dict:
+def in_process(db: str, repeats: int) -> dict:
     """Each query on each filter set, ``repeats`` times, timed around the library call (no cache)."""
     from marsvision.archive.facets import facets, timeline
     from marsvision.archive.queries import Filters
 
-    engine = open_engine(str(db))
+    engine = open_engine(db)
     calls = {
         "facets": lambda s, f: facets(s, f),
         "timeline by class": lambda s, f: timeline(s, f, "class"),
@@ -91,7 +95,7 @@ def in_process(db: Path, repeats: int) -> dict:
     return out
 
 
-def over_http(db: Path, requests: int, seed: int = 0) -> dict:
+def over_http(db: str, requests: int, seed: int = 0) -> dict:
     """A real server (`marsvision serve`, its own process): /api/facets and /api/timeline, one client,
     each request with a sol range drawn at random (so the 5-second cache rarely answers), then the same
     filter set again (what the cache answers while a user pages)."""
@@ -106,7 +110,7 @@ def over_http(db: Path, requests: int, seed: int = 0) -> dict:
     port = sock.getsockname()[1]
     sock.close()
     server = subprocess.Popen(
-        [sys.executable, "-m", "marsvision.cli", "serve", "--db", str(db), "--port", str(port)],
+        [sys.executable, "-m", "marsvision.cli", "serve", "--db", db, "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -183,20 +187,32 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--requests", type=int, default=70, help="HTTP requests per endpoint")
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
     args = ap.parse_args()
-    out: dict = {"rows": args.rows, "db": "sqlite"}
-    if not args.db.exists():
-        args.db.parent.mkdir(parents=True, exist_ok=True)
-        out["build"] = build(args.db, args.rows, args.data, args.real)
+    if args.backend == "postgresql":
+        from serve import postgres_server
+
+        with postgres_server() as (url, version, _):
+            return run(args, url, {"rows": args.rows, "db": "postgresql", "server": version}, build_first=True)
+    fresh = not args.db.exists()
+    args.db.parent.mkdir(parents=True, exist_ok=True)
+    return run(args, f"sqlite:///{args.db}", {"rows": args.rows, "db": "sqlite"}, build_first=fresh)
+
+
+def run(args, url: str, out: dict, build_first: bool) -> int:
+    import os
+
+    if build_first:
+        out["build"] = build(url, args.rows, args.data, args.real)
     if args.build_only:
         print(json.dumps(out.get("build", {}), default=str)[:2000])
         return 0
-    import os
-
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    out["in_process"] = in_process(args.db, args.repeats)
-    out["http"] = over_http(args.db, args.requests)
-    write_results("browse", json.loads(json.dumps(out, default=str)), markdown(out))
+    out["in_process"] = in_process(url, args.repeats)
+    out["http"] = over_http(url, args.requests)
+    name = "browse" + ("" if out["db"] == "sqlite" else "-postgresql")
+    name += "" if args.rows == 100_000 else f"-{args.rows}"
+    write_results(name, json.loads(json.dumps(out, default=str)), markdown(out))
     return 0
 
 
