@@ -322,3 +322,18 @@ def test_download_streams_and_holds_no_session_while_sending(tmp_path):
     with zipfile.ZipFile(io.BytesIO(first + rest)) as zf:
         assert zf.namelist() == [f"images/{i + 1}-f{i}.jpg" for i in range(5)] + ["metadata.csv"]
         assert zf.read("images/3-f2.jpg") == bytes([2]) * 3000
+
+
+def test_a_new_sol_range_reuses_the_cached_timeline(archive, monkeypatch):
+    import marsvision.web.routes.browse as routes
+
+    calls = []
+    real = routes.timeline
+    monkeypatch.setattr(routes, "timeline", lambda s, f, by: calls.append(f) or real(s, f, by))
+    first = archive.get("/api/timeline", params={"sol_min": 800, "sol_max": 900, "label": "wheel"}).json()
+    second = archive.get("/api/timeline", params={"sol_min": 700, "label": "wheel"}).json()
+    assert len(calls) == 1 and calls[0].sol_min is None  # computed once, without the range
+    assert (first["selected"], second["selected"]) == ([800, 900], [700, None])
+    assert first["series"] == second["series"]
+    archive.get("/api/timeline", params={"label": "ground"})
+    assert len(calls) == 2  # other filters: computed again
