@@ -96,7 +96,8 @@ class Filters:
             "sol_min": lambda v: Image.sol >= v,
             "sol_max": lambda v: Image.sol <= v,
             # as written or upper-cased: "mr" finds MR, and a label's identifier is found as it was stored
-            "instrument": lambda v: Image.instrument.in_(sorted({v, v.upper()})),
+            # (an upper-case code stays an equality: the (instrument, sol, id) index then gives the sol order)
+            "instrument": lambda v: Image.instrument == v if v == v.upper() else Image.instrument.in_([v, v.upper()]),
             "reviewed": lambda v: Image.reviewed_label.is_not(None) if v else Image.reviewed_label.is_(None),
             "reviewed_label": lambda v: Image.reviewed_label == v,
             "error": lambda v: Image.error.is_not(None) if v else Image.error.is_(None),
