@@ -7,10 +7,10 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..errors import UsageError
@@ -25,7 +25,26 @@ SORTS = {
     "label": Image.label,
     "indexed_at": Image.indexed_at,
     "margin": Image.margin,
+    "start_time": Image.start_time,
 }
+
+CONFIDENT = 0.9  # the "confident labels only" view: calibrated confidence at least this
+
+
+def utc(t: dt.datetime) -> dt.datetime:
+    """A time from a request in UTC (a time without an offset is UTC, as the archive stores times)."""
+    return t.astimezone(dt.timezone.utc) if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def confident_condition(v: bool):
+    """Calibrated confidence ≥ 0.9, not unknown, and not from a camera outside the training cameras (a
+    camera that is not known counts as not outside: its calibration cannot be said to be off)."""
+    yes = (Image.confidence >= CONFIDENT) & Image.unknown.is_(False) & Image.off_camera.isnot(True)
+    if v:
+        return yes
+    return or_(
+        Image.confidence.is_(None), Image.confidence < CONFIDENT, Image.unknown.isnot(False), Image.off_camera.is_(True)
+    )
 
 
 @dataclass
@@ -38,13 +57,37 @@ class Filters:
     unknown: bool | None = None
     sol_min: int | None = None
     sol_max: int | None = None
-    instrument: str | None = None  # MH, ML, MR, MD
+    instrument: str | None = None  # MH, ML, MR, MD (any case), or a label's identifier as written
     reviewed: bool | None = None  # has a curator's label
     reviewed_label: str | None = None
     error: bool | None = None  # could not be read
-    q: str | None = None  # part of the file name
+    q: str | None = None  # part of the file name or of the product id
+    off_camera: bool | None = None  # from a camera outside the training cameras
+    product_id: str | None = None
+    sequence_id: str | None = None
+    target: str | None = None  # any case
+    filter_name: str | None = None
+    start_time_min: dt.datetime | None = None
+    start_time_max: dt.datetime | None = None
+    site: int | None = None
+    drive: int | None = None
+    confident: bool | None = None  # true: confident_condition; false: the rest
+
+    def key(self) -> tuple:
+        """Hashable, for caches of results keyed by the filters."""
+        return tuple(vars(self).items())
+
+    def without(self, *names: str) -> Filters:
+        """These filters but ``names``: a facet is counted under every filter except its own."""
+        return replace(self, **dict.fromkeys(names))
 
     def apply(self, q: Select) -> Select:
+        for condition in self.conditions():
+            q = q.where(condition)
+        return q
+
+    def conditions(self) -> list:
+        """The SQL conditions of the filters that are set (they combine with AND)."""
         conditions = {
             "label": lambda v: Image.label == v,
             "min_confidence": lambda v: Image.confidence >= v,
@@ -52,17 +95,27 @@ class Filters:
             "unknown": lambda v: Image.unknown.is_(v),
             "sol_min": lambda v: Image.sol >= v,
             "sol_max": lambda v: Image.sol <= v,
-            "instrument": lambda v: Image.instrument == v.upper(),
+            # as written or upper-cased: "mr" finds MR, and a label's identifier is found as it was stored
+            # (an upper-case code stays an equality: the (instrument, sol, id) index then gives the sol order)
+            "instrument": lambda v: Image.instrument == v if v == v.upper() else Image.instrument.in_([v, v.upper()]),
             "reviewed": lambda v: Image.reviewed_label.is_not(None) if v else Image.reviewed_label.is_(None),
             "reviewed_label": lambda v: Image.reviewed_label == v,
             "error": lambda v: Image.error.is_not(None) if v else Image.error.is_(None),
-            "q": lambda v: Image.path.contains(v, autoescape=True),
+            "q": lambda v: or_(Image.path.contains(v, autoescape=True), Image.product_id.contains(v, autoescape=True)),
+            "off_camera": lambda v: Image.off_camera.is_(v),
+            "product_id": lambda v: Image.product_id == v,
+            "sequence_id": lambda v: Image.sequence_id == v,
+            "target": lambda v: func.lower(Image.target) == v.lower(),
+            "filter_name": lambda v: Image.filter_name == v,
+            # in UTC: SQLite keeps times as text without their offset (SQLAlchemy writes the wall time it is
+            # given, and the archive writes UTC), so a time in another zone would compare wrongly there
+            "start_time_min": lambda v: Image.start_time >= utc(v),
+            "start_time_max": lambda v: Image.start_time <= utc(v),
+            "site": lambda v: Image.site == v,
+            "drive": lambda v: Image.drive == v,
+            "confident": confident_condition,
         }
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                q = q.where(conditions[f.name](value))
-        return q
+        return [conditions[f.name](getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
 
 
 ITEM_COLUMNS = (
@@ -82,6 +135,19 @@ ITEM_COLUMNS = (
     Image.error,
     Image.indexed_at,
     Image.size_bytes,
+    Image.off_camera,
+    Image.product_id,
+    Image.instrument_id,
+    Image.start_time,
+    Image.local_mean_solar_time,
+    Image.sequence_id,
+    Image.filter_name,
+    Image.target,
+    Image.lines,
+    Image.samples,
+    Image.bands,
+    Image.site,
+    Image.drive,
     ModelVersion.version.label("model_version"),
 )
 
@@ -99,7 +165,7 @@ def isoformat(t) -> str | None:
 
 def item(row) -> dict:
     d = dict(row._mapping)
-    for k in ("indexed_at", "reviewed_at"):
+    for k in ("indexed_at", "reviewed_at", "start_time"):
         d[k] = isoformat(d[k])
     return d
 
@@ -143,7 +209,7 @@ def search(
     if sort not in SORTS:
         raise UsageError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
     count = lambda: session.scalar(filters.apply(select(func.count(Image.id))))  # noqa: E731
-    total = counts.get(tuple(vars(filters).items()), count) if counts else count()
+    total = counts.get(filters.key(), count) if counts else count()
     column = SORTS[sort].desc() if descending else SORTS[sort].asc()
     order = (column, Image.id.desc() if descending else Image.id.asc())
     # The page's ids first (from an index when one covers filter and sort: sorting ids is cheap), then
@@ -221,6 +287,19 @@ EXPORT_COLUMNS = (
     "reviewed_at",
     "indexed_at",
     "margin",
+    "off_camera",  # the PDS label fields and the camera flag (empty for plain JPEG/PNG files)
+    "product_id",
+    "instrument_id",
+    "start_time",
+    "local_mean_solar_time",
+    "sequence_id",
+    "filter_name",
+    "target",
+    "lines",
+    "samples",
+    "bands",
+    "site",
+    "drive",
 )
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from ..archive.db import open_engine
 from .errors import add_error_handlers
 from .limits import BodyLimits, StreamCap
-from .routes import classes, classify, corrections, export, health, images, models, page, review
+from .routes import browse, classes, classify, corrections, download, export, health, images, models, page, review
 from .security import HostCheck, SecurityHeaders, WriteGate
 from .settings import Settings
 from .slots import ClassificationSlots
@@ -47,7 +47,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         form_limits={"max_files": settings.max_files, "max_fields": settings.max_files + 8},
     )
     app.state.archive = state
-    for module in (health, images, export, classes, corrections, classify, models, review):
+    for module in (health, images, export, download, browse, classes, corrections, classify, models, review):
         app.include_router(module.router)
     add_error_handlers(app)
     # Outermost last: headers on every answer, then Host, then write access (before any body is read),

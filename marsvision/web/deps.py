@@ -3,6 +3,7 @@ active model, the search filters and write access."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -62,21 +63,57 @@ WriterDep = Annotated[str, Depends(require_writer)]
 
 
 async def search_filters(
-    q: Annotated[StorableText | None, Query(max_length=200, description="part of the file name")] = None,
+    q: Annotated[
+        StorableText | None, Query(max_length=200, description="part of the file name or of the product id")
+    ] = None,
     label: Annotated[StorableText | None, Query(max_length=64)] = None,
     min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
     unknown: bool | None = None,
     sol_min: Annotated[int | None, Query(ge=-INT32_MAX, le=INT32_MAX)] = None,
     sol_max: Annotated[int | None, Query(ge=-INT32_MAX, le=INT32_MAX)] = None,
-    instrument: Annotated[StorableText | None, Query(max_length=32)] = None,
+    instrument: Annotated[
+        StorableText | None, Query(max_length=64, description="MH, ML, MR, … or as a label writes it")
+    ] = None,
     reviewed: bool | None = None,
     reviewed_label: Annotated[StorableText | None, Query(max_length=64)] = None,
     error: bool | None = None,
+    off_camera: Annotated[bool | None, Query(description="from a camera outside the training cameras")] = None,
+    product_id: Annotated[StorableText | None, Query(max_length=128)] = None,
+    sequence_id: Annotated[StorableText | None, Query(max_length=32)] = None,
+    target: Annotated[StorableText | None, Query(max_length=64, description="any case")] = None,
+    filter_name: Annotated[StorableText | None, Query(max_length=64)] = None,
+    start_time_min: Annotated[dt.datetime | None, Query(description="UTC when without an offset")] = None,
+    start_time_max: Annotated[dt.datetime | None, Query(description="UTC when without an offset")] = None,
+    site: Annotated[int | None, Query(ge=-INT32_MAX, le=INT32_MAX)] = None,
+    drive: Annotated[int | None, Query(ge=-INT32_MAX, le=INT32_MAX)] = None,
+    confident: Annotated[
+        bool | None, Query(description="true: confidence ≥ 0.9, not unknown, not off-camera; false: the rest")
+    ] = None,
 ) -> Filters:
     # async: plain parsing, so no hop to a worker thread and back (measured: 0.8 ms of a search)
     return Filters(
-        label, min_confidence, max_confidence, unknown, sol_min, sol_max, instrument, reviewed, reviewed_label, error, q
+        label=label,
+        min_confidence=min_confidence,
+        max_confidence=max_confidence,
+        unknown=unknown,
+        sol_min=sol_min,
+        sol_max=sol_max,
+        instrument=instrument,
+        reviewed=reviewed,
+        reviewed_label=reviewed_label,
+        error=error,
+        q=q,
+        off_camera=off_camera,
+        product_id=product_id,
+        sequence_id=sequence_id,
+        target=target,
+        filter_name=filter_name,
+        start_time_min=start_time_min,
+        start_time_max=start_time_max,
+        site=site,
+        drive=drive,
+        confident=confident,
     )
 
 

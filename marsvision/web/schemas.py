@@ -61,6 +61,21 @@ class ImageItem(BaseModel):
     indexed_at: str | None = None
     size_bytes: int | None = None
     model_version: str | None = None
+    # True: from a camera outside the training cameras (Mastcam, MAHLI); None: the camera is not known.
+    off_camera: bool | None = None
+    # A PDS product's label fields (None for plain JPEG/PNG files); start_time in ISO 8601 with its offset.
+    product_id: str | None = None
+    instrument_id: str | None = None
+    start_time: str | None = None
+    local_mean_solar_time: str | None = None
+    sequence_id: str | None = None
+    filter_name: str | None = None
+    target: str | None = None
+    lines: int | None = None
+    samples: int | None = None
+    bands: int | None = None
+    site: int | None = None
+    drive: int | None = None
     name_fields: dict[str, Any] | None = None
 
 
@@ -152,3 +167,30 @@ class ReviewQueue(BaseModel):
     default: str
     strategies: list[str]
     items: list[ReviewItem]
+
+
+class FacetValue(BaseModel):
+    value: str | bool | None
+    count: int
+
+
+class Facets(BaseModel):
+    """``GET /api/facets``: each facet's values, most images first, counted under every filter but its own."""
+
+    total: int
+    facets: dict[str, list[FacetValue]]
+
+
+class TimelineSeries(BaseModel):
+    key: str | None
+    total: int
+    counts: list[int]  # per sol, in the order of ``sols``
+
+
+class Timeline(BaseModel):
+    """``GET /api/timeline``: images per sol by class or camera, under the filters but the sol range."""
+
+    by: str
+    sols: list[int]
+    series: list[TimelineSeries]
+    selected: tuple[int | None, int | None]

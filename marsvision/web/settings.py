@@ -96,6 +96,13 @@ class ServeConfig:
         },
     )
 
+    max_download_files: int = field(
+        default=2000, metadata={"help": "most images one bulk download (/api/download.zip) holds; more answer 413"}
+    )
+    max_download_mb: float = field(
+        default=1024.0, metadata={"help": "most MB of image files one bulk download holds; more answer 413"}
+    )
+
     def settings(self, environ: Mapping[str, str] | None = None) -> Settings:
         """The app's settings: the token read from its file (or the environment), paths resolved."""
         environ = os.environ if environ is None else environ
@@ -120,6 +127,8 @@ class ServeConfig:
             or (self.host, *LOCAL_HOSTS),
             threads=self.threads or None,
             uploads=Path(self.uploads or environ.get(UPLOADS_ENV) or DEFAULT_UPLOADS).resolve(),
+            max_download_files=self.max_download_files,
+            max_download_bytes=int(self.max_download_mb * 2**20),
         )
 
 
@@ -141,6 +150,8 @@ class Settings:
     allowed_hosts: tuple[str, ...] = (*LOCAL_HOSTS, TEST_HOST)  # "*": any
     threads: int | None = None  # the model's CPU threads (None: all)
     uploads: Path = Path(DEFAULT_UPLOADS)
+    max_download_files: int = 2000  # a bulk download's cap: images, then bytes of their files (413 beyond)
+    max_download_bytes: int = 1024 * 2**20
 
     @property
     def writes(self) -> Literal["token", "anonymous", "disabled"]:

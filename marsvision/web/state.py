@@ -37,6 +37,8 @@ class ArchiveState:
         self.settings, self.engine, self.sessions = settings, engine, sessions(engine)
         self.sketches = SketchIndex()
         self.counts = CountCache()
+        # Facet counts and timelines of recent filters, as the search totals (a timeline is ~26 000 numbers).
+        self.browse = CountCache(size=64)
         # Computing a heatmap takes 0.2-1 s and the page asks for the same ones again.
         self.heatmaps: LockedLRU[bytes] = LockedLRU(HEATMAP_CACHE)
         self.heatmap_slots = threading.BoundedSemaphore(max(1, settings.classify_slots))  # they run the model too
@@ -71,6 +73,7 @@ class ArchiveState:
     def changed(self) -> None:
         """After a write: counts and the active version are read again."""
         self.counts.clear()
+        self.browse.clear()
         self._checked = 0.0
 
     def close(self) -> None:

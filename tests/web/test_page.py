@@ -13,65 +13,19 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TOKEN = "page-test-token"
+TOKEN = "page-test-token"  # archive_server's (conftest.py)
+
 NOTE = "tyre tracks in regolith, no wheel in view"
 PICTURE_LOADED = (
     "(() => { const i = document.querySelector('#detail-img'); "
     "return i.getAttribute('src').includes(%r) && i.complete && i.naturalWidth > 0; })()"
 )
 THUMBNAILS_LOADED = "[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
-
-
-@pytest.fixture
-def archive_server(tmp_path, example_images):
-    """(base URL, engine) of a real `marsvision serve` app on a free 127.0.0.1 port, write token TOKEN."""
-    import httpx
-    import uvicorn
-
-    from marsvision.archive.db import open_engine
-    from marsvision.archive.index import IndexConfig, run_index
-    from marsvision.web.app import create_app
-    from marsvision.web.settings import Settings
-
-    db = tmp_path / "archive.db"
-    report = run_index([str(p) for p in example_images], IndexConfig(db=str(db)), progress=False)
-    assert report.indexed == len(example_images) == 12 and not report.failed
-    engine = open_engine(str(db))
-    # Bound here and handed to uvicorn: no other process can take the port between choosing and binding it.
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(Settings(token=TOKEN), engine), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert thread.is_alive(), "the server thread died while starting"
-            assert time.monotonic() < deadline, "the server did not answer /healthz within 30 s"
-            time.sleep(0.05)
-        yield base, engine
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-        engine.dispose()
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """The archive page's Review tab in a real browser, driven by the keyboard only (the server and the 12 example
-images from test_page.py's ``archive_server``).
+images from conftest.py's ``archive_server``).
 
 It opens the Review tab, checks the queue is the server's (cluster-margin, 10 images), is refused a label
 without the token (the server's reason shown, no advance), then enters the token and labels: A accepts the
@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_page import TOKEN, archive_server  # noqa: F401 (archive_server is a fixture used below)
+from test_page import TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
 PICTURE_LOADED = (
@@ -45,7 +45,7 @@ def add_version(engine, tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.slow
-def test_review_queue_from_the_keyboard(browser_page, archive_server, tmp_path):  # noqa: F811
+def test_review_queue_from_the_keyboard(browser_page, archive_server, tmp_path):
     import httpx
     from playwright.sync_api import expect
     from sqlalchemy import select

@@ -57,3 +57,12 @@ def test_every_setting_is_a_serve_option():
     assert (args.uploads, args.workers, args.allow_anonymous_writes) == ("up", 2, False)
     cfg = ServeConfig(**{k: getattr(args, k) for k in ServeConfig.__dataclass_fields__})
     assert cfg.settings({}).uploads == Path("up").resolve()
+
+
+def test_download_caps_are_serve_options():
+    from marsvision.cli import build_parser
+
+    args = build_parser(["serve"]).parse_args(["serve", "--max-download-files", "7", "--max-download-mb", "0.5"])
+    s = ServeConfig(**{k: getattr(args, k) for k in ServeConfig.__dataclass_fields__}).settings({})
+    assert (s.max_download_files, s.max_download_bytes) == (7, 524288)
+    assert Settings.from_json(s.to_json()) == s

@@ -7,11 +7,14 @@
 (() => {
   const $ = (sel, root = document) => root.querySelector(sel);
   // The form's filters, then those only a URL sets (kept until Reset): e.g. ?error=true lists the unreadable.
-  const FILTER_KEYS = ["label", "min_confidence", "sol_min", "sol_max", "instrument", "unknown", "reviewed"];
-  const URL_ONLY = ["max_confidence", "reviewed_label", "error"];
+  const FILTER_KEYS = ["label", "min_confidence", "sol_min", "sol_max", "instrument", "unknown", "reviewed", "off_camera",
+    "q", "target", "sequence_id", "confident"];
+  const URL_ONLY = ["max_confidence", "reviewed_label", "error", "product_id", "filter_name", "site", "drive",
+    "start_time_min", "start_time_max"];
   const VIEW_DEFAULTS = { sort: "id", descending: "false", page: "1", page_size: "48" };
   const CONTROLS = { label: "#f-label", min_confidence: "#f-min-confidence", sol_min: "#f-sol-min", sol_max: "#f-sol-max",
-    instrument: "#f-instrument", unknown: "#f-unknown", reviewed: "#f-reviewed", sort: "#f-sort",
+    instrument: "#f-instrument", unknown: "#f-unknown", reviewed: "#f-reviewed", off_camera: "#f-off-camera", q: "#f-q",
+    target: "#f-target", sequence_id: "#f-sequence", confident: "#f-confident", sort: "#f-sort",
     descending: "#f-descending", page_size: "#f-page-size" };
   const TOKEN_KEY = "marsvision.token", AUTHOR_KEY = "marsvision.author";
   const state = { params: {}, classes: [], ready: null, items: [], request: 0, detail: null, detailTicket: 0,
@@ -58,7 +61,10 @@
     const t = new Date(/(Z|[+-]\d\d:?\d\d)$/i.test(iso) ? iso : `${iso}Z`);
     return isNaN(t) ? iso : `${t.toISOString().slice(0, 16).replace("T", " ")} UTC`;
   }
-  const instrumentName = (code) => ({ MH: "MAHLI", ML: "Mastcam Left", MR: "Mastcam Right", MD: "MARDI" })[code] || code;
+  const CAMERAS = { MH: "MAHLI", ML: "Mastcam Left", MR: "Mastcam Right", MD: "MARDI", NL: "Navcam Left",
+    NR: "Navcam Right", FL: "Front Hazcam Left", FR: "Front Hazcam Right", RL: "Rear Hazcam Left",
+    RR: "Rear Hazcam Right", CR: "ChemCam RMI" };
+  const instrumentName = (code) => CAMERAS[code] || code;
 
   function setStatus(text) { $("#status").textContent = text; }
   function showError(text) { const e = $("#error"); e.textContent = text; e.hidden = !text; }
@@ -91,7 +97,8 @@
   function readForm() {
     const p = {};
     for (const [k, sel] of Object.entries(CONTROLS)) {
-      let v = $(sel).value.trim();
+      const input = $(sel);
+      let v = input.type === "checkbox" ? (input.checked ? "true" : "") : input.value.trim();
       if (k === "min_confidence") v = v === "0" ? "" : String(Number(v) / 100);
       if (v !== "") p[k] = v;
     }
@@ -103,6 +110,7 @@
       const input = $(sel);
       let v = p[k] ?? VIEW_DEFAULTS[k] ?? "";
       if (k === "min_confidence") v = v === "" ? "0" : String(Math.round(Number(v) * 100));
+      if (input.type === "checkbox") { input.checked = v === "true"; continue; }
       if (input.tagName === "SELECT") ensureOption(input, v);
       input.value = v;
     }
@@ -133,8 +141,12 @@
     history.replaceState(null, "", q.toString() ? `?${q}` : location.pathname);
   }
 
+  /** The current filters as a query string (no sort or paging): what export, download, facets and timeline take. */
+  const filterQuery = () => new URLSearchParams(Object.entries(state.params).filter(([k, v]) => !(k in VIEW_DEFAULTS) && v !== ""));
+
   function updateExport() {
-    const q = new URLSearchParams(Object.entries(state.params).filter(([k]) => !(k in VIEW_DEFAULTS)));
+    const q = filterQuery();
+    $("#download-zip").href = `/api/download.zip${q.toString() ? `?${q}` : ""}`;
     for (const format of ["csv", "json"]) {
       q.set("format", format);
       $(`#export-${format}`).href = `/api/export?${q}`;
@@ -149,6 +161,8 @@
     grid.setAttribute("aria-busy", "true");
     updateExport();
     const q = new URLSearchParams(Object.entries({ ...VIEW_DEFAULTS, ...state.params }).filter(([, v]) => v !== ""));
+    loadFacets(ticket);
+    loadTimeline(ticket);
     try {
       const res = await api(`/api/images?${q}`);
       if (ticket !== state.request) return;
@@ -182,6 +196,8 @@
     const badges = [
       item.unknown && h("span", { class: "badge unknown", title: "Unlike the images the model was trained on", text: "unknown" }),
       item.reviewed_label && h("span", { class: "badge reviewed", title: "The curator's label", text: `reviewed: ${item.reviewed_label}` }),
+      item.off_camera && h("span", { class: "badge off-camera", text: "off-camera",
+        title: `${instrumentName(item.instrument)}: a camera the model was not trained on (Mastcam, MAHLI); its label is less sure than its confidence says` }),
       bad && h("span", { class: "badge error", text: "unreadable" }),
     ];
     const where = item.sol != null ? `Sol ${item.sol} · ${instrumentName(item.instrument)}` : name;
@@ -306,7 +322,8 @@
     const row = (term, ...value) => [h("dt", { text: term }), h("dd", {}, ...value)];
     $("#detail-summary").replaceChildren(h("dl", {},
       row("Model's label", h("strong", { text: d.label ?? "–" }),
-        d.unknown && h("span", { class: "badge unknown", text: "unknown" })),
+        d.unknown && h("span", { class: "badge unknown", text: "unknown" }),
+        d.off_camera && h("span", { class: "badge off-camera", text: "off-camera", title: "A camera the model was not trained on" })),
       row("Confidence", pct(d.confidence)),
       row("Margin", d.margin == null ? "–" : pct(d.margin)),
       row("Novelty", d.novelty == null ? "–" : d.novelty.toFixed(3)),
@@ -341,6 +358,13 @@
     } else {
       meta.push(["Name fields", "the name does not follow the MSL pattern"]);
     }
+    if (d.product_id) {  // a PDS product's label fields
+      meta.push(["Product id", d.product_id], ["Instrument id", d.instrument_id], ["Start time (UTC)", when(d.start_time)],
+        ["Local mean solar time", d.local_mean_solar_time], ["Sequence", d.sequence_id], ["Filter", d.filter_name],
+        ["Target", d.target], ["Size (lines × samples × bands)", `${d.lines} × ${d.samples} × ${d.bands}`],
+        ["Site / drive", `${d.site ?? "–"} / ${d.drive ?? "–"}`]);
+    }
+    if (d.off_camera != null) meta.push(["Camera", `${instrumentName(d.instrument)}${d.off_camera ? " (not a training camera)" : ""}`]);
     meta.push(["Size", `${(d.size_bytes / 1024).toFixed(1)} KB`], ["SHA-256", d.sha256], ["Indexed", when(d.indexed_at)],
       ["Model version", d.model_version ?? "–"]);
     $("#detail-meta tbody").replaceChildren(...meta.map(([k, v]) =>
@@ -402,6 +426,108 @@
     if (back && back.isConnected) back.focus();
   });
 
+  // --------------------------------------------------------------------------- facets and the timeline
+  /** The count of each value beside each filter: from /api/facets, under every filter but the facet's own. */
+  async function loadFacets(ticket) {
+    let res;
+    try { res = await api(`/api/facets?${filterQuery()}`); } catch { return; }  // the grid shows the error
+    if (ticket !== state.request) return;
+    state.facets = res;
+    const counts = (name) => new Map(res.facets[name].map((v) => [String(v.value), v.count]));
+    const label = counts("label");
+    for (const o of $("#f-label").options) {
+      if (o.value) o.textContent = `${o.value} (${label.get(o.value) ?? 0})`;
+      o.dataset.count = o.value ? (label.get(o.value) ?? 0) : "";
+    }
+    const instrument = $("#f-instrument"), keep = instrument.value, inst = counts("instrument");
+    const codes = [...new Set([...res.facets.instrument.map((v) => v.value).filter((v) => v != null), keep].filter(Boolean))];
+    instrument.replaceChildren(h("option", { value: "", text: "Any" }), ...codes.map((c) =>
+      h("option", { value: c, text: `${instrumentName(c)} (${inst.get(c) ?? 0})`, dataset: { count: inst.get(c) ?? 0 } })));
+    instrument.value = keep;
+    for (const [name, sel] of [["unknown", "#f-unknown"], ["reviewed", "#f-reviewed"], ["off_camera", "#f-off-camera"]]) {
+      const c = counts(name);
+      for (const o of $(sel).options) {
+        if (!o.value) continue;
+        o.textContent = `${o.value === "true" ? "Yes" : "No"} (${c.get(o.value) ?? 0})`;
+        o.dataset.count = c.get(o.value) ?? 0;
+      }
+    }
+    $("#f-confident-count").textContent = `(${counts("confident").get("true") ?? 0})`;
+  }
+
+  const PALETTE = ["#1f5fbf", "#c1440e", "#2e8b57", "#8e44ad", "#d4a017", "#17a2b8", "#7f8c8d", "#e84393", "#5d4037"];
+  const SVG = "http://www.w3.org/2000/svg";
+  function s(tag, attrs = {}, ...children) {  // an SVG element
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) if (v != null) node.setAttribute(k, v);
+    for (const c of children) if (c) node.append(c);
+    return node;
+  }
+
+  /** The per-sol timeline: stacked bars (the largest 8 series, then "other"), sols binned to at most 200 bars. */
+  async function loadTimeline(ticket) {
+    const by = $("#timeline-by").value, q = filterQuery();
+    q.set("by", by);
+    let res;
+    try { res = await api(`/api/timeline?${q}`); } catch { return; }
+    if (ticket !== state.request) return;
+    drawTimeline(res);
+  }
+
+  function drawTimeline(res) {
+    const chart = $("#timeline-chart"), [selMin, selMax] = res.selected;
+    $("#timeline-clear").hidden = selMin == null && selMax == null;
+    $("#timeline-range").textContent = selMin == null && selMax == null ? "" : `showing sols ${selMin ?? "…"}–${selMax ?? "…"}`;
+    if (!res.sols.length) {
+      chart.replaceChildren(h("p", { class: "muted", text: "No images with a sol under these filters." }));
+      $("#timeline-legend").replaceChildren();
+      return;
+    }
+    const first = res.sols[0], last = res.sols[res.sols.length - 1];
+    const width = Math.max(1, Math.ceil((last - first + 1) / 200));  // sols per bar
+    const nbins = Math.floor((last - first) / width) + 1;
+    const top = res.series.slice(0, 8), other = res.series.slice(8);
+    const keys = [...top.map((x) => x.key ?? "none"), ...(other.length ? ["other"] : [])];
+    const bins = Array.from({ length: nbins }, () => new Array(keys.length).fill(0));
+    res.series.forEach((series, k) => series.counts.forEach((n, i) => {
+      bins[Math.floor((res.sols[i] - first) / width)][Math.min(k, 8)] += n;
+    }));
+    const W = 1000, H = 120, AXIS = 14, barW = W / nbins;
+    const max = Math.max(1, ...bins.map((b) => b.reduce((a, n) => a + n, 0)));
+    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
+      "aria-label": `Images per sol by ${res.by}, sols ${first} to ${last}` });
+    bins.forEach((bin, i) => {
+      const lo = first + i * width, hi = lo + width - 1, total = bin.reduce((a, n) => a + n, 0);
+      const selected = (selMin != null || selMax != null) && hi >= (selMin ?? -Infinity) && lo <= (selMax ?? Infinity);
+      const g = s("g", { class: "tl-bin", "data-sol-min": lo, "data-sol-max": hi, "data-count": total });
+      g.append(s("rect", { class: selected ? "tl-hit tl-selected" : "tl-hit", x: i * barW, y: 0, width: barW, height: H - AXIS }));
+      let y = H - AXIS;
+      bin.forEach((n, k) => {
+        if (!n) return;
+        const hgt = (n / max) * (H - AXIS - 4);
+        y -= hgt;
+        g.append(s("rect", { x: i * barW + barW * 0.1, y, width: Math.max(barW * 0.8, 0.5), height: hgt, fill: PALETTE[k] }));
+      });
+      g.append(s("title", {}, document.createTextNode(`Sol ${lo}${width > 1 ? `–${hi}` : ""}: ${plural(total, "image")}` +
+        bin.map((n, k) => n ? `\n${keys[k] === "none" ? "–" : res.by === "camera" ? instrumentName(keys[k]) : keys[k]}: ${n}` : "").join(""))));
+      g.addEventListener("click", () => {
+        $("#f-sol-min").value = lo;
+        $("#f-sol-max").value = hi;
+        apply();
+      });
+      svg.append(g);
+    });
+    svg.append(s("text", { class: "tl-axis", x: 2, y: H - 2 }, document.createTextNode(`sol ${first}`)),
+      s("text", { class: "tl-axis", x: W - 2, y: H - 2, "text-anchor": "end" }, document.createTextNode(`sol ${last}`)));
+    chart.replaceChildren(svg);
+    $("#timeline-legend").replaceChildren(...keys.map((k, i) => h("li", {},
+      h("span", { class: "swatch", style: `background:${PALETTE[i]}` }),
+      k === "none" ? "–" : k === "other" ? "other" : res.by === "camera" ? instrumentName(k) : k)));
+  }
+
+  $("#timeline-by").addEventListener("change", (e) => { e.stopPropagation(); loadTimeline(state.request); });
+  $("#timeline-clear").addEventListener("click", () => { $("#f-sol-min").value = ""; $("#f-sol-max").value = ""; apply(); });
+
   // ------------------------------------------------------------------------------------------------ tabs
   const tabs = () => [...document.querySelectorAll('[role="tab"]')].filter((t) => !t.hidden);
   function showTab(name) {
@@ -433,6 +559,7 @@
         ...state.classes.map((c) => h("option", { value: c.label, text: `${c.label} (${c.count})` })));
       ensureOption(select, keep);
       select.value = keep;
+      if (state.facets) loadFacets(state.request);  // the counts beside the classes: under the filters again
     } catch (e) {
       showError(`Could not load the classes: ${e.message}`);
     }
@@ -482,6 +609,6 @@
   }
 
   window.marsvision = { api, openDetail, showTab, token: getToken, reload: loadImages, card, state,
-    h, pct, plural, when, baseName, instrumentName, errorText, loadClasses, loadReady };
+    h, pct, plural, when, baseName, instrumentName, errorText, loadClasses, loadReady, loadFacets, loadTimeline };
   start();
 })();
