@@ -62,6 +62,16 @@ class ServeConfig:
         },
     )
 
+    vector_index: str = field(
+        default="",
+        metadata={
+            "help": (
+                "folder of the similar-images index file, for SQLite or PostgreSQL without pgvector "
+                "(default: beside a SQLite file, else ./marsvision-vectors/)"
+            )
+        },
+    )
+
     def settings(self, environ: Mapping[str, str] | None = None) -> Settings:
         """The app's settings: the token read from its file (or the environment), paths resolved."""
         environ = os.environ if environ is None else environ
@@ -79,6 +89,7 @@ class ServeConfig:
             classify_slots=self.classify_slots,
             threads=self.threads or None,
             uploads=Path(self.uploads or environ.get(UPLOADS_ENV) or DEFAULT_UPLOADS).resolve(),
+            vector_index=str(Path(self.vector_index).resolve()) if self.vector_index else "",
         )
 
 
@@ -94,6 +105,7 @@ class Settings:
     classify_slots: int = 2
     threads: int | None = None  # the model's CPU threads (None: all)
     uploads: Path = Path(DEFAULT_UPLOADS)
+    vector_index: str = ""  # the index file's folder ("": archive.vectors.default_folder)
 
     @property
     def writes(self) -> Literal["token", "anonymous", "disabled"]:

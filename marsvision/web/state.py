@@ -11,7 +11,8 @@ import anyio
 from sqlalchemy.engine import Engine
 
 from ..archive.db import ModelVersion, sessions
-from ..archive.queries import CountCache, SketchIndex
+from ..archive.queries import CountCache
+from ..archive.vectors import open_vector_index
 from ..archive.versions import active_version, ensure_active
 from ..inference.classifier import Classifier
 from ..inference.predict import load_model
@@ -34,7 +35,7 @@ class ActiveModel:
 class ArchiveState:
     def __init__(self, settings: Settings, engine: Engine):
         self.settings, self.engine, self.sessions = settings, engine, sessions(engine)
-        self.sketches = SketchIndex()
+        self.vectors = open_vector_index(engine, settings.vector_index)  # similar images: pgvector or a file
         self.counts = CountCache()
         # Computing a heatmap takes 0.2-1 s and the page asks for the same ones again.
         self.heatmaps: LockedLRU[bytes] = LockedLRU(HEATMAP_CACHE)
