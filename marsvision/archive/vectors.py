@@ -268,8 +268,9 @@ class FileIndex:
 
     def _exact(self, session: Session, q: np.ndarray, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
         """Every matching row, scored exactly: the filter's ids from SQL, their vectors from the index."""
-        ids_query = select(ImageVectors.image_id).join(Image, Image.id == ImageVectors.image_id)
-        wanted = np.array(list(session.scalars(filters.apply(ids_query))), np.int64)
+        # From the images table alone (its composite indexes answer most filters without the rows); an id
+        # without a vector (an unreadable image) is in neither the graph nor the in-memory rows.
+        wanted = np.array(list(session.scalars(filters.apply(select(Image.id)))), np.int64)
         in_delta = np.isin(wanted, self.delta_ids)
         main = wanted[~in_delta]
         vecs = []
@@ -298,9 +299,12 @@ class FileIndex:
                 found = [(int(i), float(s)) for i, s in zip(ids, sims, strict=True) if int(i) in keep]
                 if len(found) >= k or count >= total:
                     return found[:k]
-                if count >= EXACT_AFTER:
+                # Enough candidates for k at the share that matched so far, with a margin; a filter too
+                # selective for EXACT_AFTER candidates is scored exactly (its rows are few).
+                need = int(1.5 * (k + 1) * count / len(found)) if found else EXACT_AFTER + 1
+                if count >= EXACT_AFTER or need > EXACT_AFTER:
                     break
-                count = min(total, count * 8)
+                count = min(total, max(2 * count, need))
             ids, sims = self._exact(session, q, filters if filters is not None else Filters())
         order = np.argsort(-sims, kind="stable")
         return [(int(ids[i]), float(sims[i])) for i in order if ids[i] != image_id][:k]
