@@ -224,3 +224,17 @@ def test_a_kill_never_leaves_the_file_ahead_of_the_table(engine, tmp_path, monke
     with sessions(engine)() as reader:
         FileIndex(folder).sync(reader)
     assert [p.name for p in folder.glob("*.usearch")] == [Watermark("m1", new[-1], 312).name()]
+
+
+def test_index_leaves_the_file_covering_every_row_it_committed(tmp_path, example_images):
+    from marsvision.archive.index import IndexConfig, run_index
+
+    db = tmp_path / "x.db"
+    report = run_index([str(example_images[0].parent)], IndexConfig(db=f"sqlite:///{db}"), progress=False)
+    eng = open_engine(f"sqlite:///{db}")
+    with sessions(eng)() as s:
+        top = s.scalar(select(ImageVectors.image_id).order_by(ImageVectors.image_id.desc()).limit(1))
+        count = len(s.scalars(select(ImageVectors.image_id)).all())
+    eng.dispose()
+    (built,) = (tmp_path / "x.db.vectors").glob("*.usearch")
+    assert count == report.indexed and Watermark.parse(built, report.model) == Watermark(report.model, top, count)
