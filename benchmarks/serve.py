@@ -234,6 +234,7 @@ def build_archive(
     seed: int,
     data: Path | None,
     n_real: int,
+    vector_index: bool = True,
 ) -> tuple[dict, list[dict]]:
     """An archive of ``target_rows`` rows at ``db_url``: the indexer's real rows (indexed here when
     ``real`` is None, else copied), then synthetic copies. Returns (what it took, the real rows)."""
@@ -266,7 +267,8 @@ def build_archive(
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text("VACUUM ANALYZE"))
             info["vacuum_analyze_seconds"] = round(time.perf_counter() - t1, 2)
-        info["vector_index"] = serve_vectors.prepare(db_url, had_hnsw)
+        if vector_index:
+            info["vector_index"] = serve_vectors.prepare(db_url, had_hnsw)
         with engine.connect() as conn:
             info["rows"] = conn.scalar(select(text("count(*)")).select_from(Image.__table__))
             info["real_rows"] = len(real)
