@@ -54,6 +54,16 @@ class VectorIndex(Protocol):
         always in step)."""
 
 
+def usearch_index():
+    """usearch's ``Index`` class, imported after onnxruntime: the other order crashes the process
+    (``import usearch.index; import onnxruntime`` is a segmentation fault with usearch 2.26 and onnxruntime
+    1.2x on Linux x86-64, reproduced here; onnxruntime first is fine), and the server loads its model lazily."""
+    import onnxruntime  # noqa: F401  (for the import order only)
+    from usearch.index import Index
+
+    return Index
+
+
 def has_filters(filters: Filters | None) -> bool:
     return filters is not None and any(getattr(filters, f.name) is not None for f in fields(filters))
 
@@ -168,8 +178,7 @@ class FileIndex:
 
     def _write(self, ids: np.ndarray, matrix: np.ndarray, mark: Watermark, base: Path | None = None) -> Path:
         """The file for ``mark``: ``base``'s graph (loaded into memory) with ``ids`` added, else a new one."""
-        from usearch.index import Index
-
+        Index = usearch_index()  # noqa: N806
         if base is not None:
             idx = Index.restore(str(base))
         else:
@@ -189,7 +198,7 @@ class FileIndex:
 
     def _load(self, session: Session, source: str) -> None:
         """Open the newest valid file (building one when none is), then read the rows after it."""
-        from usearch.index import Index
+        Index = usearch_index()  # noqa: N806
 
         chosen = None
         for mark, path in reversed(self._files(source)):
@@ -198,7 +207,11 @@ class FileIndex:
                 break
         if chosen is None:
             ids, matrix = read_rows(session, 0)
-            mark = Watermark(source, int(ids[-1]) if len(ids) else 0, len(ids))
+            if not len(ids):  # nothing to index yet: no file, every later row in memory until there are some
+                self.index, self.mark, self._counted = None, Watermark(source, 0, 0), time.monotonic()
+                self.delta_ids, self.delta = ids, matrix
+                return
+            mark = Watermark(source, int(ids[-1]), len(ids))
             chosen = (mark, self._write(ids, matrix, mark))
         mark, path = chosen
         self._prune(path)
@@ -217,7 +230,7 @@ class FileIndex:
         with self._lock:
             if top == self._top and time.monotonic() - self._counted < RECOUNT:
                 return
-            stale = self.index is None or self.mark.source != top[0]
+            stale = self.mark is None or self.mark.source != top[0]
             if not stale and time.monotonic() - self._counted >= RECOUNT:
                 stale = self._count_upto(session, self.mark.max_id) != self.mark.count
                 self._counted = time.monotonic()
@@ -240,7 +253,7 @@ class FileIndex:
         mark = Watermark(self.mark.source, int(self.delta_ids[-1]), self.mark.count + len(self.delta_ids))
         base = self.folder / self.mark.name()
         self._write(self.delta_ids, self.delta, mark, base if base.exists() else None)
-        self._top, self.index = None, None
+        self._top, self.index, self.mark = None, None, None
 
     def sync(self, session: Session) -> None:
         """Bring the index in step and write the rows held in memory into the file (the indexer calls this
@@ -276,7 +289,8 @@ class FileIndex:
         vecs = []
         if len(main) and self.index is not None:
             main = main[self.index.contains(main.astype(np.uint64))]
-            vecs.append(np.stack(self.index.get(main.astype(np.uint64), dtype=np.float32)) if len(main) else None)
+            got = self.index.get(main.astype(np.uint64), dtype=np.float32) if len(main) else None
+            vecs.append(None if got is None else np.asarray(got, np.float32).reshape(-1, SKETCH_DIMS))
         where = np.searchsorted(self.delta_ids, wanted[in_delta])
         ids = np.concatenate([main, self.delta_ids[where]])
         matrix = np.concatenate([v for v in vecs if v is not None] + [self.delta[where]]) if len(ids) else None

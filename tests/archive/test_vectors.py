@@ -238,3 +238,29 @@ def test_index_leaves_the_file_covering_every_row_it_committed(tmp_path, example
     eng.dispose()
     (built,) = (tmp_path / "x.db.vectors").glob("*.usearch")
     assert count == report.indexed and Watermark.parse(built, report.model) == Watermark(report.model, top, count)
+
+
+def test_an_empty_archive_then_its_first_rows(engine, tmp_path):
+    file_index_engine(engine)
+    folder = tmp_path / "vectors"
+    index = FileIndex(folder)
+    with sessions(engine)() as s:
+        index.sync(s)
+    assert not list(folder.glob("*.usearch"))
+    ids = add_rows(engine, unit(np.random.default_rng(4), 30), labels=["a"] * 29 + ["b"])
+    assert len(near(index, engine, ids[0], 5)) == 5  # in memory, no file yet
+    assert near(index, engine, ids[0], 5, Filters(label="b")) == [ids[-1]]
+    with sessions(engine)() as s:
+        index.sync(s)
+    assert [p.name for p in folder.glob("*.usearch")] == [Watermark("m1", ids[-1], 30).name()]
+    assert near(FileIndex(folder), engine, ids[0], 5, Filters(label="b")) == [ids[-1]]  # one row, from the graph
+
+
+def test_the_model_runtime_loads_after_the_vector_index():
+    """usearch imported before onnxruntime crashes the process; the index imports them in the safe order."""
+    import subprocess
+    import sys
+
+    code = "from marsvision.archive.vectors import usearch_index; usearch_index(); import onnxruntime; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]
