@@ -9,13 +9,14 @@ Two back ends, one interface (``VectorIndex.similar``), chosen by ``open_vector_
   file beside the database, kept in step with the table as described there.
 
 A filter is applied to the index's candidates in SQL (``Filters``, as /api/images applies it): the index
-is asked for more candidates, widening until k match, and past ``EXACT_AFTER`` candidates the filter is
+is asked for more candidates, widening until k match, and past a crossover (``EXACT_RATIO``) the filter is
 selective enough that scoring its matching rows exactly is cheaper and sure to find all k.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import threading
@@ -37,7 +38,11 @@ from .records import SKETCH_DIMS, from_blob
 CONNECTIVITY = 16  # HNSW's M
 EF_ADD = 128  # graph quality at build: recall@10 0.998 at ef 64 (benchmarks/results/vector_index.md)
 EF_SEARCH = 512  # recall@10 0.970 at 128, 0.993 at 512 on the serve benchmark's sketches (3000 rows)
-EXACT_AFTER = 4096  # candidates: past this many the filter's own rows are scored exactly (measured crossover)
+# Widening to c candidates costs about 0.06 ms each, scoring a filter's m rows exactly about 0.044 ms each
+# (benchmarks/results/similar_crossover.md, SQLite, 100 000 rows, in-process); c candidates find k when
+# the filter matches about k·N/c rows, so the two cost the same at c = sqrt(0.73·k·N): ~940 at 100 000
+# rows, ~3 000 at a million (k 12).
+EXACT_RATIO = 0.73
 DELTA_MAX = 20_000  # rows searched exactly beside the file before it is rewritten with them
 RECOUNT = 60.0  # seconds between counts of the table (a count finds deleted or rewritten rows)
 READ_CHUNK = 20_000
@@ -314,9 +319,10 @@ class FileIndex:
                 if len(found) >= k or count >= total:
                     return found[:k]
                 # Enough candidates for k at the share that matched so far, with a margin; a filter too
-                # selective for EXACT_AFTER candidates is scored exactly (its rows are few).
-                need = int(1.5 * (k + 1) * count / len(found)) if found else EXACT_AFTER + 1
-                if count >= EXACT_AFTER or need > EXACT_AFTER:
+                # selective for the crossover is scored exactly (its rows are few).
+                exact_after = max(256, int(math.sqrt(EXACT_RATIO * k * total)))
+                need = int(1.5 * (k + 1) * count / len(found)) if found else exact_after + 1
+                if count >= exact_after or need > exact_after:
                     break
                 count = min(total, max(2 * count, need))
             ids, sims = self._exact(session, q, filters if filters is not None else Filters())
