@@ -106,6 +106,23 @@ def bench_hnswlib(data, queries, efs, folder):
     return build, load, path.stat().st_size, out
 
 
+def save(args, runs: list[dict]) -> None:
+    header = "| library | rows | ef | build s | load s | file MB | query p50 ms | query p95 ms | recall@10 |\n"
+    header += "|---|---|---|---|---|---|---|---|---|\n"
+    rows = "".join(
+        f"| {r['library']} | {r['rows']:,} | {r['ef']} | {r['build_s']} | {r['load_s']} | {r['file_mb']} | "
+        f"{r['query_p50_ms']} | {r['query_p95_ms']} | {r['recall_at_10']} |\n"
+        for r in runs
+    )
+    md = (
+        "# Similarity index file: usearch vs hnswlib\n\n"
+        f"64-number float16 sketches, {args.centres} centres + N(0, 0.05) noise, M={CONNECTIVITY}, "
+        f"ef_construction={EF_ADD}, build on 2 threads, {args.queries} queries one at a time on one thread "
+        "(2-core machine shared with other jobs).\n\n" + header + rows
+    )
+    write_results(args.name, {"args": vars(args), "runs": runs}, md)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -142,20 +159,7 @@ def main() -> int:
                 }
                 print(run, flush=True)
                 runs.append(run)
-    header = "| library | rows | ef | build s | load s | file MB | query p50 ms | query p95 ms | recall@10 |\n"
-    header += "|---|---|---|---|---|---|---|---|---|\n"
-    rows = "".join(
-        f"| {r['library']} | {r['rows']:,} | {r['ef']} | {r['build_s']} | {r['load_s']} | {r['file_mb']} | "
-        f"{r['query_p50_ms']} | {r['query_p95_ms']} | {r['recall_at_10']} |\n"
-        for r in runs
-    )
-    md = (
-        "# Similarity index file: usearch vs hnswlib\n\n"
-        f"64-number float16 sketches, {args.centres} centres + N(0, 0.05) noise, M={CONNECTIVITY}, "
-        f"ef_construction={EF_ADD}, build on 2 threads, {args.queries} queries one at a time on one thread "
-        "(2-core machine shared with other jobs).\n\n" + header + rows
-    )
-    write_results(args.name, {"args": vars(args), "runs": runs}, md)
+        save(args, runs)  # after each size: a long run cut short keeps what it measured
     return 0
 
 
