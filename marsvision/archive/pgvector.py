@@ -3,9 +3,9 @@ makes the column, its trigger and the index when the server has the extension).
 
 The filters are conditions of the same query, so the index walk skips rows that do not match; with
 pgvector ≥ 0.8 ``hnsw.iterative_scan`` keeps walking until ``k`` rows match (or ``hnsw.max_scan_tuples``
-rows were seen), so k come back when k match. Without it a selective filter can return fewer than k; a
-very selective one the planner answers from the filter's b-tree index and an exact sort, which is
-exact anyway.
+rows were seen). A very selective filter the planner answers from its b-tree index and an exact sort;
+should the walk still return fewer than k, the query runs again without the index (exact), so k come
+back when k match.
 """
 
 from __future__ import annotations
@@ -72,14 +72,21 @@ class PgVectorIndex:
             session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
         vector = cast(literal("[" + ",".join(f"{x:.5g}" for x in q.tolist()) + "]"), HalfVec())
         distance = _vectors.c.embedding.op("<#>")(vector)  # the negative inner product
-        stmt = (
-            select(_vectors.c.image_id, distance.label("distance"))
-            .join(Image, Image.id == _vectors.c.image_id)
-            .where(_vectors.c.image_id != image_id)
-            .order_by(distance)
-            .limit(k)
-        )
-        if filters is not None:
-            stmt = filters.apply(stmt)
-        rows = session.execute(stmt).all()
+
+        def query(order):
+            stmt = (
+                select(_vectors.c.image_id, distance.label("distance"))
+                .join(Image, Image.id == _vectors.c.image_id)
+                .where(_vectors.c.image_id != image_id)
+                .order_by(order)
+                .limit(k)
+            )
+            return session.execute(filters.apply(stmt) if filters is not None else stmt).all()
+
+        rows = query(distance)
+        if len(rows) < k:
+            # The walk gave up (``hnsw.max_scan_tuples``) before k matched: a selective filter whose rows the
+            # planner thought many. Ordered by an expression the index cannot serve, the same query scores
+            # every matching row exactly, so k come back when k match.
+            rows = query(distance + 0)
         return sorted(((int(r[0]), -float(r[1])) for r in rows), key=lambda r: -r[1])

@@ -264,3 +264,20 @@ def test_the_model_runtime_loads_after_the_vector_index():
     code = "from marsvision.archive.vectors import usearch_index; usearch_index(); import onnxruntime; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-500:]
+
+
+def test_pgvector_scores_exactly_when_the_walk_gives_up_before_k_match(engine):
+    if not _has_embedding(engine):
+        pytest.skip("pgvector only")
+    rng = np.random.default_rng(5)
+    vecs = unit(rng, 2000)
+    labels = ["common"] * len(vecs)
+    for i in rng.choice(np.arange(1, len(vecs)), 20, replace=False):
+        labels[i] = "rare"
+    ids = add_rows(engine, vecs, labels)
+    with sessions(engine)() as s:
+        # The walk stops after one row, and the planner is steered off the exact plan (sorting).
+        s.execute(text("SET LOCAL hnsw.max_scan_tuples = 1"))
+        s.execute(text("SET LOCAL enable_sort = off"))
+        got = [i for i, _ in PgVectorIndex().similar(s, ids[0], 10, Filters(label="rare"))]
+    assert got == exact(engine, ids[0], 10, "rare")
