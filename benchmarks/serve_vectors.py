@@ -69,7 +69,7 @@ def prepare(db_url: str, had_hnsw: bool) -> dict:
                 conn.execute(
                     text(
                         "CREATE INDEX ix_image_vectors_embedding ON image_vectors "
-                        "USING hnsw (embedding halfvec_ip_ops) WITH (m = 16, ef_construction = 64)"
+                        "USING hnsw (embedding halfvec_ip_ops) WITH (m = 16, ef_construction = 128)"
                     )
                 )
                 conn.execute(text("ANALYZE image_vectors"))

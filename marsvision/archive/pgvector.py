@@ -20,7 +20,7 @@ from .queries import Filters
 from .records import SKETCH_DIMS
 from .vectors import own_sketch
 
-EF_SEARCH = 100  # candidates the walk keeps (pgvector's default is 40: recall@10 in docs/archive.md)
+EF_SEARCH = 100  # candidates the walk keeps (pgvector: 40); 200 and 400 gained no recall on 100 000 rows
 
 
 class HalfVec(UserDefinedType):
