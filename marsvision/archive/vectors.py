@@ -46,6 +46,7 @@ EXACT_RATIO = 0.73
 DELTA_MAX = 20_000  # rows searched exactly beside the file before it is rewritten with them
 RECOUNT = 60.0  # seconds between counts of the table (a count finds deleted or rewritten rows)
 READ_CHUNK = 20_000
+INDEX_ENV = "MARSVISION_VECTOR_INDEX"  # the index file's folder, when not given
 
 
 class VectorIndex(Protocol):
@@ -115,7 +116,10 @@ class Watermark:
 
 
 def default_folder(db_url: str) -> Path:
-    """Beside a SQLite file (``x.db`` → ``x.db.vectors/``); else ./marsvision-vectors/<server-database>."""
+    """``$MARSVISION_VECTOR_INDEX``, else beside a SQLite file (``x.db`` → ``x.db.vectors/``), else
+    ./marsvision-vectors/<host>-<port>-<database>."""
+    if os.environ.get(INDEX_ENV):
+        return Path(os.environ[INDEX_ENV]).resolve()
     url = make_url(db_url)
     if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
         return Path(url.database).resolve().with_name(Path(url.database).name + ".vectors")

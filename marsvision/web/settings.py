@@ -3,7 +3,8 @@
 
 The environment is read here and nowhere else: ``$MARSVISION_DB`` (the database when ``--db`` is not
 given), ``$MARSVISION_TOKEN`` (the write token when ``--token-file`` is not given) and
-``$MARSVISION_UPLOADS`` (the folder of stored uploads when ``--uploads`` is not given). A request never
+``$MARSVISION_UPLOADS`` (the folder of stored uploads when ``--uploads`` is not given) and
+``$MARSVISION_VECTOR_INDEX`` (the similar-images index folder when ``--vector-index`` is not given). A request never
 reads the environment (the uploads folder was read on every stored upload before).
 """
 
@@ -21,6 +22,7 @@ from ..archive.db import DB_ENV, DB_HELP, database_url
 TOKEN_ENV = "MARSVISION_TOKEN"
 UPLOADS_ENV = "MARSVISION_UPLOADS"
 DEFAULT_UPLOADS = "marsvision-uploads"
+VECTOR_INDEX_ENV = "MARSVISION_VECTOR_INDEX"  # archive.vectors.INDEX_ENV (that module reads it for `index`)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class ServeConfig:
         metadata={
             "help": (
                 "folder of the similar-images index file, for SQLite or PostgreSQL without pgvector "
-                "(default: beside a SQLite file, else ./marsvision-vectors/)"
+                f"(default: ${VECTOR_INDEX_ENV}, then beside a SQLite file, else ./marsvision-vectors/)"
             )
         },
     )
@@ -89,7 +91,9 @@ class ServeConfig:
             classify_slots=self.classify_slots,
             threads=self.threads or None,
             uploads=Path(self.uploads or environ.get(UPLOADS_ENV) or DEFAULT_UPLOADS).resolve(),
-            vector_index=str(Path(self.vector_index).resolve()) if self.vector_index else "",
+            vector_index=str(Path(self.vector_index or environ.get(VECTOR_INDEX_ENV) or "").resolve())
+            if (self.vector_index or environ.get(VECTOR_INDEX_ENV))
+            else "",
         )
 
 

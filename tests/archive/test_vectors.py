@@ -236,7 +236,7 @@ def test_index_leaves_the_file_covering_every_row_it_committed(tmp_path, example
         top = s.scalar(select(ImageVectors.image_id).order_by(ImageVectors.image_id.desc()).limit(1))
         count = len(s.scalars(select(ImageVectors.image_id)).all())
     eng.dispose()
-    (built,) = (tmp_path / "x.db.vectors").glob("*.usearch")
+    (built,) = vectors.default_folder(f"sqlite:///{db}").glob("*.usearch")
     assert count == report.indexed and Watermark.parse(built, report.model) == Watermark(report.model, top, count)
 
 

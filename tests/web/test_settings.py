@@ -57,3 +57,14 @@ def test_every_setting_is_a_serve_option():
     assert (args.uploads, args.workers, args.allow_anonymous_writes) == ("up", 2, False)
     cfg = ServeConfig(**{k: getattr(args, k) for k in ServeConfig.__dataclass_fields__})
     assert cfg.settings({}).uploads == Path("up").resolve()
+
+
+def test_the_vector_index_folder_comes_from_the_option_then_the_environment(tmp_path):
+    from marsvision.web.settings import ServeConfig
+
+    env = {"MARSVISION_VECTOR_INDEX": str(tmp_path / "env")}
+    assert ServeConfig(db="x.db").settings(env).vector_index == str(tmp_path / "env")
+    assert ServeConfig(db="x.db", vector_index=str(tmp_path / "opt")).settings(env).vector_index == str(
+        tmp_path / "opt"
+    )
+    assert ServeConfig(db="x.db").settings({}).vector_index == ""  # archive.vectors.default_folder decides
