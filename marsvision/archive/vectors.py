@@ -288,11 +288,8 @@ class FileIndex:
         order = np.argsort(-sims, kind="stable")[:count]
         return ids[order], sims[order]
 
-    def _exact(self, session: Session, q: np.ndarray, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
-        """Every matching row, scored exactly: the filter's ids from SQL, their vectors from the index."""
-        # From the images table alone (its composite indexes answer most filters without the rows); an id
-        # without a vector (an unreadable image) is in neither the graph nor the in-memory rows.
-        wanted = np.array(list(session.scalars(filters.apply(select(Image.id)))), np.int64)
+    def _exact(self, wanted: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows ``wanted`` (ids), scored exactly: their vectors from the graph or the in-memory rows."""
         in_delta = np.isin(wanted, self.delta_ids)
         main = wanted[~in_delta]
         vecs = []
@@ -300,6 +297,8 @@ class FileIndex:
             main = main[self.index.contains(main.astype(np.uint64))]
             got = self.index.get(main.astype(np.uint64), dtype=np.float32) if len(main) else None
             vecs.append(None if got is None else np.asarray(got, np.float32).reshape(-1, SKETCH_DIMS))
+        elif self.index is None:
+            main = main[:0]
         where = np.searchsorted(self.delta_ids, wanted[in_delta])
         ids = np.concatenate([main, self.delta_ids[where]])
         matrix = np.concatenate([v for v in vecs if v is not None] + [self.delta[where]]) if len(ids) else None
@@ -312,24 +311,29 @@ class FileIndex:
         if q is None:
             return []
         self.refresh(session)
+        filtered = has_filters(filters)
         with self._lock:
             total = (len(self.index) if self.index is not None else 0) + len(self.delta_ids)
-            filtered = has_filters(filters)
-            count = min(total, k + 1 + (8 * k if filtered else k))
-            while True:
+        count = min(total, k + 1 + (8 * k if filtered else k))
+        while True:
+            with self._lock:  # the graph's search depth is set per call; SQL runs outside the lock
                 ids, sims = self._nearest(q, count)
-                keep = matching(session, [int(i) for i in ids if i != image_id], filters)
-                found = [(int(i), float(s)) for i, s in zip(ids, sims, strict=True) if int(i) in keep]
-                if len(found) >= k or count >= total:
-                    return found[:k]
-                # Enough candidates for k at the share that matched so far, with a margin; a filter too
-                # selective for the crossover is scored exactly (its rows are few).
-                exact_after = max(256, int(math.sqrt(EXACT_RATIO * k * total)))
-                need = int(1.5 * (k + 1) * count / len(found)) if found else exact_after + 1
-                if count >= exact_after or need > exact_after:
-                    break
-                count = min(total, max(2 * count, need))
-            ids, sims = self._exact(session, q, filters if filters is not None else Filters())
+            keep = matching(session, [int(i) for i in ids if i != image_id], filters)
+            found = [(int(i), float(s)) for i, s in zip(ids, sims, strict=True) if int(i) in keep]
+            if len(found) >= k or count >= total:
+                return found[:k]
+            # Enough candidates for k at the share that matched so far, with a margin; a filter too
+            # selective for the crossover is scored exactly (its rows are few).
+            exact_after = max(256, int(math.sqrt(EXACT_RATIO * k * total)))
+            need = int(1.5 * (k + 1) * count / len(found)) if found else exact_after + 1
+            if count >= exact_after or need > exact_after:
+                break
+            count = min(total, max(2 * count, need))
+        # From the images table alone (its composite indexes answer most filters without the rows); an id
+        # without a vector (an unreadable image) is in neither the graph nor the in-memory rows.
+        wanted = np.array(list(session.scalars((filters or Filters()).apply(select(Image.id)))), np.int64)
+        with self._lock:
+            ids, sims = self._exact(wanted, q)
         order = np.argsort(-sims, kind="stable")
         return [(int(ids[i]), float(sims[i])) for i in order if ids[i] != image_id][:k]
 
