@@ -77,8 +77,8 @@ def upgrade() -> None:
         "FOR EACH ROW EXECUTE FUNCTION marsvision_image_vectors_embedding()"
     )
     bind.exec_driver_sql("UPDATE image_vectors SET embedding = marsvision_sketch(sketch)")
-    # ef_construction 128 (pgvector: 64): recall@10 0.99 against 0.92 on 100 000 clustered sketches, measured
-    # at hnsw.ef_search 100 (200 and 400 gave the same); the build took 35 s on 2 shared cores.
+    # ef_construction 128 (pgvector: 64): recall@10 0.995-1.0 against 0.888-0.967 with and without filters on
+    # 100 000 clustered sketches at hnsw.ef_search 100 (benchmarks/results/pgvector_recall.md); 38 s to build.
     bind.exec_driver_sql(
         "CREATE INDEX ix_image_vectors_embedding ON image_vectors USING hnsw (embedding halfvec_ip_ops) "
         "WITH (m = 16, ef_construction = 128)"
