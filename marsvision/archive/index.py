@@ -291,6 +291,15 @@ def plan(
     return job
 
 
+def sync_vector_index(engine) -> None:
+    """Bring the similar-images index in step with the committed rows (a file index writes its file: the
+    server then starts without building it; pgvector's is in step already)."""
+    from .vectors import open_vector_index
+
+    with sessions(engine)() as session:
+        open_vector_index(engine).sync(session)
+
+
 def run_index(
     paths: list[str],
     cfg: IndexConfig,
@@ -315,6 +324,7 @@ def run_index(
     try:
         job = plan(runner, engine, clf, model_id, model_path, paths, cfg, report, progress)
         runner.run(job)
+        sync_vector_index(engine)
     finally:
         if job is not None:
             job.close()

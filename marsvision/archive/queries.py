@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import UsageError
 from .db import Image, ImageVectors, ModelVersion
-from .records import SKETCH_DIMS, from_blob
+from .records import from_blob
 
 SORTS = {
     "id": Image.id,
@@ -320,51 +320,7 @@ def export_rows(session: Session, filters: Filters, chunk: int = 2000) -> Iterat
         last = rows[-1]["id"]
 
 
-class SketchIndex:
-    """The similarity sketches of every image, in memory, reloaded when the archive has grown or changed
-    (rows added, re-indexed; activating a version re-scores rows but keeps their features, so their
-    sketches stay). Nearest = largest dot product.
-
-    Stored as float16 (64 numbers a row) and held here as float32 (26 MB for 100 000 images): converting
-    on every request cost more than the product itself (measured at 100 000 rows on the 2-core dev
-    machine, best of 15: 49.6 ms converted per request, 2.8 ms from the float32 copy)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._key = None
-        self.ids = np.zeros(0, np.int64)
-        self.matrix = np.zeros((0, SKETCH_DIMS), np.float32)
-
-    def _refresh(self, session: Session) -> None:
-        key = session.execute(
-            select(func.count(ImageVectors.image_id), func.max(ImageVectors.image_id), func.max(Image.indexed_at)).join(
-                Image, Image.id == ImageVectors.image_id
-            )
-        ).one()
-        if key == self._key:
-            return
-        rows = session.execute(select(ImageVectors.image_id, ImageVectors.sketch)).all()
-        self.ids = np.array([r[0] for r in rows], np.int64)
-        self.matrix = (
-            np.frombuffer(b"".join(r[1] for r in rows), "<f2").reshape(len(rows), SKETCH_DIMS).astype(np.float32)
-            if rows
-            else np.zeros((0, SKETCH_DIMS), np.float32)
-        )
-        self._key = key
-
-    def similar(self, session: Session, image_id: int, k: int) -> list[tuple[int, float]]:
-        """(image id, cosine similarity of the sketches) of the ``k`` images nearest to ``image_id``."""
-        own = session.scalar(select(ImageVectors.sketch).where(ImageVectors.image_id == image_id))
-        if own is None:
-            return []
-        with self._lock:
-            self._refresh(session)
-            ids, matrix = self.ids, self.matrix
-        scores = matrix @ from_blob(own, "f2").astype(np.float32)
-        scores[ids == image_id] = -np.inf
-        k = min(k, len(ids) - 1)
-        if k <= 0:
-            return []
-        best = np.argpartition(-scores, k - 1)[:k]
-        best = best[np.argsort(-scores[best])]
-        return [(int(ids[i]), float(scores[i])) for i in best]
+def own_sketch(session: Session, image_id: int) -> np.ndarray | None:
+    """An image's stored sketch (the similar-images vector), or None."""
+    blob = session.scalar(select(ImageVectors.sketch).where(ImageVectors.image_id == image_id))
+    return None if blob is None else from_blob(blob, "f2")

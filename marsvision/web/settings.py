@@ -3,7 +3,8 @@
 
 The environment is read here and nowhere else: ``$MARSVISION_DB`` (the database when ``--db`` is not
 given), ``$MARSVISION_TOKEN`` (the write token when ``--token-file`` is not given) and
-``$MARSVISION_UPLOADS`` (the folder of stored uploads when ``--uploads`` is not given). A request never
+``$MARSVISION_UPLOADS`` (the folder of stored uploads when ``--uploads`` is not given) and
+``$MARSVISION_VECTOR_INDEX`` (the similar-images index folder when ``--vector-index`` is not given). A request never
 reads the environment (the uploads folder was read on every stored upload before).
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..archive.db import DB_ENV, DB_HELP, database_url
+from ..errors import UsageError
 
 TOKEN_ENV = "MARSVISION_TOKEN"
 UPLOADS_ENV = "MARSVISION_UPLOADS"
@@ -25,6 +27,7 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 # TestClient's Host: in-process tests (and the tests of every route) run with the defaults of ``Settings``;
 # ``ServeConfig`` never puts it in a real server's list.
 TEST_HOST = "testserver"
+VECTOR_INDEX_ENV = "MARSVISION_VECTOR_INDEX"  # archive.vectors.INDEX_ENV (that module reads it for `index`)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,15 @@ class ServeConfig:
     max_download_mb: float = field(
         default=1024.0, metadata={"help": "most MB of image files one bulk download holds; more answer 413"}
     )
+    vector_index: str = field(
+        default="",
+        metadata={
+            "help": (
+                "folder of the similar-images index file, for SQLite or PostgreSQL without pgvector "
+                f"(default: ${VECTOR_INDEX_ENV}, then beside a SQLite file, else ./marsvision-vectors/)"
+            )
+        },
+    )
 
     def settings(self, environ: Mapping[str, str] | None = None) -> Settings:
         """The app's settings: the token read from its file (or the environment), paths resolved."""
@@ -109,7 +121,7 @@ class ServeConfig:
         if self.token_file:
             token = Path(self.token_file).read_text().strip()
             if not token:
-                raise ValueError(f"{self.token_file}: the token file is empty")
+                raise UsageError(f"{self.token_file}: the token file is empty")
         else:
             token = environ.get(TOKEN_ENV) or None
         return Settings(
@@ -129,6 +141,9 @@ class ServeConfig:
             uploads=Path(self.uploads or environ.get(UPLOADS_ENV) or DEFAULT_UPLOADS).resolve(),
             max_download_files=self.max_download_files,
             max_download_bytes=int(self.max_download_mb * 2**20),
+            vector_index=str(Path(self.vector_index or environ.get(VECTOR_INDEX_ENV) or "").resolve())
+            if (self.vector_index or environ.get(VECTOR_INDEX_ENV))
+            else "",
         )
 
 
@@ -152,6 +167,7 @@ class Settings:
     uploads: Path = Path(DEFAULT_UPLOADS)
     max_download_files: int = 2000  # a bulk download's cap: images, then bytes of their files (413 beyond)
     max_download_bytes: int = 1024 * 2**20
+    vector_index: str = ""  # the index file's folder ("": archive.vectors.default_folder)
 
     @property
     def writes(self) -> Literal["token", "anonymous", "disabled"]:

@@ -12,7 +12,8 @@ from sqlalchemy.engine import Engine
 
 from ..archive.db import ModelVersion, sessions
 from ..archive.locks import archive_lock
-from ..archive.queries import CountCache, SketchIndex
+from ..archive.queries import CountCache
+from ..archive.vectors import open_vector_index
 from ..archive.versions import active_version, ensure_active
 from ..inference.classifier import Classifier
 from ..inference.predict import load_model
@@ -35,7 +36,7 @@ class ActiveModel:
 class ArchiveState:
     def __init__(self, settings: Settings, engine: Engine):
         self.settings, self.engine, self.sessions = settings, engine, sessions(engine)
-        self.sketches = SketchIndex()
+        self.vectors = open_vector_index(engine, settings.vector_index)  # similar images: pgvector or a file
         self.counts = CountCache()
         # Facet counts and timelines of recent filters, as the search totals (a timeline is ~26 000 numbers).
         self.browse = CountCache(size=64)

@@ -100,17 +100,19 @@ def test_heatmap_decodes_its_image_once_and_is_served_from_the_cache_after(archi
     assert archive.app.state.archive.heatmaps.get((first, None, 512, 1)) == heat.content
 
 
-def test_similar_keeps_its_float32_matrix_until_the_rows_change(archive, example_images):
-    import numpy as np
+def test_similar_takes_the_search_filters_and_sees_new_rows(archive, example_images):
     from PIL import Image
 
     first = archive.get("/api/images", params={"error": False}).json()["items"][0]["id"]
-    sketches = archive.app.state.archive.sketches
-    archive.get(f"/api/images/{first}/similar")
-    matrix = sketches.matrix
-    assert matrix.dtype == np.float32 and len(matrix) == 12
-    archive.get(f"/api/images/{first}/similar", params={"k": 3})
-    assert sketches.matrix is matrix  # not reloaded nor converted again
+    near = archive.get(f"/api/images/{first}/similar", params={"k": 100}).json()["items"]
+    assert len(near) == 11 and first not in [n["id"] for n in near]
+    assert [n["similarity"] for n in near] == sorted((n["similarity"] for n in near), reverse=True)
+    label = near[-1]["label"]
+    same = archive.get("/api/images", params={"label": label, "error": False}).json()["items"]
+    only = archive.get(f"/api/images/{first}/similar", params={"k": 100, "label": label}).json()["items"]
+    assert {n["id"] for n in only} == {n["id"] for n in same} - {first} and {n["label"] for n in only} == {label}
+    assert archive.get(f"/api/images/{first}/similar", params={"sol_min": 10**6}).json()["items"] == []
+    assert archive.get(f"/api/images/{first}/similar", params={"min_confidence": 2}).status_code == 422
     buf = io.BytesIO()
     Image.open(example_images[0]).rotate(180).save(buf, format="JPEG")
     stored = archive.post(
@@ -118,7 +120,7 @@ def test_similar_keeps_its_float32_matrix_until_the_rows_change(archive, example
     )
     assert stored.status_code == 200
     near = archive.get(f"/api/images/{first}/similar", params={"k": 100}).json()["items"]
-    assert len(sketches.matrix) == 13 and stored.json()["items"][0]["id"] in [n["id"] for n in near]
+    assert len(near) == 12 and stored.json()["items"][0]["id"] in [n["id"] for n in near]
 
 
 def test_every_time_carries_its_utc_offset(archive):

@@ -66,3 +66,14 @@ def test_download_caps_are_serve_options():
     s = ServeConfig(**{k: getattr(args, k) for k in ServeConfig.__dataclass_fields__}).settings({})
     assert (s.max_download_files, s.max_download_bytes) == (7, 524288)
     assert Settings.from_json(s.to_json()) == s
+
+
+def test_the_vector_index_folder_comes_from_the_option_then_the_environment(tmp_path):
+    from marsvision.web.settings import ServeConfig
+
+    env = {"MARSVISION_VECTOR_INDEX": str(tmp_path / "env")}
+    assert ServeConfig(db="x.db").settings(env).vector_index == str(tmp_path / "env")
+    assert ServeConfig(db="x.db", vector_index=str(tmp_path / "opt")).settings(env).vector_index == str(
+        tmp_path / "opt"
+    )
+    assert ServeConfig(db="x.db").settings({}).vector_index == ""  # archive.vectors.default_folder decides

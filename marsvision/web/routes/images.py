@@ -165,9 +165,12 @@ def heatmap(
 
 
 @router.get("/{image_id}/similar", response_model=Similar)
-def similar(image_id: int, state: StateDep, session: SessionDep, k: Annotated[int, Query(ge=1, le=100)] = 12):
+def similar(
+    image_id: int, state: StateDep, session: SessionDep, f: FiltersDep, k: Annotated[int, Query(ge=1, le=100)] = 12
+):
+    """The ``k`` images most like this one among those matching the filters (as /api/images takes them)."""
     image_or_404(session, image_id)
-    near = dict(state.sketches.similar(session, image_id, k))
+    near = dict(state.vectors.similar(session, image_id, k, f))
     items = get_images(session, list(near))
     for d in items:
         d["similarity"] = round(near[d["id"]], 4)

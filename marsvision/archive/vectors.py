@@ -1,0 +1,359 @@
+"""Similar images on a vector index: the images whose similarity sketches (records.sketch: 64 unit numbers,
+float16) have the largest dot products with an image's own, among those matching the search filters.
+
+Two back ends, one interface (``VectorIndex.similar``), chosen by ``open_vector_index``:
+
+- PostgreSQL with pgvector (archive/pgvector.py): an HNSW index in the database, the filters in the same
+  query; always in step with the table, since a trigger fills the vector column in the writing transaction.
+- Everything else (SQLite; PostgreSQL without the extension): ``FileIndex``, an HNSW graph (usearch) in a
+  file beside the database, kept in step with the table as described there.
+
+A filter is applied to the index's candidates in SQL (``Filters``, as /api/images applies it): the index
+is asked for more candidates, widening until k match, and past a crossover (``EXACT_RATIO``) the filter is
+selective enough that scoring its matching rows exactly is cheaper and sure to find all k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session
+
+from ..atomic import atomic_save
+from .db import Image, ImageVectors, ModelVersion
+from .queries import Filters, own_sketch
+from .records import SKETCH_DIMS
+
+CONNECTIVITY = 16  # HNSW's M
+EF_ADD = 128  # graph quality at build: recall@10 0.998 at ef 64 (benchmarks/results/vector_index.md)
+EF_SEARCH = 512  # recall@10 0.970 at 128, 0.993 at 512 on the serve benchmark's sketches (3000 rows)
+# Widening to c candidates costs about 0.06 ms each, scoring a filter's m rows exactly about 0.044 ms each
+# (benchmarks/results/similar_crossover.md, SQLite, 100 000 rows, in-process); c candidates find k when
+# the filter matches about k·N/c rows, so the two cost the same at c = sqrt(0.73·k·N): ~940 at 100 000
+# rows, ~3 000 at a million (k 12).
+EXACT_RATIO = 0.73
+DELTA_MAX = 20_000  # rows searched exactly beside the file before it is rewritten with them
+RECOUNT = 60.0  # seconds between counts of the table (a count finds deleted or rewritten rows)
+READ_CHUNK = 20_000
+RERANK = 4  # graph candidates re-scored exactly per wanted one
+INDEX_ENV = "MARSVISION_VECTOR_INDEX"  # the index file's folder, when not given
+
+
+class VectorIndex(Protocol):
+    def similar(
+        self, session: Session, image_id: int, k: int, filters: Filters | None = None
+    ) -> list[tuple[int, float]]:
+        """(image id, similarity) of the ``k`` images nearest to ``image_id`` that match ``filters``, best first."""
+
+    def sync(self, session: Session) -> None:
+        """Take in the rows committed since the index last looked (after a write; a no-op where the index is
+        always in step)."""
+
+
+def usearch_index():
+    """usearch's ``Index`` class, imported after onnxruntime: the other order crashes the process
+    (``import usearch.index; import onnxruntime`` is a segmentation fault with usearch 2.26 and onnxruntime
+    1.2x on Linux x86-64, reproduced here; onnxruntime first is fine), and the server loads its model lazily."""
+    import onnxruntime  # noqa: F401  (for the import order only)
+    from usearch.index import Index
+
+    return Index
+
+
+def has_filters(filters: Filters | None) -> bool:
+    return filters is not None and any(getattr(filters, f.name) is not None for f in fields(filters))
+
+
+def matching(session: Session, ids: list[int], filters: Filters | None) -> set[int]:
+    """Those of ``ids`` whose images exist and match ``filters`` (one primary-key query)."""
+    if not ids:
+        return set()
+    q = select(Image.id).where(Image.id.in_(ids))
+    q = filters.apply(q) if filters is not None else q
+    if session.bind.dialect.name == "sqlite":
+        # Without ANALYZE statistics SQLite walks a filter's own index (label, confidence: ~100 000 rows
+        # at a million) instead of looking the candidates up by id: 1.4-8.5 s a request, measured at 1M
+        # rows. ``NOT INDEXED`` leaves it the rowid lookups only. SQLAlchemy does not render table hints
+        # for SQLite, hence the text (values inlined: numbers, labels, booleans of ``Filters``).
+        sql = str(q.compile(dialect=session.bind.dialect, compile_kwargs={"literal_binds": True}))
+        return set(session.scalars(text(sql.replace("FROM images", "FROM images NOT INDEXED", 1))))
+    return set(session.scalars(q))
+
+
+def features_source(session: Session) -> str:
+    """What computed the stored features (and so the sketches): the active version's ``features_from``; a
+    refit shares its parent's, so activating it keeps the index."""
+    mv = session.scalar(select(ModelVersion).where(ModelVersion.active.is_(True)))
+    return "" if mv is None else str(mv.info.get("features_from") or mv.version)
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Which rows an index file covers: every image_vectors row with an id up to ``max_id`` (``count`` of
+    them) of the features of ``source``. It is in the file's name, so file and watermark are written by
+    one rename."""
+
+    source: str
+    max_id: int
+    count: int
+
+    def name(self) -> str:
+        return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', self.source)}.{self.max_id}.{self.count}.usearch"
+
+    @classmethod
+    def parse(cls, path: Path, source: str) -> Watermark | None:
+        m = re.fullmatch(r"(.*)\.(\d+)\.(\d+)\.usearch", path.name)
+        if not m or m.group(1) != re.sub(r"[^A-Za-z0-9_.-]", "_", source):
+            return None
+        return cls(source, int(m.group(2)), int(m.group(3)))
+
+
+def default_folder(db_url: str) -> Path:
+    """``$MARSVISION_VECTOR_INDEX``, else beside a SQLite file (``x.db`` → ``x.db.vectors/``), else
+    ./marsvision-vectors/<host>-<port>-<database>."""
+    if os.environ.get(INDEX_ENV):
+        return Path(os.environ[INDEX_ENV]).resolve()
+    url = make_url(db_url)
+    if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
+        return Path(url.database).resolve().with_name(Path(url.database).name + ".vectors")
+    return Path("marsvision-vectors", f"{url.host or 'local'}-{url.port or ''}-{url.database or 'db'}").resolve()
+
+
+def read_rows(session: Session, after: int, upto: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, float32 sketches) of the committed rows with ``after`` < id (≤ ``upto``), in id order."""
+    ids, blobs, last = [], [], after
+    while True:
+        q = select(ImageVectors.image_id, ImageVectors.sketch).where(ImageVectors.image_id > last)
+        if upto is not None:
+            q = q.where(ImageVectors.image_id <= upto)
+        rows = session.execute(q.order_by(ImageVectors.image_id).limit(READ_CHUNK)).all()
+        ids += [r[0] for r in rows]
+        blobs += [r[1] for r in rows]
+        if len(rows) < READ_CHUNK:
+            break
+        last = rows[-1][0]
+    matrix = np.frombuffer(b"".join(blobs), "<f2").reshape(len(ids), SKETCH_DIMS).astype(np.float32)
+    return np.array(ids, np.int64), matrix
+
+
+class FileIndex:
+    """An HNSW graph of the sketches (usearch) in a file of ``folder``, memory-mapped (every server process
+    shares the pages), plus the rows committed after it, searched exactly in memory.
+
+    Kept in step with the table, a kill never leaving the file ahead of it:
+
+    - it is built only from committed rows (what a session reads), and its name carries the watermark of
+      the rows it holds (``Watermark``); it is written beside its final name and renamed (marsvision.atomic);
+    - on load, and whenever the table's largest id grows, the rows after the watermark are read into the
+      in-memory part; past ``DELTA_MAX`` of them the file is rewritten with them (``sync``);
+    - a file is stale, and rebuilt from the table, when the features' source changed (another model's
+      features) or the rows up to its watermark no longer number its count (rows deleted or replaced);
+      a missing file is built.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+        self.index = None  # usearch.Index, viewed from the file
+        self.mark: Watermark | None = None
+        self.delta_ids = np.zeros(0, np.int64)
+        self.delta = np.zeros((0, SKETCH_DIMS), np.float32)
+        self._top = None  # (source, largest id) as last seen
+        self._counted = 0.0
+
+    # ---------------------------------------------------------------------------------------- keeping in step
+
+    def _table_top(self, session: Session) -> tuple[str, int]:
+        return features_source(session), session.scalar(select(func.max(ImageVectors.image_id))) or 0
+
+    def _count_upto(self, session: Session, max_id: int) -> int:
+        return session.scalar(select(func.count()).where(ImageVectors.image_id <= max_id)) or 0
+
+    def _files(self, source: str) -> list[tuple[Watermark, Path]]:
+        found = []
+        if self.folder.is_dir():
+            for p in self.folder.glob("*.usearch"):
+                mark = Watermark.parse(p, source)
+                if mark is not None:
+                    found.append((mark, p))
+        return sorted(found, key=lambda mp: mp[0].max_id)
+
+    def _write(self, ids: np.ndarray, matrix: np.ndarray, mark: Watermark, base: Path | None = None) -> Path:
+        """The file for ``mark``: ``base``'s graph (loaded into memory) with ``ids`` added, else a new one."""
+        Index = usearch_index()  # noqa: N806
+        if base is not None:
+            idx = Index.restore(str(base))
+        else:
+            idx = Index(ndim=SKETCH_DIMS, metric="ip", dtype="f16", connectivity=CONNECTIVITY, expansion_add=EF_ADD)
+        if len(ids):
+            idx.add(ids.astype(np.uint64), matrix, threads=os.cpu_count() or 1)
+        path = self.folder / mark.name()
+        atomic_save(lambda tmp: idx.save(tmp), path)
+        return path
+
+    def _prune(self, keep: Path) -> None:
+        # A process that has an older file mapped keeps reading it: Linux frees it when unmapped.
+        for p in self.folder.glob("*.usearch"):
+            if p != keep:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    def _load(self, session: Session, source: str) -> None:
+        """Open the newest valid file (building one when none is), then read the rows after it."""
+        Index = usearch_index()  # noqa: N806
+
+        chosen = None
+        for mark, path in reversed(self._files(source)):
+            if self._count_upto(session, mark.max_id) == mark.count:
+                chosen = (mark, path)
+                break
+        if chosen is None:
+            ids, matrix = read_rows(session, 0)
+            if not len(ids):  # nothing to index yet: no file, every later row in memory until there are some
+                self.index, self.mark, self._counted = None, Watermark(source, 0, 0), time.monotonic()
+                self.delta_ids, self.delta = ids, matrix
+                return
+            mark = Watermark(source, int(ids[-1]), len(ids))
+            chosen = (mark, self._write(ids, matrix, mark))
+        mark, path = chosen
+        self._prune(path)
+        index = Index.restore(str(path), view=True)
+        if index is None:  # unreadable (not a usearch file): start again
+            path.unlink()
+            return self._load(session, source)
+        self.index, self.mark = index, mark
+        self.index.expansion_search = EF_SEARCH
+        self.delta_ids, self.delta = read_rows(session, mark.max_id)
+        self._counted = time.monotonic()
+
+    def refresh(self, session: Session) -> None:
+        """Bring the index in step with what ``session`` sees: one indexed query when nothing changed."""
+        top = self._table_top(session)
+        with self._lock:
+            if top == self._top and time.monotonic() - self._counted < RECOUNT:
+                return
+            stale = self.mark is None or self.mark.source != top[0]
+            if not stale and time.monotonic() - self._counted >= RECOUNT:
+                stale = self._count_upto(session, self.mark.max_id) != self.mark.count
+                self._counted = time.monotonic()
+            if stale:
+                self._load(session, top[0])
+            else:
+                last = int(self.delta_ids[-1]) if len(self.delta_ids) else self.mark.max_id
+                ids, matrix = read_rows(session, last)
+                if len(ids):
+                    self.delta_ids = np.concatenate([self.delta_ids, ids])
+                    self.delta = np.concatenate([self.delta, matrix])
+            self._top = top
+            if len(self.delta_ids) > DELTA_MAX:  # the exact part grows slow: into the graph with them
+                self._compact()
+                self._load(session, top[0])
+                self._top = top
+
+    def _compact(self) -> None:
+        """Write the in-memory rows into a new file (lock held); the next refresh opens it."""
+        mark = Watermark(self.mark.source, int(self.delta_ids[-1]), self.mark.count + len(self.delta_ids))
+        base = self.folder / self.mark.name()
+        self._write(self.delta_ids, self.delta, mark, base if base.exists() else None)
+        self._top, self.index, self.mark = None, None, None
+
+    def sync(self, session: Session) -> None:
+        """Bring the index in step and write the rows held in memory into the file (the indexer calls this
+        after its last commit)."""
+        self.refresh(session)
+        with self._lock:
+            if len(self.delta_ids):
+                self._compact()
+        self.refresh(session)
+
+    # -------------------------------------------------------------------------------------------- searching
+
+    def _nearest(self, q: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, similarities) of about ``count`` nearest rows: the graph's plus the in-memory rows'."""
+        ids, sims = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if self.index is not None and len(self.index):
+            # The graph ranks in float16 arithmetic; at a million rows the sketches of one scene differ by
+            # less than its rounding, and its top 10 held 61 % of the exact top 10. So 4× the candidates
+            # are taken and re-scored exactly (float32 over the stored float16 numbers).
+            wide = max(RERANK * count, 100)
+            self.index.expansion_search = max(EF_SEARCH, wide)
+            m = self.index.search(q, wide, threads=1)
+            ids = np.asarray(m.keys, np.int64)
+            if len(ids):
+                vecs = np.asarray(self.index.get(ids.astype(np.uint64), dtype=np.float32), np.float32)
+                sims = vecs.reshape(-1, SKETCH_DIMS) @ q
+        if len(self.delta_ids):
+            ids = np.concatenate([ids, self.delta_ids])
+            sims = np.concatenate([sims, self.delta @ q])
+        order = np.argsort(-sims, kind="stable")[:count]
+        return ids[order], sims[order]
+
+    def _exact(self, wanted: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows ``wanted`` (ids), scored exactly: their vectors from the graph or the in-memory rows."""
+        in_delta = np.isin(wanted, self.delta_ids)
+        main = wanted[~in_delta]
+        vecs = []
+        if len(main) and self.index is not None:
+            main = main[self.index.contains(main.astype(np.uint64))]
+            got = self.index.get(main.astype(np.uint64), dtype=np.float32) if len(main) else None
+            vecs.append(None if got is None else np.asarray(got, np.float32).reshape(-1, SKETCH_DIMS))
+        elif self.index is None:
+            main = main[:0]
+        where = np.searchsorted(self.delta_ids, wanted[in_delta])
+        ids = np.concatenate([main, self.delta_ids[where]])
+        matrix = np.concatenate([v for v in vecs if v is not None] + [self.delta[where]]) if len(ids) else None
+        return ids, (matrix @ q if matrix is not None else np.zeros(0, np.float32))
+
+    def similar(
+        self, session: Session, image_id: int, k: int, filters: Filters | None = None
+    ) -> list[tuple[int, float]]:
+        q = own_sketch(session, image_id)
+        if q is None:
+            return []
+        self.refresh(session)
+        filtered = has_filters(filters)
+        with self._lock:
+            total = (len(self.index) if self.index is not None else 0) + len(self.delta_ids)
+        count = min(total, k + 1 + (8 * k if filtered else k))
+        while True:
+            with self._lock:  # the graph's search depth is set per call; SQL runs outside the lock
+                ids, sims = self._nearest(q, count)
+            keep = matching(session, [int(i) for i in ids if i != image_id], filters)
+            found = [(int(i), float(s)) for i, s in zip(ids, sims, strict=True) if int(i) in keep]
+            if len(found) >= k or count >= total:
+                return found[:k]
+            # Enough candidates for k at the share that matched so far, with a margin; a filter too
+            # selective for the crossover is scored exactly (its rows are few).
+            exact_after = max(256, int(math.sqrt(EXACT_RATIO * k * total)))
+            need = int(1.5 * (k + 1) * count / len(found)) if found else exact_after + 1
+            if count >= exact_after or need > exact_after:
+                break
+            count = min(total, max(2 * count, need))
+        # From the images table alone (its composite indexes answer most filters without the rows); an id
+        # without a vector (an unreadable image) is in neither the graph nor the in-memory rows.
+        wanted = np.array(list(session.scalars((filters or Filters()).apply(select(Image.id)))), np.int64)
+        with self._lock:
+            ids, sims = self._exact(wanted, q)
+        order = np.argsort(-sims, kind="stable")
+        return [(int(ids[i]), float(sims[i])) for i in order if ids[i] != image_id][:k]
+
+
+def open_vector_index(engine: Engine, folder: str | os.PathLike | None = None) -> VectorIndex:
+    """pgvector's HNSW index when the database has it (migration 0005 made it), else a ``FileIndex`` in
+    ``folder`` (default: ``default_folder``)."""
+    from .pgvector import PgVectorIndex, has_pgvector
+
+    if engine.dialect.name == "postgresql" and has_pgvector(engine):
+        return PgVectorIndex()
+    return FileIndex(folder or default_folder(engine.url.render_as_string(hide_password=False)))
