@@ -32,11 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from marsvision.head.trust import fit_novelty
+from marsvision.head.trust import FLAG_RATE, GAP_SOLS, _kth_distance_away, fit_novelty
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
@@ -212,15 +213,20 @@ def l2n(x):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def pca_residual(k: int):
+def pca_residuals(ks):
+    """DEMUD's score for each k in ``ks`` from one eigen-decomposition of the bank's covariance."""
+
     def fit(bank):
         mean = bank.mean(0)
-        _, _, vt = np.linalg.svd(bank - mean, full_matrices=False)
-        v = vt[:k].T
+        z = bank - mean
+        _, v = np.linalg.eigh(z.T @ z)
+        v = v[:, ::-1].astype(np.float32)
 
         def score(q):
             z = q - mean
-            return np.linalg.norm(z - (z @ v) @ v.T, axis=1)
+            c = z @ v[:, : max(ks)]
+            total = (z * z).sum(1)
+            return [np.sqrt(np.maximum(total - (c[:, :k] ** 2).sum(1), 0)) for k in ks]
 
         return score
 
@@ -261,6 +267,51 @@ def mahalanobis(shrink: float = 0.1):
     return fit
 
 
+def product_family(record, cache, bl, ql, classes, bsols) -> None:
+    """The product's ``fit_novelty`` refitted per fold (nothing of the left-out class in the standardisation,
+    the principal directions or the references): its features part at a few settings, its texture part,
+    and the largest of the two over their thresholds (the ranking of ``fit_novelty``'s joint score: the
+    common scale it adds does not change it). Also the share of val flagged with all of train."""
+    bf, qf, of = (np.asarray(cache(s, "features")) for s in ("train", "val", "ood"))
+    bt, qt, ot = (np.asarray(cache(s, "texture")) for s in ("train", "val", "ood"))
+    settings = [(1, 256), (2, 256), (1, 128), (1, 384)]
+    folds = {c: bl != c for c in classes}
+    folds["all"] = np.ones(len(bl), bool)
+    scores: dict = {}
+    for c, m in folds.items():
+        t0 = time.time()
+        tex = fit_novelty(None, bt[m], bsols[m])
+        scores[c, "texture"] = tex(qt), tex(ot)
+        # one fit at the most dimensions; the others keep its leading directions (the same eigenvectors)
+        top = fit_novelty(bf[m], None, bsols[m], feature_dims=max(d for _, d in settings)).part("features")
+        for k, d in settings:
+            f = replace(top, basis=top.basis[:, :d], reference=top.reference[:, :d], k=k)
+            away = _kth_distance_away(f, bsols[m], GAP_SOLS)
+            f.threshold = float(np.quantile(away[np.isfinite(away)], 1 - FLAG_RATE))
+            scores[c, (k, d)] = f.raw(qf) / f.threshold, f.raw(of) / f.threshold
+        print(f"product fold {c}: {time.time() - t0:.0f} s", flush=True)
+    names = {"texture": "product texture part (k=5, 32 dims + residual)"}
+    names.update({(k, d): f"product features part (standardised, k={k}, {d} dims)" for k, d in settings})
+    for key, name in names.items():
+        without = lambda c, key=key: scores[c, key][0]  # noqa: E731
+        a, o = scores["all", key]
+        record(name, loco(without, ql, classes), without, auroc(a, o), {"val_flagged": float((a > 1).mean())})
+    for k, d in settings:
+
+        def both(c, k=k, d=d):
+            return np.maximum(scores[c, (k, d)][0], scores[c, "texture"][0])
+
+        a = np.maximum(scores["all", (k, d)][0], scores["all", "texture"][0])
+        o = np.maximum(scores["all", (k, d)][1], scores["all", "texture"][1])
+        record(
+            f"product max(features k={k} {d} dims, texture)",
+            loco(both, ql, classes),
+            both,
+            auroc(a, o),
+            {"val_flagged_before_joint_scaling": float((a > 1).mean())},
+        )
+
+
 def rank(x):
     return np.argsort(np.argsort(x)) / len(x)
 
@@ -269,6 +320,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="/tmp/novelty-cache")
     ap.add_argument("--quick", action="store_true", help="fewer settings")
+    ap.add_argument("--families", default="texture,knn,patch,recon,demud,combo", help="which to run")
     args = ap.parse_args()
     cache = Cache(Path(args.cache))
     names = dict(
@@ -286,7 +338,8 @@ def main() -> None:
 
     def record(name, res, without, ood, extra=None):
         results[name] = {**summary(res, names, ood), **(extra or {})}
-        scorers[name] = without
+        memo: dict = {}
+        scorers[name] = lambda c: memo[c] if c in memo else memo.setdefault(c, without(c))
         r = results[name]
         print(
             f"{name:<40} LOCO mean {r['mean']:.3f} worst {r['worst']:.3f} ({r['worst_class']}) "
@@ -294,8 +347,8 @@ def main() -> None:
             flush=True,
         )
 
+    fam = set(args.families.split(","))
     # today's texture kNN, refitted per fold (its PCA basis is the bank's)
-    t0 = time.time()
     bt, qt, ot = (np.asarray(cache(s, "texture")) for s in ("train", "val", "ood"))
     bsols = np.asarray(cache("train", "sols"))
 
@@ -305,25 +358,25 @@ def main() -> None:
     def tex_without(c):
         return texture_fit(bl != c)(qt)
 
-    full = texture_fit(np.ones(len(bt), bool))
-    record("texture-knn (today)", loco(tex_without, ql, classes), tex_without, auroc(full(qt), full(ot)))
+    if "texture" in fam:
+        full = texture_fit(np.ones(len(bt), bool))
+        record("texture-knn (today)", loco(tex_without, ql, classes), tex_without, auroc(full(qt), full(ot)))
+
+    if "product" in fam:
+        product_family(record, cache, bl, ql, classes, bsols)
 
     # pooled features, cosine kNN
     bf, qf, of = (l2n(cache(s, "features")) for s in ("train", "val", "ood"))
-    for k in (1, 3, 5, 10) if not args.quick else (1, 5):
+    for k in () if "knn" not in fam else (1, 3, 5, 10) if not args.quick else (1, 5):
         record(f"feature-knn cosine k={k}", *knn_loco(qf, bf, bl, ql, classes, k, of))
     # DEMUD-style residual after the top-k principal components; Mahalanobis (RX)
-    for k in (8, 32, 128):
-        record(f"demud residual k={k}", *refit_loco(pca_residual(k), qf, bf, bl, ql, classes, of))
-    record("mahalanobis (RX) pooled", *refit_loco(mahalanobis(), qf, bf, bl, ql, classes, of))
-    print(f"image-level methods: {time.time() - t0:.0f} s", flush=True)
 
     # PatchCore on the maps
     maps = {
         "taps 6x6 (stages 6+7, 512)": lambda s: patches(cache(s, "taps")),
         "mid 12x12 (stage 5, 112)": lambda s: patches(cache(s, "mid_map")),
     }
-    for mname, get in maps.items():
+    for mname, get in maps.items() if "patch" in fam else ():
         t0 = time.time()
         bp, qp, op = get("train"), get("val"), get("ood")
         # the same reduction the product would need (bank size in the file): PCA to ≤ 128 dims on bank patches
@@ -346,13 +399,27 @@ def main() -> None:
                     ood,
                     {"bank_patches": int(nb), "dims": dims, "seconds": round(time.time() - t1)},
                 )
-        for k in (16, 64):
+        for k in (16, 64) if "recon" in fam else ():
             record(f"recon-patch {mname} k={k}", *refit_loco(patch_recon(k), qp, bp, bl, ql, classes, op))
         print(f"{mname}: {time.time() - t0:.0f} s", flush=True)
 
+    t0 = time.time()
+    demud_ks = (8, 32, 128) if "demud" in fam else ()
+    fits = {c: pca_residuals(demud_ks)(bf[bl != c]) for c in classes} if demud_ks else {}
+    full_fit = pca_residuals(demud_ks)(bf) if demud_ks else None
+    for i, k in enumerate(demud_ks):
+
+        def without(c, i=i):
+            return fits[c](qf)[i]
+
+        record(f"demud residual k={k}", loco(without, ql, classes), without, auroc(full_fit(qf)[i], full_fit(of)[i]))
+    if "demud" in fam:
+        record("mahalanobis (RX) pooled", *refit_loco(mahalanobis(), qf, bf, bl, ql, classes, of))
+    print(f"image-level methods: {time.time() - t0:.0f} s", flush=True)
+
     # rank-average combinations of the best patch and best global score
-    patch_best = max((n for n in results if n.startswith("patchcore")), key=lambda n: results[n]["mean"])
-    for glob in [n for n in results if not n.startswith("patchcore")]:
+    patch_best = max((n for n in results if n.startswith("patchcore")), key=lambda n: results[n]["mean"], default=None)
+    for glob in [n for n in results if not n.startswith("patchcore")] if "combo" in fam and patch_best else ():
         for w in (0.5,):
 
             def combo(c, a=patch_best, b=glob, w=w):
@@ -361,7 +428,10 @@ def main() -> None:
             record(f"rank-avg [{patch_best}] + [{glob}]", loco(combo, ql, classes), combo, None)
 
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "novelty_methods.json").write_text(json.dumps(results, indent=1))
+    out = RESULTS / "novelty_methods.json"
+    # runs of some families add to the table
+    results = {**(json.loads(out.read_text()) if out.exists() else {}), **results}
+    out.write_text(json.dumps(results, indent=1))
     lines = [
         "LOCO on val (fit on train without class c, AUROC of c's val images vs the other val images); "
         "OOD: AUROC of benchmarks/ood vs val, fitted on all train. `python experiments/novelty_methods.py`",

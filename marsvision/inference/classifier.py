@@ -198,7 +198,7 @@ class Classifier:
                 logits = self.head(feats)
             else:
                 logits, feats, texture = self.outputs(batch)
-            probs, novelty = self.trust.apply(logits, texture)
+            probs, novelty = self.trust.apply(logits, texture, feats)
             k = max(1, min(top_k, probs.shape[1]))
             for n, i in enumerate(good):
                 p, row = out[i], probs[n]
