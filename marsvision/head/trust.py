@@ -67,9 +67,13 @@ def fit_neighbours(x: np.ndarray, source: str, k: int, dims: int, residual: bool
     z = _normalised(x.astype(np.float64))
     mean = z.mean(0)
     zc = z - mean
-    # The main directions from the covariance (C × C): an SVD of the N × C images costs 5-10× more here.
-    _, vecs = np.linalg.eigh(zc.T @ zc)
-    basis = np.ascontiguousarray(vecs[:, ::-1][:, :dims], np.float32)
+    # The main directions from the covariance (C × C), only the ``dims`` largest: 1.7 s for 384 of 1792
+    # against 6.9 s for all (one core), and an SVD of the N × C images costs more still.
+    from scipy.linalg import eigh
+
+    c = zc.shape[1]
+    _, vecs = eigh(zc.T @ zc, subset_by_index=[max(c - dims, 0), c - 1], driver="evr")
+    basis = np.ascontiguousarray(vecs[:, ::-1], np.float32)
     if source == "features":
         basis = basis.astype(np.float16).astype(np.float32)  # the file stores it in float16
     coords = (zc @ basis).astype(np.float32)
