@@ -73,13 +73,20 @@ def fit_neighbours(x: np.ndarray, source: str, k: int, dims: int, residual: bool
 
     c = zc.shape[1]
     _, vecs = eigh(zc.T @ zc, subset_by_index=[max(c - dims, 0), c - 1], driver="evr")
-    basis = np.ascontiguousarray(vecs[:, ::-1], np.float32)
-    if source == "features":
-        basis = basis.astype(np.float16).astype(np.float32)  # the file stores it in float16
-    coords = (zc @ basis).astype(np.float32)
+    part = Neighbours(source, 1.0, mean.astype(np.float32), np.zeros((c, 0), np.float32), np.zeros((0, 0)))
+    part.basis = as_stored(vecs[:, ::-1], part.stored_as[0])  # as the file keeps it
+    coords = (zc @ part.basis).astype(np.float32)
     res = np.sqrt(np.maximum((zc * zc).sum(1) - (coords.astype(np.float64) ** 2).sum(1), 0)).astype(np.float32)
     return Neighbours(
-        source, 1.0, mean.astype(np.float32), basis, as_stored(coords), res if residual else None, k, centre, scale
+        source,
+        1.0,
+        part.mean,
+        part.basis,
+        as_stored(coords, part.stored_as[1]),
+        res if residual else None,
+        k,
+        centre,
+        scale,
     )
 
 
