@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from inference import latency, run_predict  # noqa: E402  (the edge benchmark's workers)
 from result_files import write_results  # noqa: E402
 
 from marsvision.data.msl import MSLDataset, sol_of  # noqa: E402
@@ -87,12 +90,52 @@ def leave_one_class_out(f, t, labels, sols, test_f, test_t, test_labels, names) 
     return out
 
 
+def cost(model: Path, before: str, test_paths: list[Path], runs: int) -> dict:
+    """File size, batch-1 latency on one thread (all a prediction computes after decoding) and `marsvision
+    predict` throughput on test with 2 threads, of ``model`` and the bundled file at git revision
+    ``before``, in this run; and whether predict's labels on test are the same."""
+    out: dict = {"before_revision": before}
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "before.onnx"
+        old.write_bytes(
+            subprocess.run(
+                ["git", "show", f"{before}:marsvision/assets/{model.name}"], cwd=REPO, capture_output=True, check=True
+            ).stdout
+        )
+        listing = Path(tmp) / "test.txt"
+        listing.write_text("\n".join(map(str, test_paths)))
+        labels = {}
+        for name, path in (("before", old), ("shipped", model)):
+            lat = latency(path, runs, test_paths[:200])
+            runs_ = [run_predict(path, listing, 2, Path(tmp) / f"{name}.csv") for _ in range(2)]
+            run = min(runs_, key=lambda r: r["seconds"])  # the best of two: the machine is shared
+            rows = list(csv.DictReader((Path(tmp) / f"{name}.csv").open(encoding="utf-8")))
+            labels[name] = [r["label"] for r in rows]
+            out[name] = {
+                "bytes": path.stat().st_size,
+                "mib": round(path.stat().st_size / 2**20, 2),
+                "latency_p50_ms": round(lat["p50_ms"], 2),
+                "latency_p90_ms": round(lat["p90_ms"], 2),
+                "predict_img_per_s_2_threads": round(len(rows) / run["seconds"], 1),
+                "flagged_unknown": sum(r["unknown"] in ("True", "true", "1") for r in rows) / len(rows),
+            }
+            print(f"{name}: {out[name]}", flush=True)
+        out["test_labels_identical"] = labels["before"] == labels["shipped"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=None)
     ap.add_argument("--model", default=str(bundled_model_path()))
     ap.add_argument("--cache", default="", help="folder to keep the embeddings in between runs")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument(
+        "--before",
+        default="810b439",
+        help="git revision whose bundled file is the baseline of the cost comparison ('' to skip it)",
+    )
+    ap.add_argument("--latency-runs", type=int, default=1000)
     args = ap.parse_args()
     t0 = time.perf_counter()
     cache = Path(args.cache) if args.cache else None
@@ -140,6 +183,8 @@ def main() -> None:
             "ood_auroc": {k: roc_auc(s_test, s_ood[m]) for k, m in subsets.items()},
             "ood_flagged": {k: float((s_ood[m] > 1).mean()) for k, m in subsets.items()},
         }
+    if args.before:
+        result["cost"] = cost(Path(args.model), args.before, test.paths, args.latency_runs)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["when"] = time.strftime("%Y-%m-%d %H:%M")
     write_results("novelty", result, markdown(result))
@@ -178,6 +223,27 @@ def markdown(r: dict) -> str:
             f"The bundled file's own novelty data ({' + '.join(b['parts'])}): test flagged {b['test_flagged']:.3f}; "
             f"OOD AUROC all {b['ood_auroc']['all']:.4f}, real {b['ood_auroc']['real']:.4f}, "
             f"hard {b['ood_auroc']['hard']:.4f}.",
+        ]
+    if "cost" in r:
+        c = r["cost"]
+        b, s = c["before"], c["shipped"]
+        lines += [
+            "",
+            f"Cost, both files in this run (before: the bundled file at {c['before_revision']}):",
+            "",
+            "| file | size | batch-1 p50 / p90 ms, 1 thread | predict img/s, 2 threads | test flagged by predict |",
+            "|---|---|---|---|---|",
+        ]
+        for name, x in (("before", b), ("shipped", s)):
+            lines.append(
+                f"| {name} | {x['bytes'] / 1e6:.2f} MB ({x['mib']:.2f} MiB) | {x['latency_p50_ms']:.2f} / "
+                f"{x['latency_p90_ms']:.2f} | {x['predict_img_per_s_2_threads']:.0f} | {x['flagged_unknown']:.3f} |"
+            )
+        lines += [
+            "",
+            f"Targets: ≤ 8 MB, p50 ≤ 6 ms, throughput within 15 % of before "
+            f"({s['predict_img_per_s_2_threads'] / b['predict_img_per_s_2_threads'] - 1:+.1%}). "
+            f"predict's labels on test identical to before: {'yes' if c['test_labels_identical'] else 'NO'}.",
         ]
     lines += ["", "Leave-one-class-out AUROC per class (test images of the class vs the other test images):", ""]
     lines.append("| class | " + " | ".join(cols) + " |")
