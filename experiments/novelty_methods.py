@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marsvision.head.trust import FLAG_RATE, GAP_SOLS, _kth_distance_away, fit_novelty
+from marsvision.head.trust import fit_neighbours, fit_novelty
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
@@ -268,48 +268,44 @@ def mahalanobis(shrink: float = 0.1):
 
 
 def product_family(record, cache, bl, ql, classes, bsols) -> None:
-    """The product's ``fit_novelty`` refitted per fold (nothing of the left-out class in the standardisation,
-    the principal directions or the references): its features part at a few settings, its texture part,
-    and the largest of the two over their thresholds (the ranking of ``fit_novelty``'s joint score: the
-    common scale it adds does not change it). Also the share of val flagged with all of train."""
+    """The product's two parts (``fit_neighbours``) refitted per fold (nothing of the left-out class in the
+    standardisation, the principal directions or the references) at a few settings, and their weighted
+    geometric mean, whose ranking does not depend on the parts' thresholds (so none is fitted per fold).
+    The raw distances per fold are kept in the cache folder. Also the share of val flagged by
+    ``fit_novelty`` with all of train."""
     bf, qf, of = (np.asarray(cache(s, "features")) for s in ("train", "val", "ood"))
     bt, qt, ot = (np.asarray(cache(s, "texture")) for s in ("train", "val", "ood"))
-    settings = [(1, 256), (2, 256), (1, 128), (1, 384)]
-    folds = {c: bl != c for c in classes}
-    folds["all"] = np.ones(len(bl), bool)
-    scores: dict = {}
-    for c, m in folds.items():
-        t0 = time.time()
-        tex = fit_novelty(None, bt[m], bsols[m])
-        scores[c, "texture"] = tex(qt), tex(ot)
-        # one fit at the most dimensions; the others keep its leading directions (the same eigenvectors)
-        top = fit_novelty(bf[m], None, bsols[m], feature_dims=max(d for _, d in settings)).part("features")
+    settings = [(1, 256), (2, 256), (1, 384), (2, 384)]
+    keep = cache.root / "product_folds_val.npz"
+    raw = dict(np.load(keep)) if keep.exists() else {}
+    for c in [*classes, "all"]:
+        if f"{c}/texture/q" in raw:
+            continue
+        t0, m = time.time(), (bl != c) if c != "all" else np.ones(len(bl), bool)
+        tex = fit_neighbours(bt[m], "texture", 5, 32, residual=True, standardise=False)
+        raw[f"{c}/texture/q"], raw[f"{c}/texture/o"] = tex.raw(qt), tex.raw(ot)
+        top = fit_neighbours(bf[m], "features", 1, 384, residual=False, standardise=True)
         for k, d in settings:
             f = replace(top, basis=top.basis[:, :d], reference=top.reference[:, :d], k=k)
-            away = _kth_distance_away(f, bsols[m], GAP_SOLS)
-            f.threshold = float(np.quantile(away[np.isfinite(away)], 1 - FLAG_RATE))
-            scores[c, (k, d)] = f.raw(qf) / f.threshold, f.raw(of) / f.threshold
+            raw[f"{c}/{k},{d}/q"], raw[f"{c}/{k},{d}/o"] = f.raw(qf), f.raw(of)
+        np.savez(keep, **raw)
         print(f"product fold {c}: {time.time() - t0:.0f} s", flush=True)
-    names = {"texture": "product texture part (k=5, 32 dims + residual)"}
-    names.update({(k, d): f"product features part (standardised, k={k}, {d} dims)" for k, d in settings})
-    for key, name in names.items():
-        without = lambda c, key=key: scores[c, key][0]  # noqa: E731
-        a, o = scores["all", key]
-        record(name, loco(without, ql, classes), without, auroc(a, o), {"val_flagged": float((a > 1).mean())})
+
+    def entry(name, score):
+        without = lambda c: score(c, "q")  # noqa: E731
+        record(name, loco(without, ql, classes), without, auroc(score("all", "q"), score("all", "o")))
+
+    entry("product texture part (k=5, 32 dims + residual)", lambda c, s: raw[f"{c}/texture/{s}"])
     for k, d in settings:
+        entry(f"product features part (standardised, k={k}, {d} dims)", lambda c, s, k=k, d=d: raw[f"{c}/{k},{d}/{s}"])
+        for w in (0.5, 0.67, 0.8):
 
-        def both(c, k=k, d=d):
-            return np.maximum(scores[c, (k, d)][0], scores[c, "texture"][0])
+            def geo(c, s, k=k, d=d, w=w):
+                return w * np.log(raw[f"{c}/{k},{d}/{s}"] + 1e-12) + (1 - w) * np.log(raw[f"{c}/texture/{s}"] + 1e-12)
 
-        a = np.maximum(scores["all", (k, d)][0], scores["all", "texture"][0])
-        o = np.maximum(scores["all", (k, d)][1], scores["all", "texture"][1])
-        record(
-            f"product max(features k={k} {d} dims, texture)",
-            loco(both, ql, classes),
-            both,
-            auroc(a, o),
-            {"val_flagged_before_joint_scaling": float((a > 1).mean())},
-        )
+            entry(f"product geometric mean (features k={k} {d} dims)^{w} (texture)^{1 - w:.2f}", geo)
+    nov = fit_novelty(bf, bt, bsols)
+    print(f"fit_novelty with its defaults on all train flags {(nov(qt, qf) > 1).mean():.3f} of val", flush=True)
 
 
 def rank(x):
@@ -320,6 +316,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="/tmp/novelty-cache")
     ap.add_argument("--quick", action="store_true", help="fewer settings")
+    ap.add_argument("--maps", default="taps,mid", help="which maps PatchCore and recon-patch read")
     ap.add_argument("--families", default="texture,knn,patch,recon,demud,combo", help="which to run")
     args = ap.parse_args()
     cache = Cache(Path(args.cache))
@@ -376,7 +373,8 @@ def main() -> None:
         "taps 6x6 (stages 6+7, 512)": lambda s: patches(cache(s, "taps")),
         "mid 12x12 (stage 5, 112)": lambda s: patches(cache(s, "mid_map")),
     }
-    for mname, get in maps.items() if "patch" in fam else ():
+    maps = {k: v for k, v in maps.items() if k.split()[0] in args.maps.split(",")}
+    for mname, get in maps.items() if fam & {"patch", "recon"} else ():
         t0 = time.time()
         bp, qp, op = get("train"), get("val"), get("ood")
         # the same reduction the product would need (bank size in the file): PCA to ≤ 128 dims on bank patches
@@ -384,7 +382,7 @@ def main() -> None:
         sample = flat[np.random.default_rng(0).choice(len(flat), min(30000, len(flat)), replace=False)]
         mean = sample.mean(0)
         _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
-        for dims in (64,) if args.quick else (32, 64, 128):
+        for dims in () if "patch" not in fam else (64,) if args.quick else (32, 64, 128):
             if dims >= bp.shape[-1]:
                 continue
             v = vt[:dims].T.astype(np.float32)

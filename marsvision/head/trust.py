@@ -34,6 +34,7 @@ DIMS = 32  # kept directions of the texture: as good as all 1280 on val, and the
 # ImageNet head's large activations otherwise drown (0.82 → 0.91 at full dimension).
 FEATURE_K = 1
 FEATURE_DIMS = 256
+FEATURE_WEIGHT = 0.5  # the features part's exponent in the weighted geometric mean of the two parts
 GAP_SOLS = 10  # a campaign: images within this many sols of each other are near-duplicates
 FLAG_RATE = 0.05  # target share of in-distribution images of a new campaign flagged unknown
 WINDOW_SOLS = 30  # the held-out windows for the calibration
@@ -64,11 +65,11 @@ def fit_neighbours(x: np.ndarray, source: str, k: int, dims: int, residual: bool
     if standardise:
         centre, scale = x.mean(0), x.std(0) + 1e-6
         x = (x - centre) / scale
-    z = _normalised(x.astype(np.float64))
+    z = _normalised(x)
     mean = z.mean(0)
     zc = z - mean
-    # The main directions from the covariance (C × C), only the ``dims`` largest: 1.7 s for 384 of 1792
-    # against 6.9 s for all (one core), and an SVD of the N × C images costs more still.
+    # The main directions from the covariance (C × C), only the ``dims`` largest, in float32: 1.7 s for
+    # 384 of 1792 against 6.9 s for all in float64 (one core); an SVD of the N × C images costs more still.
     from scipy.linalg import eigh
 
     c = zc.shape[1]
@@ -100,13 +101,15 @@ def fit_novelty(
     dims: int = DIMS,
     feature_k: int = FEATURE_K,
     feature_dims: int = FEATURE_DIMS,
+    feature_weight: float = FEATURE_WEIGHT,
 ) -> Novelty:
     """Novelty data whose references are these images: pooled features (N, F), texture (N, C) (either may
     be None, leaving its part out) and sols (N,).
 
     Each part's threshold is the distance that ``rate`` of the images exceed against the images more than
-    ``gap`` sols away (a new campaign); then both are scaled together so that the largest of the two
-    flags ``rate`` of them. Fit it on any subset of images (one class left out, say) to judge novelty
+    ``gap`` sols away (a new campaign); the novelty is the weighted geometric mean of the two parts' distances
+    over their thresholds (``feature_weight`` for the features), over the threshold at which it flags
+    ``rate`` of those images. Fit it on any subset of images (one class left out, say) to judge novelty
     against that subset.
     """
     parts = []
@@ -122,13 +125,13 @@ def fit_novelty(
         raise ValueError(f"no two fitted images are more than {gap} sols apart: novelty cannot be fitted")
     for p, a in zip(parts, away, strict=True):
         p.threshold = float(np.quantile(a[ok], 1 - rate))
-    both = np.max([a[ok] / p.threshold for p, a in zip(parts, away, strict=True)], axis=0)
-    joint = float(np.quantile(both, 1 - rate))
-    for p in parts:
-        p.threshold *= joint
+    novelty = Novelty(parts, weights={"features": feature_weight, "texture": 1 - feature_weight})
+    held_out = novelty.combine({p.source: a[ok] for p, a in zip(parts, away, strict=True)})
+    novelty.threshold = float(np.quantile(held_out, 1 - rate))
     info = {"target_flag_rate": rate, "gap_sols": gap, "images": len(sols)}
     info["parts"] = {p.source: {"k": p.k, "dims": p.basis.shape[1]} for p in parts}
-    return Novelty(parts, info)
+    novelty.info = info
+    return novelty
 
 
 def held_out_predictions(

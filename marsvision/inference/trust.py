@@ -2,8 +2,8 @@
 
 - ``Head``: the linear classifier over pooled features (logits = F·Wᵀ + b), and the class-activation maps.
 - ``Novelty``: how far an image is from the training images, in units of the threshold above which
-  the image is flagged ``unknown`` (so ``unknown`` ⇔ novelty > 1); the largest of two ``Neighbours``
-  distances (pooled features, texture).
+  the image is flagged ``unknown`` (so ``unknown`` ⇔ novelty > 1); the weighted geometric mean of two
+  ``Neighbours`` distances (pooled features, texture).
 - ``Calibration``: turns logits (and the novelty) into probabilities that mean what they say.
 
 Each is plain data in the model file (``to_dict``/``from_dict``; arrays as base64 float32), fitted by
@@ -198,17 +198,30 @@ def as_stored(a: np.ndarray, dtype: str = "float16") -> np.ndarray:
 class Novelty:
     """How far an image is from the training images, over the threshold (``unknown`` ⇔ novelty > 1).
 
-    The largest of its ``parts``' distances, each over its own threshold (``Neighbours``): the pooled
-    features standardised per dimension, nearest training image (which notices a new kind of rover image:
-    leave-one-class-out AUROC 0.94 on val, against 0.67 for the texture alone), and the texture (which
-    notices photos, charts, sky, space and synthetic frames: AUROC 0.997 on val against the
-    out-of-distribution set, against 0.88 for the features alone). docs/trust.md has the numbers and
+    The weighted geometric mean of its ``parts``' distances, each over its own threshold (``Neighbours``),
+    over ``threshold``: the pooled features standardised per dimension, nearest training image (which
+    notices a new kind of rover image), and the texture (which notices photos, charts, sky, space and
+    synthetic frames). A geometric mean ranks images the same whatever each part's own threshold is: the
+    parts' distances need no common scale. docs/trust.md has the numbers and
     experiments/results/novelty_methods.md the methods compared. A part whose input is not given (a
-    stored texture embedding without the features) is left out.
+    stored texture embedding without the features) is left out, the other weights renormalised.
     """
 
     parts: list[Neighbours]
+    weights: dict = field(default_factory=dict)  # source → exponent (default: equal)
+    threshold: float = 1.0
     info: dict = field(default_factory=dict)  # how it was fitted: target flag rate, measured rates
+
+    def combine(self, raw: dict) -> np.ndarray:
+        """{source: raw distances (N,)} → (N,) weighted geometric mean of distance / part threshold, before
+        ``threshold``; parts absent from ``raw`` are left out."""
+        parts = [p for p in self.parts if raw.get(p.source) is not None]
+        if not parts:
+            raise ValueError(f"novelty needs {' or '.join(p.source for p in self.parts)}")
+        w = np.array([self.weights.get(p.source, 1.0) for p in parts])
+        w = w / w.sum()
+        logs = [wi * np.log(np.maximum(raw[p.source] / p.threshold, 1e-12)) for wi, p in zip(w, parts, strict=True)]
+        return np.exp(np.sum(logs, axis=0))
 
     def part(self, source: str) -> Neighbours | None:
         return next((p for p in self.parts if p.source == source), None)
@@ -216,10 +229,8 @@ class Novelty:
     def __call__(self, texture: np.ndarray | None, features: np.ndarray | None = None) -> np.ndarray:
         """(N,) novelty from the texture (N, C) and the pooled features (N, F)."""
         inputs = {"texture": texture, "features": features}
-        scores = [p.raw(inputs[p.source]) / p.threshold for p in self.parts if inputs[p.source] is not None]
-        if not scores:
-            raise ValueError(f"novelty needs {' or '.join(p.source for p in self.parts)}")
-        return np.max(scores, axis=0)
+        raw = {p.source: p.raw(inputs[p.source]) for p in self.parts if inputs[p.source] is not None}
+        return self.combine(raw) / self.threshold
 
     def embed(self, texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, C) texture → its part's coordinates (N, D) and residual norms (N,): what the archive stores."""
@@ -228,16 +239,14 @@ class Novelty:
     def from_embedding(self, embedding: np.ndarray | None, features: np.ndarray | None = None) -> np.ndarray:
         """Novelty from stored (N, D + 1) texture embeddings (``embed``'s coordinates with the residual norm
         last, so a re-score needs no image) and the pooled features (N, F); either may be None."""
-        scores = []
+        raw = {}
         tex = self.part("texture")
         if tex is not None and embedding is not None:
-            scores.append(tex.raw_from_embedding(embedding[:, :-1], embedding[:, -1]) / tex.threshold)
+            raw["texture"] = tex.raw_from_embedding(embedding[:, :-1], embedding[:, -1])
         feat = self.part("features")
         if feat is not None and features is not None:
-            scores.append(feat.raw(features) / feat.threshold)
-        if not scores:
-            raise ValueError("novelty needs a texture embedding or the features")
-        return np.max(scores, axis=0)
+            raw["features"] = feat.raw(features)
+        return self.combine(raw) / self.threshold
 
     def with_references(self, embedding: np.ndarray | None, features: np.ndarray | None) -> Novelty:
         """A copy whose references also hold these images (stored texture embeddings (N, D + 1) and pooled
@@ -250,18 +259,26 @@ class Novelty:
                 p = p.with_references(p.embed(np.asarray(features, np.float32))[0])
             parts.append(p)
         n = len(embedding) if embedding is not None else len(features) if features is not None else 0
-        return Novelty(parts, {**self.info, "corrections_added": n})
+        return Novelty(parts, self.weights, self.threshold, {**self.info, "corrections_added": n})
 
     def to_dict(self) -> dict:
-        return {"method": "knn-max", "parts": [p.to_dict() for p in self.parts], "info": self.info}
+        return {
+            "method": "knn-geomean",
+            "parts": [p.to_dict() for p in self.parts],
+            "weights": {k: float(v) for k, v in self.weights.items()},
+            "threshold": float(self.threshold),
+            "info": self.info,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Novelty:
         if d.get("method") == "knn-texture":  # files before the features part: the texture alone
-            return cls([Neighbours.from_dict({**d, "source": "texture"})], dict(d.get("info", {})))
-        if d.get("method") != "knn-max":
+            return cls([Neighbours.from_dict({**d, "source": "texture"})], info=dict(d.get("info", {})))
+        if d.get("method") != "knn-geomean":
             raise ValueError(f"unknown novelty method {d.get('method')!r}")
-        return cls([Neighbours.from_dict(p) for p in d["parts"]], dict(d.get("info", {})))
+        parts = [Neighbours.from_dict(p) for p in d["parts"]]
+        weights = {k: float(v) for k, v in d.get("weights", {}).items()}
+        return cls(parts, weights, float(d.get("threshold", 1.0)), dict(d.get("info", {})))
 
 
 @dataclass

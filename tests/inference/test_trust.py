@@ -56,22 +56,22 @@ def test_feature_neighbours_score_a_planted_far_point_high_and_a_reference_zero(
     assert nov(None, far)[0] > 3 * np.quantile(nov(None, x), 0.95)
 
 
-def test_novelty_is_the_larger_part_and_each_part_sees_its_own_input():
+def test_novelty_is_the_geometric_mean_of_the_parts_and_each_part_sees_its_own_input():
     rng = np.random.default_rng(0)
     x, _, sols = texture_clusters(rng)
     features = np.abs(x[:, ::-1] + rng.normal(size=x.shape)).astype(np.float32)
     nov = fit_novelty(features, x, sols, k=3, dims=8, feature_dims=16, gap=10, rate=0.05)
     assert [p.source for p in nov.parts] == ["features", "texture"]
     f, t = nov.part("features"), nov.part("texture")
-    np.testing.assert_allclose(
-        nov(x[:9], features[:9]), np.maximum(f.raw(features[:9]) / f.threshold, t.raw(x[:9]) / t.threshold), rtol=1e-6
-    )
+    both = np.sqrt(f.raw(features[:9]) / f.threshold * t.raw(x[:9]) / t.threshold) / nov.threshold
+    np.testing.assert_allclose(nov(x[:9], features[:9]), both, rtol=1e-5)
     # the joint threshold flags about `rate` of the fitted images (against their own, a lower bound)
     assert (nov(x, features) > 1).mean() <= 0.05
     # stored texture embeddings plus the features give the same novelty as the images' own outputs
     coords, res = nov.embed(x[:9])
     np.testing.assert_allclose(nov.from_embedding(np.c_[coords, res], features[:9]), nov(x[:9], features[:9]), 1e-5)
-    np.testing.assert_allclose(nov.from_embedding(None, features[:9]), f.raw(features[:9]) / f.threshold, 1e-6)
+    alone = f.raw(features[:9]) / f.threshold / nov.threshold  # a part left out: the other alone
+    np.testing.assert_allclose(nov.from_embedding(None, features[:9]), alone, 1e-5)
     again = Novelty.from_dict(json.loads(json.dumps(nov.to_dict())))
     np.testing.assert_allclose(again(x[:9], features[:9]), nov(x[:9], features[:9]), rtol=1e-5)
     with pytest.raises(ValueError, match="needs"):
@@ -109,7 +109,7 @@ def test_files_before_the_features_part_still_read():
         "info": {},
     }
     nov = Novelty.from_dict(json.loads(json.dumps(old)))
-    np.testing.assert_allclose(nov(x[:5]), t.raw(x[:5]) / t.threshold, rtol=1e-6)
+    np.testing.assert_allclose(nov(x[:5]), t.raw(x[:5]) / t.threshold, rtol=1e-5)
     with pytest.raises(ValueError, match="method"):
         Novelty.from_dict({**old, "method": "patchcore"})
 
