@@ -60,7 +60,7 @@ def test_novelty_is_the_geometric_mean_of_the_parts_and_each_part_sees_its_own_i
     rng = np.random.default_rng(0)
     x, _, sols = texture_clusters(rng)
     features = np.abs(x[:, ::-1] + rng.normal(size=x.shape)).astype(np.float32)
-    nov = fit_novelty(features, x, sols, k=3, dims=8, feature_dims=16, gap=10, rate=0.05)
+    nov = fit_novelty(features, x, sols, k=3, dims=8, feature_dims=16, gap=10, rate=0.05, joint_quantile=0.95)
     assert [p.source for p in nov.parts] == ["features", "texture"]
     f, t = nov.part("features"), nov.part("texture")
     both = np.sqrt(f.raw(features[:9]) / f.threshold * t.raw(x[:9]) / t.threshold) / nov.threshold
@@ -81,7 +81,7 @@ def test_novelty_is_the_geometric_mean_of_the_parts_and_each_part_sees_its_own_i
 def test_corrections_join_the_references_of_both_parts():
     rng = np.random.default_rng(0)
     x, _, sols = texture_clusters(rng)
-    nov = fit_novelty(x, x, sols, k=1, dims=8, feature_dims=16, gap=10, rate=0.05)
+    nov = fit_novelty(x, x, sols, k=1, dims=8, feature_k=1, feature_dims=16, gap=10, rate=0.05)
     new = np.abs(rng.normal(size=(3, x.shape[1])) * 5).astype(np.float32)
     coords, res = nov.embed(new)
     more = nov.with_references(np.c_[coords, res], new)
