@@ -174,6 +174,7 @@ def main() -> None:
             "test_flagged": float((s_test > 1).mean()),
             "info": nov.info,
         }
+    clf = load_model(args.model, threads=args.threads or None)  # read again: the file as it is now
     if clf.trust.novelty is not None:  # the bundled file's own novelty data, as shipped
         s_test = clf.trust.novelty(test_t, test_f)
         s_ood = clf.trust.novelty(ood_t, ood_f)
