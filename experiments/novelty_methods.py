@@ -350,7 +350,7 @@ def main() -> None:
     bsols = np.asarray(cache("train", "sols"))
 
     def texture_fit(mask):
-        return fit_novelty(bt[mask], bsols[mask]).raw
+        return fit_novelty(None, bt[mask], bsols[mask]).part("texture").raw
 
     def tex_without(c):
         return texture_fit(bl != c)(qt)
