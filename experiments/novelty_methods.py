@@ -312,11 +312,32 @@ def rank(x):
     return np.argsort(np.argsort(x)) / len(x)
 
 
+def write(results: dict) -> None:
+    """Add these results to experiments/results/novelty_methods.{json,md} (runs of some families add up)."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "novelty_methods.json"
+    # runs of some families add to the table
+    results = {**(json.loads(out.read_text()) if out.exists() else {}), **results}
+    out.write_text(json.dumps(results, indent=1))
+    lines = [
+        "LOCO on val (fit on train without class c, AUROC of c's val images vs the other val images); "
+        "OOD: AUROC of benchmarks/ood vs val, fitted on all train. `python experiments/novelty_methods.py`",
+        "",
+        "| method | LOCO mean | worst (class) | classes < 0.6 | OOD AUROC |",
+        "|---|---|---|---|---|",
+    ]
+    for n, r in sorted(results.items(), key=lambda kv: -kv[1]["mean"]):
+        ood = "" if r["ood"] is None else f"{r['ood']:.4f}"
+        lines.append(f"| {n} | {r['mean']:.3f} | {r['worst']:.3f} ({r['worst_class']}) | {r['below_0.6']} | {ood} |")
+    (RESULTS / "novelty_methods.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="/tmp/novelty-cache")
     ap.add_argument("--quick", action="store_true", help="fewer settings")
     ap.add_argument("--maps", default="taps,mid", help="which maps PatchCore and recon-patch read")
+    ap.add_argument("--fracs", default="0.01,0.05", help="PatchCore coreset fractions")
     ap.add_argument("--families", default="texture,knn,patch,recon,demud,combo", help="which to run")
     args = ap.parse_args()
     cache = Cache(Path(args.cache))
@@ -343,6 +364,7 @@ def main() -> None:
             f"<0.6: {r['below_0.6']}  OOD {r['ood'] if ood is None else round(ood, 4)}  {extra or ''}",
             flush=True,
         )
+        write({name: results[name]})
 
     fam = set(args.families.split(","))
     # today's texture kNN, refitted per fold (its PCA basis is the bank's)
@@ -387,7 +409,7 @@ def main() -> None:
                 continue
             v = vt[:dims].T.astype(np.float32)
             b2, q2, o2 = ((x - mean) @ v for x in (bp, qp, op))
-            for frac in (0.01, 0.05) if args.quick else (0.01, 0.03, 0.1):
+            for frac in map(float, args.fracs.split(",")):
                 t1 = time.time()
                 res, without, ood, nb = patch_loco(q2, b2, bl, ql, classes, frac, o2)
                 record(
@@ -425,22 +447,7 @@ def main() -> None:
 
             record(f"rank-avg [{patch_best}] + [{glob}]", loco(combo, ql, classes), combo, None)
 
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "novelty_methods.json"
-    # runs of some families add to the table
-    results = {**(json.loads(out.read_text()) if out.exists() else {}), **results}
-    out.write_text(json.dumps(results, indent=1))
-    lines = [
-        "LOCO on val (fit on train without class c, AUROC of c's val images vs the other val images); "
-        "OOD: AUROC of benchmarks/ood vs val, fitted on all train. `python experiments/novelty_methods.py`",
-        "",
-        "| method | LOCO mean | worst (class) | classes < 0.6 | OOD AUROC |",
-        "|---|---|---|---|---|",
-    ]
-    for n, r in sorted(results.items(), key=lambda kv: -kv[1]["mean"]):
-        ood = "" if r["ood"] is None else f"{r['ood']:.4f}"
-        lines.append(f"| {n} | {r['mean']:.3f} | {r['worst']:.3f} ({r['worst_class']}) | {r['below_0.6']} | {ood} |")
-    (RESULTS / "novelty_methods.md").write_text("\n".join(lines) + "\n")
+    write(results)
 
 
 if __name__ == "__main__":
