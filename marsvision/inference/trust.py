@@ -234,7 +234,10 @@ class Novelty:
 
     def embed(self, texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, C) texture → its part's coordinates (N, D) and residual norms (N,): what the archive stores."""
-        return self.part("texture").embed(texture)
+        part = self.part("texture")
+        if part is None:
+            raise ValueError("this novelty has no texture part to embed")
+        return part.embed(texture)
 
     def from_embedding(self, embedding: np.ndarray | None, features: np.ndarray | None = None) -> np.ndarray:
         """Novelty from stored (N, D + 1) texture embeddings (``embed``'s coordinates with the residual norm
