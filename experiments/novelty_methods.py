@@ -323,6 +323,11 @@ def write(results: dict) -> None:
         "LOCO on val (fit on train without class c, AUROC of c's val images vs the other val images); "
         "OOD: AUROC of benchmarks/ood vs val, fitted on all train. `python experiments/novelty_methods.py`",
         "",
+        "`product max(...)` rows: an earlier version of the product family (each part over its own "
+        "held-out-campaign threshold, then the larger): the texture decided alone. PatchCore and recon-patch "
+        "read the bundled file's maps, 3x3-averaged patches in 64 PCA dimensions (PatchCore); `--quick` settings.",
+        "Shipped: geometric mean (features k=2 256 dims)^0.5 (texture)^0.50.",
+        "",
         "| method | LOCO mean | worst (class) | classes < 0.6 | OOD AUROC |",
         "|---|---|---|---|---|",
     ]
