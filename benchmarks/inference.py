@@ -110,8 +110,8 @@ if model.endswith(".pt"):
 clf = load_model(model, threads=1)
 images = [decode(p, clf.input_size)[None] for p in paths]
 def predict_decoded(x):  # all a prediction computes after decoding: model, head, calibration, novelty
-    logits, _, texture = clf.outputs(x)
-    return clf.trust.apply(logits, texture)
+    logits, features, texture = clf.outputs(x)
+    return clf.trust.apply(logits, texture, features)
 for x in images[:50]:
     predict_decoded(x)  # warm-up
 times = []

@@ -125,7 +125,7 @@ def main() -> None:
         return -softmax(logits).max(1)  # maximum softmax
 
     sols = np.array([sol_of(p) for p in train.paths])
-    novelty = fit_novelty(emb["train"]["texture"], sols)
+    novelty = fit_novelty(None, emb["train"]["texture"], sols)
     # why the threshold compares images more than 10 sols apart: a campaign's images are near-duplicates
     t = emb["train"]["texture"] / np.linalg.norm(emb["train"]["texture"], axis=1, keepdims=True)
     sim = t @ t.T

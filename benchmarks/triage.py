@@ -127,7 +127,7 @@ def load_cache(path: Path = CACHE) -> dict:
 def fit_novelty_scores(d: dict, fit: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Novelty of the ``score`` images from a novelty fitted on the ``fit`` images alone: the one line to
     change when the model's novelty is replaced (issue 22, items 1-2)."""
-    return fit_novelty(d["texture"][fit], d["sol"][fit])(d["texture"][score])
+    return fit_novelty(None, d["texture"][fit], d["sol"][fit])(d["texture"][score])
 
 
 def twin(d: dict, fit: np.ndarray, score: np.ndarray, shipped) -> tuple[np.ndarray, np.ndarray]:

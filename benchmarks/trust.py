@@ -61,7 +61,7 @@ def embed(clf, paths) -> dict:
 def split_scores(head: Head, trust: Trust, emb: dict, y: np.ndarray) -> dict:
     logits = head(emb["features"])
     raw = softmax(logits)
-    probs, novelty = trust.apply(logits, emb["texture"])
+    probs, novelty = trust.apply(logits, emb["texture"], emb["features"])
     correct = probs.argmax(1) == y
     unknown = novelty > 1
     return {
@@ -83,7 +83,7 @@ def split_scores(head: Head, trust: Trust, emb: dict, y: np.ndarray) -> dict:
 def ood_scores(trust: Trust, id_novelty: np.ndarray, emb: dict, groups: np.ndarray, generated: np.ndarray) -> dict:
     """Novelty AUROC against the in-distribution images, for the whole set and apart for its real images
     (46 of the 90 are generated: flat fields, noise, patterns, charts), and the share flagged."""
-    nov = trust.novelty(emb["texture"])
+    nov = trust.novelty(emb["texture"], emb["features"])
     return {
         "n": int(len(nov)),
         "n_generated": int(generated.sum()),
@@ -208,7 +208,8 @@ def main() -> None:
     for s in ("val", "test"):
         twin[s] = split_scores(Head(w, b), twin_trust, emb[s], labels[s])
     twin["ood"] = ood_scores(twin_trust, twin["val"]["_novelty"], emb["ood"], groups, generated)
-    twin["ood"]["auroc_vs_test"] = auroc(twin["test"]["_novelty"], twin_trust.novelty(emb["ood"]["texture"]))
+    ood_novelty = twin_trust.novelty(emb["ood"]["texture"], emb["ood"]["features"])
+    twin["ood"]["auroc_vs_test"] = auroc(twin["test"]["_novelty"], ood_novelty)
 
     bundled = {
         "fitted_on": clf.trust.calibration.info.get("fitted_on_splits"),

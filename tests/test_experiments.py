@@ -105,3 +105,42 @@ def test_experiment_scripts_write_ordinary_model_files(script, tmp_path):
 )
 def test_experiment_modules_import(script):
     __import__(script)
+
+
+def _novelty_toy(seed=0, per=30, classes=4, dims=24):
+    """Classes as clusters about their own directions, each photographed across many sols."""
+    import numpy as np
+
+    centres = np.random.default_rng(42).normal(size=(classes, dims)) * 4
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([np.abs(c + rng.normal(size=(per, dims))) for c in centres]).astype(np.float32)
+    return x, np.repeat(np.arange(classes), per), np.tile(np.arange(per) * 15, classes)
+
+
+def test_leave_one_class_out_ranks_an_unseen_cluster_first():
+    import numpy as np
+    from novelty import BEFORE, leave_one_class_out
+
+    x, y, sols = _novelty_toy()
+    qx, qy, _ = _novelty_toy(seed=1)
+    names = {i: f"class {i}" for i in range(4)}
+    out = leave_one_class_out(x, x, y, sols, qx, qx, qy, names)
+    # every class, once left out of the references, is the most novel kind of image in the queries
+    assert set(out) == {"shipped", BEFORE} and len(out["shipped"]) == 4
+    assert min(out["shipped"].values()) > 0.95
+    # and a query set in which the left-out class looks like the rest gives no such ranking
+    same = leave_one_class_out(x, x, y, sols, qx, qx, np.random.default_rng(0).permutation(qy), names)
+    assert np.mean(list(same["shipped"].values())) < 0.8
+
+
+def test_novelty_methods_loco_and_coreset():
+    import numpy as np
+    from novelty_methods import coreset, knn_loco
+
+    x, y, _ = _novelty_toy()
+    qx, qy, _ = _novelty_toy(seed=1)
+    res, without, ood = knn_loco(qx, x, y, qy, np.arange(4), 1, ood_q=qx[:3] + 100)
+    assert min(res.values()) > 0.95 and ood == 1.0 and without(0).shape == (len(qx),)
+    # greedy k-center: the far-away point is picked among the first
+    pts = np.r_[np.zeros((50, 3)), [[100.0, 0, 0]]].astype(np.float32)
+    assert 50 in coreset(pts + np.random.default_rng(0).normal(size=pts.shape).astype(np.float32) * 0.01, 2, dims=3)

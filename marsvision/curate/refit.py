@@ -31,7 +31,7 @@ from ..atomic import atomic_write
 from ..data.msl import DATA_HELP
 from ..errors import MarsvisionError
 from ..head.fit import fit_head, fold_head
-from ..inference.trust import Calibration, Head, Novelty, Trust
+from ..inference.trust import Calibration, Head, Trust
 from ..model_file import ModelFileError
 from .model_files import ParentFile, write_version
 from .strategies import DEFAULT_WEIGHT, sample_weights
@@ -224,17 +224,8 @@ def refreshed_trust(
     from ..metrics import expected_calibration_error
 
     novelty = parent.novelty
-    if novelty is not None and tex_new is not None and len(tex_new):
-        novelty = Novelty(
-            novelty.threshold,
-            novelty.mean,
-            novelty.basis,
-            np.concatenate([novelty.reference, tex_new[:, :-1].astype(np.float16).astype(np.float32)]),
-            np.concatenate([novelty.reference_residual, tex_new[:, -1]]),
-            novelty.k,
-            novelty.channels,
-            {**novelty.info, "corrections_added": len(tex_new)},
-        )
+    if novelty is not None and len(y_new):
+        novelty = novelty.with_references(tex_new, x_new)
     calibration = parent.calibration
     if calibration is not None and novelty is not None and len(y_new) >= MIN_FOR_TEMPERATURE:
         folds = campaign_folds(sols_new, len(y_new))
@@ -253,7 +244,7 @@ def refreshed_trust(
             logits[folds == k] = x_new[folds == k] @ w.T + b
         # Held out, like the logits: against the parent's references, which do not hold these images
         # (``novelty`` now does, and each correction would find itself at distance 0).
-        nov = parent.novelty.from_embedding(tex_new)
+        nov = parent.novelty.from_embedding(tex_new, x_new)
         scale = np.exp(calibration.slope * np.log(np.clip(nov, 1e-3, 1e3)))[:, None]
 
         def level(rows):  # the slope needs many images of every kind of shift; a few corrections move the level

@@ -126,8 +126,8 @@ def run_calibrate(cfg: CalibrateConfig, progress: bool | None = None) -> Path:
     print(
         f"calibrated {dst} on {nov['fitted_on_splits']} ({nov['images']} images, {time.perf_counter() - t0:.0f} s): "
         f"held-out campaigns accuracy {cal['held_out_accuracy']:.3f}, ECE {cal['held_out_ece_before']:.4f} → "
-        f"{cal['held_out_ece_after']:.4f}; unknown threshold flags {nov['target_flag_rate']:.0%} of images "
-        f"against other campaigns ({nov['held_out_flagged']:.1%} of the held-out predictions)"
+        f"{cal['held_out_ece_after']:.4f}; the unknown threshold is the {nov['joint_quantile']:.0%} quantile of "
+        f"the novelty against other campaigns ({nov['held_out_flagged']:.1%} of the held-out predictions flagged)"
     )
     return dst
 

@@ -39,7 +39,8 @@ class Prediction:
     ``unknown`` = novelty > 1 (None when the model file carries no novelty data). ``withheld`` says why
     the label was left empty by a ``min_confidence`` rule (``withhold_below``). Arrays for programs:
     ``probabilities`` (K,) in the order of the model's ``class_names``, ``logits`` (K,), ``features`` (F,)
-    and ``texture`` (C,), what the novelty is computed from (``Classifier.embed``).
+    and ``texture`` (C,), what the novelty is computed from (``Classifier.embed``; both, since the novelty
+    has a features part and a texture part).
     """
 
     source: str
@@ -218,7 +219,7 @@ class Classifier:
                 logits = self.head(feats)
             else:
                 logits, feats, texture = self.outputs(batch)
-            probs, novelty = self.trust.apply(logits, texture)
+            probs, novelty = self.trust.apply(logits, texture, feats)
             k = max(1, min(top_k, probs.shape[1]))
             for n, i in enumerate(good):
                 p, row = out[i], probs[n]

@@ -30,7 +30,7 @@ def toy(shift: float, seed: int = 0):
     x_train, y_train = draw(2000, 1.0)
     x_new, y_new = draw(150, shift)
     tex = np.abs(rng.normal(size=(2150, 16))).astype(np.float32)
-    nov = fit_novelty(tex[:2000], np.arange(2000) * 20, k=3, dims=4, gap=10, rate=0.05)
+    nov = fit_novelty(None, tex[:2000], np.arange(2000) * 20, k=3, dims=4, gap=10, rate=0.05)
     parent = Trust(Calibration(np.log(3.0), 0.0), nov)
     coords, residual = nov.embed(tex[2000:])
     emb = np.concatenate([coords, residual[:, None]], axis=1)  # what the archive stores

@@ -93,7 +93,7 @@ def test_bundled_model_is_small_int8_onnx():
     path = bundled_model_path()
     if not path.is_file():
         pytest.skip("bundled model not exported yet")
-    assert path.stat().st_size <= 5 * 2**20
+    assert path.stat().st_size <= 8_000_000  # issue 22: ≤ 8 MB with the novelty's references (7.22 MB)
     clf = load_model()
     assert clf.runtime == "onnxruntime" and clf.meta["precision"] == "int8" and len(clf.class_names) >= 20
 

@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 
 from marsvision.head.trust import fit_calibration, fit_novelty, fit_trust, held_out_predictions
-from marsvision.inference.trust import Calibration, Head, Trust, decode_array, encode_array, softmax
+from marsvision.inference.trust import Calibration, Head, Novelty, Trust, decode_array, encode_array, softmax
 from marsvision.metrics import expected_calibration_error
 
 
-@pytest.mark.parametrize("dtype,tol", [("float32", 0.0), ("float16", 1e-3)])
+@pytest.mark.parametrize("dtype,tol", [("float32", 0.0), ("float16", 1e-3), ("int8", 1 / 254 + 1e-6)])
 def test_arrays_round_trip_as_json(dtype, tol):
     a = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
     d = json.loads(json.dumps(encode_array(a, dtype)))
     b = decode_array(d)
-    assert b.dtype == np.float32 and b.shape == (3, 5) and np.abs(a - b).max() <= tol * np.abs(a).max()
+    # int8: the error bound is per column (each its own scale)
+    assert b.dtype == np.float32 and b.shape == (3, 5) and np.all(np.abs(a - b) <= tol * np.abs(a).max(0))
     with pytest.raises(ValueError, match="dtype"):
-        decode_array({**d, "dtype": "int8"})
+        decode_array({**d, "dtype": "int4"})
 
 
 BASE = np.random.default_rng(42).normal(size=(4, 64)) * 3  # the classes' directions
@@ -34,13 +35,84 @@ def texture_clusters(rng, n_per=40, centres=4, dims=64, sols_apart=60):
 def test_novelty_flags_what_is_unlike_the_training_images():
     rng = np.random.default_rng(0)
     x, _, sols = texture_clusters(rng)
-    nov = fit_novelty(x, sols, k=3, dims=8, gap=10, rate=0.05)
+    nov = fit_novelty(None, x, sols, k=3, dims=8, gap=10, rate=0.05)
     inside, _, _ = texture_clusters(np.random.default_rng(1))
     outside = np.abs(rng.normal(size=(50, x.shape[1]))).astype(np.float32)  # no class direction at all
     assert (nov(inside) > 1).mean() <= 0.15 and (nov(outside) > 1).mean() >= 0.9
-    assert nov.info["target_flag_rate"] == 0.05 and nov.reference.shape == (len(x), 8)
+    assert nov.info["target_flag_rate"] == 0.05 and nov.part("texture").reference.shape == (len(x), 8)
     again = type(nov).from_dict(json.loads(json.dumps(nov.to_dict())))
     np.testing.assert_allclose(again(outside), nov(outside), rtol=1e-5)
+
+
+def test_feature_neighbours_score_a_planted_far_point_high_and_a_reference_zero():
+    rng = np.random.default_rng(0)
+    x, _, sols = texture_clusters(rng)
+    nov = fit_novelty(x, None, sols, feature_k=1, feature_dims=16, gap=10, rate=0.05)
+    part = nov.part("features")
+    assert part.k == 1 and part.reference_residual is None and part.scale is not None
+    # An image among the references is at distance ~0 (int8 storage); one far from all, far above 1.
+    assert np.all(part.raw(x[:5]) < 1e-2 * part.threshold)
+    far = x[:1] + 25.0 * BASE[:1, : x.shape[1]] / np.linalg.norm(BASE[0])
+    far[:, :8] += 40.0
+    assert nov(None, far)[0] > 3 * np.quantile(nov(None, x), 0.95)
+
+
+def test_novelty_is_the_geometric_mean_of_the_parts_and_each_part_sees_its_own_input():
+    rng = np.random.default_rng(0)
+    x, _, sols = texture_clusters(rng)
+    features = np.abs(x[:, ::-1] + rng.normal(size=x.shape)).astype(np.float32)
+    nov = fit_novelty(features, x, sols, k=3, dims=8, feature_dims=16, gap=10, rate=0.05, joint_quantile=0.95)
+    assert [p.source for p in nov.parts] == ["features", "texture"]
+    f, t = nov.part("features"), nov.part("texture")
+    both = np.sqrt(f.raw(features[:9]) / f.threshold * t.raw(x[:9]) / t.threshold) / nov.threshold
+    np.testing.assert_allclose(nov(x[:9], features[:9]), both, rtol=1e-5)
+    # the joint threshold flags about `rate` of the fitted images (against their own, a lower bound)
+    assert (nov(x, features) > 1).mean() <= 0.05
+    # stored texture embeddings plus the features give the same novelty as the images' own outputs
+    coords, res = nov.embed(x[:9])
+    np.testing.assert_allclose(nov.from_embedding(np.c_[coords, res], features[:9]), nov(x[:9], features[:9]), 1e-5)
+    alone = f.raw(features[:9]) / f.threshold / nov.threshold  # a part left out: the other alone
+    np.testing.assert_allclose(nov.from_embedding(None, features[:9]), alone, 1e-5)
+    again = Novelty.from_dict(json.loads(json.dumps(nov.to_dict())))
+    np.testing.assert_allclose(again(x[:9], features[:9]), nov(x[:9], features[:9]), rtol=1e-5)
+    with pytest.raises(ValueError, match="needs"):
+        nov(None, None)
+
+
+def test_corrections_join_the_references_of_both_parts():
+    rng = np.random.default_rng(0)
+    x, _, sols = texture_clusters(rng)
+    nov = fit_novelty(x, x, sols, k=1, dims=8, feature_k=1, feature_dims=16, gap=10, rate=0.05)
+    new = np.abs(rng.normal(size=(3, x.shape[1])) * 5).astype(np.float32)
+    coords, res = nov.embed(new)
+    more = nov.with_references(np.c_[coords, res], new)
+    assert nov(new, new).min() > 1 and np.all(more(new, new) <= nov(new, new))
+    # in the features part a correction is its own nearest reference (the texture part keeps its residual
+    # apart, as for every reference: the distance of an image to itself is √2 × its residual there)
+    f = more.part("features")
+    assert f.raw(new).max() < 0.05 * f.threshold  # its own int8-rounded coordinates
+    assert more.info["corrections_added"] == 3 and len(more.part("features").reference) == len(x) + 3
+
+
+def test_files_before_the_features_part_still_read():
+    rng = np.random.default_rng(0)
+    x, _, sols = texture_clusters(rng)
+    t = fit_novelty(None, x, sols, k=3, dims=8).part("texture")
+    old = {
+        "method": "knn-texture",
+        "threshold": t.threshold,
+        "k": 3,
+        "channels": x.shape[1],
+        "mean": encode_array(t.mean),
+        "basis": encode_array(t.basis),
+        "reference": encode_array(t.reference, "float16"),
+        "reference_residual": encode_array(t.reference_residual),
+        "info": {},
+    }
+    nov = Novelty.from_dict(json.loads(json.dumps(old)))
+    np.testing.assert_allclose(nov(x[:5]), t.raw(x[:5]) / t.threshold, rtol=1e-5)
+    with pytest.raises(ValueError, match="method"):
+        Novelty.from_dict({**old, "method": "patchcore"})
 
 
 def test_calibration_recovers_a_known_temperature():
