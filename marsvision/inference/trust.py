@@ -220,6 +220,10 @@ class Novelty:
         parts = [p for p in self.parts if raw.get(p.source) is not None]
         if not parts:
             raise ValueError(f"novelty needs {' or '.join(p.source for p in self.parts)}")
+        if len(parts) == 1:
+            # One part: its distance over its threshold in its own float32, exactly as texture-only files
+            # were scored before the two-part novelty (predict's output stays byte-identical).
+            return raw[parts[0].source] / parts[0].threshold
         w = np.array([self.weights.get(p.source, 1.0) for p in parts])
         w = w / w.sum()
         logs = [wi * np.log(np.maximum(raw[p.source] / p.threshold, 1e-12)) for wi, p in zip(w, parts, strict=True)]
