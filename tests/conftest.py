@@ -48,6 +48,16 @@ def example_images() -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def predictions(example_images):
+    """Four example images and a missing file, classified by the bundled model with top-3 (the Parquet
+    row tests of inference/ and scale/)."""
+    import marsvision
+
+    with marsvision.load_model() as model:
+        return model.predict([*example_images[:4], REPO / "missing.jpg"], top_k=3)
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A randomly initialised small CNN saved as a real marsvision model file (64 px input)."""
     import torch

@@ -14,6 +14,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..data.msl import DATA_HELP, DataError, MSLDataset
 from ..inference.classifier import Classifier
+from ..inference.predict import BATCH_HELP, THREADS_HELP
 from ..metrics import (
     bootstrap_ci,
     calibration_bins,
@@ -35,17 +36,8 @@ class EvaluateConfig:
     split: str = field(default="test", metadata={"help": "split to evaluate: train, val or test"})
     data: str = field(default="", metadata={"help": DATA_HELP})
     out: str = field(default="", metadata={"help": "report folder (default: reports/<model>-<split>)"})
-    batch_size: int = field(
-        default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"}
-    )
-    threads: int = field(
-        default=0,
-        metadata={
-            "help": (
-                "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"
-            )
-        },
-    )
+    batch_size: int = field(default=0, metadata={"help": BATCH_HELP})
+    threads: int = field(default=0, metadata={"help": THREADS_HELP})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     limit: int = field(default=0, metadata={"help": "evaluate at most this many images (0: all); for smoke tests"})
 

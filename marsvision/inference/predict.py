@@ -25,6 +25,10 @@ from ..atomic import atomic_write
 from ..model_file import EXPORT_COMMAND, ModelFileError, bundled_model_path, model_kind
 from .classifier import Classifier, Prediction, softmax
 
+# Shared by every command that classifies (predict, evaluate).
+BATCH_HELP = "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"
+THREADS_HELP = "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"
+
 
 @dataclass
 class PredictConfig:
@@ -57,17 +61,8 @@ class PredictConfig:
             )
         },
     )
-    batch_size: int = field(
-        default=0, metadata={"help": "images per forward pass (0: the runtime's default, 4 for ONNX, 32 for torch)"}
-    )
-    threads: int = field(
-        default=0,
-        metadata={
-            "help": (
-                "CPU budget: pin the process to N cores and use N model and N decoding threads (0: all cores, unpinned)"
-            )
-        },
-    )
+    batch_size: int = field(default=0, metadata={"help": BATCH_HELP})
+    threads: int = field(default=0, metadata={"help": THREADS_HELP})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     engine: str = field(
         default="local",

@@ -4,28 +4,16 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from marsvision.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
-
 pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'marsvision[parquet]')")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from marsvision.inference import parquet as pqt  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def predictions(example_images):
-    import marsvision
-
-    with marsvision.load_model() as model:
-        preds = model.predict([*example_images[:4], REPO / "missing.jpg"], top_k=3)
-    return preds
 
 
 def test_rows_round_trip_exactly(predictions):

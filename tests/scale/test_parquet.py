@@ -19,15 +19,6 @@ pq = pytest.importorskip("pyarrow.parquet")
 from marsvision.scale import parquet as pqt  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def predictions(example_images):
-    import marsvision
-
-    with marsvision.load_model() as model:
-        preds = model.predict([*example_images[:4], REPO / "missing.jpg"], top_k=3)
-    return preds
-
-
 def test_shards_are_whole_and_assembly_takes_each_path_once(tmp_path, predictions):
     parts, out = tmp_path / "o.parquet.parts", tmp_path / "o.parquet"
     parts.mkdir()
