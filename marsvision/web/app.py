@@ -54,6 +54,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     # then the body's size and time, then the caps on exports and classifications.
     app.add_middleware(ClassificationSlots, slots=settings.classify_slots)
     app.add_middleware(StreamCap, path="/api/export", cap=settings.max_exports, send_timeout=settings.body_timeout)
+    app.add_middleware(
+        StreamCap,
+        path="/api/download.zip",
+        cap=settings.max_downloads,
+        send_timeout=settings.body_timeout,
+        what="downloads",
+    )
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     app.add_middleware(WriteGate, settings=settings)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts)

@@ -92,20 +92,21 @@ class _Stalled(Exception):
 
 
 class StreamCap:
-    """At most ``cap`` requests at once on ``path`` (exports: each one reads the whole archive); more are
-    answered 503 with Retry-After at once. A stream counts until the app returns, which it does when it has
+    """At most ``cap`` requests at once on ``path`` (exports and bulk downloads: each one reads a whole result
+    set, a download its image files too); more are answered 503 with Retry-After at once. A stream counts until the app returns, which it does when it has
     sent its last byte, when its client left (Starlette's StreamingResponse stops on the disconnect), or
     when its client has taken nothing for ``send_timeout`` seconds (then its connection is dropped: a client
     that stops reading but keeps its socket open would hold a place for ever)."""
 
-    def __init__(self, app, path: str, cap: int, send_timeout: float):
+    def __init__(self, app, path: str, cap: int, send_timeout: float, what: str = "exports"):
         self.app, self.path, self.cap, self.send_timeout, self.running = app, path, cap, send_timeout, 0
+        self.what = what
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != self.path:
             return await self.app(scope, receive, send)
         if self.running >= self.cap:
-            busy = _answer(503, f"{self.cap} exports are running; retry shortly", **{"Retry-After": "5"})
+            busy = _answer(503, f"{self.cap} {self.what} are running; retry shortly", **{"Retry-After": "5"})
             return await busy(scope, receive, send)
 
         async def timed_send(message):

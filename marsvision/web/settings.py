@@ -65,7 +65,7 @@ class ServeConfig:
         default=30.0,
         metadata={
             "help": (
-                "seconds a request's body may take to arrive (408 after: a slow client), and an export "
+                "seconds a request's body may take to arrive (408 after: a slow client), and an export or download "
                 "may wait for its client to read"
             )
         },
@@ -105,6 +105,7 @@ class ServeConfig:
     max_download_mb: float = field(
         default=1024.0, metadata={"help": "most MB of image files one bulk download holds; more answer 413"}
     )
+    max_downloads: int = field(default=2, metadata={"help": "bulk downloads streaming at once; more answer 503"})
     vector_index: str = field(
         default="",
         metadata={
@@ -141,6 +142,7 @@ class ServeConfig:
             uploads=Path(self.uploads or environ.get(UPLOADS_ENV) or DEFAULT_UPLOADS).resolve(),
             max_download_files=self.max_download_files,
             max_download_bytes=int(self.max_download_mb * 2**20),
+            max_downloads=self.max_downloads,
             vector_index=str(Path(self.vector_index or environ.get(VECTOR_INDEX_ENV) or "").resolve())
             if (self.vector_index or environ.get(VECTOR_INDEX_ENV))
             else "",
@@ -167,6 +169,8 @@ class Settings:
     uploads: Path = Path(DEFAULT_UPLOADS)
     max_download_files: int = 2000  # a bulk download's cap: images, then bytes of their files (413 beyond)
     max_download_bytes: int = 1024 * 2**20
+    # Fewer than exports: a download also reads and compresses every image file it holds.
+    max_downloads: int = 2
     vector_index: str = ""  # the index file's folder ("": archive.vectors.default_folder)
 
     @property

@@ -107,3 +107,35 @@ def test_an_export_whose_client_reads_nothing_is_dropped_after_the_timeout(index
         return after[0]["status"], indexed.pool.checkedout()
 
     assert run_async(main) == (200, 0)  # the stalled one gave its place back
+
+
+def test_bulk_downloads_at_once_are_capped_and_a_finished_one_gives_its_place_back(indexed, example_images):
+    app = create_app(Settings(max_downloads=1, body_timeout=5), indexed)
+
+    async def main():
+        stalled, go_on = asyncio.Event(), asyncio.Event()
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def slow_send(message):
+            if message["type"] == "http.response.body" and not stalled.is_set():
+                stalled.set()  # the first chunk of the zip: this client pauses here
+                await go_on.wait()
+
+        first = asyncio.create_task(app(scope("GET", "/api/download.zip"), receive, slow_send))
+        await asyncio.wait_for(stalled.wait(), 10)
+        statuses = []
+
+        async def keep(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope("GET", "/api/download.zip"), receive, keep)  # while the first one streams
+        await app(scope("GET", "/api/export"), receive, keep)  # exports have their own cap
+        go_on.set()
+        await asyncio.wait_for(first, 10)
+        await app(scope("GET", "/api/download.zip"), receive, keep)  # after it finished
+        return statuses
+
+    assert run_async(main) == [503, 200, 200]
