@@ -93,10 +93,11 @@ class _Stalled(Exception):
 
 class StreamCap:
     """At most ``cap`` requests at once on ``path`` (exports and bulk downloads: each one reads a whole result
-    set, a download its image files too); more are answered 503 with Retry-After at once. A stream counts until the app returns, which it does when it has
-    sent its last byte, when its client left (Starlette's StreamingResponse stops on the disconnect), or
-    when its client has taken nothing for ``send_timeout`` seconds (then its connection is dropped: a client
-    that stops reading but keeps its socket open would hold a place for ever)."""
+    set, a download its image files too); more are answered 503 with Retry-After at once. A stream counts
+    until the app returns, which it does when it has sent its last byte, when its client left (Starlette's
+    StreamingResponse stops on the disconnect), or when its client has taken nothing for ``send_timeout``
+    seconds (then its connection is dropped: a client that stops reading but keeps its socket open would
+    hold a place for ever)."""
 
     def __init__(self, app, path: str, cap: int, send_timeout: float, what: str = "exports"):
         self.app, self.path, self.cap, self.send_timeout, self.running = app, path, cap, send_timeout, 0
