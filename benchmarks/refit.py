@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, write_results
 from serve import PostgresUnavailable, build_archive, postgres_server
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from marsvision.archive.db import Correction, Image, ImageVectors, open_engine, sessions, utcnow
 from marsvision.archive.index import IndexConfig, run_index
@@ -165,9 +165,15 @@ def graph_bytes(path) -> bytes:
     return onnx.load(str(path)).graph.SerializeToString()
 
 
-def timing(db: str, data: str, work: Path, rows: int, real: list | None) -> tuple[dict, list]:
+def timing(db: str, data: str, work: Path, rows: int, real: list | None, built: bool = False) -> tuple[dict, list]:
     # No similar-images index: a refit keeps the features, so it never rebuilds it.
-    info, real = build_archive(db, real, rows, 0.0, 0, Path(data), 1000, vector_index=False)
+    if built:  # --archive: an archive built before (e.g. by benchmarks/serve.py --workdir), changed in place
+        engine = open_engine(db)
+        with engine.connect() as conn:
+            info = {"given": db.split("///")[-1], "rows": conn.scalar(select(func.count(Image.id)))}
+        engine.dispose()
+    else:
+        info, real = build_archive(db, real, rows, 0.0, 0, Path(data), 1000, vector_index=False)
     engine = open_engine(db)
     make = sessions(engine)
     with make() as s:
@@ -200,7 +206,17 @@ def main() -> None:
     )
     ap.add_argument("--no-quality", action="store_true", help="time only (e.g. with --rows 1000000)")
     ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
+    ap.add_argument(
+        "--archive",
+        default="",
+        help="time on this SQLite archive file instead of building one (it is changed: pass a copy; "
+        "e.g. a 1M-row archive of benchmarks/serve.py --workdir); implies --no-quality and SQLite only",
+    )
     args = ap.parse_args()
+    if args.archive:
+        args.no_quality, args.backends = True, ["sqlite"]
+        with open_engine(f"sqlite:///{args.archive}").connect() as conn:
+            args.rows = conn.scalar(select(func.count(Image.id)))
     t0 = time.perf_counter()
     result: dict = {
         "meta": {
@@ -222,7 +238,8 @@ def main() -> None:
                 result[key] = {**previous[key], "measured": previous[key].get("measured", previous["meta"]["date"])}
             result["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
             return write_results("refit", result, markdown(result))
-        result["sqlite"], real = timing(f"sqlite:///{work / 't.db'}", args.data, work / "s", args.rows, None)
+        sqlite_url = f"sqlite:///{Path(args.archive).resolve() if args.archive else work / 't.db'}"
+        result["sqlite"], real = timing(sqlite_url, args.data, work / "s", args.rows, None, built=bool(args.archive))
         print(result["sqlite"], flush=True)
         try:
             if "postgresql" not in args.backends:
@@ -234,7 +251,7 @@ def main() -> None:
             result["postgresql"] = {"skipped": str(e)}
         print(result["postgresql"], flush=True)
     result["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
-    name = "refit" if args.rows == 100_000 and not args.no_quality else f"refit-{args.rows // 1000}k"
+    name = "refit" if args.rows == 100_000 and not args.no_quality else f"refit-{round(args.rows, -3) // 1000}k"
     write_results(name.replace("1000k", "1m"), result, markdown(result))
 
 

@@ -66,6 +66,11 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
+    def set_product(self, fields: dict) -> None:
+        """A PDS product's label fields, and the camera they name."""
+        self.product, self.instrument = fields, cameras.instrument_code(fields.get("instrument"))
+        self.off_camera = cameras.off_camera(fields.get("instrument"))
+
     def withhold_below(self, min_confidence: float) -> Prediction:
         """Leave the label empty (``withheld`` says why) when the confidence is below ``min_confidence``
         or the image is flagged unknown; the confidence and top-k stay. Returns self."""
@@ -210,8 +215,7 @@ class Classifier:
         out = [Prediction(str(s), error=e) for s, e in zip(sources, errors, strict=True)]
         for p, fields in zip(out, products or [], strict=False):
             if fields is not None:
-                p.product, p.instrument = fields, cameras.instrument_code(fields.get("instrument"))
-                p.off_camera = cameras.off_camera(fields.get("instrument"))
+                p.set_product(fields)
         if good:
             batch = np.stack([arrays[i] for i in good])
             if maps:

@@ -6,7 +6,8 @@ A row is one input: ``path`` (as given, or resolved by ``index``), ``sha256`` an
 content (null when the file could not be read), ``label``, ``confidence`` (calibrated), ``unknown``,
 ``novelty``, ``withheld`` (why a ``--min-confidence`` rule left the label empty), ``top_k`` [{label,
 confidence}], ``probabilities`` (K, float64, in the model's class order), ``features`` (F, float32, the
-pooled features the head reads), ``texture`` (C, float32, what novelty reads) and ``error``. The values
+pooled features the head reads), ``texture`` (C, float32, what novelty reads), ``product`` (a PDS
+product's label fields, ``pds.FIELDS``, as a JSON object; null for other inputs) and ``error``. The values
 are exactly those of ``Prediction`` (the runtimes' float32 features and texture, float64 calibrated
 probabilities, Python floats), so ``to_predictions`` gives back what ``archive.records.image_rows``
 needs and a bulk load writes the local indexer's rows bit for bit. Files are written atomically
@@ -28,7 +29,7 @@ from ..files import sha256_file
 from .classifier import Prediction
 
 META_KEY = b"marsvision"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the ``product`` column (without it, Ray-indexed products lost their label fields)
 
 
 def pa():
@@ -57,6 +58,7 @@ def schema(settings: dict | None = None):
         ("probabilities", a.list_(a.float64())),
         ("features", a.list_(a.float32())),
         ("texture", a.list_(a.float32())),
+        ("product", a.string()),
         ("error", a.string()),
     ]
     meta = {META_KEY: json.dumps({"schema": SCHEMA_VERSION, "settings": settings or {}}, sort_keys=True).encode()}
@@ -97,6 +99,7 @@ def records_table(
         _vectors([p.probabilities for p in preds], np.float64),
         _vectors([p.features for p in preds]),
         _vectors([p.texture for p in preds]),
+        a.array([None if p.product is None else json.dumps(p.product, sort_keys=True) for p in preds], a.string()),
         a.array([p.error for p in preds], a.string()),
     ]
     return a.Table.from_arrays(arrays, schema=sch)
@@ -128,6 +131,7 @@ def to_predictions(table) -> list[tuple[Prediction, str | None, int | None]]:
         )
     }
     vecs = {name: _column_vectors(table.column(name)) for name in ("probabilities", "features", "texture")}
+    products = table.column("product").to_pylist() if "product" in table.column_names else [None] * len(table)
     out = []
     for i, path in enumerate(cols["path"]):
         top = [(t["label"], t["confidence"]) for t in cols["top_k"][i] or []]
@@ -144,6 +148,8 @@ def to_predictions(table) -> list[tuple[Prediction, str | None, int | None]]:
             features=vecs["features"][i],
             texture=vecs["texture"][i],
         )
+        if products[i] is not None:
+            p.set_product(json.loads(products[i]))
         out.append((p, cols["sha256"][i], cols["size_bytes"][i]))
     return out
 

@@ -104,6 +104,16 @@ class ShardWriter:
         self.pending, self.pending_rows = [], 0
 
 
+def conform(table, sch):
+    """``table`` in schema ``sch``: a file of an older schema (without the ``product`` column of
+    schema 2) gets that column as nulls, so a run resumed after an upgrade still assembles."""
+    a = pa()
+    for f in sch:
+        if f.name not in table.column_names:
+            table = table.append_column(f, a.nulls(table.num_rows, f.type))
+    return table.select(sch.names).cast(sch)
+
+
 def assemble(output: str | os.PathLike, folder: str | os.PathLike, settings: dict) -> int:
     """The final file: the rows of ``output`` (when a previous run made it) then those of every shard in
     ``folder`` not already there, written to a temporary file and renamed over ``output``; the shards and
@@ -128,7 +138,7 @@ def assemble(output: str | os.PathLike, folder: str | os.PathLike, settings: dic
                 if not all(keep):
                     table = table.filter(a.array(keep, a.bool_()))
                 if table.num_rows:
-                    writer.write_table(table.cast(sch))
+                    writer.write_table(conform(table, sch))
                     rows += table.num_rows
         if not rows:
             writer.write_table(sch.empty_table())

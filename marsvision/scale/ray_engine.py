@@ -86,11 +86,16 @@ def read_error(path: str, error: OSError) -> str:
 
 
 def read_files(batch):
-    """Read task: paths → (path, data, sha256, size_bytes, error) of each file. A batch with a ``sha256``
-    column (``index``: the archive hashed every file already) keeps those hashes: each file is hashed once."""
+    """Read task: paths → (path, data, sha256, size_bytes, error) of each file. A batch with ``sha256`` and
+    ``size_bytes`` columns (``index``: the archive hashed every file already) keeps them: each file is hashed
+    once, and a PDS product keeps the archive's hash and size of its label and data file together."""
     pa = pqt.pa()
     out: dict[str, list] = {"path": [], "data": [], "sha256": [], "size_bytes": [], "error": []}
-    given = batch.column("sha256").to_pylist() if "sha256" in batch.column_names else None
+    given = (
+        list(zip(batch.column("sha256").to_pylist(), batch.column("size_bytes").to_pylist(), strict=True))
+        if "sha256" in batch.column_names
+        else None
+    )
     for i, path in enumerate(batch.column("path").to_pylist()):
         try:
             with open(path, "rb") as f:
@@ -98,7 +103,7 @@ def read_files(batch):
         except OSError as e:
             data, sha, size, error = b"", None, None, read_error(path, e)
         else:
-            sha, size = given[i] if given else hashlib.sha256(data).hexdigest(), len(data)
+            sha, size = given[i] if given else (hashlib.sha256(data).hexdigest(), len(data))
             error = "empty file" if not data else None  # what load_image says of an empty file
         for k, v in zip(out, (path, data, sha, size, error), strict=True):
             out[k].append(v)
@@ -221,6 +226,7 @@ def _path_blocks(paths: list[str], rows: int, hashes: dict[str, tuple[str, int]]
         cols = {"path": pa.array(paths[i : i + rows], pa.string())}
         if hashes is not None:
             cols["sha256"] = pa.array([hashes[p][0] for p in paths[i : i + rows]], pa.string())
+            cols["size_bytes"] = pa.array([hashes[p][1] for p in paths[i : i + rows]], pa.int64())
         blocks.append(pa.table(cols))
     return blocks
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 
 import numpy as np
@@ -17,6 +18,9 @@ from marsvision.inference import parquet as pqt  # noqa: E402
 
 
 def test_rows_round_trip_exactly(predictions):
+    predictions = copy.copy(predictions)
+    predictions[1] = copy.copy(predictions[1])  # as a PDS product: its label fields and camera come back too
+    predictions[1].set_product({"product_id": "1664MR0086340000802438C00", "instrument": "MAST_RIGHT", "sol": 1664})
     shas = [hashlib.sha256(b"%d" % i).hexdigest() for i in range(len(predictions))]
     sizes = list(range(len(predictions)))
     table = pqt.records_table(predictions, shas, sizes, {"top_k": 3})
@@ -33,6 +37,7 @@ def test_rows_round_trip_exactly(predictions):
         "probabilities",
         "features",
         "texture",
+        "product",
         "error",
     ]
     back = pqt.to_predictions(table)
@@ -46,6 +51,7 @@ def test_rows_round_trip_exactly(predictions):
             p.top_k,
             p.error,
         )
+        assert (q.product, q.instrument, q.off_camera) == (p.product, p.instrument, p.off_camera)
         for name in ("probabilities", "features", "texture"):
             a, b = getattr(p, name), getattr(q, name)
             assert (a is None and b is None) or (a.dtype == b.dtype and np.array_equal(a, b)), name

@@ -15,11 +15,14 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pds_products import attached, detached, pds4
 
 from marsvision.cli import main
 from marsvision.inference.predict import PredictConfig
 from marsvision.model_file import bundled_model_path
+from marsvision.preprocess import load_image
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES, MINI_DATA = REPO / "examples" / "images", REPO / "tests" / "assets" / "mini-msl"
@@ -210,7 +213,14 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
     dup = tmp_path / "dup"
     dup.mkdir()
     shutil.copy(IMAGES[3], dup / "same-content.JPG")  # one content under two paths: one row, the first path
+    # PDS products: their label fields (product id, sol, camera, ...) must reach the rows through the shards.
+    products = tmp_path / "products"
+    pixels = np.asarray(load_image(IMAGES[4], 224))
+    detached(products / "detached", pixels)
+    attached(products / "attached", 255 - pixels)
+    pds4(products / "pds4", pixels[::-1])
     inputs = [str(EXAMPLES), str(MINI_DATA / "images"), str(broken), str(dup), str(tmp_path / "missing.jpg")]
+    inputs.append(str(products))
     local = run_index(inputs, IndexConfig(db=local_url), progress=False)
     # A Ray run killed after classifying the first 10 images: their shard is on disk, not in the database.
     from marsvision.archive.db import open_engine
@@ -223,13 +233,14 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
     )
     engine.dispose()
     remote = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False, runner=RAY)
-    assert (remote.indexed, remote.skipped) == (local.indexed, local.skipped) == (len(IMAGES) + 3, 1)
+    assert (remote.indexed, remote.skipped) == (local.indexed, local.skipped) == (len(IMAGES) + 6, 1)
     assert sorted(remote.failed) == sorted(local.failed)
     a, b = index_rows(local_url), index_rows(ray_url)
-    assert len(a) == len(IMAGES) + 3 and a == b  # every column but id and indexed_at
+    assert len(a) == len(IMAGES) + 6 and a == b  # every column but id and indexed_at
+    assert sum(1 for r in b.values() if r["product_id"]) == 3
     assert not pqt.shards(writer.folder)
     again = run_index(inputs, IndexConfig(db=ray_url, engine="ray"), progress=False, runner=RAY)
-    assert (again.indexed, again.skipped) == (0, len(IMAGES) + 4)
+    assert (again.indexed, again.skipped) == (0, len(IMAGES) + 7)
     # --reclassify: every image labelled again in place (here over labels spoiled on purpose), as locally
     from sqlalchemy import text
 
@@ -245,19 +256,22 @@ def test_index_rows_identical_to_local_indexer_and_resumable(two_databases, tmp_
     assert (
         (remote.indexed, remote.reclassified, remote.skipped)
         == (local.indexed, local.reclassified, local.skipped)
-        == (0, len(IMAGES) + 3, 1)
+        == (0, len(IMAGES) + 6, 1)
     )
     assert index_rows(ray_url) == index_rows(local_url) == a
 
 
 def test_read_tasks_reuse_the_hashes_of_an_index_job(tmp_path):
-    # index --engine ray: the archive hashed every file once; the read task keeps that hash.
+    # index --engine ray: the archive hashed every file once; the read task keeps that hash and size (a PDS
+    # product's are of its label and data file together, not of the file the task reads).
     from marsvision.scale.ray_engine import _path_blocks, read_files
 
     paths = [str(IMAGES[0]), str(tmp_path / "gone.jpg")]
-    given = {paths[0]: ("a" * 64, 1), paths[1]: ("b" * 64, 1)}
+    given = {paths[0]: ("a" * 64, 123), paths[1]: ("b" * 64, 1)}
     out = [row for block in _path_blocks(paths, 8, given) for row in read_files(block).to_pylist()]
-    assert out[0]["sha256"] == "a" * 64 and out[0]["size_bytes"] == IMAGES[0].stat().st_size
+    assert out[0]["sha256"] == "a" * 64 and out[0]["size_bytes"] == 123
     assert out[1]["sha256"] is None and out[1]["error"]  # unreadable now: no hash, the local engine's reason
     (plain,) = _path_blocks(paths[:1], 8)  # predict: no hashes given, the read task hashes
-    assert read_files(plain).to_pylist()[0]["sha256"] == hashlib.sha256(IMAGES[0].read_bytes()).hexdigest()
+    row = read_files(plain).to_pylist()[0]
+    assert row["sha256"] == hashlib.sha256(IMAGES[0].read_bytes()).hexdigest()
+    assert row["size_bytes"] == IMAGES[0].stat().st_size
