@@ -168,10 +168,7 @@ def graph_bytes(path) -> bytes:
 def timing(db: str, data: str, work: Path, rows: int, real: list | None, built: bool = False) -> tuple[dict, list]:
     # No similar-images index: a refit keeps the features, so it never rebuilds it.
     if built:  # --archive: an archive built before (e.g. by benchmarks/serve.py --workdir), changed in place
-        engine = open_engine(db)
-        with engine.connect() as conn:
-            info = {"given": db.split("///")[-1], "rows": conn.scalar(select(func.count(Image.id)))}
-        engine.dispose()
+        info = {"given": db.split("///")[-1], "rows": rows}
     else:
         info, real = build_archive(db, real, rows, 0.0, 0, Path(data), 1000, vector_index=False)
     engine = open_engine(db)
@@ -215,8 +212,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.archive:
         args.no_quality, args.backends = True, ["sqlite"]
-        with open_engine(f"sqlite:///{args.archive}").connect() as conn:
+        engine = open_engine(f"sqlite:///{args.archive}")
+        with engine.connect() as conn:
             args.rows = conn.scalar(select(func.count(Image.id)))
+        engine.dispose()
     t0 = time.perf_counter()
     result: dict = {
         "meta": {
