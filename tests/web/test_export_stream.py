@@ -115,15 +115,24 @@ def test_bulk_downloads_at_once_are_capped_and_a_finished_one_gives_its_place_ba
     async def main():
         stalled, go_on = asyncio.Event(), asyncio.Event()
 
-        async def receive():
-            return {"type": "http.request", "body": b"", "more_body": False}
+        def receiver():
+            # The request once, then a client that stays: a receive that kept answering at once would
+            # spin the stream's disconnect listener without ever yielding to the event loop.
+            messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+            async def receive():
+                if messages:
+                    return messages.pop()
+                await asyncio.Event().wait()
+
+            return receive
 
         async def slow_send(message):
             if message["type"] == "http.response.body" and not stalled.is_set():
                 stalled.set()  # the first chunk of the zip: this client pauses here
                 await go_on.wait()
 
-        first = asyncio.create_task(app(scope("GET", "/api/download.zip"), receive, slow_send))
+        first = asyncio.create_task(app(scope("GET", "/api/download.zip"), receiver(), slow_send))
         await asyncio.wait_for(stalled.wait(), 10)
         statuses = []
 
@@ -131,11 +140,11 @@ def test_bulk_downloads_at_once_are_capped_and_a_finished_one_gives_its_place_ba
             if message["type"] == "http.response.start":
                 statuses.append(message["status"])
 
-        await app(scope("GET", "/api/download.zip"), receive, keep)  # while the first one streams
-        await app(scope("GET", "/api/export"), receive, keep)  # exports have their own cap
+        await app(scope("GET", "/api/download.zip"), receiver(), keep)  # while the first one streams
+        await app(scope("GET", "/api/export"), receiver(), keep)  # exports have their own cap
         go_on.set()
         await asyncio.wait_for(first, 10)
-        await app(scope("GET", "/api/download.zip"), receive, keep)  # after it finished
+        await app(scope("GET", "/api/download.zip"), receiver(), keep)  # after it finished
         return statuses
 
     assert run_async(main) == [503, 200, 200]
