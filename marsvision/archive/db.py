@@ -9,6 +9,8 @@ One schema for SQLite (the default, a file beside you) and PostgreSQL (``postgre
   model's output (label, calibrated confidence, unknown flag, novelty, top-k, which version), or why it
   could not be read; the latest curator's label;
 - ``image_vectors``: each readable image's feature vector, texture coordinates and similarity sketch;
+- ``image_counts``: how many images have each combination of the values the page filters on (sol, label,
+  camera, flags, curator's label, confidence percent), kept in step by triggers (archive/counts.py);
 - ``corrections``: every curator's correction, never deleted; the model's label is never overwritten;
 - ``training_images``: the training images' features, stored once for refits.
 """
@@ -27,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     create_engine,
@@ -124,6 +127,24 @@ class ImageVectors(Base):
     features: Mapped[bytes] = mapped_column(LargeBinary)
     texture: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     sketch: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ImageCount(Base):
+    """How many images have these values (archive/counts.py says how each is written and kept). The key's
+    order, label then sol, is the timeline's grouping; on SQLite the rows live in the key's B-tree."""
+
+    __tablename__ = "image_counts"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sol: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instrument: Mapped[str] = mapped_column(String(32), primary_key=True)
+    unknown: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    reviewed_label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    off_camera: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    error: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    confidence_pct: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
 
 
 class Correction(Base):

@@ -1,0 +1,265 @@
+"""The archive's image counts by the dimensions the page filters on, kept in step with ``images`` by the
+database itself, and read instead of the images when a filter can be said in those dimensions.
+
+``image_counts`` holds one row per combination of sol × model label × camera × unknown × curator's label ×
+off-camera × unreadable × confidence percent, with how many images have it. Triggers on ``images``
+(migration 0007) add and take away in the transaction that inserts, updates or deletes the images, so a
+kill can never leave the counts out of step with the rows. The facet counts, the timeline, the class counts
+and the search totals then sum a few hundred thousand count rows instead of a million images
+(benchmarks/results/browse-1000000.md); a filter these dimensions cannot say (free text, a product field,
+a confidence that is not a whole percent, …) is counted on ``images`` as before.
+
+Every dimension is stored NOT NULL (a unique key must match NULLs for an upsert to find its row): a missing
+string as '' (no writer stores an empty label or camera: records.py writes None), a missing flag as -1, a
+missing sol or confidence as a value no image has. ``confidence_pct`` is the largest whole k with
+``confidence >= k / 100`` as doubles, so ``min_confidence = k / 100`` and ``confidence >= k / 100`` select
+the same images exactly; both databases compute k / 100 as the same correctly rounded double Python does.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Select, case, func, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from .db import ImageCount
+from .queries import CONFIDENT, Filters
+
+NO_SOL = -(2**31)
+NO_CONFIDENCE = -1000
+NO_TEXT = ""
+NO_FLAG = -1
+# The filters the counts can answer; the others (q, product fields, start times, …) count the images.
+COUNTED = {
+    "label",
+    "min_confidence",
+    "max_confidence",
+    "unknown",
+    "sol_min",
+    "sol_max",
+    "instrument",
+    "reviewed",
+    "reviewed_label",
+    "error",
+    "off_camera",
+    "confident",
+}
+DIMENSIONS = ("label", "sol", "instrument", "unknown", "reviewed_label", "off_camera", "error", "confidence_pct")
+_TRIGGER_COLUMNS = ("label", "sol", "instrument", "unknown", "reviewed_label", "off_camera", "error", "confidence")
+
+
+def _flag(c: str) -> str:
+    return f"CASE WHEN {c} IS NULL THEN {NO_FLAG} WHEN {c} THEN 1 ELSE 0 END"
+
+
+def encoded(row: str) -> list[str]:
+    """SQL for each of ``DIMENSIONS`` of the image row named ``row`` (NEW, OLD, a table): the same text on
+    SQLite and PostgreSQL. CAST rounds on PostgreSQL and truncates on SQLite; either guess is within one of
+    the percent, which the comparisons then correct."""
+    c = f"{row}.confidence"
+    guess = f"CAST({c} * 100 AS INTEGER)"
+    pct = (
+        f"CASE WHEN {c} IS NULL THEN {NO_CONFIDENCE} WHEN {c} >= ({guess} + 1) / 100.0 THEN {guess} + 1 "
+        f"WHEN {c} < {guess} / 100.0 THEN {guess} - 1 ELSE {guess} END"
+    )
+    return [
+        f"COALESCE({row}.label, '')",
+        f"COALESCE({row}.sol, {NO_SOL})",
+        f"COALESCE({row}.instrument, '')",
+        _flag(f"{row}.unknown"),
+        f"COALESCE({row}.reviewed_label, '')",
+        _flag(f"{row}.off_camera"),
+        f"CASE WHEN {row}.error IS NULL THEN 0 ELSE 1 END",
+        pct,
+    ]
+
+
+def _upsert(select_sql: str) -> str:
+    """Add the (dimensions…, n) rows of ``select_sql`` to the counts."""
+    dims = ", ".join(DIMENSIONS)
+    # WHERE true: SQLite reads an ON CONFLICT straight after a SELECT's FROM as a join constraint otherwise
+    return (
+        f"INSERT INTO image_counts ({dims}, n) SELECT * FROM ({select_sql}) AS d WHERE true "
+        f"ON CONFLICT ({dims}) DO UPDATE SET n = image_counts.n + excluded.n"
+    )
+
+
+_POSITIONS = ", ".join(str(i) for i in range(1, len(DIMENSIONS) + 1))
+
+
+def _grouped(table: str, sign: str = "") -> str:
+    dims = ", ".join(f"{e} AS {d}" for e, d in zip(encoded(table), DIMENSIONS, strict=True))
+    # by position: PostgreSQL reads a GROUP BY name as the table's column (the raw confidence), not the alias
+    return f"SELECT {dims}, {sign}count(*) AS n FROM {table} GROUP BY {_POSITIONS}"
+
+
+def _sqlite_triggers() -> list[str]:
+    """Row triggers (SQLite has no others): one upsert per inserted row, two per changed row."""
+    key = lambda row: " AND ".join(f"{d} = {e}" for d, e in zip(DIMENSIONS, encoded(row), strict=True))  # noqa: E731
+    add = _upsert(f"SELECT {', '.join(encoded('NEW'))}, 1")
+    take = f"UPDATE image_counts SET n = n - 1 WHERE {key('OLD')}"
+    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _TRIGGER_COLUMNS)
+    return [
+        f"CREATE TRIGGER image_counts_insert AFTER INSERT ON images BEGIN {add}; END",
+        f"CREATE TRIGGER image_counts_delete AFTER DELETE ON images BEGIN {take}; END",
+        f"CREATE TRIGGER image_counts_update AFTER UPDATE OF {', '.join(_TRIGGER_COLUMNS)} ON images "
+        f"WHEN {changed} BEGIN {take}; {add}; END",
+    ]
+
+
+def _postgresql_triggers() -> list[str]:
+    """Statement triggers over the transition tables: a chunk of 5 000 inserted rows is one grouped upsert,
+    not 5 000. Sorted by key, so two writers take the count rows' locks in the same order."""
+    dims = ", ".join(DIMENSIONS)
+    changes = (
+        f"SELECT {dims}, sum(n) FROM ({_grouped('new_rows')} UNION ALL {_grouped('old_rows', '-')}) AS c "
+        f"GROUP BY {dims} HAVING sum(n) <> 0 ORDER BY {dims}"
+    )
+    function = f"""
+CREATE OR REPLACE FUNCTION marsvision_image_counts() RETURNS trigger AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    {_upsert(_grouped("new_rows") + f" ORDER BY {_POSITIONS}")};
+  ELSIF TG_OP = 'DELETE' THEN
+    {_upsert(_grouped("old_rows", "-") + f" ORDER BY {_POSITIONS}")};
+  ELSE
+    {_upsert(changes)};
+  END IF;
+  RETURN NULL;
+END $$ LANGUAGE plpgsql"""
+    # Transition tables allow one event per trigger, and no column list on UPDATE: an update that changes
+    # no dimension sums to nothing and writes nothing (HAVING).
+    tables = {"INSERT": "NEW TABLE AS new_rows", "DELETE": "OLD TABLE AS old_rows"}
+    tables["UPDATE"] = "OLD TABLE AS old_rows NEW TABLE AS new_rows"
+    return [function] + [
+        f"CREATE TRIGGER image_counts_{op.lower()} AFTER {op} ON images REFERENCING {t} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION marsvision_image_counts()"
+        for op, t in tables.items()
+    ]
+
+
+TRIGGERS = ("image_counts_insert", "image_counts_update", "image_counts_delete")
+
+
+def create_triggers(conn: Connection) -> None:
+    for sql in _sqlite_triggers() if conn.dialect.name == "sqlite" else _postgresql_triggers():
+        conn.exec_driver_sql(sql)
+
+
+def drop_triggers(conn: Connection) -> None:
+    for name in TRIGGERS:
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}" + ("" if conn.dialect.name == "sqlite" else " ON images"))
+
+
+def rebuild(conn: Connection) -> None:
+    """The counts from the images again (in the caller's transaction)."""
+    conn.exec_driver_sql("DELETE FROM image_counts")
+    dims = ", ".join(DIMENSIONS)
+    conn.exec_driver_sql(f"INSERT INTO image_counts ({dims}, n) {_grouped('images')}")
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def _percent(v: float) -> int | None:
+    """k when ``v`` is k / 100 exactly (as a double), else None."""
+    k = round(v * 100)
+    return k if k / 100 == v else None
+
+
+def conditions(filters: Filters) -> list | None:
+    """The filters as conditions on ``image_counts``, or None when one of them cannot be said there."""
+    set_ = {k: v for k, v in vars(filters).items() if v is not None}
+    if set(set_) - COUNTED or any(v == "" for v in set_.values()):
+        return None
+    t = ImageCount
+    flag = lambda v: 1 if v else 0  # noqa: E731
+    out = []
+    for name, v in set_.items():
+        if name in ("min_confidence", "max_confidence"):
+            k = _percent(v)
+            if k is None:
+                return None
+            out += [t.confidence_pct != NO_CONFIDENCE]
+            out += [t.confidence_pct >= k] if name == "min_confidence" else [t.confidence_pct < k]
+        elif name in ("sol_min", "sol_max"):
+            out += [t.sol != NO_SOL, t.sol >= v if name == "sol_min" else t.sol <= v]
+        elif name == "instrument":
+            out.append(t.instrument == v if v == v.upper() else t.instrument.in_([v, v.upper()]))
+        elif name == "reviewed":
+            out.append(t.reviewed_label != NO_TEXT if v else t.reviewed_label == NO_TEXT)
+        elif name == "confident":
+            pct = round(CONFIDENT * 100)
+            yes = (t.confidence_pct >= pct) & (t.unknown == 0) & (t.off_camera != 1)
+            out.append(yes if v else ~yes)
+        elif name in ("unknown", "off_camera", "error"):
+            out.append(getattr(t, name) == flag(v))
+        else:  # label, reviewed_label
+            out.append(getattr(t, name) == v)
+    return out
+
+
+def _where(q: Select, where: list) -> Select:
+    for c in where:
+        q = q.where(c)
+    return q
+
+
+def total(session: Session, filters: Filters) -> int | None:
+    """How many images pass ``filters``, from the counts; None when the counts cannot say it."""
+    where = conditions(filters)
+    if where is None:
+        return None
+    return int(session.scalar(_where(select(func.coalesce(func.sum(ImageCount.n), 0)), where)))
+
+
+def _text(v: str) -> str | None:
+    return None if v == NO_TEXT else v
+
+
+def _bool(v: int) -> bool | None:
+    return None if v == NO_FLAG else bool(v)
+
+
+def cube(session: Session, filters: Filters) -> list[tuple] | None:
+    """(label, instrument, unknown, reviewed_label, off_camera, n, n with confidence ≥ 0.9) per group under
+    ``filters``, as facets.py reads them from the images; None when the counts cannot say it."""
+    where = conditions(filters)
+    if where is None:
+        return None
+    t = ImageCount
+    dims = (t.label, t.instrument, t.unknown, t.reviewed_label, t.off_camera)
+    confident = func.sum(case((t.confidence_pct >= round(CONFIDENT * 100), t.n), else_=0))
+    q = _where(select(*dims, func.sum(t.n), confident), where).group_by(*dims).having(func.sum(t.n) > 0)
+    return [
+        (_text(a), _text(b), _bool(c), _text(d), _bool(e), int(n), int(n90))
+        for a, b, c, d, e, n, n90 in session.execute(q).all()
+    ]
+
+
+def per_sol(session: Session, filters: Filters, by: str) -> list[tuple] | None:
+    """(label or camera, sol, n) for the images with a sol under ``filters``; None when the counts cannot
+    say it. Read in the order of the table's key (label, sol, …) for ``by == "label"``."""
+    where = conditions(filters)
+    if where is None:
+        return None
+    key = getattr(ImageCount, by)
+    q = _where(select(key, ImageCount.sol, func.sum(ImageCount.n)), [*where, ImageCount.sol != NO_SOL])
+    rows = session.execute(q.group_by(key, ImageCount.sol).having(func.sum(ImageCount.n) > 0)).all()
+    return [(_text(k), sol, int(n)) for k, sol, n in rows]
+
+
+def classes(session: Session) -> tuple[list[tuple], list[tuple]]:
+    """([(model label, images, of them reviewed)], [(curator's label, images)]), from the counts."""
+    t = ImageCount
+    reviewed = func.sum(case((t.reviewed_label != NO_TEXT, t.n), else_=0))
+    model = session.execute(
+        select(t.label, func.sum(t.n), reviewed).where(t.label != NO_TEXT).group_by(t.label).having(func.sum(t.n) > 0)
+    ).all()
+    curated = session.execute(
+        select(t.reviewed_label, func.sum(t.n))
+        .where(t.reviewed_label != NO_TEXT)
+        .group_by(t.reviewed_label)
+        .having(func.sum(t.n) > 0)
+    ).all()
+    return [(a, int(b), int(c)) for a, b, c in model], [(a, int(b)) for a, b in curated]
