@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import delete, func, insert, select, text, update
 
 from marsvision.archive import counts, facets, queries
-from marsvision.archive.db import Image, ImageCount, open_engine, sessions
+from marsvision.archive.db import Image, ImageCount, ImageTotal, open_engine, sessions
 from marsvision.archive.queries import Filters
 
 LABELS = ["wheel", "ground", "drill", "sun"]
@@ -173,7 +173,9 @@ def test_rebuild_gives_what_the_triggers_kept(db_url):
         with engine.begin() as conn:
             conn.execute(insert(Image), [_row(rng, i) for i in range(300)])
             conn.execute(update(Image).where(Image.id % 4 == 0).values(confidence=0.57, reviewed_label="drill"))
-        read = lambda conn: sorted(conn.execute(select(ImageCount).where(ImageCount.n > 0)).all())  # noqa: E731
+        read = lambda conn: [  # noqa: E731
+            sorted(conn.execute(select(t).where(t.n > 0)).all()) for t in (ImageCount, ImageTotal)
+        ]
         with engine.begin() as conn:
             kept = read(conn)
             counts.rebuild(conn)

@@ -1,6 +1,7 @@
-"""Image counts kept by the database: the ``image_counts`` table (archive/counts.py), filled from the
-images here and kept in step with them by triggers on ``images`` (insert, delete, and an update of a counted
-column), in the writing transaction. Facets, the timeline, the class counts and search totals read it.
+"""Image counts kept by the database: the ``image_counts`` (per sol) and ``image_totals`` tables
+(archive/counts.py), filled from the images here and kept in step with them by triggers on ``images``
+(insert, delete, and an update of a counted column), in the writing transaction. Facets, the timeline, the
+class counts and search totals read them.
 
 A later migration that rebuilds ``images`` on SQLite (Alembic's batch mode copies the table and drops the
 old one) drops these triggers with it: it must create them again (``counts.create_triggers``) and rebuild
@@ -23,20 +24,20 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "image_counts",
-        sa.Column("label", sa.String(64), nullable=False),
-        sa.Column("sol", sa.Integer, nullable=False),
-        sa.Column("instrument", sa.String(32), nullable=False),
-        sa.Column("unknown", sa.SmallInteger, nullable=False),
-        sa.Column("reviewed_label", sa.String(64), nullable=False),
-        sa.Column("off_camera", sa.SmallInteger, nullable=False),
-        sa.Column("error", sa.SmallInteger, nullable=False),
-        sa.Column("confidence_pct", sa.SmallInteger, nullable=False),
-        sa.Column("n", sa.Integer, nullable=False),
-        sa.PrimaryKeyConstraint(*counts.DIMENSIONS, name="pk_image_counts"),
-        sqlite_with_rowid=False,
-    )
+    for table, dims in counts.TABLES.items():
+        columns = {
+            "sol": sa.Integer,
+            "label": sa.String(64),
+            "instrument": sa.String(32),
+            "reviewed_label": sa.String(64),
+        }
+        op.create_table(
+            table,
+            *(sa.Column(d, columns.get(d, sa.SmallInteger), nullable=False) for d in dims),
+            sa.Column("n", sa.Integer, nullable=False),
+            sa.PrimaryKeyConstraint(*dims, name=f"pk_{table}"),
+            sqlite_with_rowid=False,
+        )
     bind = op.get_bind()
     counts.rebuild(bind)
     counts.create_triggers(bind)
@@ -47,4 +48,5 @@ def downgrade() -> None:
     counts.drop_triggers(bind)
     if bind.dialect.name == "postgresql":
         bind.exec_driver_sql("DROP FUNCTION IF EXISTS marsvision_image_counts()")
-    op.drop_table("image_counts")
+    for table in counts.TABLES:
+        op.drop_table(table)
