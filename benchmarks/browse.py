@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from result_files import write_results  # noqa: E402
+from common import write_results  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from marsvision.archive.db import open_engine, sessions  # noqa: E402
