@@ -121,7 +121,7 @@ def over_http(db: str, requests: int, seed: int = 0) -> dict:
     out = {}
     try:
         with httpx.Client(base_url=base, timeout=30) as client:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 600  # a copied archive has no similar-images index file yet: built first
             while True:
                 try:
                     if client.get("/readyz").status_code == 200:
