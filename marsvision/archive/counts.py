@@ -241,15 +241,19 @@ def total(session: Session, filters: Filters) -> int | None:
     return int(session.scalar(_where(select(func.coalesce(func.sum(_table(filters).n), 0)), where)))
 
 
-def _rows(session: Session, q: Select) -> list:
+def _rows(session: Session, q: Select, index: str | None = None) -> list:
     """The rows of ``q``; on SQLite as sqlite3's own tuples (wrapping the class timeline's 26 000 groups at
-    a million images in SQLAlchemy rows took a third of its 105 ms)."""
+    a million images in SQLAlchemy rows took a third of its 105 ms), read from ``index`` when given (SQLite
+    has no statistics to choose it by, and SQLAlchemy renders no table hints: the SQL is ours)."""
     conn = session.connection()
     if conn.dialect.name != "sqlite":
         return conn.execute(q).all()
     compiled = q.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = tuple(compiled.params[name] for name in compiled.positiontup)
-    return conn.connection.driver_connection.execute(compiled.string, params).fetchall()
+    sql = compiled.string
+    if index:
+        sql = sql.replace("FROM image_counts", f"FROM image_counts INDEXED BY {index}", 1)
+    return conn.connection.driver_connection.execute(sql, params).fetchall()
 
 
 def _text(v: str) -> str | None:
@@ -258,6 +262,13 @@ def _text(v: str) -> str | None:
 
 def _bool(v: int) -> bool | None:
     return None if v == NO_FLAG else bool(v)
+
+
+# On SQLite, the per-sol counts by the facets' groups (then n, then the key's sol and confidence): facets
+# under a sol range read it in group order, with the range checked in the index, instead of sorting the
+# range's count rows (a million images, sols 100-900: 48 ms of CPU against 234; migration 0007).
+CUBE_INDEX = "ix_image_counts_cube"
+CUBE_INDEX_COLUMNS = ("label", "instrument", "unknown", "reviewed_label", "off_camera", "n")
 
 
 def cube(session: Session, filters: Filters) -> list[tuple] | None:
@@ -272,7 +283,7 @@ def cube(session: Session, filters: Filters) -> list[tuple] | None:
     q = _where(select(*dims, func.sum(t.n), confident), where).group_by(*dims).having(func.sum(t.n) > 0)
     return [
         (_text(a), _text(b), _bool(c), _text(d), _bool(e), int(n), int(n90))
-        for a, b, c, d, e, n, n90 in _rows(session, q)
+        for a, b, c, d, e, n, n90 in _rows(session, q, CUBE_INDEX if t is ImageCount else None)
     ]
 
 
