@@ -104,10 +104,11 @@ def _sqlite_triggers() -> list[str]:
     """Row triggers (SQLite has no others): an upsert per inserted row and table, two per changed row.
 
     Their cost on a bulk load (benchmarks/results/count_triggers-images.md, 100 000 image rows without
-    vectors, chunks of 5 000): 19.7 CPU s against 13.2 without triggers, ~65 µs a row. Kept on for bulk
-    loads too: it is 7 % of the serve benchmark's million-row load with vectors (913 s), 2 % of the indexer's
-    3 ms an image (336 images/s, benchmarks/results/serve.md), and dropping them around a load would need the
-    whole load in one transaction for a kill to leave the counts right (a rebuild: 5.4 s at 1M rows)."""
+    vectors, chunks of 5 000): 18.6-20.3 CPU s against 11.6-12.5 without triggers, ~70 µs a row. Kept on for
+    bulk loads too: ~70 s of CPU is 8 % of the serve benchmark's million-row load with vectors (913 s), 2 % of
+    the indexer's 3 ms an image (336 images/s, benchmarks/results/serve.md), and dropping them around a load
+    would need the whole load in one transaction for a kill to leave the counts right (a rebuild of both
+    tables: 5.4 s at 1M rows)."""
     add, take = [], []
     for table, dims in TABLES.items():
         new, old = encoded("NEW"), encoded("OLD")
@@ -124,7 +125,12 @@ def _sqlite_triggers() -> list[str]:
 
 def _postgresql_triggers() -> list[str]:
     """Statement triggers over the transition tables: a chunk of 5 000 inserted rows is one grouped upsert
-    per table, not 5 000. Sorted by key, so two writers take the count rows' locks in the same order."""
+    per table, not 5 000. Sorted by key, so two writers take the count rows' locks in the same order.
+
+    Their cost (benchmarks/results/count_triggers-postgresql-images.md, 100 000 image rows without vectors):
+    20.6-20.7 CPU s of client and server against 12.8-13.5 without, ~75 µs a row (most rows of a chunk open
+    a per-sol group of their own, so the upsert still writes one count row for most of them); the bulk load's
+    wall time 49-51 s against 28-30 s on the shared cores. Kept on, as on SQLite."""
     steps = {"INSERT": [], "DELETE": [], "UPDATE": []}
     for table, dims in TABLES.items():
         order = f" ORDER BY {_positions(dims)}"
