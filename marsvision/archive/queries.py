@@ -172,8 +172,9 @@ def item(row) -> dict:
 
 class CountCache:
     """Totals of recent searches for ``ttl`` seconds: paging through a filter counts its matches once,
-    not on every page (a count of a broad filter scans 100 000 index entries). Writes through the
-    server clear it; an indexer in another process shows up within ``ttl``."""
+    not on every page (a total the maintained counts cannot give, e.g. of free text, scans the images: 0.3-0.9 s
+    at a million rows). Writes through the server clear it; an indexer in another process shows up within
+    ``ttl``."""
 
     def __init__(self, ttl: float = 5.0, size: int = 256):
         self.ttl, self.size, self._lock, self._totals = ttl, size, threading.Lock(), {}
