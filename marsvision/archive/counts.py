@@ -298,15 +298,16 @@ MAX_PIVOT = 32  # cameras summed in one pass of the per-sol counts (more: groupe
 
 def per_sol(session: Session, filters: Filters, by: str) -> list[tuple] | None:
     """(label or camera, sol, n) for the images with a sol under ``filters``; None when the counts cannot
-    say it. By class, the grouping follows the key (sol, label, …): no sort. By camera, each camera's count
-    is a sum of its own in one pass by sol: grouping by (sol, camera) sorted 300 000 count rows at a million
-    images (SQLite: 139 ms of CPU against 71 ms)."""
+    say it. By class, the grouping follows the key (sol, label, …): no sort. By camera on SQLite, each
+    camera's count is a sum of its own in one pass by sol: grouping by (sol, camera) sorted 300 000 count rows
+    at a million images (139 ms of CPU against 71 ms). PostgreSQL hashes the groups: the pivot only added
+    work there (100 000 rows, camera timeline with a camera filter: p50 25 ms against 7 ms before 0007)."""
     t = ImageCount
     where = conditions(filters, t)
     if where is None:
         return None
     where.append(t.sol != NO_SOL)
-    if by == "instrument":
+    if by == "instrument" and session.connection().dialect.name == "sqlite":  # PostgreSQL groups by hashing
         cameras = session.scalars(select(ImageTotal.instrument).group_by(ImageTotal.instrument)).all()
         if len(cameras) <= MAX_PIVOT:
             sums = [func.sum(case((t.instrument == c, t.n), else_=0)) for c in cameras]
