@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .db import ImageCount, ImageTotal
-from .queries import CONFIDENT, Filters
+from .filters import CONFIDENT, Filters
 
 NO_SOL = -(2**31)
 NO_CONFIDENCE = -1000

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from ..errors import UsageError
 from . import counts
 from .db import Image
-from .queries import CONFIDENT, Filters
+from .filters import CONFIDENT, Filters
 
 FACETS = ("label", "instrument", "unknown", "reviewed", "off_camera", "confident")
 TIMELINE_BY = {"class": Image.label, "camera": Image.instrument}
