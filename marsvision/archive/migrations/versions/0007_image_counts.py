@@ -1,7 +1,8 @@
 """Image counts kept by the database: the ``image_counts`` (per sol) and ``image_totals`` tables
 (archive/counts.py), filled from the images here and kept in step with them by triggers on ``images``
 (insert, delete, and an update of a counted column), in the writing transaction. Facets, the timeline, the
-class counts and search totals read them.
+class counts and search totals read them. Filling them took 5.4 s for a million images (SQLite, 2 shared
+cores).
 
 A later migration that rebuilds ``images`` on SQLite (Alembic's batch mode copies the table and drops the
 old one) drops these triggers with it: it must create them again (``counts.create_triggers``) and rebuild
