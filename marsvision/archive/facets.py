@@ -24,8 +24,9 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from ..errors import UsageError
+from . import counts
 from .db import Image
-from .queries import CONFIDENT, Filters
+from .filters import CONFIDENT, Filters
 
 FACETS = ("label", "instrument", "unknown", "reviewed", "off_camera", "confident")
 TIMELINE_BY = {"class": Image.label, "camera": Image.instrument}
@@ -87,13 +88,16 @@ def facets(session: Session, filters: Filters) -> dict:
     """{total, facets: {name: [{value, count}], most first}}: ``total`` under every filter; each facet
     under every filter but its own. Values are as the columns hold them (None: not known)."""
     rest = filters.without(*FACETS)
-    q = rest.apply(select(*_CUBE, func.count(), func.count().filter(Image.confidence >= CONFIDENT))).group_by(*_CUBE)
+    rows = counts.cube(session, rest)
+    if rows is None:  # a filter the counts cannot say: the images themselves
+        q = rest.apply(select(*_CUBE, func.count(), func.count().filter(Image.confidence >= CONFIDENT)))
+        rows = _run(session, q.group_by(*_CUBE), rest, "ix_images_cube")
     cube = []
-    for row in _run(session, q, rest, "ix_images_cube"):
+    for row in rows:
         n, n90 = row[5], row[6]
         cube += [_Group(row, True, n90), _Group(row, False, n - n90)]
     tests = _passes(filters)
-    counts: dict[str, Counter] = {f: Counter() for f in FACETS}
+    per_facet: dict[str, Counter] = {f: Counter() for f in FACETS}
     total = 0
     for row in cube:
         if not row.n:
@@ -104,12 +108,12 @@ def facets(session: Session, filters: Filters) -> dict:
         if len(failed) > 1:  # counts in no facet: every facet keeps at least one filter it fails
             continue
         for facet in failed if failed else FACETS:
-            counts[facet][_value(row, facet)] += row.n
+            per_facet[facet][_value(row, facet)] += row.n
     return {
         "total": total,
         "facets": {
             f: [{"value": v, "count": n} for v, n in sorted(c.items(), key=lambda vn: (-vn[1], str(vn[0])))]
-            for f, c in counts.items()
+            for f, c in per_facet.items()
         },
     }
 
@@ -121,11 +125,14 @@ def timeline(session: Session, filters: Filters, by: str = "class") -> dict:
     if by not in TIMELINE_BY:
         raise UsageError(f"by must be one of {', '.join(TIMELINE_BY)}, not {by!r}")
     key = TIMELINE_BY[by]
-    # key, then sol: the order of the (label, sol, id) and (instrument, sol, id) indexes, so the grouping
-    # reads an index in order without sorting.
-    q = filters.without("sol_min", "sol_max").apply(select(key, Image.sol, func.count())).where(Image.sol.is_not(None))
-    index = f"ix_images_{'label' if by == 'class' else 'instrument'}_timeline"
-    rows = _run(session, q.group_by(key, Image.sol), filters, index)
+    whole = filters.without("sol_min", "sol_max")
+    rows = counts.per_sol(session, whole, key.key)
+    if rows is None:
+        # key, then sol: the order of the (label, sol, id) and (instrument, sol, id) indexes, so the grouping
+        # reads an index in order without sorting.
+        q = whole.apply(select(key, Image.sol, func.count())).where(Image.sol.is_not(None))
+        index = f"ix_images_{'label' if by == 'class' else 'instrument'}_timeline"
+        rows = _run(session, q.group_by(key, Image.sol), filters, index)
     sols = sorted({sol for _, sol, _ in rows})
     column = {sol: i for i, sol in enumerate(sols)}
     per_key: dict = defaultdict(lambda: [0] * len(sols))
