@@ -36,7 +36,8 @@ from sqlalchemy import insert, select  # noqa: E402
 
 from marsvision.archive.db import Image, ImageVectors, ModelVersion, open_engine, sessions  # noqa: E402
 from marsvision.archive.queries import Filters  # noqa: E402
-from marsvision.archive.vectors import FileIndex, default_folder, few_matching, matching  # noqa: E402
+from marsvision.archive.similar_filters import few_matching, matching  # noqa: E402
+from marsvision.archive.vectors import FileIndex, default_folder  # noqa: E402
 
 
 def build(url: str, n: int, seed: int) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.types import UserDefinedType
 from .db import Image
 from .queries import Filters, own_sketch
 from .records import SKETCH_DIMS
-from .vectors import has_filters
+from .similar_filters import has_filters
 
 EF_SEARCH = 100  # candidates the walk keeps (pgvector: 40); 200 and 400 gained no recall on 100 000 rows
 EXACT_MAX = 5_000  # a filter matching at most this many rows is scored exactly (benchmarks/results/similar_1m.md)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, delete, insert, select, text, update
 from sqlalchemy.engine import make_url
 
-from marsvision.archive import vectors
+from marsvision.archive import similar_filters, vectors
 from marsvision.archive.db import Image, ImageVectors, ModelVersion, open_engine, sessions
 from marsvision.archive.pgvector import PgVectorIndex
 from marsvision.archive.queries import Filters
@@ -333,9 +333,9 @@ def test_a_broad_filter_unlike_the_image_returns_k_matching_rows(engine, tmp_pat
 def test_few_matching_counts_no_further_than_its_cap(engine):
     ids = add_rows(engine, unit(np.random.default_rng(8), 40), ["a"] * 30 + ["b"] * 10)
     with sessions(engine)() as s:
-        assert vectors.few_matching(s, Filters(label="a"), 29) is None
-        assert sorted(vectors.few_matching(s, Filters(label="a"), 30)) == ids[:30]
-        assert sorted(vectors.few_matching(s, Filters(label="b"), 30)) == ids[30:]
+        assert similar_filters.few_matching(s, Filters(label="a"), 29) is None
+        assert sorted(similar_filters.few_matching(s, Filters(label="a"), 30)) == ids[:30]
+        assert sorted(similar_filters.few_matching(s, Filters(label="b"), 30)) == ids[30:]
 
 
 def test_the_sketches_are_memory_mapped_beside_the_graph_and_rewritten_when_missing(engine, tmp_path):
