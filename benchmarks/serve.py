@@ -1053,11 +1053,14 @@ def markdown(data: dict) -> str:
             + (
                 "; in-process, "
                 + "; ".join(
-                    f"{case}: recall@10 {chk[case]['recall_at_10']}, p50 {chk[case]['p50_ms']} / "
-                    f"p95 {chk[case]['p95_ms']} ms over {chk[case]['queries']} queries"
+                    f"{case}: recall@10 {chk[case]['recall_at_10']} "
+                    f"(within 0.001 of the 10th: {chk[case].get('recall_at_10_within_tie')}), p50 "
+                    f"{chk[case]['p50_ms']} / p95 {chk[case]['p95_ms']} ms over {chk[case]['queries']} queries"
                     for case in ("unfiltered", "filtered")
                 )
                 + f"; filtered p95 by filter: {chk['filtered_p95_ms_by_filter']}"
+                + f"; filtered recall by filter: {chk.get('filtered_recall_by_filter')}"
+                + f"; exact 10th-11th gap: {chk.get('exact_10th_11th_gap')}"
                 if chk
                 else ""
             )

@@ -94,6 +94,7 @@ def prepare(db_url: str, had_hnsw: bool) -> dict:
         info["build_seconds"] = round(time.perf_counter() - t0, 1)
         if isinstance(index, FileIndex):
             info["file_mb"] = round(sum(p.stat().st_size for p in index.folder.glob("*.usearch")) / 2**20, 1)
+            info["sketches_mb"] = round(sum(p.stat().st_size for p in index.folder.glob("*.sketches.npy")) / 2**20, 1)
     finally:
         engine.dispose()
     return info
