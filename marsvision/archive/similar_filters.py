@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import ARRAY, Integer, any_, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from .db import Image
@@ -63,13 +63,17 @@ def matching(session: Session, ids: list[int], filters: Filters | None) -> set[i
     """Those of ``ids`` whose images exist and match ``filters`` (one primary-key query)."""
     if not ids:
         return set()
-    q = select(Image.id).where(Image.id.in_(ids))
-    q = filters.apply(q) if filters is not None else q
     if session.bind.dialect.name == "sqlite":
         # Without ANALYZE statistics SQLite walks a filter's own index (label, confidence: ~100 000 rows
         # at a million) instead of looking the candidates up by id: 1.4-8.5 s a request, measured at 1M
         # rows. ``NOT INDEXED`` leaves it the rowid lookups only. SQLAlchemy does not render table hints
-        # for SQLite, hence the text (values inlined: numbers, labels, booleans of ``Filters``).
-        sql = str(q.compile(dialect=session.bind.dialect, compile_kwargs={"literal_binds": True}))
-        return set(session.scalars(text(sql.replace("FROM images", "FROM images NOT INDEXED", 1))))
-    return set(session.scalars(q))
+        # for SQLite, hence the text: the filters compiled alone (values inlined: numbers, labels,
+        # booleans, times of ``Filters``), the ids joined as numbers. Compiling the ids as an IN list of
+        # literals took ~15 µs an id (8192 candidates: 0.2 s), joining them ~0.1 µs.
+        where = [str(c.compile(dialect=session.bind.dialect, compile_kwargs={"literal_binds": True})) for c in
+                 (filters.conditions() if filters is not None else [])]  # fmt: skip
+        sql = "SELECT images.id FROM images NOT INDEXED WHERE images.id IN ({})".format(",".join(map(str, ids)))
+        sql += "".join(f" AND ({w})" for w in where)
+        return {r[0] for r in session.connection().exec_driver_sql(sql).fetchall()}
+    q = select(Image.id).where(Image.id == any_(bindparam("ids", [int(i) for i in ids], type_=ARRAY(Integer))))
+    return set(session.scalars(filters.apply(q) if filters is not None else q))

@@ -42,11 +42,12 @@ from .sketch_matrix import SketchMatrix
 CONNECTIVITY = 16  # HNSW's M
 EF_ADD = 128  # graph quality at build: recall@10 0.998 at ef 64 (benchmarks/results/vector_index.md)
 EF_SEARCH = 512  # recall@10 0.970 at 128, 0.993 at 512 on the serve benchmark's sketches (3000 rows)
-# A filter matching at most this many rows is scored exactly over them (count, ids, one matrix product):
-# at a million rows that costs ~X ms at 20 000 rows, against ~Y ms for widening the graph's candidates
-# far enough to find k (benchmarks/results/similar_1m.md, crossover).
+# A filter matching at most this many rows is scored exactly over them (capped count, ids, one matrix
+# product): at a million rows ~30 ms for 18 000 rows under a shared machine's load, where widening the
+# graph's candidates costs ~25 µs a candidate checked in SQL and, when the filter's rows lie away from
+# the image, reaches none of them (benchmarks/results/similar_1m.md).
 EXACT_MAX = 20_000
-WIDEN_MAX = 8192  # graph candidates at most before a filter's rows are all scored exactly
+WIDEN_MAX = 2048  # graph candidates at most before a filter's rows are all scored exactly
 DELTA_MAX = 20_000  # rows searched exactly beside the file before it is rewritten with them
 RECOUNT = 60.0  # seconds between counts of the table (a count finds deleted or rewritten rows)
 READ_CHUNK = 20_000
@@ -326,15 +327,24 @@ class FileIndex:
         with self._lock:
             total = (len(self.index) if self.index is not None else 0) + len(self.delta_ids)
         count = min(total, RERANK * (k + 1))  # candidates, re-scored exactly; widened for a filter
+        checked: dict[int, bool] = {}  # candidate id -> matches the filter (each asked of SQL once)
         while True:
             with self._lock:  # the graph's search depth is set per call; SQL runs outside the lock
                 ids, sims = self._nearest(q, count)
-            keep = matching(session, [int(i) for i in ids if i != image_id], filters) if filtered else set(ids.tolist())
-            found = [(int(i), float(s)) for i, s in zip(ids, sims, strict=True) if int(i) in keep and i != image_id]
+            if filtered:
+                new = [int(i) for i in ids if int(i) not in checked and i != image_id]
+                keep = matching(session, new, filters)
+                checked.update((i, i in keep) for i in new)
+            found = [
+                (int(i), float(s))
+                for i, s in zip(ids, sims, strict=True)
+                if i != image_id and (not filtered or checked.get(int(i)))
+            ]
             if len(found) >= k or count >= total:
                 return found[:k]
-            # Enough candidates for k at the share that matched so far, with a margin; past WIDEN_MAX the
-            # filter's matches lie beyond the graph's neighbourhood of this image (a label unlike it).
+            # Enough candidates for k at the share that matched so far, with a margin. Past WIDEN_MAX the
+            # filter's matches lie beyond the graph's neighbourhood of this image (a label unlike it):
+            # checking a candidate in SQL costs ~25 µs at a million rows, scoring a matching row ~2 µs.
             need = int(1.5 * (k + 1) * count / len(found)) if found else 4 * count
             if count >= WIDEN_MAX:
                 break
