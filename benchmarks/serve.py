@@ -969,7 +969,8 @@ def markdown(data: dict) -> str:
         f"**Rows are synthetic copies**: {data['archive']['sqlite']['real_rows']} images indexed by `run_index` "
         f"(examples/images + MSL calibrated), then copied to {data['archive']['sqlite']['rows']:,} rows "
         "(own SHA-256, sol 0-1100, instrument MH/ML/MR, label/confidence/novelty/vectors of a random real row with "
-        f"jitter, {a['reviewed']:.0%} with a curator's label; paths are the real files).",
+        f"jitter, similarity sketches spread around a point near the real row's, {a['reviewed']:.0%} with a "
+        "curator's label; paths are the real files).",
         "",
         f"Product: commit {data['machine']['git_commit'][:10]}"
         + (
