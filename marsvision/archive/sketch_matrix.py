@@ -3,8 +3,8 @@ exactly (the graph's candidates, and every row of a selective filter) without re
 
 One ``.npy`` file of records (id int64, sketch float16 × 64) in id order, opened read-only and memory-mapped:
 every server process shares its pages, and a request reads only the rows it scores (at a million rows the
-file is 136 MB; gathering 20 000 rows of it takes a few milliseconds, where the usearch graph's ``get``
-took 3-10 times as long, measured in benchmarks/results/similar_1m.md).
+file is 136 MB). Measured here at a million rows, cold: the usearch graph's ``get`` took 83 ms for 1 000
+ids and 156 ms for 20 000, a gather from this file 4.7 and 52 ms; warm, 42 000 rows gather in ~6 ms.
 """
 
 from __future__ import annotations
