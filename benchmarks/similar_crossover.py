@@ -1,18 +1,19 @@
 """Where a filtered similar search should stop widening the index's candidates and score the filter's own
-rows exactly (archive/vectors.py ``EXACT_AFTER``).
+rows exactly (archive/vectors.py ``EXACT_MAX``).
 
 On a SQLite archive of ``--rows`` synthetic rows (clustered 64-number sketches, sol 0-999), in-process:
 
 - widening: the index's ``c`` nearest candidates (usearch, ef = max(512, c)) plus the SQL check of which
   of them match (one primary-key query), for c = 128 … 16384;
-- exact: the ids matching a sol range (SQL), their vectors from the index, one matrix product, for filters
-  matching m = 1 000 … 100 000 rows.
+- exact: the capped count and the ids matching a sol range (SQL, ``few_matching``), their sketches from the
+  memory-mapped matrix, one matrix product, for filters matching m = 1 000 … 100 000 rows.
 
 Widening with c candidates finds k matches when the filter matches about k·N/c rows or more; exact costs
 grow with m. The crossover is the c at which widening costs as much as the exact search of the m = k·N/c
 rows it would be needed for.
 
     nice -n 5 python benchmarks/similar_crossover.py --rows 100000
+    nice -n 5 python benchmarks/similar_crossover.py --db sqlite:////tmp/x/archive.db   # an existing archive
 
 Results: benchmarks/results/similar_crossover.{json,md}.
 """
@@ -20,6 +21,7 @@ Results: benchmarks/results/similar_crossover.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -34,7 +36,8 @@ from sqlalchemy import insert, select  # noqa: E402
 
 from marsvision.archive.db import Image, ImageVectors, ModelVersion, open_engine, sessions  # noqa: E402
 from marsvision.archive.queries import Filters  # noqa: E402
-from marsvision.archive.vectors import FileIndex, matching  # noqa: E402
+from marsvision.archive.similar_filters import few_matching, matching  # noqa: E402
+from marsvision.archive.vectors import FileIndex, default_folder  # noqa: E402
 
 
 def build(url: str, n: int, seed: int) -> None:
@@ -77,18 +80,22 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--db", default=None, help="measure this archive (SQLite) instead of building one")
+    p.add_argument("--name", default="similar_crossover", help="results file name under benchmarks/results")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        url = f"sqlite:///{folder}/a.db"
-        build(url, args.rows, args.seed)
+        url = args.db or f"sqlite:///{folder}/a.db"
+        if not args.db:
+            build(url, args.rows, args.seed)
         engine = open_engine(url)
-        index = FileIndex(Path(folder, "vectors"))
+        index = FileIndex(default_folder(url) if args.db else Path(folder, "vectors"))
         with sessions(engine)() as s:
             index.sync(s)
             index.refresh(s)
+            args.rows = len(index.matrix) + len(index.delta_ids)
             q = np.frombuffer(s.get(ImageVectors, 1).sketch, "<f2").astype(np.float32)
             widen = {}
-            for c in (128, 512, 1024, 2048, 4096, 8192, 16384):
+            for c in (128, 512, 1024, 2048, 4096, 8192):
 
                 def one(c=c):
                     ids, _ = index._nearest(q, c)
@@ -96,12 +103,14 @@ def main() -> int:
 
                 widen[c] = p50(one, args.repeats)
             exact = {}
-            for width in (10, 50, 200, 1000):  # sols: 1 %, 5 %, 20 %, 100 % of the rows
-                f = Filters(sol_min=0, sol_max=width - 1)
-                m = int(args.rows * width / 1000)
+            sols = sorted({int(x) for x in s.scalars(select(Image.sol).where(Image.id <= 2000)) if x is not None})
+            top = max(sols) + 1
+            for share in (0.001, 0.005, 0.01, 0.02, 0.05, 0.1):
+                f = Filters(sol_min=0, sol_max=max(0, int(top * share) - 1))
+                m = len(few_matching(s, f, 10**9))
 
-                def scored(f=f):  # the filter's ids from SQL, then their vectors scored (as vectors.py does)
-                    wanted = np.array(s.scalars(f.apply(select(Image.id))).all(), np.int64)
+                def scored(f=f):  # the capped count, the filter's ids, their sketches scored (as vectors.py does)
+                    wanted = few_matching(s, f, 10**9)
                     index._exact(wanted, q)
 
                 exact[m] = p50(scored, max(3, args.repeats // 3))
@@ -122,7 +131,9 @@ def main() -> int:
         *[f"| {m:,} | {ms} |" for m, ms in exact.items()],
         "",
     ]
-    write_results("similar_crossover", {"args": vars(args), "widen_ms": widen, "exact_ms": exact}, "\n".join(md))
+    md.insert(3, f"Load average at the end: {os.getloadavg()[0]:.1f}.")
+    md.insert(4, "")
+    write_results(args.name, {"args": vars(args), "widen_ms": widen, "exact_ms": exact}, "\n".join(md))
     return 0
 
 

@@ -8,41 +8,46 @@ Two back ends, one interface (``VectorIndex.similar``), chosen by ``open_vector_
 - Everything else (SQLite; PostgreSQL without the extension): ``FileIndex``, an HNSW graph (usearch) in a
   file beside the database, kept in step with the table as described there.
 
-A filter is applied to the index's candidates in SQL (``Filters``, as /api/images applies it): the index
-is asked for more candidates, widening until k match, and past a crossover (``EXACT_RATIO``) the filter is
-selective enough that scoring its matching rows exactly is cheaper and sure to find all k.
+Every candidate is scored exactly (float32 over the stored float16 numbers) from a memory-mapped matrix of
+the sketches beside the graph (archive/sketch_matrix.py). A filtered search first counts, up to
+``EXACT_MAX``, the rows that match (one indexed query): when that few match, they are all scored exactly,
+so the answer is the exact one; when more match, the graph's candidates are checked against the filter in
+SQL (``Filters``, as /api/images applies it), widening until k match, and a filter whose matches the graph
+does not reach by ``WIDEN_MAX`` candidates is scored exactly over all its rows, in chunks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 from ..atomic import atomic_save
-from .db import Image, ImageVectors, ModelVersion
+from .db import ImageVectors, ModelVersion
 from .queries import Filters, own_sketch
 from .records import SKETCH_DIMS
+from .similar_filters import best, few_matching, has_filters, matching, matching_chunks
+from .sketch_matrix import SketchMatrix
 
 CONNECTIVITY = 16  # HNSW's M
 EF_ADD = 128  # graph quality at build: recall@10 0.998 at ef 64 (benchmarks/results/vector_index.md)
 EF_SEARCH = 512  # recall@10 0.970 at 128, 0.993 at 512 on the serve benchmark's sketches (3000 rows)
-# Widening to c candidates costs about 0.06 ms each, scoring a filter's m rows exactly about 0.044 ms each
-# (benchmarks/results/similar_crossover.md, SQLite, 100 000 rows, in-process); c candidates find k when
-# the filter matches about k·N/c rows, so the two cost the same at c = sqrt(0.73·k·N): ~940 at 100 000
-# rows, ~3 000 at a million (k 12).
-EXACT_RATIO = 0.73
+# A filter matching at most this many rows is scored exactly over them (capped count, ids, one matrix
+# product): at a million rows ~30 ms for 18 000 rows under a shared machine's load, where widening the
+# graph's candidates costs ~25 µs a candidate checked in SQL and, when the filter's rows lie away from
+# the image, reaches none of them (benchmarks/results/similar_1m.md).
+EXACT_MAX = 20_000
+WIDEN_MAX = 2048  # graph candidates at most before a filter's rows are all scored exactly
 DELTA_MAX = 20_000  # rows searched exactly beside the file before it is rewritten with them
 RECOUNT = 60.0  # seconds between counts of the table (a count finds deleted or rewritten rows)
 READ_CHUNK = 20_000
@@ -71,26 +76,6 @@ def usearch_index():
     return Index
 
 
-def has_filters(filters: Filters | None) -> bool:
-    return filters is not None and any(getattr(filters, f.name) is not None for f in fields(filters))
-
-
-def matching(session: Session, ids: list[int], filters: Filters | None) -> set[int]:
-    """Those of ``ids`` whose images exist and match ``filters`` (one primary-key query)."""
-    if not ids:
-        return set()
-    q = select(Image.id).where(Image.id.in_(ids))
-    q = filters.apply(q) if filters is not None else q
-    if session.bind.dialect.name == "sqlite":
-        # Without ANALYZE statistics SQLite walks a filter's own index (label, confidence: ~100 000 rows
-        # at a million) instead of looking the candidates up by id: 1.4-8.5 s a request, measured at 1M
-        # rows. ``NOT INDEXED`` leaves it the rowid lookups only. SQLAlchemy does not render table hints
-        # for SQLite, hence the text (values inlined: numbers, labels, booleans of ``Filters``).
-        sql = str(q.compile(dialect=session.bind.dialect, compile_kwargs={"literal_binds": True}))
-        return set(session.scalars(text(sql.replace("FROM images", "FROM images NOT INDEXED", 1))))
-    return set(session.scalars(q))
-
-
 def features_source(session: Session) -> str:
     """What computed the stored features (and so the sketches): the active version's ``features_from``; a
     refit shares its parent's, so activating it keeps the index."""
@@ -111,6 +96,10 @@ class Watermark:
     def name(self) -> str:
         return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', self.source)}.{self.max_id}.{self.count}.usearch"
 
+    def sketches_name(self) -> str:
+        """The name of the memory-mapped sketches file that goes with the graph file (sketch_matrix.py)."""
+        return self.name().removesuffix(".usearch") + ".sketches.npy"
+
     @classmethod
     def parse(cls, path: Path, source: str) -> Watermark | None:
         m = re.fullmatch(r"(.*)\.(\d+)\.(\d+)\.usearch", path.name)
@@ -130,8 +119,8 @@ def default_folder(db_url: str) -> Path:
     return Path("marsvision-vectors", f"{url.host or 'local'}-{url.port or ''}-{url.database or 'db'}").resolve()
 
 
-def read_rows(session: Session, after: int, upto: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, float32 sketches) of the committed rows with ``after`` < id (≤ ``upto``), in id order."""
+def read_rows(session: Session, after: int, upto: int | None = None, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, sketches as ``dtype``) of the committed rows with ``after`` < id (≤ ``upto``), in id order."""
     ids, blobs, last = [], [], after
     while True:
         q = select(ImageVectors.image_id, ImageVectors.sketch).where(ImageVectors.image_id > last)
@@ -143,7 +132,7 @@ def read_rows(session: Session, after: int, upto: int | None = None) -> tuple[np
         if len(rows) < READ_CHUNK:
             break
         last = rows[-1][0]
-    matrix = np.frombuffer(b"".join(blobs), "<f2").reshape(len(ids), SKETCH_DIMS).astype(np.float32)
+    matrix = np.frombuffer(b"".join(blobs), "<f2").reshape(len(ids), SKETCH_DIMS).astype(dtype)
     return np.array(ids, np.int64), matrix
 
 
@@ -169,6 +158,7 @@ class FileIndex:
         self.mark: Watermark | None = None
         self.delta_ids = np.zeros(0, np.int64)
         self.delta = np.zeros((0, SKETCH_DIMS), np.float32)
+        self.matrix = SketchMatrix.empty()  # the graph's rows' sketches, memory-mapped
         self._top = None  # (source, largest id) as last seen
         self._counted = 0.0
 
@@ -189,11 +179,18 @@ class FileIndex:
                     found.append((mark, p))
         return sorted(found, key=lambda mp: mp[0].max_id)
 
-    def _write(self, ids: np.ndarray, matrix: np.ndarray, mark: Watermark, base: Path | None = None) -> Path:
-        """The file for ``mark``: ``base``'s graph (loaded into memory) with ``ids`` added, else a new one."""
+    def _write(self, ids: np.ndarray, matrix: np.ndarray, mark: Watermark, base: Watermark | None = None) -> Path:
+        """The files for ``mark``: ``base``'s graph (loaded into memory) and sketches with ``ids`` added, else
+        new ones. The sketches first, the graph last: a graph file on disk always has its sketches (a kill
+        between the two leaves sketches without a graph, which the next load removes)."""
         Index = usearch_index()  # noqa: N806
+        old = SketchMatrix.open(self.folder / base.sketches_name()) if base is not None else None
+        if base is None or old is not None:
+            parts = ([] if old is None else [(old.ids, old.records["sketch"])]) + [(ids, matrix)]
+            SketchMatrix.write(self.folder / mark.sketches_name(), parts)
+        del old  # unmapped before the base's file goes
         if base is not None:
-            idx = Index.restore(str(base))
+            idx = Index.restore(str(self.folder / base.name()))
         else:
             idx = Index(ndim=SKETCH_DIMS, metric="ip", dtype="f16", connectivity=CONNECTIVITY, expansion_add=EF_ADD)
         if len(ids):
@@ -202,15 +199,16 @@ class FileIndex:
         atomic_save(lambda tmp: idx.save(tmp), path)
         return path
 
-    def _prune(self, keep: Path) -> None:
+    def _prune(self, keep: Watermark) -> None:
         # A process that has an older file mapped keeps reading it: Linux frees it when unmapped.
-        for p in self.folder.glob("*.usearch"):
-            if p != keep:
+        for p in [*self.folder.glob("*.usearch"), *self.folder.glob("*.sketches.npy")]:
+            if p.name not in (keep.name(), keep.sketches_name()):
                 with contextlib.suppress(OSError):
                     p.unlink()
 
     def _load(self, session: Session, source: str) -> None:
-        """Open the newest valid file (building one when none is), then read the rows after it."""
+        """Open the newest valid file (building one when none is) and its sketches (written from the table
+        when missing: an index file from before they existed), then read the rows after it."""
         Index = usearch_index()  # noqa: N806
 
         chosen = None
@@ -222,17 +220,23 @@ class FileIndex:
             ids, matrix = read_rows(session, 0)
             if not len(ids):  # nothing to index yet: no file, every later row in memory until there are some
                 self.index, self.mark, self._counted = None, Watermark(source, 0, 0), time.monotonic()
+                self.matrix = SketchMatrix.empty()
                 self.delta_ids, self.delta = ids, matrix
                 return
             mark = Watermark(source, int(ids[-1]), len(ids))
             chosen = (mark, self._write(ids, matrix, mark))
+            del ids, matrix
         mark, path = chosen
-        self._prune(path)
+        self._prune(mark)
         index = Index.restore(str(path), view=True)
         if index is None:  # unreadable (not a usearch file): start again
             path.unlink()
             return self._load(session, source)
-        self.index, self.mark = index, mark
+        matrix = SketchMatrix.open(self.folder / mark.sketches_name())
+        if matrix is None or len(matrix) != mark.count:
+            SketchMatrix.write(self.folder / mark.sketches_name(), [read_rows(session, 0, mark.max_id, np.float16)])
+            matrix = SketchMatrix.open(self.folder / mark.sketches_name())
+        self.index, self.mark, self.matrix = index, mark, matrix
         self.index.expansion_search = EF_SEARCH
         self.delta_ids, self.delta = read_rows(session, mark.max_id)
         self._counted = time.monotonic()
@@ -264,8 +268,9 @@ class FileIndex:
     def _compact(self) -> None:
         """Write the in-memory rows into a new file (lock held); the next refresh opens it."""
         mark = Watermark(self.mark.source, int(self.delta_ids[-1]), self.mark.count + len(self.delta_ids))
-        base = self.folder / self.mark.name()
-        self._write(self.delta_ids, self.delta, mark, base if base.exists() else None)
+        base = self.mark if (self.folder / self.mark.name()).exists() else None
+        self.matrix = SketchMatrix.empty()  # unmapped: the base's files may go
+        self._write(self.delta_ids, self.delta, mark, base)
         self._top, self.index, self.mark = None, None, None
 
     def sync(self, session: Session) -> None:
@@ -283,37 +288,27 @@ class FileIndex:
         """(ids, similarities) of about ``count`` nearest rows: the graph's plus the in-memory rows'."""
         ids, sims = np.zeros(0, np.int64), np.zeros(0, np.float32)
         if self.index is not None and len(self.index):
-            # The graph ranks in float16 arithmetic; at a million rows the sketches of one scene differ by
-            # less than its rounding, and its top 10 held 61 % of the exact top 10. So 4× the candidates
-            # are taken and re-scored exactly (float32 over the stored float16 numbers).
-            wide = max(RERANK * count, 100)
-            self.index.expansion_search = max(EF_SEARCH, wide)
-            m = self.index.search(q, wide, threads=1)
-            ids = np.asarray(m.keys, np.int64)
-            if len(ids):
-                vecs = np.asarray(self.index.get(ids.astype(np.uint64), dtype=np.float32), np.float32)
-                sims = vecs.reshape(-1, SKETCH_DIMS) @ q
+            # Re-scored exactly (float32 over the stored float16 numbers): the graph ranks in float16
+            # arithmetic, and near ties at a million rows are within its rounding.
+            self.index.expansion_search = max(EF_SEARCH, count)
+            m = self.index.search(q, count, threads=1)
+            ids, sims = self.matrix.score(np.asarray(m.keys, np.int64), q)
         if len(self.delta_ids):
             ids = np.concatenate([ids, self.delta_ids])
-            sims = np.concatenate([sims, self.delta @ q])
+            sims = np.concatenate([sims, np.dot(self.delta, q)])
         order = np.argsort(-sims, kind="stable")[:count]
         return ids[order], sims[order]
 
     def _exact(self, wanted: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The rows ``wanted`` (ids), scored exactly: their vectors from the graph or the in-memory rows."""
-        in_delta = np.isin(wanted, self.delta_ids)
-        main = wanted[~in_delta]
-        vecs = []
-        if len(main) and self.index is not None:
-            main = main[self.index.contains(main.astype(np.uint64))]
-            got = self.index.get(main.astype(np.uint64), dtype=np.float32) if len(main) else None
-            vecs.append(None if got is None else np.asarray(got, np.float32).reshape(-1, SKETCH_DIMS))
-        elif self.index is None:
-            main = main[:0]
-        where = np.searchsorted(self.delta_ids, wanted[in_delta])
-        ids = np.concatenate([main, self.delta_ids[where]])
-        matrix = np.concatenate([v for v in vecs if v is not None] + [self.delta[where]]) if len(ids) else None
-        return ids, (matrix @ q if matrix is not None else np.zeros(0, np.float32))
+        """The rows ``wanted`` (ids), scored exactly: their sketches from the memory-mapped matrix or the
+        in-memory rows (an id in neither, an image without a vector, is left out)."""
+        ids, sims = self.matrix.score(wanted, q)
+        if len(self.delta_ids):
+            extra = wanted[np.isin(wanted, self.delta_ids)]
+            where = np.searchsorted(self.delta_ids, extra)
+            ids = np.concatenate([ids, extra])
+            sims = np.concatenate([sims, np.dot(self.delta[where], q)])
+        return ids, sims
 
     def similar(
         self, session: Session, image_id: int, k: int, filters: Filters | None = None
@@ -323,30 +318,45 @@ class FileIndex:
             return []
         self.refresh(session)
         filtered = has_filters(filters)
+        if filtered:
+            wanted = few_matching(session, filters, EXACT_MAX)
+            if wanted is not None:  # few match: all of them, scored exactly
+                with self._lock:
+                    ids, sims = self._exact(wanted, q)
+                return list(zip(*(a.tolist() for a in best(ids, sims, k, image_id)), strict=True))
         with self._lock:
             total = (len(self.index) if self.index is not None else 0) + len(self.delta_ids)
-        count = min(total, k + 1 + (8 * k if filtered else k))
+        count = min(total, RERANK * (k + 1))  # candidates, re-scored exactly; widened for a filter
+        checked: dict[int, bool] = {}  # candidate id -> matches the filter (each asked of SQL once)
         while True:
             with self._lock:  # the graph's search depth is set per call; SQL runs outside the lock
                 ids, sims = self._nearest(q, count)
-            keep = matching(session, [int(i) for i in ids if i != image_id], filters)
-            found = [(int(i), float(s)) for i, s in zip(ids, sims, strict=True) if int(i) in keep]
+            if filtered:
+                new = [int(i) for i in ids if int(i) not in checked and i != image_id]
+                keep = matching(session, new, filters)
+                checked.update((i, i in keep) for i in new)
+            found = [
+                (int(i), float(s))
+                for i, s in zip(ids, sims, strict=True)
+                if i != image_id and (not filtered or checked.get(int(i)))
+            ]
             if len(found) >= k or count >= total:
                 return found[:k]
-            # Enough candidates for k at the share that matched so far, with a margin; a filter too
-            # selective for the crossover is scored exactly (its rows are few).
-            exact_after = max(256, int(math.sqrt(EXACT_RATIO * k * total)))
-            need = int(1.5 * (k + 1) * count / len(found)) if found else exact_after + 1
-            if count >= exact_after or need > exact_after:
+            # Enough candidates for k at the share that matched so far, with a margin. Past WIDEN_MAX the
+            # filter's matches lie beyond the graph's neighbourhood of this image (a label unlike it):
+            # checking a candidate in SQL costs ~25 µs at a million rows, scoring a matching row ~2 µs.
+            need = int(1.5 * (k + 1) * count / len(found)) if found else 4 * count
+            if count >= WIDEN_MAX:
                 break
-            count = min(total, max(2 * count, need))
-        # From the images table alone (its composite indexes answer most filters without the rows); an id
-        # without a vector (an unreadable image) is in neither the graph nor the in-memory rows.
-        wanted = np.array(list(session.scalars((filters or Filters()).apply(select(Image.id)))), np.int64)
-        with self._lock:
-            ids, sims = self._exact(wanted, q)
-        order = np.argsort(-sims, kind="stable")
-        return [(int(ids[i]), float(sims[i])) for i in order if ids[i] != image_id][:k]
+            count = min(total, WIDEN_MAX, max(2 * count, need))
+        # Every matching row scored exactly, a chunk of ids at a time (bounded memory); ids from the images
+        # table alone (its indexes answer most filters without reading the rows).
+        top_ids, top_sims = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        for chunk in matching_chunks(session, filters):
+            with self._lock:
+                ids, sims = self._exact(chunk, q)
+            top_ids, top_sims = best(np.concatenate([top_ids, ids]), np.concatenate([top_sims, sims]), k, image_id)
+        return list(zip(top_ids.tolist(), top_sims.tolist(), strict=True))
 
 
 def open_vector_index(engine: Engine, folder: str | os.PathLike | None = None) -> VectorIndex:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, delete, insert, select, text, update
 from sqlalchemy.engine import make_url
 
-from marsvision.archive import vectors
+from marsvision.archive import similar_filters, vectors
 from marsvision.archive.db import Image, ImageVectors, ModelVersion, open_engine, sessions
 from marsvision.archive.pgvector import PgVectorIndex
 from marsvision.archive.queries import Filters
@@ -218,12 +218,22 @@ def test_a_kill_never_leaves_the_file_ahead_of_the_table(engine, tmp_path, monke
     with pytest.raises(KeyboardInterrupt), sessions(engine)() as reader:
         FileIndex(folder).sync(reader)
     monkeypatch.undo()
-    assert [p.name for p in folder.glob("*")] == [covered.name]  # no half-written file either
+    # no half-written file either; the new rows' sketches may be there, whole, without their graph
+    names = sorted(p.name for p in folder.iterdir())
+    assert names in (
+        sorted([covered.name, sketches(covered)]),
+        sorted([covered.name, sketches(covered), Watermark("m1", new[-1], 312).sketches_name()]),
+    )
     got = near(FileIndex(folder), engine, new[0], 11)
     assert set(got) == set(new[1:])
     with sessions(engine)() as reader:
         FileIndex(folder).sync(reader)
     assert [p.name for p in folder.glob("*.usearch")] == [Watermark("m1", new[-1], 312).name()]
+
+
+def sketches(graph) -> str:
+    """The name of the sketches file of the graph file ``graph``."""
+    return graph.name.removesuffix(".usearch") + ".sketches.npy"
 
 
 def test_index_leaves_the_file_covering_every_row_it_committed(tmp_path, example_images):
@@ -281,3 +291,78 @@ def test_pgvector_scores_exactly_when_the_walk_gives_up_before_k_match(engine):
         s.execute(text("SET LOCAL enable_sort = off"))
         got = [i for i, _ in PgVectorIndex().similar(s, ids[0], 10, Filters(label="rare"))]
     assert got == exact(engine, ids[0], 10, "rare")
+
+
+def test_a_filter_matching_few_rows_gets_the_exact_answer_even_far_from_the_image(engine, tmp_path):
+    """A label held by one cluster of rows, asked from an image of another cluster: the graph's neighbours
+    of the image hold none of them, and the answer must still be the exact top k of the label's rows."""
+    rng = np.random.default_rng(6)
+    centres = rng.standard_normal((2, DIMS))
+    far = rng.random(3000) < 0.1
+    v = centres[far.astype(int)] + rng.normal(0, 0.3, (3000, DIMS))
+    vecs = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype("<f2")
+    ids = add_rows(engine, vecs, ["far" if f else "near" for f in far])
+    index = open_vector_index(engine, tmp_path / "vectors")
+    query = next(i for i, f in zip(ids, far, strict=True) if not f)
+    for k in (10, 25):
+        got = near(index, engine, query, k, Filters(label="far"))
+        assert got == exact(engine, query, k, "far")
+
+
+def test_a_broad_filter_unlike_the_image_returns_k_matching_rows(engine, tmp_path, monkeypatch):
+    """More rows match than are scored exactly (the limit lowered to 50 here, as at a million rows), and
+    the image's neighbours do not: the graph's candidates are widened, else the filter's rows scored."""
+    monkeypatch.setattr(vectors, "EXACT_MAX", 50)
+    monkeypatch.setattr("marsvision.archive.pgvector.EXACT_MAX", 50)
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((2, DIMS))
+    far = rng.random(3000) < 0.3
+    v = centres[far.astype(int)] + rng.normal(0, 0.3, (3000, DIMS))
+    vecs = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype("<f2")
+    ids = add_rows(engine, vecs, ["far" if f else "near" for f in far])
+    index = open_vector_index(engine, tmp_path / "vectors")
+    hits = 0
+    for query in [i for i, f in zip(ids, far, strict=True) if not f][:10]:
+        got = near(index, engine, query, 10, Filters(label="far"))
+        with sessions(engine)() as s:
+            assert len(got) == 10 and set(s.scalars(select(Image.label).where(Image.id.in_(got)))) == {"far"}
+        hits += len(set(got) & set(exact(engine, query, 10, "far")))
+    assert hits / 100 >= 0.9
+
+
+def test_few_matching_counts_no_further_than_its_cap(engine):
+    ids = add_rows(engine, unit(np.random.default_rng(8), 40), ["a"] * 30 + ["b"] * 10)
+    with sessions(engine)() as s:
+        assert similar_filters.few_matching(s, Filters(label="a"), 29) is None
+        assert sorted(similar_filters.few_matching(s, Filters(label="a"), 30)) == ids[:30]
+        assert sorted(similar_filters.few_matching(s, Filters(label="b"), 30)) == ids[30:]
+
+
+def test_the_sketches_are_memory_mapped_beside_the_graph_and_rewritten_when_missing(engine, tmp_path):
+    file_index_engine(engine)
+    rng = np.random.default_rng(9)
+    ids = add_rows(engine, unit(rng, 400), ["a"] * 300 + ["b"] * 100)
+    folder = tmp_path / "vectors"
+    index = FileIndex(folder)
+    before = near(index, engine, ids[0], 10, Filters(label="b"))
+    (graph,) = folder.glob("*.usearch")
+    matrix = folder / sketches(graph)
+    assert isinstance(index.matrix.records, np.memmap) and len(index.matrix) == 400
+    assert index.matrix.ids.tolist() == ids
+    stored = np.frombuffer(b"".join(r.tobytes() for r in index.matrix.records["sketch"]), "<f2")
+    with sessions(engine)() as s:
+        table = b"".join(s.scalars(select(ImageVectors.sketch).order_by(ImageVectors.image_id)))
+    assert stored.tobytes() == table  # the very numbers of the table
+
+    matrix.unlink()  # an index file from before the sketches file: written from the table on load
+    again = FileIndex(folder)
+    assert near(again, engine, ids[0], 10, Filters(label="b")) == before
+    assert matrix.exists() and len(again.matrix) == 400
+
+    more = add_rows(engine, unit(rng, 30), ["b"] * 30)  # compaction writes graph and sketches together
+    with sessions(engine)() as s:
+        again.sync(s)
+    names = sorted(p.name for p in folder.iterdir())
+    mark = Watermark("m1", more[-1], 430)
+    assert names == sorted([mark.name(), mark.sketches_name()])
+    assert near(FileIndex(folder), engine, ids[0], 10, Filters(label="b")) == exact(engine, ids[0], 10, "b")
