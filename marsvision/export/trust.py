@@ -126,10 +126,20 @@ def run_calibrate(cfg: CalibrateConfig, progress: bool | None = None) -> Path:
     print(
         f"calibrated {dst} on {nov['fitted_on_splits']} ({nov['images']} images, {time.perf_counter() - t0:.0f} s): "
         f"held-out campaigns accuracy {cal['held_out_accuracy']:.3f}, ECE {cal['held_out_ece_before']:.4f} → "
-        f"{cal['held_out_ece_after']:.4f}; the unknown threshold is the {nov['joint_quantile']:.0%} quantile of "
-        f"the novelty against other campaigns ({nov['held_out_flagged']:.1%} of the held-out predictions flagged)"
+        f"{cal['held_out_ece_after']:.4f}; the unknown threshold is the {nov['joint_quantile']:.1%} quantile of "
+        f"the novelty against other campaigns{_forward_note(nov)}"
     )
     return dst
+
+
+def _forward_note(info: dict) -> str:
+    f = info.get("forward", {})
+    if "quantile" not in f:
+        return ""
+    return (
+        f", chosen so that a novelty fitted on the {f['fitted']} images before sol {f['cut_sol']:.0f} flags "
+        f"{f['target']:.0%} of the {f['scored']} after it"
+    )
 
 
 def _fit(clf: Classifier, dataset: MSLDataset, cfg: CalibrateConfig, progress: bool) -> Trust:
