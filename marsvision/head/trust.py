@@ -118,9 +118,11 @@ def fit_novelty(
     feature_dims: int = FEATURE_DIMS,
     feature_weight: float = FEATURE_WEIGHT,
     joint_quantile: float | None = None,
+    texture_part: Neighbours | None = None,
 ) -> Novelty:
     """Novelty data whose references are these images: pooled features (N, F), texture (N, C) (either may
-    be None, leaving its part out) and sols (N,).
+    be None, leaving its part out) and sols (N,). ``texture_part``: a texture part already fitted on these
+    images, kept as it is, threshold included (``marsvision calibrate --novelty-only``).
 
     Each part's threshold is the distance that ``rate`` of the images exceed against the images more than
     ``gap`` sols away (a new campaign); the novelty is the weighted geometric mean of the two parts'
@@ -130,7 +132,7 @@ def fit_novelty(
     """
     sols = np.asarray(sols)
     fit = {"gap": gap, "rate": rate, "k": k, "dims": dims, "feature_k": feature_k, "feature_dims": feature_dims}
-    novelty, held_out = _fit_parts(features, texture, sols, feature_weight=feature_weight, **fit)
+    novelty, held_out = _fit_parts(features, texture, sols, feature_weight=feature_weight, kept=texture_part, **fit)
     info = {"target_flag_rate": rate, "gap_sols": gap, "images": len(sols)}
     if joint_quantile is None and len(novelty.parts) > 1:
         fit["feature_weight"] = feature_weight
@@ -144,13 +146,18 @@ def fit_novelty(
     return novelty
 
 
-def _fit_parts(features, texture, sols, gap, rate, k, dims, feature_k, feature_dims, feature_weight):
-    """The parts, each with its threshold, combined with the joint threshold left at 1, and the fitted
-    images' combined novelty against the images more than ``gap`` sols away."""
+def _fit_parts(features, texture, sols, gap, rate, k, dims, feature_k, feature_dims, feature_weight, kept=None):
+    """The parts, each with its threshold (``kept``: a texture part kept as it is), combined with the joint
+    threshold left at 1, and the fitted images' combined novelty against the images more than ``gap`` sols
+    away."""
     parts = []
     if features is not None:
         parts.append(fit_neighbours(features, "features", feature_k, feature_dims, residual=False, standardise=True))
-    if texture is not None:
+    if kept is not None:
+        if len(kept.reference) != len(sols):
+            raise UsageError(f"the kept texture part has {len(kept.reference)} references, not the {len(sols)} images")
+        parts.append(kept)
+    elif texture is not None:
         parts.append(fit_neighbours(texture, "texture", k, dims, residual=True, standardise=False))
     if not parts:
         raise UsageError("novelty needs the features or the texture of the images")
@@ -159,7 +166,8 @@ def _fit_parts(features, texture, sols, gap, rate, k, dims, feature_k, feature_d
     if not ok.any():
         raise UsageError(f"no two fitted images are more than {gap} sols apart: novelty cannot be fitted")
     for p, a in zip(parts, away, strict=True):
-        p.threshold = float(np.quantile(a[ok], 1 - rate))
+        if p is not kept:
+            p.threshold = float(np.quantile(a[ok], 1 - rate))
     novelty = Novelty(parts, weights={"features": feature_weight, "texture": 1 - feature_weight})
     return novelty, novelty.combine({p.source: a[ok] for p, a in zip(parts, away, strict=True)})
 
