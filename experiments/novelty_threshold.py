@@ -19,7 +19,9 @@ threshold) against some of the other fitted images:
   novelty that the later half exceeds 5 % of the time, and use that quantile on the whole fit.
 
 Also the part weights, with the leave-one-class-out AUROC on val of experiments/novelty_methods.py (its
-cached folds) beside each rule's flagged shares. Writes experiments/results/novelty_threshold.{json,md}.
+cached folds) beside each rule's flagged shares, and a per-part alternative (``per_part_max``: the larger
+of the geometric mean and the texture, each over its own threshold). Writes
+experiments/results/novelty_threshold.{json,md}.
 """
 
 from __future__ import annotations
