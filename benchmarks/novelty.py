@@ -2,9 +2,10 @@
 
     python benchmarks/novelty.py --data ../shared/data/msl-images [--cache /tmp/novelty-bench]
 
-With the bundled int8 file's outputs (pooled features and texture), side by side in one run, the shipped
-novelty (``fit_novelty``: the larger of the standardised-features and texture nearest-neighbour
-distances) and the one before it (the texture alone, ``fit_novelty(None, texture, sols)``):
+With the bundled int8 file's outputs (pooled features and texture), side by side in one run, the two-part
+novelty (``fit_novelty``: the weighted geometric mean of the standardised-features and texture
+nearest-neighbour distances, its threshold set by ``forward_quantile``) and the one before it (the texture
+alone, ``fit_novelty(None, texture, sols)``):
 
 - **leave-one-class-out** on the official splits: for each class with test images, the novelty is fitted
   on train+val without that class, and the AUROC of its test images against the other test images says
@@ -41,8 +42,9 @@ from marsvision.model_file import bundled_model_path
 
 OOD = REPO / "benchmarks" / "ood"
 BEFORE = "before (texture only)"
+TWO_PART = "two-part (features + texture)"
 METHODS = {
-    "shipped": lambda f, t, s: fit_novelty(f, t, s),
+    TWO_PART: lambda f, t, s: fit_novelty(f, t, s),
     BEFORE: lambda f, t, s: fit_novelty(None, t, s),
 }
 
@@ -73,15 +75,16 @@ def embed(clf, paths: list[Path], cache: Path | None, name: str) -> tuple[np.nda
 def leave_one_class_out(f, t, labels, sols, test_f, test_t, test_labels, names) -> dict:
     """{method: {class: AUROC of its test images against the other test images}}, each with a novelty
     fitted on train+val without that class. One fit serves both methods: the texture alone ranks images
-    as its part of the shipped novelty does (a threshold scales a score, it does not reorder it)."""
+    as its part of the two-part novelty does (a threshold scales a score, it does not reorder it)."""
     out: dict = {name: {} for name in METHODS}
     for c in np.unique(test_labels):
         keep = labels != c
-        nov = fit_novelty(f[keep], t[keep], sols[keep])
+        # any joint threshold ranks the images alike: the forward simulation that sets it is skipped
+        nov = fit_novelty(f[keep], t[keep], sols[keep], joint_quantile=0.5)
         pos, name = test_labels == c, names[int(c)]
-        for method, s in (("shipped", nov(test_t, test_f)), (BEFORE, nov.part("texture").raw(test_t))):
+        for method, s in ((TWO_PART, nov(test_t, test_f)), (BEFORE, nov.part("texture").raw(test_t))):
             out[method][name] = roc_auc(s[~pos], s[pos])
-        print(f"  {name:<22} {out['shipped'][name]:.3f} (before: {out[BEFORE][name]:.3f})", flush=True)
+        print(f"  {name:<22} {out[TWO_PART][name]:.3f} (before: {out[BEFORE][name]:.3f})", flush=True)
     return out
 
 
@@ -101,7 +104,8 @@ def trust_cpu_ms(path: Path, features: np.ndarray, texture: np.ndarray, runs: in
 def cost(model: Path, before: str, test_paths: list[Path], runs: int, features, texture) -> dict:
     """File size, batch-1 latency on one thread (all a prediction computes after decoding) and `marsvision
     predict` throughput on test with 2 threads, of ``model`` and the bundled file at git revision
-    ``before``, in this run; and whether predict's labels on test are the same."""
+    ``before``, in this run; and whether predict's labels and confidences on test are the same (a refit of
+    the novelty should change the novelty and unknown columns only)."""
     out: dict = {"before_revision": before}
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "before.onnx"
@@ -112,14 +116,15 @@ def cost(model: Path, before: str, test_paths: list[Path], runs: int, features, 
         )
         listing = Path(tmp) / "test.txt"
         listing.write_text("\n".join(map(str, test_paths)))
-        labels = {}
-        for name, path in (("before", old), ("shipped", model)):
+        labels, confidences = {}, {}
+        for name, path in (("before", old), ("this file", model)):
             trust_ms = trust_cpu_ms(path, features, texture)
             lat = latency(path, runs, test_paths[:200])
             runs_ = [run_predict(path, listing, 2, Path(tmp) / f"{name}.csv") for _ in range(2)]
             run = min(runs_, key=lambda r: r["seconds"])  # the best of two: the machine is shared
             rows = list(csv.DictReader((Path(tmp) / f"{name}.csv").open(encoding="utf-8")))
             labels[name] = [r["label"] for r in rows]
+            confidences[name] = np.array([float(r["confidence"]) for r in rows])
             out[name] = {
                 "bytes": path.stat().st_size,
                 "mib": round(path.stat().st_size / 2**20, 2),
@@ -130,7 +135,9 @@ def cost(model: Path, before: str, test_paths: list[Path], runs: int, features, 
                 "flagged_unknown": sum(r["unknown"] in ("True", "true", "1") for r in rows) / len(rows),
             }
             print(f"{name}: {out[name]}", flush=True)
-        out["test_labels_identical"] = labels["before"] == labels["shipped"]
+        out["test_labels_identical"] = labels["before"] == labels["this file"]
+        diff = np.abs(confidences["before"] - confidences["this file"])
+        out["test_confidence_max_abs_diff"] = float(diff.max())
     return out
 
 
@@ -185,7 +192,7 @@ def main() -> None:
             "info": nov.info,
         }
     clf = load_model(args.model, threads=args.threads or None)  # read again: the file as it is now
-    if clf.trust.novelty is not None:  # the bundled file's own novelty data, as shipped
+    if clf.trust.novelty is not None:  # the file's own novelty data, as `marsvision calibrate` fitted it
         s_test = clf.trust.novelty(test_t, test_f)
         s_ood = clf.trust.novelty(ood_t, ood_f)
         result["bundled_file"] = {
@@ -193,6 +200,7 @@ def main() -> None:
             "test_flagged": float((s_test > 1).mean()),
             "ood_auroc": {k: roc_auc(s_test, s_ood[m]) for k, m in subsets.items()},
             "ood_flagged": {k: float((s_ood[m] > 1).mean()) for k, m in subsets.items()},
+            "info": clf.trust.novelty.info,
         }
     if args.before:
         result["cost"] = cost(Path(args.model), args.before, test.paths, args.latency_runs, test_f, test_t)
@@ -231,13 +239,24 @@ def markdown(r: dict) -> str:
         b = r["bundled_file"]
         lines += [
             "",
-            f"The bundled file's own novelty data ({' + '.join(b['parts'])}): test flagged {b['test_flagged']:.3f}; "
+            f"The file's own novelty data ({' + '.join(b['parts'])}; joint quantile "
+            f"{b['info'].get('joint_quantile', 0):.3f}): test flagged {b['test_flagged']:.3f}; "
             f"OOD AUROC all {b['ood_auroc']['all']:.4f}, real {b['ood_auroc']['real']:.4f}, "
-            f"hard {b['ood_auroc']['hard']:.4f}.",
+            f"hard {b['ood_auroc']['hard']:.4f}; OOD flagged all {b['ood_flagged']['all']:.3f}, "
+            f"real {b['ood_flagged']['real']:.3f}, hard {b['ood_flagged']['hard']:.3f}.",
+        ]
+    forward = m.get(TWO_PART, {}).get("info", {}).get("forward", {})
+    if "quantile" in forward:
+        lines += [
+            "",
+            f"{TWO_PART}: the unknown threshold is the {forward['quantile']:.3f} quantile of the train+val images' "
+            f"novelty against other campaigns, found by `forward_quantile` on train+val alone: fitted on the "
+            f"{forward['fitted']} images before sol {forward['cut_sol']:.0f}, it flags {forward['target']:.0%} of the "
+            f"{forward['scored']} after it. Test was not used to set it.",
         ]
     if "cost" in r:
         c = r["cost"]
-        b, s = c["before"], c["shipped"]
+        b, s = c["before"], c["this file"]
         lines += [
             "",
             f"Cost, both files in this run (before: the bundled file at {c['before_revision']}):",
@@ -246,7 +265,7 @@ def markdown(r: dict) -> str:
             "| predict img/s, 2 threads | test flagged by predict |",
             "|---|---|---|---|---|---|",
         ]
-        for name, x in (("before", b), ("shipped", s)):
+        for name, x in ((f"before ({c['before_revision']})", b), ("this file", s)):
             lines.append(
                 f"| {name} | {x['bytes'] / 1e6:.2f} MB ({x['mib']:.2f} MiB) | {x['latency_p50_ms']:.2f} / "
                 f"{x['latency_p90_ms']:.2f} | {x['trust_cpu_ms_per_image']:.3f} | "
@@ -256,7 +275,8 @@ def markdown(r: dict) -> str:
             "",
             f"Targets: ≤ 8 MB, p50 ≤ 6 ms, throughput within 15 % of before "
             f"({s['predict_img_per_s_2_threads'] / b['predict_img_per_s_2_threads'] - 1:+.1%}). "
-            f"predict's labels on test identical to before: {'yes' if c['test_labels_identical'] else 'NO'}.",
+            f"predict's labels on test identical to before: {'yes' if c['test_labels_identical'] else 'NO'}; "
+            f"confidences: largest difference {c['test_confidence_max_abs_diff']:.2g}.",
         ]
     lines += ["", "Leave-one-class-out AUROC per class (test images of the class vs the other test images):", ""]
     lines.append("| class | " + " | ".join(cols) + " |")

@@ -225,6 +225,11 @@ def main() -> None:
     if args.keep_runtime:  # timings need an idle machine; the quality figures do not
         previous = json.loads((RESULTS / "trust.json").read_text())
         cost = {**previous["runtime"], "measured": previous["runtime"].get("measured", previous["meta"]["date"])}
+        # a size is not a timing: measured now, so a refit file (novelty references added) shows its own
+        size = round(Path(args.model).stat().st_size / 2**20, 3)
+        if size != cost["after"]["file_mb"]:
+            cost["after"] = {**cost["after"], "file_mb": size}
+            cost["note"] = "sizes measured now; the timings are of the file as it was then"
     else:
         cost = timed(args)
     for m in (twin["val"], twin["test"], bundled["test"]):
@@ -330,7 +335,8 @@ def markdown(r: dict) -> str:
             o["auroc_real_only"] >= 0.98,
         ),
         ("≥ 95 % of the out-of-distribution set flagged", f"{o['flagged']:.3f}", o["flagged"] >= 0.95),
-        ("bundled file ≤ 5 MB", f"{cost['after']['file_mb']:.2f} MiB", cost["after"]["file_mb"] * 2**20 <= 5e6),
+        # issue 22 raised the bound from 5 to 8 MB for the novelty's features references
+        ("bundled file ≤ 8 MB", f"{cost['after']['file_mb']:.2f} MiB", cost["after"]["file_mb"] * 2**20 <= 8e6),
         ("batch-1 p50 ≤ 3.5 ms, one thread", f"{lat_a['p50_ms']:.2f} ms", lat_a["p50_ms"] <= 3.5),
         (
             "throughput within 10 % of before (2 threads)",
@@ -385,7 +391,9 @@ def markdown(r: dict) -> str:
         f"{best['coverage_0.9']:.3f} at accuracy {best['accuracy_0.9']:.3f}: no temperature scaling meets the "
         f"ECE and selective targets on this split.",
         "",
-        f"Runtime, both files in one run (measured {cost.get('measured', r['meta']['date'])}):",
+        f"Runtime, both files in one run (measured {cost.get('measured', r['meta']['date'])}"
+        + (f"; {cost['note']}" if "note" in cost else "")
+        + "):",
         "",
         "| file | MiB | p50 / p90 / p99 ms (batch 1, 1 thread) | img/s, 1 thread | img/s, 2 threads |",
         "|---|---|---|---|---|",
@@ -402,7 +410,8 @@ def markdown(r: dict) -> str:
     cal = bundled["calibration"]
     lines += [
         "",
-        f"Bundled calibration: T = exp({cal['log_t']:.3f} + {cal['slope']:.3f} · log novelty); "
+        f"Bundled calibration: T = exp({cal['log_t']:.3f} + {cal['slope']:.3f} · log "
+        f"{'texture novelty' if cal.get('reads') == 'texture' else 'novelty'}); "
         f"{cal['info'].get('fitted_on', '')}. Reliability diagram: trust_reliability.png.",
         f"Measured in {r['meta']['seconds']:.0f} s on {r['meta']['cpus']} CPUs ({r['meta']['date']}).",
     ]

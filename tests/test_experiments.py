@@ -119,18 +119,18 @@ def _novelty_toy(seed=0, per=30, classes=4, dims=24):
 
 def test_leave_one_class_out_ranks_an_unseen_cluster_first():
     import numpy as np
-    from novelty import BEFORE, leave_one_class_out
+    from novelty import BEFORE, TWO_PART, leave_one_class_out
 
     x, y, sols = _novelty_toy()
     qx, qy, _ = _novelty_toy(seed=1)
     names = {i: f"class {i}" for i in range(4)}
     out = leave_one_class_out(x, x, y, sols, qx, qx, qy, names)
     # every class, once left out of the references, is the most novel kind of image in the queries
-    assert set(out) == {"shipped", BEFORE} and len(out["shipped"]) == 4
-    assert min(out["shipped"].values()) > 0.95
+    assert set(out) == {TWO_PART, BEFORE} and len(out[TWO_PART]) == 4
+    assert min(out[TWO_PART].values()) > 0.95
     # and a query set in which the left-out class looks like the rest gives no such ranking
     same = leave_one_class_out(x, x, y, sols, qx, qx, np.random.default_rng(0).permutation(qy), names)
-    assert np.mean(list(same["shipped"].values())) < 0.8
+    assert np.mean(list(same[TWO_PART].values())) < 0.8
 
 
 def test_novelty_methods_loco_and_coreset():

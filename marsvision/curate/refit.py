@@ -243,8 +243,10 @@ def refreshed_trust(
             )
             logits[folds == k] = x_new[folds == k] @ w.T + b
         # Held out, like the logits: against the parent's references, which do not hold these images
-        # (``novelty`` now does, and each correction would find itself at distance 0).
-        nov = parent.novelty.from_embedding(tex_new, x_new)
+        # (``novelty`` now does, and each correction would find itself at distance 0); what the parent's
+        # temperature law reads (``Calibration.reads``: the texture part of a two-part file).
+        raw = parent.novelty.raw_from_embedding(tex_new, x_new)
+        nov = parent.calibration_input(raw, parent.novelty.score(raw))
         scale = np.exp(calibration.slope * np.log(np.clip(nov, 1e-3, 1e3)))[:, None]
 
         def level(rows):  # the slope needs many images of every kind of shift; a few corrections move the level
@@ -252,11 +254,16 @@ def refreshed_trust(
 
         crossed = np.zeros_like(logits)
         for k in np.unique(folds):
-            crossed[folds == k] = Calibration(level(folds != k), calibration.slope)(logits[folds == k], nov[folds == k])
+            crossed[folds == k] = Calibration(level(folds != k), calibration.slope, reads=calibration.reads)(
+                logits[folds == k], nov[folds == k]
+            )
         candidates = {
             "softmax": (Calibration(0.0, 0.0), None),
             "parent": (calibration, None),
-            "level refit": (Calibration(level(np.ones(len(y_new), bool)), calibration.slope), crossed),
+            "level refit": (
+                Calibration(level(np.ones(len(y_new), bool)), calibration.slope, reads=calibration.reads),
+                crossed,
+            ),
         }
         scores = {}
         for name, (cal, probs) in candidates.items():
@@ -272,6 +279,7 @@ def refreshed_trust(
                 "refit_choice": chosen,
                 "refit_candidates_held_out": scores,
             },
+            candidates[chosen][0].reads,
         )
     return Trust(calibration, novelty)
 

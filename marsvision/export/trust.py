@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_save
 from ..data.msl import DATA_HELP, MSLDataset, sol_of
+from ..errors import UsageError
 from ..inference.classifier import Classifier
 from ..inference.predict import load_model
 from ..inference.trust import Trust
@@ -43,6 +44,13 @@ class CalibrateConfig:
         default="", metadata={"help": "write the calibrated file here (default: replace the model file)"}
     )
     threads: int = field(default=0, metadata={"help": "CPU threads (0: all)"})
+    novelty_only: bool = field(
+        default=False,
+        metadata={
+            "help": "refit the unknown-image data only: keep the file's calibration and its texture novelty "
+            "(confidences unchanged), fit the features part and the threshold"
+        },
+    )
 
 
 def embed_split(clf: Classifier, dataset: MSLDataset, splits: str, progress: bool = False):
@@ -70,14 +78,36 @@ def embed_split(clf: Classifier, dataset: MSLDataset, splits: str, progress: boo
     return np.stack(feats), np.stack(textures), labels, np.array([sol_of(p) for p in paths]), paths
 
 
-def fit_model_trust(clf: Classifier, dataset: MSLDataset, splits: str, c: float, progress: bool = False) -> Trust:
+def fit_model_trust(
+    clf: Classifier, dataset: MSLDataset, splits: str, c: float, progress: bool = False, novelty_only: bool = False
+) -> Trust:
     from ..head.trust import fit_trust
 
     features, texture, labels, sols, _ = embed_split(clf, dataset, splits, progress)
-    trust = fit_trust(features, texture, labels, sols, len(clf.class_names), c)
+    if novelty_only:
+        trust = refit_novelty(clf.trust, features, texture, sols)
+    else:
+        trust = fit_trust(features, texture, labels, sols, len(clf.class_names), c)
     trust.novelty.info["fitted_on_splits"] = splits
     trust.calibration.info["fitted_on_splits"] = splits
     return trust
+
+
+def refit_novelty(old: Trust, features: np.ndarray, texture: np.ndarray, sols: np.ndarray) -> Trust:
+    """``old``'s calibration and texture part, fitted on these images before, kept as they are, with the
+    features part and the unknown threshold fitted anew. A whole refit re-embeds the images, and
+    onnxruntime's float rounding differs between machines (the bundled file's texture scores moved by
+    1e-5 on a rerun), which would move confidences for the unknown flag's sake."""
+    from ..head.trust import fit_novelty
+
+    part = old.novelty and old.novelty.part("texture")
+    # a one-part file's novelty is its texture part's score when its joint threshold is 1
+    one_part = old.novelty is not None and len(old.novelty.parts) == 1 and old.novelty.threshold == 1.0
+    if part is None or old.calibration is None or not (old.calibration.reads == "texture" or one_part):
+        raise UsageError("--novelty-only needs a calibrated file whose calibration reads the texture novelty")
+    novelty = fit_novelty(features, texture, sols, texture_part=part)
+    novelty.info["texture_part"] = "kept from the file (calibrate --novelty-only)"
+    return Trust(replace(old.calibration, reads="texture"), novelty)
 
 
 def write_onnx_trust(src: Path, dst: Path, trust: Trust) -> None:
@@ -126,17 +156,30 @@ def run_calibrate(cfg: CalibrateConfig, progress: bool | None = None) -> Path:
     print(
         f"calibrated {dst} on {nov['fitted_on_splits']} ({nov['images']} images, {time.perf_counter() - t0:.0f} s): "
         f"held-out campaigns accuracy {cal['held_out_accuracy']:.3f}, ECE {cal['held_out_ece_before']:.4f} → "
-        f"{cal['held_out_ece_after']:.4f}; the unknown threshold is the {nov['joint_quantile']:.0%} quantile of "
-        f"the novelty against other campaigns ({nov['held_out_flagged']:.1%} of the held-out predictions flagged)"
+        f"{cal['held_out_ece_after']:.4f}; the unknown threshold is the {nov['joint_quantile']:.1%} quantile of "
+        f"the novelty against other campaigns{_forward_note(nov)}"
     )
     return dst
+
+
+def _forward_note(info: dict) -> str:
+    f = info.get("forward", {})
+    if "quantile" not in f:
+        return ""
+    return (
+        f", chosen so that a novelty fitted on the {f['fitted']} images before sol {f['cut_sol']:.0f} flags "
+        f"{f['target']:.0%} of the {f['scored']} after it"
+    )
 
 
 def _fit(clf: Classifier, dataset: MSLDataset, cfg: CalibrateConfig, progress: bool) -> Trust:
     config = clf.meta.get("config", {})
     splits = cfg.splits or config.get("train_splits") or "train"
     c = cfg.c or float(clf.meta.get("metrics", {}).get("C") or config.get("c") or 1.0)
-    trust = fit_model_trust(clf, dataset, splits, c, progress)
-    trust.calibration.info["config"] = {**asdict(cfg), "splits": splits, "c": c}
+    trust = fit_model_trust(clf, dataset, splits, c, progress, cfg.novelty_only)
+    if cfg.novelty_only:
+        trust.novelty.info["config"] = {**asdict(cfg), "splits": splits}
+    else:
+        trust.calibration.info["config"] = {**asdict(cfg), "splits": splits, "c": c}
     json.dumps(trust.to_dict())  # plain data, or fail before writing
     return trust

@@ -234,9 +234,23 @@ class Novelty:
 
     def __call__(self, texture: np.ndarray | None, features: np.ndarray | None = None) -> np.ndarray:
         """(N,) novelty from the texture (N, C) and the pooled features (N, F)."""
+        return self.score(self.raw(texture, features))
+
+    def raw(self, texture: np.ndarray | None, features: np.ndarray | None = None) -> dict:
+        """{source: (N,) raw distance} of the parts whose input is given."""
         inputs = {"texture": texture, "features": features}
-        raw = {p.source: p.raw(inputs[p.source]) for p in self.parts if inputs[p.source] is not None}
+        return {p.source: p.raw(inputs[p.source]) for p in self.parts if inputs[p.source] is not None}
+
+    def score(self, raw: dict) -> np.ndarray:
+        """(N,) novelty from ``raw``'s distances: their combination over the joint threshold."""
         return self.combine(raw) / self.threshold
+
+    def part_score(self, raw: dict, source: str) -> np.ndarray | None:
+        """(N,) one part's distance over its own threshold (None if the part or its input is absent)."""
+        part = self.part(source)
+        if part is None or raw.get(source) is None:
+            return None
+        return raw[source] / part.threshold
 
     def embed(self, texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, C) texture → its part's coordinates (N, D) and residual norms (N,): what the archive stores."""
@@ -248,6 +262,10 @@ class Novelty:
     def from_embedding(self, embedding: np.ndarray | None, features: np.ndarray | None = None) -> np.ndarray:
         """Novelty from stored (N, D + 1) texture embeddings (``embed``'s coordinates with the residual norm
         last, so a re-score needs no image) and the pooled features (N, F); either may be None."""
+        return self.score(self.raw_from_embedding(embedding, features))
+
+    def raw_from_embedding(self, embedding: np.ndarray | None, features: np.ndarray | None = None) -> dict:
+        """``raw`` from stored texture embeddings (see ``from_embedding``) and the pooled features."""
         raw = {}
         tex = self.part("texture")
         if tex is not None and embedding is not None:
@@ -255,7 +273,7 @@ class Novelty:
         feat = self.part("features")
         if feat is not None and features is not None:
             raw["features"] = feat.raw(features)
-        return self.combine(raw) / self.threshold
+        return raw
 
     def with_references(self, embedding: np.ndarray | None, features: np.ndarray | None) -> Novelty:
         """A copy whose references also hold these images (stored texture embeddings (N, D + 1) and pooled
@@ -299,11 +317,18 @@ class Calibration:
     held-out predictions, each image predicted by a head fitted without its campaign
     (``marsvision.head.trust``): the images furthest from the training ones are the ones the model
     gets wrong most often, so their confidence is lowered more.
+
+    ``reads``: which novelty the law was fitted on, so the one it is given (``Trust.calibration_input``):
+    ``"novelty"``, the file's novelty (files before the features part), or ``"texture"``, the texture
+    part's distance over its own threshold. A two-part file's law reads the texture, as it was fitted: the
+    features part's threshold is set for the ``unknown`` flag, and a law refitted on it would change every
+    confidence for a flag's sake.
     """
 
     log_t: float = 0.0
     slope: float = 0.0
     info: dict = field(default_factory=dict)
+    reads: str = "novelty"
 
     def temperature(self, novelty: np.ndarray | None, n: int) -> np.ndarray:
         t = np.full(n, self.log_t)
@@ -315,18 +340,18 @@ class Calibration:
         return softmax(logits / self.temperature(novelty, len(logits))[:, None])
 
     def to_dict(self) -> dict:
-        return {
-            "method": "novelty_temperature",
-            "log_t": float(self.log_t),
-            "slope": float(self.slope),
-            "info": self.info,
-        }
+        d = {"method": "novelty_temperature", "log_t": float(self.log_t), "slope": float(self.slope)}
+        if self.reads != "novelty":  # files of the one-part novelty keep their bytes
+            d["reads"] = self.reads
+        return {**d, "info": self.info}
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
         if d.get("method") != "novelty_temperature":
             raise ModelFileError(f"unknown calibration method {d.get('method')!r}")
-        return cls(float(d["log_t"]), float(d.get("slope", 0.0)), dict(d.get("info", {})))
+        if d.get("reads", "novelty") not in ("novelty", "texture"):
+            raise ModelFileError(f"calibration reads an unknown novelty {d.get('reads')!r}")
+        return cls(float(d["log_t"]), float(d.get("slope", 0.0)), dict(d.get("info", {})), d.get("reads", "novelty"))
 
 
 @dataclass
@@ -354,21 +379,33 @@ class Trust:
         self, logits: np.ndarray, texture: np.ndarray | None, features: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (N, K), novelty (N,) or None) from the logits, the texture and the pooled features."""
-        novelty = None
+        raw = None
         if self.novelty is not None and (texture is not None or features is not None):
-            novelty = self.novelty(texture, features)
-        return self.probabilities(logits, novelty), novelty
+            raw = self.novelty.raw(texture, features)
+        return self._apply_raw(logits, raw)
 
     def apply_embedded(
         self, logits: np.ndarray, embedding: np.ndarray | None, features: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``apply`` from stored texture embeddings (``Novelty.from_embedding``) instead of the texture; pass
         the stored features too, or the novelty is the texture's alone."""
-        novelty = None
+        raw = None
         if self.novelty is not None and (embedding is not None or features is not None):
-            novelty = self.novelty.from_embedding(embedding, features)
-        return self.probabilities(logits, novelty), novelty
+            raw = self.novelty.raw_from_embedding(embedding, features)
+        return self._apply_raw(logits, raw)
+
+    def _apply_raw(self, logits: np.ndarray, raw: dict | None) -> tuple[np.ndarray, np.ndarray | None]:
+        novelty = None if raw is None else self.novelty.score(raw)
+        return self.probabilities(logits, self.calibration_input(raw, novelty)), novelty
+
+    def calibration_input(self, raw: dict | None, novelty: np.ndarray | None) -> np.ndarray | None:
+        """What the calibration's temperature law reads (``Calibration.reads``), from the novelty parts'
+        raw distances (``Novelty.raw``) and the novelty: the texture part alone for a law fitted on it."""
+        if self.calibration is None or self.calibration.reads == "novelty" or raw is None:
+            return novelty
+        return self.novelty.part_score(raw, self.calibration.reads)
 
     def probabilities(self, logits: np.ndarray, novelty: np.ndarray | None) -> np.ndarray:
-        """Calibrated probabilities, or the plain softmax for a model without calibration."""
+        """Calibrated probabilities, or the plain softmax for a model without calibration; ``novelty`` is
+        what the law reads (``calibration_input``)."""
         return self.calibration(logits, novelty) if self.calibration is not None else softmax(logits)

@@ -117,3 +117,30 @@ def test_calibrate_a_torch_file(tiny_model, mini_data, tmp_path):
     assert "trust" in torch.load(out, weights_only=True)
     preds = load_model(out).predict(sorted((mini_data / "images").glob("*.JPG"))[:3])
     assert all(p.novelty is not None for p in preds)
+
+
+def test_novelty_only_refit_keeps_every_confidence(tiny_calibrated, mini_data, example_images, tmp_path):
+    from dataclasses import replace
+
+    from marsvision.export.trust import write_onnx_trust
+    from marsvision.inference.trust import Novelty, Trust
+
+    fitted = load_model(tiny_calibrated).trust
+    texture = fitted.novelty.part("texture")
+    # a file from before the features part: the texture novelty alone, which the calibration reads
+    old = tmp_path / "old.onnx"
+    write_onnx_trust(tiny_calibrated, old, Trust(replace(fitted.calibration, reads="novelty"), Novelty([texture])))
+    args = ["calibrate", "--data", str(mini_data), "--splits", "train+val+test", "--threads", "1", "--novelty-only"]
+    assert main([*args, "--model", str(old), "--output", str(tmp_path / "new.onnx")]) == 0
+    before, after = load_model(old), load_model(tmp_path / "new.onnx")
+    assert [p.source for p in after.trust.novelty.parts] == ["features", "texture"]
+    assert after.trust.novelty.part("texture").to_dict() == texture.to_dict()
+    assert after.trust.calibration.reads == "texture"
+    a, b = before.predict(example_images), after.predict(example_images)
+    assert [(p.label, p.confidence) for p in a] == [(p.label, p.confidence) for p in b]  # to the last bit
+    assert [p.novelty for p in a] != [p.novelty for p in b]
+    # a law fitted on a two-part novelty cannot be kept with a refitted one
+    two = tmp_path / "two.onnx"
+    write_onnx_trust(tiny_calibrated, two, Trust(replace(fitted.calibration, reads="novelty"), fitted.novelty))
+    assert main([*args, "--model", str(two), "--output", str(tmp_path / "no.onnx")]) != 0
+    assert not (tmp_path / "no.onnx").exists()

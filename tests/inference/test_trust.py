@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from marsvision.head.trust import fit_calibration, fit_novelty, fit_trust, held_out_predictions
+from marsvision.head.trust import FORWARD_RATE, fit_calibration, fit_novelty, fit_trust, held_out_predictions
 from marsvision.inference.trust import Calibration, Head, Novelty, Trust, decode_array, encode_array, softmax
 from marsvision.metrics import expected_calibration_error
+from marsvision.model_file import ModelFileError
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 0.0), ("float16", 1e-3), ("int8", 1 / 254 + 1e-6)])
@@ -77,6 +78,60 @@ def test_novelty_is_the_geometric_mean_of_the_parts_and_each_part_sees_its_own_i
     np.testing.assert_allclose(again(x[:9], features[:9]), nov(x[:9], features[:9]), rtol=1e-5)
     with pytest.raises(ValueError, match="needs"):
         nov(None, None)
+
+
+def drifting(seed, first_sol, last_sol, per_sol=3, dims=48):
+    """Four kinds of image whose look drifts slowly with the sol (new terrain), three images a sol."""
+    rng = np.random.default_rng(seed)
+    sols = np.repeat(np.arange(first_sol, last_sol), per_sol)
+    drift = np.random.default_rng(8).normal(size=dims)
+    x = BASE[rng.integers(0, 4, len(sols)), :dims] + np.outer(sols * 0.002, drift) + rng.normal(size=(len(sols), dims))
+    x = np.abs(x).astype(np.float32)
+    return x, x[:, ::-1].copy(), sols  # features, texture, sols
+
+
+def test_forward_threshold_flags_about_its_target_of_a_later_period():
+    f, t, sols = drifting(0, 0, 300)
+    later_f, later_t, _ = drifting(1, 300, 400)
+    settings = {"k": 3, "dims": 8, "feature_dims": 16}
+    nov = fit_novelty(f, t, sols, **settings)
+    fixed = fit_novelty(f, t, sols, joint_quantile=0.75, **settings)  # the rule before: val-chosen quantile
+    forward = nov.info["forward"]
+    assert forward["cut_sol"] == np.median(sols) and forward["fitted"] + forward["scored"] < len(sols)
+    assert nov.info["joint_quantile"] == forward["quantile"] > 0.75
+    flagged = (nov(later_t, later_f) > 1).mean()
+    assert flagged <= 2 * FORWARD_RATE and (fixed(later_t, later_f) > 1).mean() > 2 * max(flagged, FORWARD_RATE)
+    outside = np.abs(np.random.default_rng(2).normal(size=(50, 48)) * 6).astype(np.float32)
+    assert (nov(outside, outside) > 1).mean() >= 0.9
+    # images of too few sols for a forward simulation: the 1 - rate quantile, said so
+    few = fit_novelty(f[sols < 20], t[sols < 20], sols[sols < 20], rate=0.05, **settings)
+    assert few.info["joint_quantile"] == 0.95 and "note" in few.info["forward"]
+
+
+def test_a_two_part_files_confidence_reads_the_texture_part_alone():
+    rng = np.random.default_rng(0)
+    x, y, sols = texture_clusters(rng)
+    features = np.abs(x + rng.normal(size=x.shape)).astype(np.float32)
+    trust = fit_trust(features, x, y, sols, num_classes=5, c=1.0)
+    assert [p.source for p in trust.novelty.parts] == ["features", "texture"]
+    assert trust.calibration.reads == "texture" and trust.calibration.slope != 0
+    logits = rng.normal(size=(7, 5)) * 3
+    far = features[:7] * 4  # only the features move: the novelty changes, the confidence does not
+    probs, novelty = trust.apply(logits, x[:7], features[:7])
+    probs_far, novelty_far = trust.apply(logits, x[:7], far)
+    assert np.all(novelty_far > novelty)
+    np.testing.assert_array_equal(probs_far, probs)
+    texture_part = trust.novelty.part("texture")
+    np.testing.assert_allclose(probs, trust.calibration(logits, texture_part.raw(x[:7]) / texture_part.threshold))
+    coords, res = trust.novelty.embed(x[:7])  # stored embeddings (the archive's re-score): the same
+    np.testing.assert_allclose(trust.apply_embedded(logits, np.c_[coords, res], features[:7])[0], probs, rtol=1e-5)
+    d = json.loads(json.dumps(trust.to_dict()))
+    assert d["calibration"]["reads"] == "texture" and Trust.from_dict(d).calibration.reads == "texture"
+    # a file of the one-part novelty has no "reads": its law reads the novelty, as before
+    old = {k: v for k, v in d["calibration"].items() if k != "reads"}
+    assert Calibration.from_dict(old).reads == "novelty" and "reads" not in Calibration.from_dict(old).to_dict()
+    with pytest.raises(ModelFileError, match="reads"):
+        Calibration.from_dict({**old, "reads": "colour"})
 
 
 def test_corrections_join_the_references_of_both_parts():
