@@ -46,12 +46,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from result_files import RESULTS, write_results  # noqa: E402
+from common import REPO, RESULTS, write_results  # noqa: E402
 
 from marsvision.atomic import atomic_save  # noqa: E402
 from marsvision.data.msl import MSLDataset, sol_of  # noqa: E402
