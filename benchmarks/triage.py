@@ -66,18 +66,17 @@ FRACTIONS = (0.10, 0.25, 0.50)
 BYTE_FRACTION = 0.25
 BUDGETS = [("fraction", f) for f in FRACTIONS] + [("bytes", BYTE_FRACTION)]
 POLICIES = ("triage", "acquisition", "random", "confidence")
-# The last round on the val replay (experiments/triage_tune.py searched the levers one at a time, then their
+# The best of the val search (experiments/triage_tune.py searched the levers one at a time, then their
 # combinations: experiments/results/triage_tune_stage*.md); the first row is the defaults before it. The
 # shipped PlanParams default is the choice (checked in the results: shipped_default_is_choice).
 _BEFORE = {"uncertainty_weight": 6.0, "duplicate_discount": 0.5, "earth_duplicate_class": False}
 _RARE = {"uncertainty_weight": 6.0, "earth_duplicate_class": True, "rare_duplicates": True}
 GRID = [
-    {**_BEFORE, "rare_duplicates": False},
-    {**_RARE, "duplicate_discount": 0.2},
-    {**_RARE, "duplicate_discount": 0.25},
-    {**_RARE, "duplicate_discount": 0.3},
-    {**_RARE, "duplicate_discount": 0.25, "uncertainty_weight": 6.5},
-    {**_RARE, "duplicate_discount": 0.25, "uncertainty_weight": 7.0},
+    {**_BEFORE, "rare_duplicates": False, "doubt_entropy": False, "rarity_weight": 2.0},
+    {**_RARE, "duplicate_discount": 0.25, "uncertainty_weight": 6.5, "doubt_entropy": False, "rarity_weight": 2.0},
+    {**_RARE, "duplicate_discount": 0.25, "uncertainty_weight": 8.0, "doubt_entropy": False, "rarity_weight": 3.0},
+    {**_RARE, "duplicate_discount": 0.25, "uncertainty_weight": 10.0, "doubt_entropy": True, "rarity_weight": 3.0},
+    {**_RARE, "duplicate_discount": 0.25, "uncertainty_weight": 15.0, "doubt_entropy": True, "rarity_weight": 4.0},
 ]
 NOVELTY_PARTS = "texture"  # the twins' novelty: "texture" (the model file's) or "two-part" (features + texture)
 QUICK, QUICK_SOLS = False, 6  # --quick: a smoke test of the whole script on a few sols, classes and settings

@@ -40,7 +40,8 @@ from marsvision.triage import PlanParams  # noqa: E402
 # the shipped defaults are now. Round 1: one lever at a time (the duplicate discount alone costs rare-class
 # recall and coverage). Round 2: a near-duplicate of an image on Earth keeps its class term. Round 3: a rare
 # class's near-duplicates keep more of their gain (rare_duplicates), which lifts rare-class recall; rounds
-# 4-5: the weights around it. Round 1 also tried a probability-weighted rarity (Σ_k p_jk r_k: rare 0.776
+# 4-5: the weights around it; rounds 6-7: the doubt as the probabilities' entropy (doubt_entropy), with γ
+# and ρ raised together. Round 1 also tried a probability-weighted rarity (Σ_k p_jk r_k: rare 0.776
 # against 0.796), since removed; it and round 1 ran before an image Earth already has was kept from
 # covering the sol (round 2's first row: the same val numbers).
 BEFORE = {
@@ -48,6 +49,8 @@ BEFORE = {
     "duplicate_discount": 0.5,
     "earth_duplicate_class": False,
     "rare_duplicates": False,
+    "doubt_entropy": False,
+    "rarity_weight": 2.0,
 }
 _E = {**BEFORE, "earth_duplicate_class": True}
 _ER = {**_E, "rare_duplicates": True}
@@ -111,7 +114,18 @@ ROUNDS = {
         {"uncertainty_weight": 7.0, "rarity_scale": 60.0},
     ],
 }
-BASES = {1: BEFORE, 2: BEFORE, 3: _ER, 4: _ER, 5: _ER25}
+_ENT = {"doubt_entropy": True}
+ROUNDS[6] = [{**_ENT, "uncertainty_weight": g} for g in (3.0, 5.0, 6.5, 9.0, 12.0)]
+ROUNDS[7] = [
+    {**_ENT, "uncertainty_weight": 12.0, "rarity_weight": 3.0},
+    {**_ENT, "uncertainty_weight": 12.0, "rarity_weight": 4.0},
+    {**_ENT, "uncertainty_weight": 10.0, "rarity_weight": 3.0},
+    {**_ENT, "uncertainty_weight": 15.0, "rarity_weight": 4.0},
+    {**_ENT, "uncertainty_weight": 12.0, "rarity_weight": 3.0, "duplicate_discount": 0.2},
+    {"uncertainty_weight": 8.0, "rarity_weight": 3.0},
+]
+_AFTER5 = {**_ER25, "uncertainty_weight": 6.5}  # round 5's choice, the base of rounds 6-7
+BASES = {1: BEFORE, 2: BEFORE, 3: _ER, 4: _ER, 5: _ER25, 6: _AFTER5, 7: _AFTER5}
 
 
 def setup(novelty_parts: str = "texture") -> tuple:

@@ -4,7 +4,7 @@ Greedy selection of a submodular objective over the model's features (``Predicti
 centred and L2-normalised, so similarity is a cosine clipped at 0):
 
     gain(j) = w(class of j) · [ Σ_i max(0, s(i, j) − covered_i) / N  +  β · Σ_k p_jk · unsent_k
-                                +  α · min(novelty_j, cap) · (1 − earth_j)  +  γ · (1 − confidence_j)
+                                +  α · min(novelty_j, cap) · (1 − earth_j)  +  γ · doubt_j
                                 +  ρ · confidence_j / (1 + n(class of j) / scale) ]
 
 - the first term is facility-location coverage of the sol's feature space: how much closer image j
@@ -15,7 +15,8 @@ centred and L2-normalised, so similarity is a cosine clipped at 0):
   shows class k, ``unsent_k`` the chance that no pick so far shows it;
 - the third is the model's novelty (its distance to the training images, ``Prediction.novelty``),
   counted for what Earth does not yet hold something alike; the fourth, the model's doubt (an image of
-  a kind it never saw spreads its probability); the fifth, the rarity on Earth of the predicted class
+  a kind it never saw spreads its probability): the entropy of its probabilities over log K
+  (``doubt_entropy``), else 1 − confidence; the fifth, the rarity on Earth of the predicted class
   (``n``: Earth's images of that class, from the state's labels);
 - ``w``: the class weights of a priorities file (1 when none).
 
@@ -75,8 +76,8 @@ class PlanParams:
     novelty_weight: float = 0.5  # α: novelty against coverage
     class_weight: float = 1.0  # β: the expected number of the sol's classes (as the model sees them) not yet sent
     earth_credit: float = 1.0  # λ: how much an image alike on Earth counts as already covered (0: only this sol)
-    uncertainty_weight: float = 6.5  # γ: a bonus for an image the model is unsure of (1 − confidence)
-    rarity_weight: float = 2.0  # ρ: a bonus for an image of a class Earth holds few of
+    uncertainty_weight: float = 10.0  # γ: a bonus for an image the model is unsure of (1 − confidence)
+    rarity_weight: float = 3.0  # ρ: a bonus for an image of a class Earth holds few of
     rarity_scale: float = 40.0  # a class with this many images on Earth gets half the rarity bonus
     novelty_cap: float = 3.0  # novelty beyond this counts no more (a photo of a cat is not 100× more worth)
     new_view: float = 0.5  # 1 − covered at or above this: nothing on Earth or ranked before is alike
@@ -91,6 +92,7 @@ class PlanParams:
     # A near-duplicate's discount d becomes d^(1 − r), r = confidence / (1 + n/rarity_scale) the rarity of its
     # predicted class on Earth: a rare class's second frame keeps most of its gain, a common class's is cut.
     rare_duplicates: bool = True
+    doubt_entropy: bool = True  # the doubt γ weighs: the probabilities' entropy over log K (else 1 − confidence)
     # At or above this similarity to an image on Earth, the image is one Earth already has (the same frame
     # again: its cosine to itself is 1 up to float rounding) and it is never sent.
     on_earth: float = 0.999
@@ -158,9 +160,13 @@ def plan_downlink(
         w = np.array([(weights or {}).get(predictions[i].label, 1.0) for i in good], np.float32)
         nov_term = params.novelty_weight * np.minimum(novelty, params.novelty_cap) * (1.0 - earth_sim)
         conf = np.array([predictions[i].confidence or 0.0 for i in good], np.float32)
-        nov_term = nov_term + params.uncertainty_weight * (1.0 - conf)
         probs = [predictions[i].probabilities for i in good]
         probs = np.stack(probs).astype(np.float32) if all(q is not None for q in probs) else np.zeros((n, 1))
+        if params.doubt_entropy and probs.shape[1] > 1:  # the model's doubt as its normalised entropy
+            doubt = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(1) / np.log(probs.shape[1])
+        else:
+            doubt = 1.0 - conf
+        nov_term = nov_term + params.uncertainty_weight * doubt
         discount = np.full(n, params.duplicate_discount, np.float32)
         if params.rarity_weight and earth is not None and earth.labels:
             counts = earth.class_counts()

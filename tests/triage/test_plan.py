@@ -167,7 +167,9 @@ def test_a_near_duplicate_of_an_image_on_earth_still_covers_its_class():
     preds = [pred(f"img{i}.jpg", f, c, confidence=0.98) for i, (f, c) in enumerate(zip(feats, labels, strict=True))]
 
     def plan(flag):
-        params = PlanParams(duplicate_discount=0.25, earth_duplicate_class=flag, rarity_weight=0.0)
+        params = PlanParams(
+            duplicate_discount=0.25, earth_duplicate_class=flag, rarity_weight=0.0, uncertainty_weight=0.0
+        )
         return plan_downlink(preds, [10] * 4, Budget(count=2), earth, params=params)
 
     wheel = next(r for r in plan(True).rows if r.label == "wheel")
@@ -192,3 +194,19 @@ def test_class_decay_spreads_the_bonuses_over_classes():
 
     assert sent(0.0) == ["ground", "ground"]
     assert sent(20.0) == ["ground", "wheel"]
+
+
+def test_doubt_as_entropy_prefers_a_spread_over_a_two_way_split():
+    """A: torn between two classes (1 − confidence 0.45, entropy 0.63 of log 3); B: surer of its top class
+    but spread over all three (0.40, 0.87). The doubt as 1 − confidence sends A first; as entropy, B."""
+    rng = np.random.default_rng(4)
+    a, b = pred("a.jpg", rng.normal(size=16), "wheel", confidence=0.55), pred("b.jpg", rng.normal(size=16))
+    a.probabilities = np.array([0.45, 0.55, 0.0], np.float32)
+    b.confidence, b.probabilities = 0.6, np.array([0.6, 0.2, 0.2], np.float32)
+
+    def first(entropy):
+        params = PlanParams(doubt_entropy=entropy, uncertainty_weight=50.0)
+        return plan_downlink([a, b], [10, 10], Budget(count=1), params=params).rows[0].path
+
+    assert first(False) == "a.jpg"
+    assert first(True) == "b.jpg"
