@@ -4,7 +4,7 @@ Greedy selection of a submodular objective over the model's features (``Predicti
 centred and L2-normalised, so similarity is a cosine clipped at 0):
 
     gain(j) = w(class of j) · [ Σ_i max(0, s(i, j) − covered_i) / N  +  β · Σ_k p_jk · unsent_k
-                                +  α · min(novelty_j, cap) · (1 − earth_j)  +  γ · (1 − confidence_j)
+                                +  α · min(novelty_j, cap) · (1 − earth_j)  +  γ · doubt_j
                                 +  ρ · confidence_j / (1 + n(class of j) / scale) ]
 
 - the first term is facility-location coverage of the sol's feature space: how much closer image j
@@ -15,13 +15,20 @@ centred and L2-normalised, so similarity is a cosine clipped at 0):
   shows class k, ``unsent_k`` the chance that no pick so far shows it;
 - the third is the model's novelty (its distance to the training images, ``Prediction.novelty``),
   counted for what Earth does not yet hold something alike; the fourth, the model's doubt (an image of
-  a kind it never saw spreads its probability); the fifth, the rarity on Earth of the predicted class
+  a kind it never saw spreads its probability): the entropy of its probabilities over log K
+  (``doubt_entropy``), else 1 − confidence; the fifth, the rarity on Earth of the predicted class
   (``n``: Earth's images of that class, from the state's labels);
 - ``w``: the class weights of a priorities file (1 when none).
 
-A pick's near-duplicates (similarity ≥ ``near_duplicate``) compete on at ``duplicate_discount`` of their
-gain (0: only once every other image is ranked; ``send_duplicates`` False: never sent) and say
-"near-duplicate of rank N". A count budget takes the first picks; a byte budget picks by gain per byte
+A pick's near-duplicates (similarity ≥ ``near_duplicate``), and from the start those of an image on Earth,
+compete on at ``duplicate_discount`` d of their gain (0: only once every other image is ranked;
+``send_duplicates`` False: never sent) and say "near-duplicate of rank N". With ``rare_duplicates`` the
+discount is d^(1 − r), r the rarity term's confidence / (1 + n/scale) in [0, 1], so a rare class's burst of
+frames still gets sent while a common class's repeats are cut; with ``earth_duplicate_class`` a near-duplicate
+of an image on Earth keeps its full class-coverage term (it still shows its class this sol). ``class_decay``
+δ divides an image's bonuses (novelty, doubt, rarity) by 1 + δ · Σ_k p_jk · (picks of class k so far). An
+image Earth already has (similarity ≥ ``on_earth``) is never sent and ranks after every other, so that it
+covers nothing for an image that can be sent. A count budget takes the first picks; a byte budget picks by gain per byte
 among the images that still fit. Ties go to the earlier input, so the same inputs and
 state give the same plan. Numbers behind the defaults: docs/triage.md.
 """
@@ -69,13 +76,23 @@ class PlanParams:
     novelty_weight: float = 0.5  # α: novelty against coverage
     class_weight: float = 1.0  # β: the expected number of the sol's classes (as the model sees them) not yet sent
     earth_credit: float = 1.0  # λ: how much an image alike on Earth counts as already covered (0: only this sol)
-    uncertainty_weight: float = 6.0  # γ: a bonus for an image the model is unsure of (1 − confidence)
-    rarity_weight: float = 2.0  # ρ: a bonus for an image of a class Earth holds few of
+    uncertainty_weight: float = 10.0  # γ: a bonus for an image the model is unsure of (1 − confidence)
+    rarity_weight: float = 3.0  # ρ: a bonus for an image of a class Earth holds few of
     rarity_scale: float = 40.0  # a class with this many images on Earth gets half the rarity bonus
     novelty_cap: float = 3.0  # novelty beyond this counts no more (a photo of a cat is not 100× more worth)
     new_view: float = 0.5  # 1 − covered at or above this: nothing on Earth or ranked before is alike
     send_duplicates: bool = True  # near-duplicates may be sent (else never, whatever the budget leaves)
-    duplicate_discount: float = 0.5  # a near-duplicate's gain × this (0: it waits until every other is ranked)
+    duplicate_discount: float = 0.25  # a near-duplicate's gain × this (0: it waits until every other is ranked)
+    # δ: per-class diminishing returns within a sol: an image's bonuses (novelty, doubt, rarity) are divided by
+    # 1 + δ · (the expected number of picks so far that show its class), over the model's probabilities
+    class_decay: float = 0.0
+    # A near-duplicate of an image on Earth (not of a pick) keeps its full class-coverage term: it still shows
+    # its class this sol (the discount still applies to its view and bonuses).
+    earth_duplicate_class: bool = True
+    # A near-duplicate's discount d becomes d^(1 − r), r = confidence / (1 + n/rarity_scale) the rarity of its
+    # predicted class on Earth: a rare class's second frame keeps most of its gain, a common class's is cut.
+    rare_duplicates: bool = True
+    doubt_entropy: bool = True  # the doubt γ weighs: the probabilities' entropy over log K (else 1 − confidence)
     # At or above this similarity to an image on Earth, the image is one Earth already has (the same frame
     # again: its cosine to itself is 1 up to float rounding) and it is never sent.
     on_earth: float = 0.999
@@ -143,13 +160,22 @@ def plan_downlink(
         w = np.array([(weights or {}).get(predictions[i].label, 1.0) for i in good], np.float32)
         nov_term = params.novelty_weight * np.minimum(novelty, params.novelty_cap) * (1.0 - earth_sim)
         conf = np.array([predictions[i].confidence or 0.0 for i in good], np.float32)
-        nov_term = nov_term + params.uncertainty_weight * (1.0 - conf)
+        probs = [predictions[i].probabilities for i in good]
+        probs = np.stack(probs).astype(np.float32) if all(q is not None for q in probs) else np.zeros((n, 1))
+        if params.doubt_entropy and probs.shape[1] > 1:  # the model's doubt as its normalised entropy
+            doubt = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(1) / np.log(probs.shape[1])
+        else:
+            doubt = 1.0 - conf
+        nov_term = nov_term + params.uncertainty_weight * doubt
+        discount = np.full(n, params.duplicate_discount, np.float32)
         if params.rarity_weight and earth is not None and earth.labels:
             counts = earth.class_counts()
             have = np.array([counts.get(predictions[i].label, 0) for i in good], np.float32)
-            nov_term = nov_term + params.rarity_weight * conf / (1.0 + have / params.rarity_scale)
-        probs = [predictions[i].probabilities for i in good]
-        probs = np.stack(probs).astype(np.float32) if all(q is not None for q in probs) else np.zeros((n, 1))
+            rarity = conf / (1.0 + have / params.rarity_scale)
+            nov_term = nov_term + params.rarity_weight * rarity
+            if params.rare_duplicates:  # a near-duplicate of a rare class keeps more of its gain: d^(1 − rarity)
+                discount = params.duplicate_discount ** (1.0 - np.clip(rarity, 0.0, 1.0))
+        picked_k = np.zeros(probs.shape[1], np.float32)  # per class: the expected picks so far that show it
         unsent = np.ones(probs.shape[1], np.float32)  # per class: the chance no pick so far shows it
         covered = params.earth_credit * earth_sim
         size = np.array([max(1, sizes[i] or 1) for i in good], np.float64)
@@ -158,13 +184,22 @@ def plan_downlink(
         # Near-duplicates of what Earth has compete at the discount from the start, like those of a pick.
         is_dup |= earth_sim >= params.near_duplicate
         on_earth = earth_sim >= params.on_earth
+        earth_dup = is_dup.copy()
         while open_.any():
             # Near-duplicates of a pick compete at a discount, or (discount 0) once every other image is ranked.
             pool = open_ & ~is_dup if params.duplicate_discount == 0 and (open_ & ~is_dup).any() else open_
+            # An image Earth already has is never sent, so it must not cover the sol for one that can be.
+            pool = pool & ~on_earth if (pool & ~on_earth).any() else pool
             new_class = params.class_weight * (probs @ unsent)
-            gain = w * (np.maximum(sim - covered[:, None], 0.0).sum(0) / n + new_class + nov_term)
+            bonus = nov_term / (1.0 + params.class_decay * (probs @ picked_k)) if params.class_decay else nov_term
+            rest = np.maximum(sim - covered[:, None], 0.0).sum(0) / n + bonus
             if params.duplicate_discount:
-                gain = np.where(is_dup, gain * params.duplicate_discount, gain)
+                rest = np.where(is_dup, rest * discount, rest)
+                if not params.earth_duplicate_class:
+                    new_class = np.where(is_dup, new_class * discount, new_class)
+                else:  # a near-duplicate of an image on Earth still shows its class this sol
+                    new_class = np.where(is_dup & ~earth_dup, new_class * discount, new_class)
+            gain = w * (rest + new_class)
             score = np.where(pool, gain, -np.inf)
             if budget.bytes:
                 fits = pool & (size <= left)
@@ -185,6 +220,7 @@ def plan_downlink(
             open_[j] = False
             covered = np.maximum(covered, sim[:, j])
             unsent *= 1.0 - probs[j]
+            picked_k += probs[j]
             if j not in dup_of:
                 for d in np.flatnonzero(open_ & ~is_dup & (sim[:, j] >= params.near_duplicate)):
                     dup_of[int(d)] = j
