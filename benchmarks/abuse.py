@@ -39,7 +39,7 @@ from PIL import Image as PILImage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve  # noqa: E402  (benchmarks/serve.py: archive building, the server process, PostgreSQL)
-from result_files import write_results  # noqa: E402
+from common import write_results  # noqa: E402
 from sqlalchemy import create_engine, func, text  # noqa: E402
 from sqlalchemy import select as sql_select
 
