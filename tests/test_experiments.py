@@ -146,6 +146,7 @@ def test_novelty_methods_loco_and_coreset():
     assert 50 in coreset(pts + np.random.default_rng(0).normal(size=pts.shape).astype(np.float32) * 0.01, 2, dims=3)
 
 
+@pytest.mark.slow  # 15 s: it imports torch and every script
 def test_every_benchmark_and_experiment_script_imports():
     """A script whose import broke (benchmarks/abuse.py imported a module renamed away) fails here, not on the
     day someone reruns it. Importing runs only the top level: every script keeps its work under main(). A
