@@ -293,29 +293,28 @@ def cube(session: Session, filters: Filters) -> list[tuple] | None:
     ]
 
 
-MAX_PIVOT = 32  # cameras summed in one pass of the per-sol counts (more: grouped, and sorted, by camera)
+# On SQLite, the per-sol counts by camera, then sol (migration 0008): the camera timeline groups in index
+# order. Before it, each camera's count was summed in one pass by sol (grouping by (sol, camera) sorted
+# 300 000 count rows at a million images): 180 ms p50 in-process (benchmarks/results/browse-1000000.md).
+CAMERA_INDEX = "ix_image_counts_camera"
+CAMERA_INDEX_COLUMNS = ("instrument", "sol", "n")
 
 
 def per_sol(session: Session, filters: Filters, by: str) -> list[tuple] | None:
     """(label or camera, sol, n) for the images with a sol under ``filters``; None when the counts cannot
-    say it. By class, the grouping follows the key (sol, label, …): no sort. By camera on SQLite, each
-    camera's count is a sum of its own in one pass by sol: grouping by (sol, camera) sorted 300 000 count rows
-    at a million images (139 ms of CPU against 71 ms). PostgreSQL hashes the groups: the pivot only added
-    work there (100 000 rows, camera timeline with a camera filter: p50 25 ms against 7 ms before 0007)."""
+    say it. By class, the grouping follows the key (sol, label, …): no sort. By camera on SQLite, it follows
+    ``CAMERA_INDEX``. PostgreSQL hashes the groups."""
     t = ImageCount
     where = conditions(filters, t)
     if where is None:
         return None
     where.append(t.sol != NO_SOL)
-    if by == "instrument" and session.connection().dialect.name == "sqlite":  # PostgreSQL groups by hashing
-        cameras = session.scalars(select(ImageTotal.instrument).group_by(ImageTotal.instrument)).all()
-        if len(cameras) <= MAX_PIVOT:
-            sums = [func.sum(case((t.instrument == c, t.n), else_=0)) for c in cameras]
-            rows = _rows(session, _where(select(t.sol, *sums), where).group_by(t.sol))
-            return [(_text(c), r[0], int(n)) for r in rows for c, n in zip(cameras, r[1:], strict=True) if n]
     key = getattr(t, by)
     q = _where(select(key, t.sol, func.sum(t.n)), where)
-    rows = _rows(session, q.group_by(t.sol, key).having(func.sum(t.n) > 0))
+    if by == "instrument":
+        rows = _rows(session, q.group_by(key, t.sol).having(func.sum(t.n) > 0), CAMERA_INDEX)
+    else:
+        rows = _rows(session, q.group_by(t.sol, key).having(func.sum(t.n) > 0))
     return [(_text(k), sol, int(n)) for k, sol, n in rows]
 
 
