@@ -122,17 +122,19 @@ def load_cache(path: Path = CACHE) -> dict:
     return d
 
 
-def fit_novelty_scores(d: dict, fit: np.ndarray, score: np.ndarray) -> np.ndarray:
+def fit_novelty_scores(d: dict, fit: np.ndarray, score: np.ndarray, parts: str | None = None) -> np.ndarray:
     """Novelty of the ``score`` images from a novelty fitted on the ``fit`` images alone: the model file's
-    (texture) or, with ``NOVELTY_PARTS`` "two-part", the features and the texture (issue 22, items 1-2)."""
-    features = d["features"] if NOVELTY_PARTS == "two-part" else None
+    (texture) or, with ``parts`` (default ``NOVELTY_PARTS``) "two-part", the features and the texture
+    (issue 22, items 1-2)."""
+    features = d["features"] if (parts or NOVELTY_PARTS) == "two-part" else None
     novelty = fit_novelty(None if features is None else features[fit], d["texture"][fit], d["sol"][fit])
     return novelty(d["texture"][score], None if features is None else features[score])
 
 
 def twin_key(key: str) -> str:
-    """A twin's file name: the two-part novelty's twins apart from the texture's."""
-    return key if NOVELTY_PARTS == "texture" else f"{key}-{NOVELTY_PARTS}"
+    """A twin's file name: the two-part novelty's twins apart from the texture's (``-v2``: since their
+    calibration reads the texture novelty)."""
+    return key if NOVELTY_PARTS == "texture" else f"{key}-{NOVELTY_PARTS}-v2"
 
 
 def twin(d: dict, fit: np.ndarray, score: np.ndarray, shipped) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +146,11 @@ def twin(d: dict, fit: np.ndarray, score: np.ndarray, shipped) -> tuple[np.ndarr
     calibration = shipped.trust.calibration
     logits = d["features"][score] @ w.T + b
     novelty = fit_novelty_scores(d, fit, score)
-    probs = calibration(logits, novelty) if calibration is not None else softmax(logits)
+    # The shipped law was fitted on the texture novelty: it reads that one whatever novelty the plan reads
+    # (as Trust.calibration_input does in the product). Fed the two-part novelty, it turned every twin's
+    # temperatures, so the two-part row compared calibrations as well as novelties (its 0.779, withdrawn).
+    texture = novelty if NOVELTY_PARTS == "texture" else fit_novelty_scores(d, fit, score, "texture")
+    probs = calibration(logits, texture) if calibration is not None else softmax(logits)
     return probs.astype(np.float32), novelty.astype(np.float32)
 
 
