@@ -39,16 +39,21 @@ def fetch_ids(session: Session, stmt) -> np.ndarray:
 
 
 def matching_chunks(session: Session, filters: Filters | None, chunk: int = EXACT_CHUNK):
-    """The ids of the images matching ``filters``, ``chunk`` at a time in id order (keyset paging)."""
-    last = 0
-    while True:
-        q = (filters or Filters()).apply(select(Image.id)).where(Image.id > last).order_by(Image.id).limit(chunk)
-        ids = fetch_ids(session, q)
-        if len(ids):
-            yield ids
-        if len(ids) < chunk:
-            return
-        last = int(ids[-1])
+    """The ids of the images matching ``filters``, ``chunk`` at a time, in whatever order the database
+    finds them (the caller keeps the best of every chunk, ties by id): one statement read as a stream.
+    Paging by id instead (``id > last ORDER BY id``) made SQLite walk the label index in rowid order and
+    look every row up for the rest of the filter: label + sol ≥ 700 at a million rows, 52 000 ids, took
+    2.1 s against 38 ms from the covering (label, sol, id) index."""
+    stmt = (filters or Filters()).apply(select(Image.id))
+    # The driver's cursor, read as it is (SQLAlchemy's row processing cost ~2 µs an id, the driver's ~0.6):
+    # sqlite3 steps the statement as it is read; psycopg's client-side cursor holds the ids (8 bytes a row).
+    # Not ``stream_results``: its buffered strategy reads rows ahead of the raw cursor.
+    result = session.connection().execute(stmt)
+    try:
+        while rows := result.cursor.fetchmany(chunk):
+            yield np.array(rows, np.int64).reshape(-1)
+    finally:
+        result.close()
 
 
 def best(ids: np.ndarray, sims: np.ndarray, k: int, skip: int) -> tuple[np.ndarray, np.ndarray]:

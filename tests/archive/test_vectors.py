@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, delete, insert, select, text, update
+from sqlalchemy import create_engine, delete, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 
 from marsvision.archive import similar_filters, vectors
@@ -328,6 +328,18 @@ def test_a_broad_filter_unlike_the_image_returns_k_matching_rows(engine, tmp_pat
             assert len(got) == 10 and set(s.scalars(select(Image.label).where(Image.id.in_(got)))) == {"far"}
         hits += len(set(got) & set(exact(engine, query, 10, "far")))
     assert hits / 100 >= 0.9
+
+
+def test_matching_chunks_stream_every_matching_id_once_in_bounded_chunks(engine):
+    ids = add_rows(engine, unit(np.random.default_rng(12), 60), ["a", "b", "a"] * 20)
+    with sessions(engine)() as s:
+        chunks = list(similar_filters.matching_chunks(s, Filters(label="a"), chunk=7))
+        assert max(len(c) for c in chunks) == 7
+        assert sorted(np.concatenate(chunks).tolist()) == [
+            i for i, lab in zip(ids, ["a", "b", "a"] * 20, strict=True) if lab == "a"
+        ]
+        # the session goes on as before (the stream was closed)
+        assert s.scalar(select(func.count(Image.id))) == 60
 
 
 def test_few_matching_counts_no_further_than_its_cap(engine):
