@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,44 +114,18 @@ def _activate(make: sessionmaker, version: ModelVersion, chunk: int, progress, c
         path = mv.path
     clf = classifier() if classifier is not None else load_model(path, threads=None)
     done, last = 0, 0
-    # Every chunk on one connection, so that on SQLite its page cache, enlarged for the activation, keeps the
-    # indexes' pages between chunks: an update rewrites a row's entries in a dozen indexes (label, confidence,
-    # margin, novelty, the browse indexes), and with SQLite's default 2 MB cache at a million rows each chunk
-    # read them from the file again (re-score 0.54-0.87 ms a row against 0.43 with the larger cache, 20 000
-    # rows of the 1M archive, a shared machine).
     try:
-        with make.kw["bind"].connect() as conn, _page_cache(conn):
-            while True:
-                with make(bind=conn) as s, s.begin():  # one transaction a chunk
-                    rows = vector_rows(s, last, chunk)
-                    if not rows:
-                        break
-                    rescore_rows(s, clf, version.id, rows)
-                done += len(rows)
-                last = rows[-1].id
-                if progress:
-                    progress(done)
+        while True:
+            with make.begin() as s:  # one transaction a chunk
+                rows = vector_rows(s, last, chunk)
+                if not rows:
+                    break
+                rescore_rows(s, clf, version.id, rows)
+            done += len(rows)
+            last = rows[-1].id
+            if progress:
+                progress(done)
     finally:
         if classifier is None:
             clf.close()
     return Activation(version.version, done, round(time.perf_counter() - t0, 2))
-
-
-ACTIVATION_CACHE_KB = 256 * 1024  # SQLite page cache of the activation's connection, given back after
-
-
-@contextmanager
-def _page_cache(conn):
-    """A larger SQLite page cache on ``conn`` while re-scoring, the previous size and memory back after."""
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
-    conn.exec_driver_sql(f"PRAGMA cache_size = -{ACTIVATION_CACHE_KB}")
-    conn.commit()  # SQLAlchemy began a transaction: each chunk's session must begin (and commit) its own
-    try:
-        yield
-    finally:
-        conn.exec_driver_sql(f"PRAGMA cache_size = {before}")
-        conn.exec_driver_sql("PRAGMA shrink_memory")
-        conn.commit()

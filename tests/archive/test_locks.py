@@ -89,21 +89,3 @@ def test_two_index_runs_at_once_on_a_fresh_database(db_url, example_images):
         assert s.scalar(select(func.count(Image.id))) == 12
         assert s.scalar(select(func.count(ModelVersion.id))) == 1
     engine.dispose()
-
-
-def test_an_activation_commits_each_chunk_and_gives_its_page_cache_back(db_url, example_images, tmp_path):
-    """The re-score runs every chunk on one connection with a larger SQLite page cache: each chunk is still
-    its own committed transaction (another engine sees the rows re-scored as they go), and the connection
-    goes back to the pool with its cache size as before."""
-    run_index([str(example_images[0].parent)], IndexConfig(db=db_url), progress=False)
-    engine, other = open_engine(db_url), open_engine(db_url)
-    newer = other_version(engine, tmp_path, "newer")
-    seen = []
-    activate(sessions(engine), newer, chunk=2, progress=lambda done: seen.append((done, versions_of_rows(other))))
-    assert len(seen) > 1 and newer.id in seen[0][1]  # the first chunk was visible before the second ran
-    assert versions_of_rows(other) == {newer.id}
-    if engine.dialect.name == "sqlite":
-        with engine.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -2000  # SQLite's default, back
-    engine.dispose()
-    other.dispose()
