@@ -295,7 +295,7 @@ def cube(session: Session, filters: Filters) -> list[tuple] | None:
 
 # On SQLite, the per-sol counts by camera, then sol (migration 0008): the camera timeline groups in index
 # order. Before it, each camera's count was summed in one pass by sol (grouping by (sol, camera) sorted
-# 300 000 count rows at a million images): 180 ms p50 in-process (benchmarks/results/browse-1000000.md).
+# 300 000 count rows at a million images): p50 180 ms in-process, 63 ms along the index (browse-1000000.md).
 CAMERA_INDEX = "ix_image_counts_camera"
 CAMERA_INDEX_COLUMNS = ("instrument", "sol", "n")
 
